@@ -1,0 +1,55 @@
+"""The command line: builds a `Config` from flags and runs a `Server`. Nothing else.
+
+Every flag comes from a `Config` field (name, default and help), so ``--help`` always lists
+all of them with their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from taskrunner import __version__
+from taskrunner.config import Config, settings
+from taskrunner.server import Server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argument parser with one ``--flag`` per `Config` field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m taskrunner",
+        description="Run OS commands for HTTP callers without blocking.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for setting in settings():
+        flag = "--" + setting.name.replace("_", "-")
+        kind: Any = type(setting.default)
+        parser.add_argument(flag, type=kind, default=setting.default,
+                            help=setting.metadata["help"], metavar=setting.name.upper())
+    parser.add_argument("--version", action="version", version=f"taskrunner {__version__}")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into a `Config`; exit 2 on bad flags."""
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    try:
+        return Config(**vars(namespace))
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run one instance until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(Server(config).serve())

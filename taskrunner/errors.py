@@ -1,0 +1,131 @@
+"""Every error taskrunner reports to a caller, as one small tree.
+
+Each class knows the HTTP status it maps to and a short, stable error code; the base
+handler turns any of them into the one JSON shape ``{"error": code, "message": text}``.
+
+    TaskRunnerError                      (500, "internal")
+    ├── RequestError                     (400, "bad_request")     the request is malformed
+    │   ├── InvalidJSON                  (400, "invalid_json")
+    │   ├── InvalidField                 (400, "invalid_field")
+    │   └── UnknownField                 (400, "unknown_field")
+    ├── Unauthorized                     (401, "unauthorized")
+    ├── Forbidden                        (403, "forbidden")
+    │   └── ProgramNotAllowed            (403, "program_not_allowed")
+    ├── NotFound                         (404, "not_found")
+    │   └── JobNotFound                  (404, "job_not_found")
+    ├── MethodNotAllowed                 (405, "method_not_allowed")
+    ├── PayloadTooLarge                  (413, "body_too_large")
+    ├── SpawnError                       (422, "spawn_failed")    the command could not start
+    ├── TooManyRequests                  (429, "too_many_requests")
+    └── ServiceUnavailable               (503, "shutting_down")
+
+Callers catch a category (``RequestError``) or the whole tree (``TaskRunnerError``).
+"""
+
+
+class TaskRunnerError(Exception):
+    """Base of every error taskrunner reports; ``status`` and ``code`` go to the client."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RequestError(TaskRunnerError):
+    """The request body or its fields are malformed."""
+
+    status = 400
+    code = "bad_request"
+
+
+class InvalidJSON(RequestError):
+    """The body is not valid UTF-8 JSON, or not a JSON object."""
+
+    code = "invalid_json"
+
+
+class InvalidField(RequestError):
+    """A field has the wrong type or an unacceptable value."""
+
+    code = "invalid_field"
+
+
+class UnknownField(RequestError):
+    """The body carries a field the endpoint does not know (often a misspelling)."""
+
+    code = "unknown_field"
+
+
+class Unauthorized(TaskRunnerError):
+    """A bearer token is required and was missing or wrong."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(TaskRunnerError):
+    """The caller may not do this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class ProgramNotAllowed(Forbidden):
+    """The program is not on the instance's allowlist."""
+
+    code = "program_not_allowed"
+
+
+class NotFound(TaskRunnerError):
+    """No such route or resource."""
+
+    status = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    """No job with this id is known to the instance."""
+
+    code = "job_not_found"
+
+
+class MethodNotAllowed(TaskRunnerError):
+    """The route exists but does not take this HTTP method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(TaskRunnerError):
+    """The request body is larger than ``--max-body``."""
+
+    status = 413
+    code = "body_too_large"
+
+
+class SpawnError(TaskRunnerError):
+    """The command could not be started: program missing, not executable, bad ``cwd``."""
+
+    status = 422
+    code = "spawn_failed"
+
+
+class TooManyRequests(TaskRunnerError):
+    """The instance is at its running and queued limits; ``retry_after`` is in seconds."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(TaskRunnerError):
+    """The instance is shutting down and takes no new commands."""
+
+    status = 503
+    code = "shutting_down"

@@ -1,0 +1,194 @@
+"""HTTP handlers of the core API: the JSON error shape, ``POST /run``, ``GET /healthz``.
+
+`JSONHandler.write_error` is the one place that turns any error into
+``{"error": code, "message": text}`` with the right status; nothing else writes errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado import httputil
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from taskrunner import __version__
+from taskrunner.context import InstanceContext
+from taskrunner.engine import Command, CommandSpec
+from taskrunner.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TaskRunnerError,
+    TooManyRequests,
+)
+from taskrunner.request import parse_run_request
+
+log = logging.getLogger("taskrunner.http")
+
+_TORNADO_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                  413: "body_too_large"}
+
+
+class JSONHandler(RequestHandler):
+    """Base of every handler: JSON bodies, JSON errors, request accounting."""
+
+    ctx: InstanceContext
+
+    def initialize(self, ctx: InstanceContext) -> None:
+        self.ctx = ctx
+        self.program: str | None = None
+        self.exit_status: int | None = None
+        self._counted = False
+
+    def prepare(self) -> None:
+        self.ctx.request_started()
+        self._counted = True
+
+    def on_finish(self) -> None:
+        self._uncount()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.ctx.request_finished()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+
+    def write_json(self, body: Any, status: int = 200) -> None:
+        """Finish the response with ``body`` as JSON."""
+        self.set_status(status)
+        self.finish(json.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs["exc_info"][1] if "exc_info" in kwargs else None
+        if isinstance(exc, TaskRunnerError):
+            code, message = exc.code, exc.message
+            self.set_status(exc.status)
+            if isinstance(exc, TooManyRequests):
+                self.set_header("Retry-After", str(exc.retry_after))
+        elif isinstance(exc, HTTPError) and status_code < 500:
+            code = _TORNADO_CODES.get(status_code, "bad_request")
+            message = exc.log_message or httputil.responses.get(status_code, "error")
+            if exc.args:
+                message = message % exc.args if "%" in message else message
+        else:
+            code, message = "internal", "internal error; the instance log has the details"
+        self.clear_header("Content-Length")
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": code, "message": message}))
+
+    def send_task_error(self, error: TaskRunnerError) -> None:
+        """Answer with ``error`` now (for errors raised outside the handler method)."""
+        self.send_error(error.status, exc_info=(type(error), error, None))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, TaskRunnerError) and value.status < 500:
+            return  # a client error, already answered; the access log has the line
+        super().log_exception(typ, value, tb)
+
+    def _unsupported(self, *args: Any, **kwargs: Any) -> None:
+        raise MethodNotAllowed(
+            f"{self.request.method} is not allowed on {self.request.path}; "
+            f"allowed: {', '.join(self._allowed_methods())}"
+        )
+
+    def _allowed_methods(self) -> list[str]:
+        return [m for m in ("GET", "POST", "DELETE")
+                if getattr(type(self), m.lower()) is not getattr(JSONHandler, m.lower())]
+
+    get = post = delete = put = patch = head = options = _unsupported
+
+
+class NotFoundHandler(JSONHandler):
+    """Every path no route matches."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise NotFound(f"no route for {self.request.path}")
+
+
+@stream_request_body
+class BodyHandler(JSONHandler):
+    """A handler that reads its request body itself, so an oversized one gets a 413.
+
+    Tornado's own ``max_body_size`` drops the connection instead; here the server's limit
+    is set out of reach and ``--max-body`` is enforced on the declared length and on the
+    bytes as they arrive.
+    """
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.body = bytearray()
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.ctx.config.max_body:
+            raise PayloadTooLarge(self._too_large_message())
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self.body += chunk
+        if len(self.body) > self.ctx.config.max_body:
+            self.body = bytearray()
+            self.send_task_error(PayloadTooLarge(self._too_large_message()))
+
+    def _too_large_message(self) -> str:
+        return f"request body is larger than the limit of {self.ctx.config.max_body} bytes"
+
+
+class CommandHandler(BodyHandler):
+    """Shared by the endpoints that start a command from a ``/run``-shaped body."""
+
+    def parse_command(self) -> CommandSpec:
+        """Validate the body; refuse new commands while the instance shuts down."""
+        if self.ctx.shutting_down:
+            raise ServiceUnavailable("the instance is shutting down; try another one")
+        config = self.ctx.config
+        spec = parse_run_request(bytes(self.body), default_timeout=config.default_timeout,
+                                 max_timeout=config.max_timeout)
+        self.program = spec.args[0]
+        return spec
+
+
+class RunHandler(CommandHandler):
+    """``POST /run``: run a command and answer with how it ended."""
+
+    command: Command | None = None
+
+    async def post(self) -> None:
+        if self._finished:
+            return
+        spec = self.parse_command()
+        self.command = self.ctx.engine.start(spec)
+        result = await self.command.result
+        self.exit_status = result.status
+        if self.request.connection is None or self._finished:
+            return
+        self.write_json(result.to_json())
+
+    def on_connection_close(self) -> None:
+        # The caller went away: nobody will read the result, so end the command now.
+        if self.command is not None and not self.command.result.done():
+            log.info("client left; killing pid %s (%s)", self.command.pid, self.command.program)
+            self.command.cancel()
+        super().on_connection_close()
+
+
+class HealthHandler(JSONHandler):
+    """``GET /healthz``: is the instance up, and how busy."""
+
+    def get(self) -> None:
+        self.write_json({
+            "status": "ok",
+            "port": self.ctx.port,
+            "pid": self.ctx.pid,
+            "running": self.ctx.engine.running,
+            "version": __version__,
+        })
