@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from taskrunner.config import Config
 from taskrunner.engine import ProcessEngine
+from taskrunner.launcher import Launcher
 
 
 @dataclass
@@ -21,6 +22,7 @@ class InstanceContext:
 
     config: Config
     engine: ProcessEngine
+    launcher: Launcher
     port: int = 0
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)

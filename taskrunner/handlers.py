@@ -166,7 +166,7 @@ class RunHandler(CommandHandler):
         if self._finished:
             return
         spec = self.parse_command()
-        self.command = self.ctx.engine.start(spec)
+        self.command = await self.ctx.launcher.launch(spec)
         result = await self.command.result
         self.exit_status = result.status
         if self.request.connection is None or self._finished:

@@ -19,6 +19,7 @@ from taskrunner.app import make_app
 from taskrunner.config import Config
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
+from taskrunner.launcher import Launcher
 
 log = logging.getLogger("taskrunner.server")
 
@@ -29,8 +30,9 @@ _UNREACHABLE_BODY_LIMIT = 1 << 62
 class Server:
     """One taskrunner instance: listens, serves, and shuts down cleanly."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, handle_signals: bool = True) -> None:
         self.config = config
+        self.handle_signals = handle_signals
         self.ctx: InstanceContext | None = None
         self.http: HTTPServer | None = None
         self.sockets: list[socket.socket] = []
@@ -58,16 +60,19 @@ class Server:
         config = self.config
         engine = ProcessEngine(max_output=config.max_output)
         self.sockets = bind_sockets(config.port, config.address, backlog=2048)
-        self.ctx = InstanceContext(config=config, engine=engine, port=self.port)
+        self.ctx = InstanceContext(
+            config=config, engine=engine, launcher=Launcher(engine), port=self.port
+        )
         self.http = HTTPServer(
             make_app(self.ctx),
             xheaders=True,
             max_body_size=_UNREACHABLE_BODY_LIMIT,
         )
         self.http.add_sockets(self.sockets)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_exit)
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_exit)
         log.info("listening on %s:%s (pid %s)", config.address, self.port, self.ctx.pid)
 
     async def shutdown(self) -> None:
@@ -86,7 +91,8 @@ class Server:
         await ctx.wait_idle(2.0)
         await self.http.close_all_connections()
         engine.close()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
         log.info("stopped")

@@ -1,0 +1,165 @@
+"""Shared fixtures: a real instance in this process, or one in a child process.
+
+`instance` runs a `Server` on the test's own IOLoop on an ephemeral port (fast, lets a test
+look inside); `spawn_instance` starts ``python -m taskrunner`` as a real child process (for
+signals, exit codes, and what survives a kill). Both are torn down even when a test fails,
+and both kill whatever commands they left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+from taskrunner.config import Config
+from taskrunner.server import Server
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+@pytest.fixture
+def config() -> Config:
+    """The config of the `instance` fixture; override this fixture to change settings."""
+    return Config(port=0, grace=2.0)
+
+
+class Instance:
+    """A running in-process instance and a small JSON client for it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.port = server.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = AsyncHTTPClient(force_instance=True)
+
+    @property
+    def ctx(self) -> Any:
+        return self.server.ctx
+
+    async def request(self, method: str, path: str, body: Any = None, *,
+                      raw: bytes | None = None, headers: dict[str, str] | None = None,
+                      timeout: float = 30.0) -> HTTPResponse:
+        """Send a request; never raises on an HTTP error status."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        if data is None and method in ("POST", "PUT"):
+            data = b""
+        return await self.client.fetch(
+            self.url + path, method=method, body=data, headers=headers,
+            raise_error=False, request_timeout=timeout, allow_nonstandard_methods=True,
+        )
+
+    async def run(self, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        """POST /run and return (status code, decoded JSON body)."""
+        response = await self.request("POST", "/run", body, **kwargs)
+        return response.code, json.loads(response.body)
+
+
+@pytest.fixture
+def instance(io_loop: Any, config: Config) -> Iterator[Instance]:
+    """A real instance on an ephemeral port, served by this test's IOLoop."""
+    server = Server(config, handle_signals=False)
+    io_loop.run_sync(server.startup)
+    inst = Instance(server)
+    try:
+        yield inst
+    finally:
+        inst.client.close()
+        server.ctx.engine.kill_all()  # type: ignore[union-attr]
+        io_loop.run_sync(server.shutdown, timeout=30)
+
+
+def with_config(**changes: Any) -> Any:
+    """Decorator: run a test against an `instance` built with these config changes."""
+    return pytest.mark.parametrize("config", [replace(Config(port=0, grace=2.0), **changes)],
+                                   ids=["config"])
+
+
+class ChildInstance:
+    """``python -m taskrunner`` running as a child process in its own process group."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.log_path = f"/tmp/taskrunner-test-{os.getpid()}-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [PY, "-m", "taskrunner", *args], cwd=REPO, stdout=self.log, stderr=self.log,
+            start_new_session=True, env={**os.environ, **(env or {})},
+        )
+        self.port = self._wait_for_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def _wait_for_port(self, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"listening on \S+:(\d+)", self.output())
+            if match:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"instance exited early:\n{self.output()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"instance did not start:\n{self.output()}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.log.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log_path)
+
+
+@pytest.fixture
+def spawn_instance() -> Iterator[Callable[..., ChildInstance]]:
+    """Start ``python -m taskrunner --port 0 ARGS...`` as a child; all are stopped at teardown."""
+    started: list[ChildInstance] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ChildInstance:
+        child = ChildInstance(["--port", "0", *args], env=env)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` (a test helper, not product code) until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
