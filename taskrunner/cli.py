@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskrunner import __version__
+from taskrunner.auth import StartupError
 from taskrunner.config import Config, settings
 from taskrunner.server import Server
 
@@ -27,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for setting in settings():
         flag = "--" + setting.name.replace("_", "-")
+        if setting.metadata.get("repeatable"):
+            # A tuple field: one value per use of the flag, e.g. --allow echo --allow ls.
+            parser.add_argument(flag, action="append", default=None,
+                                help=setting.metadata["help"], metavar=setting.name.upper())
+            continue
         kind: Any = type(setting.default)
         parser.add_argument(flag, type=kind, default=setting.default,
                             help=setting.metadata["help"], metavar=setting.name.upper())
@@ -37,9 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into a `Config`; exit 2 on bad flags."""
     parser = build_parser()
-    namespace = parser.parse_args(argv)
+    values = vars(parser.parse_args(argv))
+    for setting in settings():
+        if setting.metadata.get("repeatable"):
+            given = values[setting.name]
+            values[setting.name] = setting.default if given is None else tuple(given)
     try:
-        return Config(**vars(namespace))
+        return Config(**values)
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -52,4 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    asyncio.run(Server(config).serve())
+    try:
+        asyncio.run(Server(config).serve())
+    except StartupError as exc:
+        sys.exit(f"taskrunner: {exc}")

@@ -364,7 +364,7 @@ class Command:
         if not self._exited or self._open_pipes or self.result.done():
             return
         if self._drain_timer is not None:
-            self._loop.remove_timeout(self._drain_timer)  # type: ignore[arg-type]
+            self._loop.remove_timeout(self._drain_timer)  # type: ignore[arg-type, unused-ignore]
             self._drain_timer = None
         self._engine._finished(self)
         out, err = self._captures.values()

@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
-from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from taskrunner import __version__
+from taskrunner.auth import check_request
 from taskrunner.context import InstanceContext
 from taskrunner.engine import Command, CommandSpec
 from taskrunner.errors import (
@@ -23,6 +26,7 @@ from taskrunner.errors import (
     ServiceUnavailable,
     TaskRunnerError,
     TooManyRequests,
+    Unauthorized,
 )
 from taskrunner.request import parse_run_request
 
@@ -36,6 +40,8 @@ class JSONHandler(RequestHandler):
     """Base of every handler: JSON bodies, JSON errors, request accounting."""
 
     ctx: InstanceContext
+    public_methods: tuple[str, ...] = ()
+    """Methods served without the bearer token (only ``GET /healthz``)."""
 
     def initialize(self, ctx: InstanceContext) -> None:
         self.ctx = ctx
@@ -46,6 +52,8 @@ class JSONHandler(RequestHandler):
     def prepare(self) -> None:
         self.ctx.request_started()
         self._counted = True
+        check_request(self.request.headers.get("Authorization"), self.ctx.token,
+                      public=self.request.method in self.public_methods)
 
     def on_finish(self) -> None:
         self._uncount()
@@ -74,9 +82,11 @@ class JSONHandler(RequestHandler):
             self.set_status(exc.status)
             if isinstance(exc, TooManyRequests):
                 self.set_header("Retry-After", str(exc.retry_after))
+            if isinstance(exc, Unauthorized):
+                self.set_header("WWW-Authenticate", "Bearer")
         elif isinstance(exc, HTTPError) and status_code < 500:
             code = _TORNADO_CODES.get(status_code, "bad_request")
-            message = exc.log_message or httputil.responses.get(status_code, "error")
+            message = exc.log_message or http.client.responses.get(status_code, "error")
             if exc.args:
                 message = message % exc.args if "%" in message else message
         else:
@@ -94,7 +104,7 @@ class JSONHandler(RequestHandler):
             return  # a client error, already answered; the access log has the line
         super().log_exception(typ, value, tb)
 
-    def _unsupported(self, *args: Any, **kwargs: Any) -> None:
+    def _unsupported(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
         raise MethodNotAllowed(
             f"{self.request.method} is not allowed on {self.request.path}; "
             f"allowed: {', '.join(self._allowed_methods())}"
@@ -161,12 +171,20 @@ class RunHandler(CommandHandler):
     """``POST /run``: run a command and answer with how it ended."""
 
     command: Command | None = None
+    launching: asyncio.Future[Command] | None = None
 
     async def post(self) -> None:
         if self._finished:
             return
         spec = self.parse_command()
-        self.command = await self.ctx.launcher.launch(spec)
+        # A task, so that a caller who leaves while waiting for a slot leaves the queue.
+        self.launching = asyncio.ensure_future(self.ctx.launcher.launch(spec))
+        try:
+            self.command = await self.launching
+        except asyncio.CancelledError:
+            if self.launching.cancelled():
+                return  # cancelled by on_connection_close: the command never started
+            raise
         result = await self.command.result
         self.exit_status = result.status
         if self.request.connection is None or self._finished:
@@ -175,6 +193,8 @@ class RunHandler(CommandHandler):
 
     def on_connection_close(self) -> None:
         # The caller went away: nobody will read the result, so end the command now.
+        if self.launching is not None and not self.launching.done():
+            self.launching.cancel()
         if self.command is not None and not self.command.result.done():
             log.info("client left; killing pid %s (%s)", self.command.pid, self.command.program)
             self.command.cancel()
@@ -182,7 +202,9 @@ class RunHandler(CommandHandler):
 
 
 class HealthHandler(JSONHandler):
-    """``GET /healthz``: is the instance up, and how busy."""
+    """``GET /healthz``: is the instance up, and how busy. Public: probes need no token."""
+
+    public_methods = ("GET",)
 
     def get(self) -> None:
         self.write_json({

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from taskrunner.admission import Admission
+from taskrunner.allowlist import Allowlist
 from taskrunner.app import make_app
+from taskrunner.auth import StartupError, load_token, scrub_env
 from taskrunner.config import Config
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
+from taskrunner.errors import SpawnError
 from taskrunner.launcher import Launcher
+from taskrunner.limits import containment_from_config
+from taskrunner.watchdog import Watchdog
 
 log = logging.getLogger("taskrunner.server")
 
@@ -30,9 +37,13 @@ _UNREACHABLE_BODY_LIMIT = 1 << 62
 class Server:
     """One taskrunner instance: listens, serves, and shuts down cleanly."""
 
-    def __init__(self, config: Config, handle_signals: bool = True) -> None:
+    def __init__(self, config: Config, handle_signals: bool = True,
+                 watchdog: bool | None = None) -> None:
         self.config = config
         self.handle_signals = handle_signals
+        # A real process instance wants both; an in-process test instance usually neither.
+        self.use_watchdog = handle_signals if watchdog is None else watchdog
+        self.watchdog: Watchdog | None = None
         self.ctx: InstanceContext | None = None
         self.http: HTTPServer | None = None
         self.sockets: list[socket.socket] = []
@@ -56,17 +67,40 @@ class Server:
         self._should_exit.set()
 
     async def startup(self) -> None:
-        """Bind the socket, build the engine and the app, start serving."""
+        """Bind the socket, build the engine and the app, start serving.
+
+        Raise `StartupError` (before binding) if the configuration is unsafe or unusable.
+        """
         config = self.config
-        engine = ProcessEngine(max_output=config.max_output)
+        token = load_token(config, os.environ)
+        containment = containment_from_config(config, os.environ)
+        base_env = {**scrub_env(os.environ), **containment.env}
+        try:
+            allowlist = Allowlist(config.allow, base_env) if config.allow else None
+        except SpawnError as exc:
+            raise StartupError(f"--allow: {exc.message}") from None
+        if self.use_watchdog:
+            self.watchdog = Watchdog()
+        engine = ProcessEngine(
+            max_output=config.max_output, base_env=base_env,
+            on_spawn=self.watchdog.spawned if self.watchdog else None,
+            on_reap=self.watchdog.reaped if self.watchdog else None,
+        )
+        launcher = Launcher(engine, allowlist=allowlist, containment=containment,
+                            admission=Admission.from_config(config))
         self.sockets = bind_sockets(config.port, config.address, backlog=2048)
         self.ctx = InstanceContext(
-            config=config, engine=engine, launcher=Launcher(engine), port=self.port
+            config=config, engine=engine, launcher=launcher, port=self.port, token=token
         )
         self.http = HTTPServer(
             make_app(self.ctx),
             xheaders=True,
             max_body_size=_UNREACHABLE_BODY_LIMIT,
+            # Idle connections, and slow request headers, are bounded by idle_timeout; a
+            # slow body by body_timeout (which ends once the body is in, so a long /run
+            # is not affected).
+            idle_connection_timeout=config.idle_timeout,
+            body_timeout=config.body_timeout,
         )
         self.http.add_sockets(self.sockets)
         if self.handle_signals:
@@ -81,6 +115,8 @@ class Server:
         ctx, engine = self.ctx, self.ctx.engine
         ctx.shutting_down = True
         self.http.stop()
+        if ctx.launcher.admission is not None:
+            ctx.launcher.admission.close()  # queued requests get a 503 now
         if engine.running:
             log.info("shutting down: waiting up to %ss for %s running commands",
                      self.config.grace, engine.running)
@@ -91,6 +127,8 @@ class Server:
         await ctx.wait_idle(2.0)
         await self.http.close_all_connections()
         engine.close()
+        if self.watchdog is not None:
+            self.watchdog.close()
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
