@@ -182,8 +182,10 @@ class RunHandler(CommandHandler):
         try:
             self.command = await self.launching
         except asyncio.CancelledError:
-            if self.launching.cancelled():
-                return  # cancelled by on_connection_close: the command never started
+            if self.launching.cancelled():  # by on_connection_close: it never started
+                log.info("client left while queued; %s not started", self.program)
+                self.set_status(499, "Client Closed Request")  # nginx's code, for the log
+                return
             raise
         result = await self.command.result
         self.exit_status = result.status
