@@ -10,9 +10,9 @@ process groups are alive: ``+PGID`` when the engine spawns a command (``on_spawn
 of the pipe; the watchdog reads EOF, SIGKILLs every group still listed, and exits. After a
 clean shutdown the list is empty and the watchdog just exits.
 
-The watchdog runs in a session of its own and ignores SIGINT, SIGTERM and SIGHUP, so a
-signal sent to the instance's process group (Ctrl-C, supervisord's ``stopasgroup`` /
-``killasgroup``) cannot take it down before it has done its job; EOF is its only way out.
+The watchdog runs in a session of its own, so a signal sent to the instance's process group
+(Ctrl-C, supervisord's ``stopasgroup`` / ``killasgroup``) does not reach it, and it ignores
+SIGINT, SIGTERM and SIGHUP from birth: EOF (or SIGKILL) is its only way out.
 Only the instance holds the write end (close-on-exec, and commands are spawned with
 ``close_fds``), so no command can keep the watchdog waiting.
 
@@ -47,6 +47,7 @@ class Watchdog:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "taskrunner.watchdog"],
                 stdin=read_end, env=env, close_fds=True, start_new_session=True,
+                preexec_fn=_ignore_signals,  # once per instance: the fork path is fine here
             )
         finally:
             os.close(read_end)
@@ -103,10 +104,18 @@ class Watchdog:
             self._fd = -1
 
 
+_IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore_signals() -> None:
+    # Ignored signals stay ignored across exec, so there is no window while Python starts.
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main() -> None:
     """The watchdog process: follow the list on stdin; at EOF, kill what is listed."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+    _ignore_signals()
     live: set[int] = set()
     rest = b""
     while True:
