@@ -49,7 +49,7 @@ async def test_queued_requests_start_in_arrival_order(instance):
     order = []
 
     async def run(n):
-        code, body = await instance.run({"args": [PY, "-c", f"print({n})"]})
+        _, body = await instance.run({"args": [PY, "-c", f"print({n})"]})
         order.append(int(body["stdout"]))
 
     waiters = []
@@ -98,7 +98,7 @@ async def test_a_caller_that_leaves_while_queued_leaves_the_queue(instance, tmp_
 @with_config(max_running=1, max_queued=1)
 async def test_a_command_that_cannot_start_gives_its_slot_back(instance):
     for _ in range(3):
-        code, body = await instance.run({"args": ["no-such-program-xyz"]})
+        code, _ = await instance.run({"args": ["no-such-program-xyz"]})
         assert code == 422
     assert admission(instance).running == 0
     code, _ = await instance.run({"args": ["true"]})

@@ -21,8 +21,8 @@ def start_run(port, args, timeout=60):
 
 
 def read_pid(path):
-    assert wait_until(lambda: os.path.exists(path) and open(path).read().strip(), 10)
-    return int(open(path).read())
+    assert wait_until(lambda: os.path.exists(path) and path.read_text().strip(), 10)
+    return int(path.read_text())
 
 
 def watchdog_pid(child):
