@@ -48,8 +48,10 @@ def limits_and_user() -> None:
 
 
 PRLIMIT = ["prlimit", f"--as={1 << 30}", "--nofile=256", "--"]
+# As taskrunner.limits builds it: numeric ids, the group list resolved once.
+GROUPS = ",".join(map(str, os.getgrouplist("nobody", nobody.pw_gid)))
 SETPRIV = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
-           "--init-groups", "--"]
+           f"--groups={GROUPS}", "--"]
 
 variants: list[tuple[str, list[str], dict[str, object]]] = [
     ("plain (vfork)", [TRUE], {}),

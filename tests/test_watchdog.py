@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -83,3 +84,24 @@ def test_the_watchdog_outlives_signals_meant_for_the_instance(spawn_instance):
     os.killpg(child.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the group
     assert child.wait() == 0
     assert wait_until(lambda: not pid_alive(watchdog), 2.0)  # gone on EOF
+
+
+def test_the_table_grows_and_only_listed_groups_are_killed(tmp_path):
+    from taskrunner.watchdog import Watchdog
+
+    procs = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(5)]
+    try:
+        watchdog = Watchdog(slots=2)
+        for proc in procs:
+            watchdog.spawned(proc.pid)  # past 2 slots: the table grows
+        watchdog.reaped(procs[0].pid)
+        watchdog.reaped(procs[1].pid)
+        watchdog.spawned(procs[1].pid)  # a freed slot is reused
+        watchdog.close()  # as if the instance had died with these four still listed
+        for proc in procs[1:]:
+            assert proc.wait(5) == -signal.SIGKILL
+        assert procs[0].poll() is None
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
