@@ -45,6 +45,8 @@ import signal
 import subprocess
 import sys
 
+from taskrunner.auth import scrub_env
+
 log = logging.getLogger("taskrunner.watchdog")
 
 _SLOT = 4  # bytes per slot: one native int, a process-group id, 0 when free
@@ -65,8 +67,9 @@ class Watchdog:
         python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         try:
             self.process: subprocess.Popen[bytes] = subprocess.Popen(
-                [sys.executable, "-m", "taskrunner.watchdog", str(self._table_fd)],
-                stdin=read_end, env={**os.environ, "PYTHONPATH": python_path},
+                # -S: no site-packages to import; the package comes from PYTHONPATH.
+                [sys.executable, "-S", "-m", "taskrunner.watchdog", str(self._table_fd)],
+                stdin=read_end, env={**scrub_env(os.environ), "PYTHONPATH": python_path},
                 close_fds=True, pass_fds=(self._table_fd,), start_new_session=True,
                 preexec_fn=_ignore_signals,  # once per instance: the fork path is fine here
             )

@@ -152,3 +152,16 @@ def test_defaults_come_from_the_machine():
     assert (limits.max_running, limits.max_queued) == (3, 6)
     limits = Admission.from_config(Config(max_running=3, max_queued=0))
     assert limits.max_queued == 0
+
+
+@pytest.mark.gen_test(timeout=20)
+@with_config(max_running=1, max_queued=2)
+async def test_when_the_instance_stops_queued_requests_get_503(instance):
+    blocker = asyncio.ensure_future(instance.run({"args": ["sleep", "0.5"]}))
+    await until(lambda: instance.ctx.engine.running == 1)
+    queued = asyncio.ensure_future(instance.run({"args": ["echo", "late"]}))
+    await until(lambda: admission(instance).queued == 1)
+    admission(instance).close()  # what Server.shutdown does first
+    code, body = await queued
+    assert (code, body["error"]) == (503, "shutting_down")
+    assert (await blocker)[0] == 200

@@ -105,3 +105,9 @@ def test_the_table_grows_and_only_listed_groups_are_killed(tmp_path):
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_the_watchdog_does_not_inherit_the_token(spawn_instance):
+    child = spawn_instance(env={"TASKRUNNER_TOKEN": "tok-123456"})
+    with open(f"/proc/{watchdog_pid(child)}/environ", "rb") as f:
+        assert b"TASKRUNNER_" not in f.read()
