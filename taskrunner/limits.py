@@ -31,6 +31,7 @@ processes and does not enforce for root — pair it with ``--user``.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
@@ -41,6 +42,8 @@ from taskrunner.allowlist import resolve
 from taskrunner.auth import StartupError
 from taskrunner.config import MIB, Config
 from taskrunner.errors import SpawnError
+
+log = logging.getLogger("taskrunner.limits")
 
 # (Config field, prlimit option, unit in bytes or 1)
 _LIMITS = (
@@ -76,6 +79,7 @@ def containment_from_config(config: Config, environ: Mapping[str, str]) -> Conta
     """Build the wrapper for ``config``; raise `StartupError` if it cannot be applied."""
     prefix: list[str] = []
     env: dict[str, str] = {}
+    dropped = False  # do commands run as someone other than root?
     limits = [f"--{option}={getattr(config, name) * unit}:{getattr(config, name) * unit}"
               for name, option, unit in _LIMITS if getattr(config, name)]
     if limits:
@@ -93,6 +97,9 @@ def containment_from_config(config: Config, environ: Mapping[str, str]) -> Conta
             groups = ",".join(str(g) for g in os.getgrouplist(user.pw_name, user.pw_gid))
             prefix += [_tool("setpriv", environ), f"--reuid={user.pw_uid}",
                        f"--regid={user.pw_gid}", f"--groups={groups}", "--"]
+            dropped = True
+    if config.limit_nproc and os.geteuid() == 0 and not dropped:
+        log.warning("--limit-nproc does not bind commands that run as root; add --user")
     return Containment(tuple(prefix), env)
 
 

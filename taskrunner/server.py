@@ -88,7 +88,12 @@ class Server:
         )
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
                             admission=Admission.from_config(config))
-        self.sockets = bind_sockets(config.port, config.address, backlog=2048)
+        try:
+            self.sockets = bind_sockets(config.port, config.address, backlog=2048)
+        except OSError:
+            if self.watchdog is not None:
+                self.watchdog.close()
+            raise
         self.ctx = InstanceContext(
             config=config, engine=engine, launcher=launcher, port=self.port, token=token
         )

@@ -133,3 +133,18 @@ def test_a_missing_token_file_is_refused(tmp_path):
                           text=True, timeout=30)
     assert proc.returncode != 0
     assert "cannot read --token-file" in proc.stderr
+
+
+@pytest.mark.parametrize("address,loopback", [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
+    ("0.0.0.0", False), ("", False), ("::", False), ("10.0.0.1", False), ("example.org", False),
+])
+def test_which_addresses_count_as_loopback(address, loopback):
+    from taskrunner.auth import is_loopback
+    assert is_loopback(address) is loopback
+
+
+def test_the_commands_environment_has_no_taskrunner_variables():
+    from taskrunner.auth import scrub_env
+    assert scrub_env({"PATH": "/bin", "TASKRUNNER_TOKEN": "x", "TASKRUNNER_X": "y",
+                      "MY_TASKRUNNER_TOKEN": "z"}) == {"PATH": "/bin", "MY_TASKRUNNER_TOKEN": "z"}
