@@ -63,9 +63,10 @@ async def test_queued_requests_start_in_arrival_order(instance):
 @pytest.mark.gen_test(timeout=20)
 @with_config(max_running=1, max_queued=1)
 async def test_a_queued_requests_timeout_starts_when_its_command_starts(instance):
-    first = asyncio.ensure_future(instance.run({"args": ["sleep", "0.8"]}))
+    first = asyncio.ensure_future(instance.run({"args": ["sleep", "1.5"]}))
     await until(lambda: instance.ctx.engine.running == 1)
-    code, body = await instance.run({"args": ["sleep", "0.3"], "timeout": 0.6})
+    # Waits ~1.5 s for its slot, then runs 0.2 s of its 1 s.
+    code, body = await instance.run({"args": ["sleep", "0.2"], "timeout": 1.0})
     assert code == 200
     assert body["status"] == 0 and not body["timed_out"]
     await first
