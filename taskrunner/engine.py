@@ -30,6 +30,7 @@ output pipes open, they are closed ``drain_grace`` seconds after the main proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -200,10 +201,9 @@ def _spawn_error(spec: CommandSpec, exc: OSError) -> SpawnError:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    # ProcessLookupError: already gone, every process of the group exited and was reaped.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # already gone: every process of the group has exited and been reaped
 
 
 class Command:
@@ -364,7 +364,7 @@ class Command:
         if not self._exited or self._open_pipes or self.result.done():
             return
         if self._drain_timer is not None:
-            self._loop.remove_timeout(self._drain_timer)  # type: ignore[arg-type]
+            self._loop.remove_timeout(self._drain_timer)
             self._drain_timer = None
         self._engine._finished(self)
         out, err = self._captures.values()

@@ -10,14 +10,12 @@ import json
 import logging
 from typing import Any
 
-from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from taskrunner import __version__
 from taskrunner.context import InstanceContext
 from taskrunner.engine import Command, CommandSpec
 from taskrunner.errors import (
-    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -74,11 +72,17 @@ class JSONHandler(RequestHandler):
             self.set_status(exc.status)
             if isinstance(exc, TooManyRequests):
                 self.set_header("Retry-After", str(exc.retry_after))
+        elif status_code == 405:
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            code = "method_not_allowed"
+            message = (f"{self.request.method} is not allowed on {self.request.path}; "
+                       f"allowed: {', '.join(allowed)}")
         elif isinstance(exc, HTTPError) and status_code < 500:
             code = _TORNADO_CODES.get(status_code, "bad_request")
-            message = exc.log_message or httputil.responses.get(status_code, "error")
-            if exc.args:
-                message = message % exc.args if "%" in message else message
+            message = exc.log_message or self._reason
+            if exc.args and "%" in message:
+                message = message % exc.args
         else:
             code, message = "internal", "internal error; the instance log has the details"
         self.clear_header("Content-Length")
@@ -94,17 +98,10 @@ class JSONHandler(RequestHandler):
             return  # a client error, already answered; the access log has the line
         super().log_exception(typ, value, tb)
 
-    def _unsupported(self, *args: Any, **kwargs: Any) -> None:
-        raise MethodNotAllowed(
-            f"{self.request.method} is not allowed on {self.request.path}; "
-            f"allowed: {', '.join(self._allowed_methods())}"
-        )
-
-    def _allowed_methods(self) -> list[str]:
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements."""
         return [m for m in ("GET", "POST", "DELETE")
-                if getattr(type(self), m.lower()) is not getattr(JSONHandler, m.lower())]
-
-    get = post = delete = put = patch = head = options = _unsupported
+                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
 
 class NotFoundHandler(JSONHandler):
