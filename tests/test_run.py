@@ -215,3 +215,30 @@ def test_no_zombies_and_no_fd_growth_over_ten_thousand_runs(io_loop):
 
 def test_runs_on_this_python():
     assert sys.version_info >= (3, 11)
+
+
+@pytest.mark.parametrize("extra", [{}, {"cwd": "/"}], ids=["posix_spawn", "popen"])
+@pytest.mark.gen_test
+async def test_command_sees_only_stdin_stdout_and_stderr(instance, extra):
+    code, body = await instance.run({"args": ["ls", "/proc/self/fd"], **extra})
+    # ls itself holds one more fd open: the directory it is listing.
+    assert body["stdout"].split() == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"cwd": "/"}], ids=["posix_spawn", "popen"])
+@pytest.mark.gen_test
+async def test_commands_get_default_sigpipe_handling(instance, extra):
+    code, body = await instance.run(
+        {"args": ["sh", "-c", "yes | head -c 2"], "timeout": 5, **extra})
+    assert body["stdout"] == "y\n" and body["status"] == 0
+    assert body["stderr"] == "", "yes saw EPIPE instead of dying of SIGPIPE"
+
+
+@pytest.mark.gen_test
+async def test_a_request_path_is_searched_for_the_program(instance, tmp_path):
+    tool = tmp_path / "only-here"
+    tool.write_text("#!/bin/sh\necho found me\n")
+    tool.chmod(0o755)
+    code, body = await instance.run(
+        {"args": ["only-here"], "env": {"PATH": f"{tmp_path}:/usr/bin:/bin"}})
+    assert code == 200 and body["stdout"] == "found me\n"
