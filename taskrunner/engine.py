@@ -123,6 +123,7 @@ class ProcessEngine:
         self.on_reap = on_reap
         self.commands: set[Command] = set()
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        _make_inherited_fds_private()
 
     @property
     def running(self) -> int:
@@ -219,6 +220,16 @@ def _posix_spawn(argv: list[str], env: Mapping[str, str], stdin: int, stdout: in
                       (os.POSIX_SPAWN_DUP2, stderr, 2)],
         setsid=True, setsigdef=_DEFAULT_SIGNALS, setsigmask=(),
     )
+
+
+def _make_inherited_fds_private() -> None:
+    # posix_spawn does not close fds: the ones Python opens are close-on-exec already, but
+    # fds handed down by whoever started us are not; mark them once, here.
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listdir's own fd, already closed
+                os.set_inheritable(fd, False)
 
 
 def _waitpid(pid: int) -> int | None:
