@@ -221,6 +221,7 @@ def test_runs_on_this_python():
 @pytest.mark.gen_test
 async def test_command_sees_only_stdin_stdout_and_stderr(instance, extra):
     code, body = await instance.run({"args": ["ls", "/proc/self/fd"], **extra})
+    assert code == 200
     # ls itself holds one more fd open: the directory it is listing.
     assert body["stdout"].split() == ["0", "1", "2", "3"]
 
@@ -230,7 +231,7 @@ async def test_command_sees_only_stdin_stdout_and_stderr(instance, extra):
 async def test_commands_get_default_sigpipe_handling(instance, extra):
     code, body = await instance.run(
         {"args": ["sh", "-c", "yes | head -c 2"], "timeout": 5, **extra})
-    assert body["stdout"] == "y\n" and body["status"] == 0
+    assert code == 200 and body["stdout"] == "y\n" and body["status"] == 0
     assert body["stderr"] == "", "yes saw EPIPE instead of dying of SIGPIPE"
 
 
