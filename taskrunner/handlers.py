@@ -158,6 +158,7 @@ class RunHandler(CommandHandler):
     """``POST /run``: run a command and answer with how it ended."""
 
     command: Command | None = None
+    client_gone = False
 
     async def post(self) -> None:
         if self._finished:
@@ -166,12 +167,15 @@ class RunHandler(CommandHandler):
         self.command = await self.ctx.launcher.launch(spec)
         result = await self.command.result
         self.exit_status = result.status
-        if self.request.connection is None or self._finished:
+        if self.client_gone:
+            # Logged like nginx's "client closed request"; nobody reads this response.
+            self.set_status(499, "Client Closed Request")
             return
         self.write_json(result.to_json())
 
     def on_connection_close(self) -> None:
         # The caller went away: nobody will read the result, so end the command now.
+        self.client_gone = True
         if self.command is not None and not self.command.result.done():
             log.info("client left; killing pid %s (%s)", self.command.pid, self.command.program)
             self.command.cancel()
