@@ -33,7 +33,7 @@ def make_app(ctx: InstanceContext, **settings: Any) -> Application:
         (r"/healthz", HealthHandler, {"ctx": ctx}),
     ]
     return Application(
-        routes,  # type: ignore[arg-type, unused-ignore]
+        routes,
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         log_function=_log_request,

@@ -7,10 +7,8 @@
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import logging
-from collections.abc import Awaitable
 from typing import Any
 
 from tornado.web import HTTPError, RequestHandler, stream_request_body
@@ -20,7 +18,6 @@ from taskrunner.auth import check_request
 from taskrunner.context import InstanceContext
 from taskrunner.engine import Command, CommandSpec
 from taskrunner.errors import (
-    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -84,11 +81,17 @@ class JSONHandler(RequestHandler):
                 self.set_header("Retry-After", str(exc.retry_after))
             if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", "Bearer")
+        elif status_code == 405:
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            code = "method_not_allowed"
+            message = (f"{self.request.method} is not allowed on {self.request.path}; "
+                       f"allowed: {', '.join(allowed)}")
         elif isinstance(exc, HTTPError) and status_code < 500:
             code = _TORNADO_CODES.get(status_code, "bad_request")
-            message = exc.log_message or http.client.responses.get(status_code, "error")
-            if exc.args:
-                message = message % exc.args if "%" in message else message
+            message = exc.log_message or self._reason
+            if exc.args and "%" in message:
+                message = message % exc.args
         else:
             code, message = "internal", "internal error; the instance log has the details"
         self.clear_header("Content-Length")
@@ -104,17 +107,10 @@ class JSONHandler(RequestHandler):
             return  # a client error, already answered; the access log has the line
         super().log_exception(typ, value, tb)
 
-    def _unsupported(self, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
-        raise MethodNotAllowed(
-            f"{self.request.method} is not allowed on {self.request.path}; "
-            f"allowed: {', '.join(self._allowed_methods())}"
-        )
-
-    def _allowed_methods(self) -> list[str]:
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements."""
         return [m for m in ("GET", "POST", "DELETE")
-                if getattr(type(self), m.lower()) is not getattr(JSONHandler, m.lower())]
-
-    get = post = delete = put = patch = head = options = _unsupported
+                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
 
 class NotFoundHandler(JSONHandler):
@@ -171,6 +167,7 @@ class RunHandler(CommandHandler):
     """``POST /run``: run a command and answer with how it ended."""
 
     command: Command | None = None
+    client_gone = False
     launching: asyncio.Future[Command] | None = None
 
     async def post(self) -> None:
@@ -184,17 +181,20 @@ class RunHandler(CommandHandler):
         except asyncio.CancelledError:
             if self.launching.cancelled():  # by on_connection_close: it never started
                 log.info("client left while queued; %s not started", self.program)
-                self.set_status(499, "Client Closed Request")  # nginx's code, for the log
+                self.set_status(499, "Client Closed Request")
                 return
             raise
         result = await self.command.result
         self.exit_status = result.status
-        if self.request.connection is None or self._finished:
+        if self.client_gone:
+            # Logged like nginx's "client closed request"; nobody reads this response.
+            self.set_status(499, "Client Closed Request")
             return
         self.write_json(result.to_json())
 
     def on_connection_close(self) -> None:
         # The caller went away: nobody will read the result, so end the command now.
+        self.client_gone = True
         if self.launching is not None and not self.launching.done():
             self.launching.cancel()
         if self.command is not None and not self.command.result.done():
