@@ -5,12 +5,12 @@ Both are applied by exec wrappers from util-linux put before the command's argum
 them, ``setpriv --reuid --regid --groups --`` drops to the user — and only when configured,
 so the default spawn path stays the fast one. Measured on the 2-core CI machine
 (2026-11-26, ``scripts/bench_spawn_wrappers.py``: /bin/true, piped output, own session,
-30 MiB parent):
+30 MiB parent, Popen level):
 
     ==========================================  ===========
     how                                          spawns/s
     ==========================================  ===========
-    plain Popen (vfork path, the default)        1,662
+    plain Popen (vfork path)                     1,662
     preexec_fn calling setrlimit (fork path)       332
     prlimit wrapper (chosen for --limit-*)          717
     Popen(user=, group=, extra_groups=) (fork)     406
@@ -20,7 +20,10 @@ so the default spawn path stays the fast one. Measured on the 2-core CI machine
     ==========================================  ===========
 
 Any ``preexec_fn`` or ``user=`` forces CPython off its vfork path, which costs more than an
-extra exec of a small static-ish binary, so wrappers win in every combination.
+extra exec of a small binary, so wrappers win in every combination; they also keep the
+engine's ``posix_spawn`` path. Through the engine on a busy machine
+(``scripts/bench_engine_containment.py``): none 746-1,267/s, limits 581-828/s, ``--user``
+507-671/s, both 414-530/s (docs/security.md has the table).
 
 Because the wrapper, not the command, is what the engine executes, `Containment.check`
 first resolves the program and checks ``cwd`` in this process: a missing program still
