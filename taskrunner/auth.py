@@ -1,7 +1,8 @@
 """Who may call: the bearer token, protected mode, and keeping the token out of children.
 
-The token comes from ``--token-file`` or the ``TASKRUNNER_TOKEN`` environment variable and
-is never stored in `Config` (which is logged and shown), only in the `InstanceContext`.
+The token comes from ``--token-file`` (which wins) or the ``TASKRUNNER_TOKEN`` environment
+variable, surrounding whitespace stripped; an empty one stops the instance. It is never
+stored in `Config` (which is logged and shown), only in the `InstanceContext`.
 `JSONHandler.prepare` calls `check_request` first thing, so every route — including
 unknown paths, which would otherwise tell a stranger which paths exist — is covered; only
 ``GET /healthz`` is public, so a load balancer can probe without a secret.
@@ -37,8 +38,10 @@ def load_token(config: Config, environ: Mapping[str, str]) -> str | None:
                                f"{getattr(exc, 'strerror', None) or exc}") from None
         if not token:
             raise StartupError(f"--token-file {config.token_file!r} is empty")
-    elif environ.get(TOKEN_ENV):
+    elif TOKEN_ENV in environ:
         token = environ[TOKEN_ENV].strip()
+        if not token:  # e.g. TASKRUNNER_TOKEN="$(cat a-missing-file)": fail, don't open up
+            raise StartupError(f"{TOKEN_ENV} is set but empty")
     if token is None and not is_loopback(config.address):
         raise StartupError(
             f"refusing to listen on {config.address!r} without a token: anyone who can reach "

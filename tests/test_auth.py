@@ -148,3 +148,11 @@ def test_the_commands_environment_has_no_taskrunner_variables():
     from taskrunner.auth import scrub_env
     assert scrub_env({"PATH": "/bin", "TASKRUNNER_TOKEN": "x", "TASKRUNNER_X": "y",
                       "MY_TASKRUNNER_TOKEN": "z"}) == {"PATH": "/bin", "MY_TASKRUNNER_TOKEN": "z"}
+
+
+def test_an_empty_token_variable_is_refused_even_on_loopback():
+    env = {**os.environ, "TASKRUNNER_TOKEN": "  "}
+    proc = subprocess.run([PY, "-m", "taskrunner", "--port", "0"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "taskrunner: TASKRUNNER_TOKEN is set but empty"
