@@ -10,8 +10,13 @@ path that is executed, so the file that was checked is the file that runs. Hence
 get around the list: only the real file counts. A request's ``PATH`` may still pick *which*
 allowed program a bare name means, which grants nothing the list does not.
 
+With an allowlist, a request's ``env`` may not set the dynamic loader's variables
+(``LD_*``, ``GCONV_PATH``): ``LD_PRELOAD`` would load any library into an allowed program.
+
 Not guarded here: an allowed program that runs others (``sh``, ``env``, ``xargs``,
-``python3``, ``find -exec``, a multi-call binary like busybox) allows everything it can run.
+``python3``, ``find -exec``, a multi-call binary like busybox) allows everything it can run,
+and so may a program-specific variable in ``env`` (``BASH_ENV``, ``PYTHONSTARTUP``,
+``PERL5OPT``, ``GIT_SSH_COMMAND``, ...).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import os
 from collections.abc import Iterable, Mapping
 
 from taskrunner.errors import ProgramNotAllowed, SpawnError
+
+_LOADER_VARIABLES = ("LD_", "GCONV_PATH")
 
 
 def exec_path(env: Mapping[str, str]) -> list[str]:
@@ -63,3 +70,11 @@ class Allowlist:
             shown = "" if real == program else f" (it resolves to {real!r})"
             raise ProgramNotAllowed(f"program {program!r} is not allowed on this instance{shown}")
         return real
+
+    def check_env(self, env: Mapping[str, str] | None) -> None:
+        """`ProgramNotAllowed` if a request's ``env`` sets a dynamic loader variable."""
+        for name in env or ():
+            if name.startswith(_LOADER_VARIABLES):
+                raise ProgramNotAllowed(
+                    f"env {name!r} is not allowed on this instance: it could load other code "
+                    "into an allowed program")

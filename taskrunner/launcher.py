@@ -54,6 +54,7 @@ class Launcher:
         env = self.engine.base_env if not spec.env else {**self.engine.base_env, **spec.env}
         program = spec.args[0]
         if self.allowlist is not None:
+            self.allowlist.check_env(spec.env)
             real = self.allowlist.check(program, env, spec.cwd)
         if self.containment.active:
             real = self.containment.check(program, env, spec.cwd)

@@ -96,3 +96,12 @@ def test_allow_is_repeatable_on_the_command_line():
     from taskrunner.cli import parse_config
     assert parse_config(["--allow", "echo", "--allow", "ls"]).allow == ("echo", "ls")
     assert parse_config([]).allow == ()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "GCONV_PATH"])
+async def test_loader_variables_cannot_load_code_into_an_allowed_program(instance, name):
+    code, body = await instance.run({"args": ["echo"], "env": {name: "/tmp/evil.so"}})
+    assert code == 403 and name in body["message"]
+    code, _ = await instance.run({"args": ["echo"], "env": {"LANG": "C"}})
+    assert code == 200
