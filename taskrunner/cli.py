@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + setting.name.replace("_", "-")
         if setting.metadata.get("repeatable"):
             # A tuple field: one value per use of the flag, e.g. --allow echo --allow ls.
-            parser.add_argument(flag, action="append", default=None,
+            default: tuple[str, ...] = setting.default
+            parser.add_argument(flag, action="append", default=list(default),
                                 help=setting.metadata["help"], metavar=setting.name.upper())
             continue
         kind: Any = type(setting.default)
@@ -46,8 +47,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     values = vars(parser.parse_args(argv))
     for setting in settings():
         if setting.metadata.get("repeatable"):
-            given = values[setting.name]
-            values[setting.name] = setting.default if given is None else tuple(given)
+            values[setting.name] = tuple(values[setting.name])
     try:
         return Config(**values)
     except ValueError as exc:
