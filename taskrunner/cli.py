@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + setting.name.replace("_", "-")
         if setting.metadata.get("repeatable"):
             # A tuple field: one value per use of the flag, e.g. --allow echo --allow ls.
-            default: tuple[str, ...] = setting.default
+            default: Any = setting.default
             parser.add_argument(flag, action="append", default=list(default),
                                 help=setting.metadata["help"], metavar=setting.name.upper())
             continue
