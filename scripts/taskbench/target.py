@@ -80,8 +80,12 @@ class Target:
                 os.killpg(pgid, sig)
             except ProcessLookupError:
                 break  # the whole group is already gone
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=wait)
+            # The leader (sh) may be gone while the server it started still shuts down: wait
+            # for the group, not the leader. Nothing signals "group empty", so look every 50 ms.
+            deadline = time.monotonic() + wait
+            while procs.group_alive(pgid) and time.monotonic() < deadline:
+                self.proc.poll()
+                time.sleep(0.05)
             if not procs.group_alive(pgid):
                 break
         self.proc.wait()
