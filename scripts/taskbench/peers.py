@@ -24,11 +24,8 @@ HARNESS_WORKLOADS = ("W1", "W2", "W3")
 
 def find_harness() -> Path:
     """The shared harness directory: ``$TASKRUNNER_SHARED_BENCH`` or ``<repo>/../shared/bench``."""
-    candidates = [Path(os.environ[ENV_VAR])] if os.environ.get(ENV_VAR) else [
-        REPO.parent / "shared" / "bench",
-        # a git worktree's repository root is its own directory; try the main checkout's too
-        REPO.parent.parent / "shared" / "bench",
-    ]
+    candidates = ([Path(os.environ[ENV_VAR])] if os.environ.get(ENV_VAR)
+                  else [REPO.parent / "shared" / "bench"])
     for path in candidates:
         if (path / "compare.sh").is_file():
             return path.resolve()
