@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             say(f"bench: the peers have no {', '.join(dropped)}; comparing {', '.join(names)}")
         pids = set() if opts.cmd else server_pids(opts)
         try:
-            records = peers.compare(opts.base, opts.cmd, pids, opts.compare_peers, names,
+            records = peers.compare(opts.base, opts.cmd, opts.cwd, pids, opts.compare_peers, names,
                                     opts.rounds, opts.duration, opts.threads,
                                     opts.out / started.strftime("%Y%m%d-%H%M%S"), opts.json)
         finally:

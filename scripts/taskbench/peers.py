@@ -33,7 +33,7 @@ def find_harness() -> Path:
                      f" set {ENV_VAR}=/path/to/shared/bench")
 
 
-def compare(base: str, cmd: str | None, server_pids: set[int], peers: list[str],
+def compare(base: str, cmd: str | None, cwd: Path, server_pids: set[int], peers: list[str],
             workloads: list[str], rounds: int, duration: int, threads: int, out_dir: Path,
             to_stderr: bool) -> list[dict[str, Any]]:
     """Run compare.sh (target + peers, interleaved); return its raw records.
@@ -45,7 +45,7 @@ def compare(base: str, cmd: str | None, server_pids: set[int], peers: list[str],
     argv = [str(harness / "compare.sh"), "--url", base + "/run", "--label", "taskrunner",
             "--peers", ",".join(peers), "--workloads", ",".join(workloads),
             "--rounds", str(rounds), "--duration", str(duration), "--threads", str(threads),
-            "--cwd", str(REPO)]
+            "--cwd", str(cwd)]
     if cmd:
         argv += ["--target", cmd]
     elif server_pids:
