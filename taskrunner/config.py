@@ -58,7 +58,7 @@ class Config:
     limit_nofile: int = _setting(0, "open-file limit of each command; 0: none")
     max_running: int = _setting(
         0, "commands running at once (/run and jobs together); 0: auto, "
-        "min(64 x CPUs, (open-file limit - 256) / 4)"
+        "min(256 x CPUs, (open-file limit - 256) / 4)"
     )
     max_queued: int = _setting(
         -1, "requests that may wait for a free slot, beyond which 429; -1: 2 x max-running"
