@@ -166,3 +166,25 @@ async def test_when_the_instance_stops_queued_requests_get_503(instance):
     code, body = await queued
     assert (code, body["error"]) == (503, "shutting_down")
     assert (await blocker)[0] == 200
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_default_admits_200_concurrent_sleeping_commands(instance):
+    # The shared benchmark's W2: 200 connections each running `sleep 0.5`.
+    if admission(instance).max_running < 200:
+        pytest.skip("this machine's open-file limit caps --max-running below 200")
+    queued = []
+
+    async def watch():
+        while True:
+            queued.append(admission(instance).queued)
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        results = await asyncio.gather(*(instance.run({"args": ["sleep", "0.5"]})
+                                         for _ in range(200)))
+    finally:
+        watcher.cancel()
+    assert [code for code, _ in results] == [200] * 200
+    assert max(queued) == 0  # all in one wave: nobody waited for a slot
