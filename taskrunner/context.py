@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from taskrunner.config import Config
 from taskrunner.engine import ProcessEngine
+from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
 
 
@@ -24,6 +25,8 @@ class InstanceContext:
     engine: ProcessEngine
     launcher: Launcher
     port: int = 0
+    instance: str = ""
+    jobs: JobRegistry | None = None
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)
     shutting_down: bool = False

@@ -19,6 +19,8 @@ from taskrunner.app import make_app
 from taskrunner.config import Config
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
+from taskrunner.job_store import JobStore
+from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
 
 log = logging.getLogger("taskrunner.server")
@@ -60,9 +62,16 @@ class Server:
         config = self.config
         engine = ProcessEngine(max_output=config.max_output)
         self.sockets = bind_sockets(config.port, config.address, backlog=2048)
+        launcher = Launcher(engine)
+        instance = config.instance or str(self.port)
         self.ctx = InstanceContext(
-            config=config, engine=engine, launcher=Launcher(engine), port=self.port
+            config=config, engine=engine, launcher=launcher, port=self.port, instance=instance
         )
+        self.ctx.jobs = JobRegistry(
+            launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
+            max_jobs=config.max_jobs, store=JobStore(config.state_dir) if config.state_dir else None,
+        )
+        self.ctx.jobs.restore()
         self.http = HTTPServer(
             make_app(self.ctx),
             xheaders=True,
@@ -73,7 +82,8 @@ class Server:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_exit)
-        log.info("listening on %s:%s (pid %s)", config.address, self.port, self.ctx.pid)
+        log.info("listening on %s:%s (pid %s, instance %s)", config.address, self.port,
+                 self.ctx.pid, instance)
 
     async def shutdown(self) -> None:
         """Stop listening, give running commands ``--grace`` seconds, then kill the rest."""
@@ -86,11 +96,15 @@ class Server:
                      self.config.grace, engine.running)
         if not await engine.wait_all(self.config.grace):
             log.warning("grace period over: killing %s commands", engine.running)
+            if ctx.jobs is not None:
+                ctx.jobs.cancel_running()
             engine.kill_all()
             await engine.wait_all(5.0)
         await ctx.wait_idle(2.0)
         await self.http.close_all_connections()
         engine.close()
+        if ctx.jobs is not None:
+            ctx.jobs.close()  # the final states of the jobs just killed reach the store
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
