@@ -17,7 +17,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 
 from taskrunner.handlers import CommandHandler, JSONHandler
-from taskrunner.jobs import Job, JobRegistry
+from taskrunner.jobs import JobRegistry
 
 log = logging.getLogger("taskrunner.jobs")
 

@@ -67,9 +67,10 @@ class Server:
         self.ctx = InstanceContext(
             config=config, engine=engine, launcher=launcher, port=self.port, instance=instance
         )
+        store = JobStore(config.state_dir) if config.state_dir else None
         self.ctx.jobs = JobRegistry(
             launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
-            max_jobs=config.max_jobs, store=JobStore(config.state_dir) if config.state_dir else None,
+            max_jobs=config.max_jobs, store=store,
         )
         self.ctx.jobs.restore()
         self.http = HTTPServer(

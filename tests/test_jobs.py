@@ -45,11 +45,12 @@ def group_alive(pgid):
 @pytest.mark.gen_test
 async def test_post_runs_a_job_in_the_background_and_get_shows_how_it_ended(instance):
     started = time.monotonic()
-    job = await submit(instance, {"args": ["sh", "-c", "sleep 0.3; echo out; echo err >&2; exit 3"]})
+    args = ["sh", "-c", "sleep 0.3; echo out; echo err >&2; exit 3"]
+    job = await submit(instance, {"args": args})
     assert time.monotonic() - started < 0.25  # 202 at once, not when the command ends
     assert job["state"] == "running"
     assert job["status"] is None and job["finished"] is None and job["duration"] is None
-    assert job["args"] == ["sh", "-c", "sleep 0.3; echo out; echo err >&2; exit 3"]
+    assert job["args"] == args
     assert job["instance"] == str(instance.port)
     done = await wait_done(instance, job["id"])
     assert done["state"] == "exited"
