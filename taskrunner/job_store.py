@@ -20,6 +20,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +92,8 @@ _Op = tuple[str, Any]  # ("put", JobRecord) | ("delete", id) | ("sync", Event) |
 class JobStore:
     """The ``jobs.sqlite3`` database in ``state_dir``, written by one background thread."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, batch_delay: float = 0.05) -> None:
+        self.batch_delay = batch_delay
         os.makedirs(state_dir, exist_ok=True)
         self.path = os.path.join(state_dir, "jobs.sqlite3")
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -145,6 +147,10 @@ class JobStore:
     def _run(self) -> None:
         while True:
             ops = [self._queue.get()]
+            if ops[0][0] in ("put", "delete"):
+                # Let a burst gather: one transaction for all of it, and a job that ended
+                # meanwhile is written once, not as "running" and then again.
+                time.sleep(self.batch_delay)
             while True:
                 try:
                     ops.append(self._queue.get_nowait())
@@ -158,19 +164,21 @@ class JobStore:
                 return
 
     def _write(self, ops: list[_Op]) -> bool:
-        stop = False
+        latest: dict[str, JobRecord | None] = {}  # by id, the last change asked for
+        for kind, value in ops:
+            if kind == "put":
+                latest.pop(value.id, None)
+                latest[value.id] = value
+            elif kind == "delete":
+                latest.pop(value, None)
+                latest[value] = None
+        puts = [record.row() for record in latest.values() if record is not None]
+        deletes = [(job_id,) for job_id, record in latest.items() if record is None]
         try:
-            self._db.execute("BEGIN")
-            for kind, value in ops:
-                if kind == "put":
-                    self._db.execute(_UPSERT, value.row())
-                elif kind == "delete":
-                    self._db.execute("DELETE FROM jobs WHERE id = ?", (value,))
-                elif kind == "stop":
-                    stop = True
-            self._db.execute("COMMIT")
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(_UPSERT, puts)
+                self._db.executemany("DELETE FROM jobs WHERE id = ?", deletes)
         except sqlite3.Error:
-            log.exception("job store: writing %s changes to %s failed", len(ops), self.path)
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-        return stop
+            log.exception("job store: writing %s changes to %s failed", len(latest), self.path)
+        return any(kind == "stop" for kind, _ in ops)

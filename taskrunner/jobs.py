@@ -242,8 +242,9 @@ class JobRegistry:
         job.command = command
         self.jobs[job.id] = job
         self._save(job)
-        command.result.add_done_callback(lambda future: self._on_result(job, future))
-        log.info("job %s started: pid %s program %s", job.id, command.pid, command.program)
+        pid = command.pid
+        command.result.add_done_callback(lambda future: self._on_result(job, pid, future))
+        log.debug("job %s started: pid %s program %s", job.id, command.pid, command.program)
         return job
 
     async def cancel(self, job: Job) -> Job:
@@ -271,10 +272,10 @@ class JobRegistry:
         if self.store is not None:
             self.store.close()
 
-    def _on_result(self, job: Job, future: asyncio.Future[CommandResult]) -> None:
+    def _on_result(self, job: Job, pid: int, future: asyncio.Future[CommandResult]) -> None:
         job.finish(future.result())
-        log.info("job %s %s: status %s duration %.3fs", job.id, job.state, job.status,
-                 job.duration or 0.0)
+        log.info("job %s %s: pid %s status %s duration %.3fs program %s", job.id, job.state,
+                 pid, job.status, job.duration or 0.0, job.args[0])
         self._finished[job.id] = job
         self._save(job)
         self._evict()
@@ -310,10 +311,9 @@ class JobRegistry:
         self._schedule_expiry()
 
     def _schedule_expiry(self) -> None:
-        if self._expiry is not None:
-            self._loop.remove_timeout(self._expiry)
-            self._expiry = None
-        if self._finished:
+        # One timer, for the oldest finished job. A job that finishes goes to the back, so
+        # the timer only needs setting when there is none; when it fires it sets the next.
+        if self._expiry is None and self._finished:
             oldest = next(iter(self._finished.values()))
             delay = max(0.0, (oldest.finished or 0.0) + self.job_ttl - time.time())
             self._expiry = self._loop.call_later(delay, self._on_expiry)
@@ -321,4 +321,3 @@ class JobRegistry:
     def _on_expiry(self) -> None:
         self._expiry = None
         self._evict()
-
