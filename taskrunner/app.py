@@ -38,7 +38,7 @@ def make_app(ctx: InstanceContext, **settings: Any) -> Application:
         (r"/openapi.json", OpenAPIHandler, {"ctx": ctx}),
     ]
     return Application(
-        routes,  # type: ignore[arg-type]
+        routes,
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         log_function=_log_request,

@@ -10,14 +10,12 @@ import json
 import logging
 from typing import Any
 
-from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from taskrunner import __version__
 from taskrunner.context import InstanceContext
 from taskrunner.engine import Command, CommandSpec
 from taskrunner.errors import (
-    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -74,11 +72,17 @@ class JSONHandler(RequestHandler):
             self.set_status(exc.status)
             if isinstance(exc, TooManyRequests):
                 self.set_header("Retry-After", str(exc.retry_after))
+        elif status_code == 405:
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            code = "method_not_allowed"
+            message = (f"{self.request.method} is not allowed on {self.request.path}; "
+                       f"allowed: {', '.join(allowed)}")
         elif isinstance(exc, HTTPError) and status_code < 500:
             code = _TORNADO_CODES.get(status_code, "bad_request")
-            message = exc.log_message or httputil.responses.get(status_code, "error")
-            if exc.args:
-                message = message % exc.args if "%" in message else message
+            message = exc.log_message or self._reason
+            if exc.args and "%" in message:
+                message = message % exc.args
         else:
             code, message = "internal", "internal error; the instance log has the details"
         self.clear_header("Content-Length")
@@ -94,17 +98,10 @@ class JSONHandler(RequestHandler):
             return  # a client error, already answered; the access log has the line
         super().log_exception(typ, value, tb)
 
-    def _unsupported(self, *args: Any, **kwargs: Any) -> None:
-        raise MethodNotAllowed(
-            f"{self.request.method} is not allowed on {self.request.path}; "
-            f"allowed: {', '.join(self._allowed_methods())}"
-        )
-
-    def _allowed_methods(self) -> list[str]:
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements."""
         return [m for m in ("GET", "POST", "DELETE")
-                if getattr(type(self), m.lower()) is not getattr(JSONHandler, m.lower())]
-
-    get = post = delete = put = patch = head = options = _unsupported
+                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
 
 class NotFoundHandler(JSONHandler):
@@ -161,6 +158,7 @@ class RunHandler(CommandHandler):
     """``POST /run``: run a command and answer with how it ended."""
 
     command: Command | None = None
+    client_gone = False
 
     async def post(self) -> None:
         if self._finished:
@@ -169,12 +167,15 @@ class RunHandler(CommandHandler):
         self.command = await self.ctx.launcher.launch(spec)
         result = await self.command.result
         self.exit_status = result.status
-        if self.request.connection is None or self._finished:
+        if self.client_gone:
+            # Logged like nginx's "client closed request"; nobody reads this response.
+            self.set_status(499, "Client Closed Request")
             return
         self.write_json(result.to_json())
 
     def on_connection_close(self) -> None:
         # The caller went away: nobody will read the result, so end the command now.
+        self.client_gone = True
         if self.command is not None and not self.command.result.done():
             log.info("client left; killing pid %s (%s)", self.command.pid, self.command.program)
             self.command.cancel()

@@ -44,7 +44,7 @@ class Instance:
         self.server = server
         self.port = server.port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.client = AsyncHTTPClient(force_instance=True)
+        self.client = AsyncHTTPClient(force_instance=True, max_clients=500)
 
     @property
     def ctx(self) -> Any:
