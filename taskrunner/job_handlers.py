@@ -31,7 +31,7 @@ def _registry(handler: JSONHandler) -> JobRegistry:
 class JobsHandler(CommandHandler):
     """``POST /jobs`` starts a job from a ``/run`` body; ``GET /jobs`` lists the jobs kept."""
 
-    async def post(self) -> None:  # type: ignore[override]
+    async def post(self) -> None:
         if self._finished:
             return
         spec = self.parse_command()
@@ -50,7 +50,7 @@ class JobHandler(JSONHandler):
     def get(self, job_id: str) -> None:
         self.write_json(_registry(self).get(job_id).to_json())
 
-    async def delete(self, job_id: str) -> None:  # type: ignore[override]
+    async def delete(self, job_id: str) -> None:
         registry = _registry(self)
         job = await registry.cancel(registry.get(job_id))
         self.exit_status = job.status
@@ -64,7 +64,7 @@ class JobOutputHandler(JSONHandler):
 
     _gone: asyncio.Future[None] | None = None
 
-    async def get(self, job_id: str) -> None:  # type: ignore[override]
+    async def get(self, job_id: str) -> None:
         job = _registry(self).get(job_id)
         sse = "text/event-stream" in self.request.headers.get("Accept", "")
         self.set_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")

@@ -6,13 +6,14 @@ import pytest
 from conftest import PY
 from test_jobs import get_job, submit, wait_done
 
-# Writes "first", then after a pause "second"; stdout and stderr interleaved.
-SLOW = ("import sys, time\n"
-        "print('first', flush=True)\n"
+# Writes "first", then after a pause "second"; stdout and stderr interleaved. One os.write
+# per line, so that each line is one chunk whatever PYTHONUNBUFFERED says.
+SLOW = ("import os, time\n"
+        "os.write(1, b'first\\n')\n"
         "time.sleep(0.2)\n"
-        "print('oops', file=sys.stderr, flush=True)\n"
+        "os.write(2, b'oops\\n')\n"
         "time.sleep(1.3)\n"
-        "print('second', flush=True)\n")
+        "os.write(1, b'second\\n')\n")
 
 
 def ndjson(body):
@@ -56,13 +57,22 @@ async def test_a_chunk_arrives_within_100ms_of_being_written(instance):
               "    time.sleep(0.3)\n")
     job = await submit(instance, {"args": [PY, "-c", script]})
     delays = []
+    buffer = bytearray()
+    text = []
 
     def on_chunk(chunk):
         now = time.time()
-        for line in chunk.decode().splitlines():
+        buffer.extend(chunk)  # an HTTP chunk may end in the middle of a line
+        while b"\n" in buffer:
+            line, _, rest = bytes(buffer).partition(b"\n")
+            buffer[:] = rest
             item = json.loads(line)
             if item.get("stream") == "stdout":
-                delays.append(now - float(item["data"]))
+                # The command's own writes may be split too: time each whole stamp.
+                text.append(item["data"])
+                *stamps, tail = "".join(text).split("\n")
+                text[:] = [tail]
+                delays.extend(now - float(stamp) for stamp in stamps)
 
     await instance.request("GET", f"/jobs/{job['id']}/output", streaming_callback=on_chunk)
     assert len(delays) == 4
