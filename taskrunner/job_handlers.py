@@ -17,6 +17,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 
 from taskrunner.handlers import CommandHandler, JSONHandler
+from taskrunner.job_output import OutputCursor
 from taskrunner.jobs import JobRegistry
 
 log = logging.getLogger("taskrunner.jobs")
@@ -73,14 +74,12 @@ class JobOutputHandler(JSONHandler):
         self._gone = asyncio.get_running_loop().create_future()
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
                     for name in ("stdout", "stderr")}
-        sent = 0
+        cursor = OutputCursor()
         while True:
             # Ask for the next change before sending, so nothing written meanwhile is missed.
             change = job.changed()
             done = job.done
-            chunks = job.chunks[sent:]
-            sent += len(chunks)
-            for stream, data in chunks:
+            for stream, data in job.output.read(cursor):
                 text = decoders[stream].decode(data)
                 if text:
                     self._emit({"stream": stream, "data": text}, sse)

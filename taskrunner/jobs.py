@@ -12,8 +12,8 @@ States, and every edge (all taken in `Job._transition`)::
         │────> cancelled    DELETE /jobs/<id> SIGKILLed its group
     (stored running) ──> lost   the instance died while it ran (found in --state-dir)
 
-Output is kept per stream up to ``--max-output`` bytes as the chunks it came in, so a
-stream can replay it with stdout and stderr interleaved as they were written.
+Output is kept per stream up to ``--max-output`` bytes in an `OutputLog`, which also
+remembers how stdout and stderr were interleaved, so a stream can replay it in order.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tornado.ioloop import IOLoop
 
 from taskrunner.engine import Command, CommandResult, CommandSpec
 from taskrunner.errors import JobNotFound, TooManyRequests
+from taskrunner.job_output import OutputLog
 from taskrunner.job_store import JobRecord, JobStore
 from taskrunner.launcher import Launcher
 
@@ -79,10 +80,8 @@ class Job:
         self.timed_out = False
         self.duration: float | None = None
         self.truncated = {"stdout": False, "stderr": False}
-        self.chunks: list[tuple[str, bytes]] = []
+        self.output = OutputLog(limit)
         self.command: Command | None = None
-        self._limit = limit
-        self._kept = {"stdout": 0, "stderr": 0}
         self._change: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -95,14 +94,8 @@ class Job:
 
     def on_output(self, stream: str, data: bytes) -> None:
         """The engine's listener: keep what fits under ``--max-output`` and wake the streams."""
-        room = self._limit - self._kept[stream]
-        if room <= 0:
-            return
-        if len(data) > room:
-            data = data[:room]
-        self._kept[stream] += len(data)
-        self.chunks.append((stream, data))
-        self._notify()
+        if self.output.feed(stream, data):
+            self._notify()
 
     def changed(self) -> asyncio.Future[None]:
         """A future resolved at the next chunk of output or when the job ends."""
@@ -112,8 +105,7 @@ class Job:
 
     def text(self, stream: str) -> str:
         """What was kept of ``stream``, decoded as UTF-8 (undecodable bytes become U+FFFD)."""
-        return b"".join(data for name, data in self.chunks if name == stream).decode(
-            "utf-8", "replace")
+        return self.output.text(stream)
 
     def finish(self, result: CommandResult) -> None:
         """Record how the command ended and move to the state that says so."""
@@ -186,8 +178,7 @@ class Job:
         job.duration = record.duration
         job.truncated = {"stdout": record.stdout_truncated, "stderr": record.stderr_truncated}
         for stream, text in (("stdout", record.stdout), ("stderr", record.stderr)):
-            if text:
-                job.chunks.append((stream, text.encode("utf-8")))
+            job.output.feed(stream, text.encode("utf-8"))
         return job
 
 

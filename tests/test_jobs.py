@@ -218,7 +218,7 @@ async def test_output_kept_per_job_is_bounded_by_max_output(instance):
     done = await wait_done(instance, job["id"])
     assert done["stdout"] == "x" * 10 and done["stdout_truncated"] is True
     kept = instance.ctx.jobs.get(job["id"])
-    assert sum(len(data) for _, data in kept.chunks) == 10
+    assert kept.output.size == 10
     stream = await instance.request("GET", f"/jobs/{job['id']}/output")
     lines = [json.loads(line) for line in stream.body.decode().splitlines()]
     assert "".join(item["data"] for item in lines[:-1]) == "x" * 10
