@@ -7,9 +7,9 @@ jobs in all, dropping the oldest finished ones first.
 
 States, and every edge (all taken in `Job._transition`)::
 
-    running ──> exited       the command ran to its end (any exit status, or killed at shutdown)
+    running ──> exited       the command ran to its end (any exit status)
         │────> timed_out    its deadline passed and its group was SIGKILLed
-        │────> cancelled    DELETE /jobs/<id> SIGKILLed its group
+        │────> cancelled    DELETE /jobs/<id>, or the end of the shutdown grace, SIGKILLed it
     (stored running) ──> lost   the instance died while it ran (found in --state-dir)
 
 Output is kept per stream up to ``--max-output`` bytes in an `OutputLog`, which also
@@ -121,7 +121,7 @@ class Job:
             # running -> cancelled: DELETE /jobs/<id> killed the group before it exited.
             self._transition(JobState.CANCELLED)
         else:
-            # running -> exited: it ended by itself, or was killed by the instance's shutdown.
+            # running -> exited: it ended by itself (or a kill not sent through this job).
             self._transition(JobState.EXITED)
 
     def _transition(self, new: JobState) -> None:
