@@ -2,7 +2,7 @@
 
 A row is written when a job starts (state ``running``) and again when it ends, and deleted
 when the job is evicted. On startup, rows still marked ``running`` belong to an instance
-that died while they ran: they are turned into ``lost``.
+that died while they ran: the registry turns them into ``lost`` and writes them back.
 
 Writes never happen on the event loop. `JobStore.put` and `JobStore.delete` only append to
 a queue; one writer thread takes everything queued, writes it in one transaction and goes
@@ -103,15 +103,11 @@ class JobStore:
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    def load(self, lost_at: float) -> list[JobRecord]:
-        """Every stored job, oldest first; jobs stored as ``running`` come back ``lost``.
+    def load(self) -> list[JobRecord]:
+        """Every stored job, oldest first (the caller turns ``running`` ones into ``lost``).
 
         Call before `start`: it runs on the caller's thread.
         """
-        self._db.execute("BEGIN")
-        self._db.execute("UPDATE jobs SET state = 'lost', finished = ? WHERE state = 'running'",
-                         (lost_at,))
-        self._db.execute("COMMIT")
         rows = self._db.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created").fetchall()
         return [JobRecord.from_row(row) for row in rows]

@@ -10,7 +10,7 @@ States, and every edge (all taken in `Job._transition`)::
     running ──> exited       the command ran to its end (any exit status)
         │────> timed_out    its deadline passed and its group was SIGKILLed
         │────> cancelled    DELETE /jobs/<id>, or the end of the shutdown grace, SIGKILLed it
-    (stored running) ──> lost   the instance died while it ran (found in --state-dir)
+        └────> lost         the instance died while it ran (found so in --state-dir)
 
 Output is kept per stream up to ``--max-output`` bytes in an `OutputLog`, which also
 remembers how stdout and stderr were interleaved, so a stream can replay it in order.
@@ -49,7 +49,8 @@ class JobState(enum.StrEnum):
 
 
 _EDGES: dict[JobState, frozenset[JobState]] = {
-    JobState.RUNNING: frozenset({JobState.EXITED, JobState.TIMED_OUT, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.EXITED, JobState.TIMED_OUT, JobState.CANCELLED,
+                                 JobState.LOST}),
 }
 
 
@@ -114,17 +115,28 @@ class Job:
         self.duration = result.duration
         self.truncated = {"stdout": result.stdout_truncated, "stderr": result.stderr_truncated}
         self.command = None
-        if result.timed_out:
+        self._transition(result)
+
+    def mark_lost(self) -> None:
+        """The job was stored as running by an instance that died: it is lost."""
+        self._transition(None)
+
+    def _transition(self, result: CommandResult | None) -> None:
+        # The one place a job changes state.
+        if result is None:
+            # running -> lost: found running in the store at startup; its instance died
+            # without seeing it end, so how it ended (status) is unknown.
+            new = JobState.LOST
+        elif result.timed_out:
             # running -> timed_out: the deadline's SIGKILL came first, even if a cancel followed.
-            self._transition(JobState.TIMED_OUT)
+            new = JobState.TIMED_OUT
         elif result.cancelled:
-            # running -> cancelled: DELETE /jobs/<id> killed the group before it exited.
-            self._transition(JobState.CANCELLED)
+            # running -> cancelled: DELETE /jobs/<id> (or the shutdown grace running out)
+            # killed the group before the command exited.
+            new = JobState.CANCELLED
         else:
             # running -> exited: it ended by itself (or a kill not sent through this job).
-            self._transition(JobState.EXITED)
-
-    def _transition(self, new: JobState) -> None:
+            new = JobState.EXITED
         if new not in _EDGES.get(self.state, frozenset()):
             raise RuntimeError(f"job {self.id}: no transition {self.state} -> {new}")
         self.state = new
@@ -170,7 +182,7 @@ class Job:
     def from_record(cls, record: JobRecord, limit: int) -> Job:
         """A finished (or lost) job as it was stored."""
         job = cls(record.id, record.instance, record.args, limit, created=record.created)
-        # Restored, not transitioned: the store already holds a final state (lost included).
+        # Restored as stored, not transitioned: a stored "running" goes on to lost in restore().
         job.state = JobState(record.state)
         job.finished = record.finished
         job.status = record.status
@@ -202,16 +214,20 @@ class JobRegistry:
         """Load the jobs of ``--state-dir`` (running ones as ``lost``) and start the writer."""
         if self.store is None:
             return
-        now = time.time()
-        records = self.store.load(lost_at=now)
-        for record in sorted(records, key=lambda r: r.finished or now):
+        records = self.store.load()
+        lost = []
+        for record in records:
             job = Job.from_record(record, self.max_output)
+            if job.state is JobState.RUNNING:
+                job.mark_lost()
+                lost.append(job)
             self.jobs[job.id] = job
+        for job in sorted(self.jobs.values(), key=lambda job: job.finished or 0.0):
             self._finished[job.id] = job
-        self.jobs = dict(sorted(self.jobs.items(), key=lambda item: item[1].created))
         self.store.start()
-        lost = sum(job.state is JobState.LOST for job in self.jobs.values())
-        log.info("restored %s jobs from %s (%s lost)", len(records), self.store.path, lost)
+        for job in lost:
+            self._save(job)
+        log.info("restored %s jobs from %s (%s lost)", len(records), self.store.path, len(lost))
         self._evict()
 
     def get(self, job_id: str) -> Job:

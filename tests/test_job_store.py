@@ -60,7 +60,7 @@ async def test_a_crash_leaves_finished_jobs_and_marks_running_ones_lost(spawn_in
         # A lost job is final: DELETE changes nothing.
         response = await again.request("DELETE", f"/jobs/{running['id']}")
         assert response.code == 200 and json.loads(response.body)["state"] == "lost"
-        assert stored(state_dir)[running["id"]] == "lost"
+        assert wait_until(lambda: stored(state_dir)[running["id"]] == "lost", 5)
     finally:
         if pidfile.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
