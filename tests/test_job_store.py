@@ -103,3 +103,23 @@ async def test_ttl_applies_to_restored_jobs(spawn_instance, tmp_path):
     code, _ = await get_job(again, job["id"])
     assert code == 404
     assert wait_until(lambda: job["id"] not in stored(state_dir), 5)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_follows_its_job_through_a_shutdown(spawn_instance):
+    child = spawn_instance("--grace", "0.3")
+    job = await post_job(child, {"args": ["sh", "-c", "echo started; sleep 60"]})
+    received = []
+
+    def on_chunk(chunk):
+        if not received:  # the first chunk carries "started": the job is running
+            child.signal(signal.SIGTERM)
+        received.append(chunk)
+
+    response = await child.request("GET", f"/jobs/{job['id']}/output",
+                                   streaming_callback=on_chunk)
+    assert response.code == 200
+    lines = [json.loads(line) for line in b"".join(received).decode().splitlines()]
+    assert lines[0] == {"stream": "stdout", "data": "started\n"}
+    assert lines[-1]["state"] == "cancelled" and lines[-1]["status"] == -9
+    assert child.wait() == 0
