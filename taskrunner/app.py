@@ -9,6 +9,7 @@ from tornado.web import Application, RequestHandler
 
 from taskrunner.context import InstanceContext
 from taskrunner.handlers import HealthHandler, NotFoundHandler, RunHandler
+from taskrunner.job_handlers import JobHandler, JobOutputHandler, JobsHandler, OpenAPIHandler
 
 access_log = logging.getLogger("taskrunner.access")
 
@@ -31,6 +32,10 @@ def make_app(ctx: InstanceContext, **settings: Any) -> Application:
     routes = [
         (r"/run", RunHandler, {"ctx": ctx}),
         (r"/healthz", HealthHandler, {"ctx": ctx}),
+        (r"/jobs", JobsHandler, {"ctx": ctx}),
+        (r"/jobs/([^/]+)", JobHandler, {"ctx": ctx}),
+        (r"/jobs/([^/]+)/output", JobOutputHandler, {"ctx": ctx}),
+        (r"/openapi.json", OpenAPIHandler, {"ctx": ctx}),
     ]
     return Application(
         routes,
