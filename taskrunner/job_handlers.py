@@ -115,4 +115,8 @@ class OpenAPIHandler(JSONHandler):
     """``GET /openapi.json``: the OpenAPI 3 document of every endpoint."""
 
     def get(self) -> None:
-        self.finish(files("taskrunner").joinpath("openapi.json").read_bytes())
+        doc = json.loads(files("taskrunner").joinpath("openapi.json").read_bytes())
+        # The document states this instance's own limit.
+        timeout = doc["components"]["schemas"]["CommandRequest"]["properties"]["timeout"]
+        timeout["maximum"] = self.ctx.config.max_timeout
+        self.write_json(doc)
