@@ -5,17 +5,10 @@ session of its own and returns a `Command` whose `result` future resolves to a
 `CommandResult` once the command has exited, whatever it left behind has been killed, and
 its output pipes have been read to the end.
 
-How it is built, and why (measured on the 2-core CI machine, 2026-11-26, with a 30 MiB
-parent, /bin/true with piped stdout and stderr, spawn + read + reap in a loop):
+How it is built, and why:
 
-* ``os.posix_spawnp`` with ``setsid`` (glibc: clone(CLONE_VM|CLONE_VFORK)) costs the parent
-  75-80 us of CPU per spawn, 1,769-1,967 spawns/s; `subprocess.Popen` with
-  ``start_new_session=True`` takes CPython's vfork path but spends 180 us of parent CPU
-  (1,547-1,551/s) on its Python-level set-up. So posix_spawn is the fast path, and Popen
-  is used only where posix_spawn cannot do the job: a ``cwd``, or a request ``env`` with
-  its own ``PATH`` (posix_spawnp searches the service's PATH). Any ``preexec_fn`` (e.g.
-  for ``PR_SET_PDEATHSIG``) would force a full fork: 310-335 spawns/s, 5x slower, so
-  neither path uses one.
+* Children are started by `taskrunner.spawn` (posix_spawn, Popen where it must; its
+  docstring has the figures).
 * Exit is noticed through a pidfd (``os.pidfd_open``) registered with the IOLoop: no SIGCHLD
   handler (Tornado's `Subprocess` installs one per process, tied to one loop), no thread per
   child (asyncio's child watchers on 3.11), no polling. The pidfd is readable when the
@@ -34,22 +27,19 @@ output pipes open, they are closed ``drain_grace`` seconds after the main proces
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from tornado.ioloop import IOLoop
 
 from taskrunner.capture import OutputCapture
 from taskrunner.errors import SpawnError
+from taskrunner.spawn import Reaper, kill_group, make_inherited_fds_private, spawn_child
 
 log = logging.getLogger("taskrunner.engine")
 
@@ -123,7 +113,7 @@ class ProcessEngine:
         self.on_reap = on_reap
         self.commands: set[Command] = set()
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        _make_inherited_fds_private()
+        make_inherited_fds_private()
 
     @property
     def running(self) -> int:
@@ -149,14 +139,8 @@ class ProcessEngine:
             in_r, in_w = os.pipe2(os.O_CLOEXEC)
         stdin = in_r if in_r >= 0 else self._devnull
         try:
-            if spec.cwd is None and not (spec.env and "PATH" in spec.env):
-                pid = _posix_spawn(argv, env, stdin, out_w, err_w)
-                reap: Callable[[], int | None] = partial(_waitpid, pid)
-            else:
-                # posix_spawn has no cwd, and searches the service's PATH, not the request's.
-                popen = subprocess.Popen(argv, stdin=stdin, stdout=out_w, stderr=err_w, env=env,
-                                         cwd=spec.cwd, close_fds=True, start_new_session=True)
-                pid, reap = popen.pid, popen.poll
+            pid, reap = spawn_child(argv, env, stdin, out_w, err_w, cwd=spec.cwd,
+                                    own_path=bool(spec.env and "PATH" in spec.env))
         except OSError as exc:
             for fd in (out_r, err_r, in_w):
                 if fd >= 0:
@@ -206,43 +190,6 @@ def _spawn_error(spec: CommandSpec, exc: OSError) -> SpawnError:
     return SpawnError(f"cannot start {program!r}: {reason}")
 
 
-# Python ignores SIGPIPE and a spawned child would inherit that: restore the defaults, as
-# Popen's restore_signals does.
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
-
-
-def _posix_spawn(argv: list[str], env: Mapping[str, str], stdin: int, stdout: int,
-                 stderr: int) -> int:
-    # Every fd Python opens is close-on-exec (PEP 446), so only these three reach the child.
-    return os.posix_spawnp(
-        argv[0], argv, env,
-        file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
-                      (os.POSIX_SPAWN_DUP2, stderr, 2)],
-        setsid=True, setsigdef=_DEFAULT_SIGNALS, setsigmask=(),
-    )
-
-
-def _make_inherited_fds_private() -> None:
-    # posix_spawn does not close fds: the ones Python opens are close-on-exec already, but
-    # fds handed down by whoever started us are not; mark them once, here.
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2:
-            with contextlib.suppress(OSError):  # the listdir's own fd, already closed
-                os.set_inheritable(fd, False)
-
-
-def _waitpid(pid: int) -> int | None:
-    reaped, status = os.waitpid(pid, os.WNOHANG)
-    return os.waitstatus_to_exitcode(status) if reaped else None
-
-
-def _kill_group(pgid: int) -> None:
-    # ProcessLookupError: already gone, every process of the group exited and was reaped.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 class Command:
     """One spawned command: its pid, its ``result`` future, and ways to end it early."""
 
@@ -251,7 +198,7 @@ class Command:
         engine: ProcessEngine,
         spec: CommandSpec,
         pid: int,
-        reap: Callable[[], int | None],
+        reap: Reaper,
         stdout_fd: int,
         stderr_fd: int,
         stdin_fd: int,
@@ -307,7 +254,7 @@ class Command:
     def kill(self) -> None:
         """SIGKILL the command's process group, unless it was already reaped."""
         if not self._exited:
-            _kill_group(self.pid)
+            kill_group(self.pid)
 
     # -- stdin ---------------------------------------------------------------------------
 
@@ -372,12 +319,12 @@ class Command:
         if not self._exited:
             self.timed_out = True
             log.info("pid %s: timed out after %ss, killing its group", self.pid, self.spec.timeout)
-            _kill_group(self.pid)
+            kill_group(self.pid)
 
     def _on_exit(self, fd: int, events: int) -> None:
         # The main process is a zombie now: its pid (the group id) cannot be reused until we
         # reap it, so this kill reaches only what it left behind in its group.
-        _kill_group(self.pid)
+        kill_group(self.pid)
         self.returncode = self._reap()
         if self.returncode is None:
             return
