@@ -46,7 +46,8 @@ log = logging.getLogger("taskrunner.engine")
 OutputListener = Callable[[str, bytes], None]
 """Called with ``("stdout" | "stderr", chunk)`` for each chunk a command writes."""
 
-_READ_SIZE = 65536
+_READ_SIZE = 65536  # a pipe's default capacity
+_READS_PER_WAKEUP = 16
 
 
 @dataclass(frozen=True)
@@ -295,17 +296,22 @@ class Command:
     # -- output --------------------------------------------------------------------------
 
     def _on_readable(self, fd: int, events: int) -> None:
-        try:
-            data = os.read(fd, _READ_SIZE)
-        except BlockingIOError:
-            return
-        if data:
+        # A full read means more is probably waiting: keep reading (up to a bound, so one
+        # chatty command cannot starve the loop) instead of going back to epoll each time.
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            if not data:
+                self._close_pipe(fd)
+                self._maybe_finish()
+                return
             self._captures[fd].feed(data)
             if self._listener is not None:
                 self._listener(self._names[fd], data)
-            return
-        self._close_pipe(fd)
-        self._maybe_finish()
+            if len(data) < _READ_SIZE:
+                return
 
     def _close_pipe(self, fd: int) -> None:
         if fd in self._open_pipes:

@@ -14,6 +14,7 @@ import logging
 from importlib.resources import files
 from typing import Any
 
+import orjson
 from tornado.iostream import StreamClosedError
 
 from taskrunner.handlers import CommandHandler, JSONHandler
@@ -102,8 +103,8 @@ class JobOutputHandler(JSONHandler):
                 return
 
     def _emit(self, body: dict[str, Any], sse: bool) -> None:
-        line = json.dumps(body)
-        self.write(f"data: {line}\n\n" if sse else line + "\n")
+        line = orjson.dumps(body)
+        self.write(b"data: " + line + b"\n\n" if sse else line + b"\n")
 
     def on_connection_close(self) -> None:
         if self._gone is not None and not self._gone.done():
