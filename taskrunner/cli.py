@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from taskrunner import __version__
 from taskrunner.config import Config, settings
+from taskrunner.logs import setup_logging
 from taskrunner.server import Server
 
 
@@ -47,9 +46,5 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one instance until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
     config = parse_config(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(config.log_format)
     asyncio.run(Server(config).serve())

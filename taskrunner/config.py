@@ -37,6 +37,15 @@ class Config:
         10.0,
         "on SIGTERM/SIGINT, seconds running commands may still finish before they are killed",
     )
+    max_requests: int = _setting(
+        0, "after this many requests, stop accepting, drain and exit 0 so a supervisor starts "
+        "a fresh process (0: never)"
+    )
+    recycle_lock: str = _setting(
+        "", "file shared by the instances of one deployment so that only one of them "
+        "recycles (--max-requests) at a time ('': no coordination)"
+    )
+    log_format: str = _setting("text", "log line format: text or json")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -51,6 +60,10 @@ class Config:
                 raise ValueError(f"{name} must be >= 1")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
+        if self.max_requests < 0:
+            raise ValueError("max_requests must be >= 0")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
 
 
 def settings() -> list[dataclasses.Field[Any]]:

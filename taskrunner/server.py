@@ -20,6 +20,8 @@ from taskrunner.config import Config
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
 from taskrunner.launcher import Launcher
+from taskrunner.metrics import Metrics, instance_name
+from taskrunner.recycle import Recycler
 
 log = logging.getLogger("taskrunner.server")
 
@@ -60,14 +62,21 @@ class Server:
         config = self.config
         engine = ProcessEngine(max_output=config.max_output)
         self.sockets = bind_sockets(config.port, config.address, backlog=2048)
+        metrics = Metrics(instance_name(config, self.port), running=lambda: engine.running)
         self.ctx = InstanceContext(
-            config=config, engine=engine, launcher=Launcher(engine), port=self.port
+            config=config, engine=engine, launcher=Launcher(engine, observer=metrics),
+            port=self.port, metrics=metrics,
         )
+        self.ctx.observers.append(metrics.request_done)
         self.http = HTTPServer(
             make_app(self.ctx),
             xheaders=True,
             max_body_size=_UNREACHABLE_BODY_LIMIT,
         )
+        if config.max_requests:
+            recycler = Recycler(self.ctx, self.http, self.sockets, config.max_requests,
+                                self.request_exit, config.recycle_lock)
+            self.ctx.observers.append(recycler.request_done)
         self.http.add_sockets(self.sockets)
         if self.handle_signals:
             loop = asyncio.get_running_loop()
@@ -80,6 +89,7 @@ class Server:
         assert self.ctx is not None and self.http is not None
         ctx, engine = self.ctx, self.ctx.engine
         ctx.shutting_down = True
+        ctx.draining = True
         self.http.stop()
         if engine.running:
             log.info("shutting down: waiting up to %ss for %s running commands",
