@@ -85,7 +85,11 @@ class RecycleLock:
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free and the last recycle is `COOLDOWN` seconds old."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.warning("recycle lock %s unusable (%s): recycling without it", self.path, exc)
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -50,3 +50,7 @@ def test_recycle_lock_lets_one_instance_recycle_at_a_time(tmp_path, monkeypatch)
     monkeypatch.setattr(recycle, "COOLDOWN", 0.05)
     time.sleep(0.1)
     assert second.try_acquire()
+
+
+def test_an_unusable_lock_path_does_not_stop_recycling(tmp_path):
+    assert RecycleLock(str(tmp_path / "missing" / "recycle.lock")).try_acquire()
