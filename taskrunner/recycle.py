@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -114,15 +113,62 @@ class RecycleLock:
             os.pwrite(self._fd, data, 0)
 
 
+class DrainingHTTPServer(HTTPServer):
+    """An `HTTPServer` that stops listening without resetting queued connections and can
+    wait for its last connection to close."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self._no_connections = asyncio.Event()
+
+    def on_close(self, server_conn: Any) -> None:
+        super().on_close(server_conn)
+        if not self._connections:
+            self._no_connections.set()
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open."""
+        return len(self._connections)
+
+    def stop_accepting(self) -> None:
+        """Take the connections waiting in the listen backlog, then close the listeners.
+
+        Connections the kernel has completed but Tornado has not accepted yet would be
+        reset by close(), after nginx may have written a request on them. Between the last
+        accept() and close() nothing yields to the event loop.
+        """
+        for sock in self._sockets.values():
+            with contextlib.suppress(OSError):
+                while True:
+                    try:
+                        conn, address = sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except ConnectionAbortedError:
+                        continue
+                    self._handle_connection(conn, address)
+        self.stop()
+
+    async def wait_no_connections(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no connection is open; True if none is."""
+        if not self._connections:
+            return True
+        self._no_connections.clear()
+        try:
+            await asyncio.wait_for(self._no_connections.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 class Recycler:
     """Counts answered requests; after ``max_requests`` drains the server and asks it to exit."""
 
-    def __init__(self, ctx: InstanceContext, http: HTTPServer, sockets: list[socket.socket],
-                 max_requests: int, request_exit: Callable[[], None],
-                 lock_path: str = "") -> None:
+    def __init__(self, ctx: InstanceContext, http: DrainingHTTPServer, max_requests: int,
+                 request_exit: Callable[[], None], lock_path: str = "") -> None:
         self.ctx = ctx
         self.http = http
-        self.sockets = sockets
         self.max_requests = max_requests
         self.request_exit = request_exit
         self.lock = RecycleLock(lock_path) if lock_path else None
@@ -142,46 +188,17 @@ class Recycler:
         self.ctx.draining = True
         if self.lock is not None:
             self.lock.stamp()
-        self._stop_listening()
-        deadline = time.monotonic() + LINGER
-        # Poll (a few times a second) the open connections: Tornado has no event for "the
-        # last connection closed", and this runs once per process lifetime.
-        while self._open_connections() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        left = self._open_connections()
-        if left:
+        self.http.stop_accepting()
+        if not await self.http.wait_no_connections(LINGER):
             log.warning("recycle: %s connections still open after %ss; closing them",
-                        left, LINGER)
+                        self.http.open_connections, LINGER)
         if self.lock is not None:
             self.lock.stamp()
         self.request_exit()
 
     async def _wait_for_turn(self) -> None:
-        while True:
-            young = MIN_LIFETIME - (time.time() - self.ctx.started)
-            if young > 0:
-                await asyncio.sleep(young)
-                continue
-            if self.lock is None or self.lock.try_acquire():
-                return
-            await asyncio.sleep(_RETRY)
-
-    def _open_connections(self) -> int:
-        return len(self.http._connections)
-
-    def _stop_listening(self) -> None:
-        # Connections the kernel has completed but Tornado has not accepted yet would be
-        # reset by close(), after nginx may have sent a request on them: take them first.
-        # Between the last accept() and close() nothing yields to the loop.
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                while True:
-                    try:
-                        conn, address = sock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except ConnectionAbortedError:
-                        continue
-                    self.http._handle_connection(conn, address)
-        self.http.stop()
-
+        young = MIN_LIFETIME - (time.time() - self.ctx.started)
+        if young > 0:
+            await asyncio.sleep(young)
+        while self.lock is not None and not self.lock.try_acquire():
+            await asyncio.sleep(_RETRY)  # a sibling recycles, or did a moment ago

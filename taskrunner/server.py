@@ -21,7 +21,7 @@ from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
 from taskrunner.launcher import Launcher
 from taskrunner.metrics import Metrics, instance_name
-from taskrunner.recycle import Recycler
+from taskrunner.recycle import DrainingHTTPServer, Recycler
 
 log = logging.getLogger("taskrunner.server")
 
@@ -68,14 +68,14 @@ class Server:
             port=self.port, metrics=metrics,
         )
         self.ctx.observers.append(metrics.request_done)
-        self.http = HTTPServer(
+        self.http = DrainingHTTPServer(
             make_app(self.ctx),
             xheaders=True,
             max_body_size=_UNREACHABLE_BODY_LIMIT,
         )
         if config.max_requests:
-            recycler = Recycler(self.ctx, self.http, self.sockets, config.max_requests,
-                                self.request_exit, config.recycle_lock)
+            recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
+                                config.recycle_lock)
             self.ctx.observers.append(recycler.request_done)
         self.http.add_sockets(self.sockets)
         if self.handle_signals:
