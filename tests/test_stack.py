@@ -93,6 +93,12 @@ def test_request_id_and_client_reach_the_access_logs(stack):
     assert "program=true exit=0" in line
 
 
+def test_an_unusable_request_id_is_replaced_by_nginx(stack):
+    status, headers, _ = stack.call("GET", "/healthz", headers={"X-Request-Id": "a b"})
+    assert status == 200
+    assert len(headers["X-Request-Id"]) == 32
+
+
 def test_nginx_errors_are_json(stack):
     status, headers, body = stack.call("GET", "/jobs/1.abc")
     assert status == 404
@@ -172,8 +178,9 @@ def test_down_leaves_no_process_and_no_port(stack: Stack):
     supervisord = stack.pidfile("supervisord.pid")
     nginx = stack.pidfile("nginx.pid")
     assert supervisord and nginx
-    pids = [supervisord, nginx, *children(nginx), *children(supervisord)]
-    assert len(pids) >= 2 + 2 + 4  # nginx workers, the four instances
+    workers, instances = children(nginx), children(supervisord)
+    assert workers and len(instances) == 4
+    pids = [supervisord, nginx, *workers, *instances]
     done = stack.down()
     assert done.returncode == 0, done.stdout + done.stderr
     alive = [pid for pid in pids if pid_alive(pid)]
