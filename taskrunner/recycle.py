@@ -1,6 +1,7 @@
-"""Recycling (``--max-requests N``): after N requests, go away without losing a request.
+"""Recycling (``--max-requests N``, or SIGHUP): go away without losing a request.
 
-Like uWSGI's ``-R``: after N answered requests the instance drains and exits 0, and its
+Like uWSGI's ``-R``: after N answered requests (or on SIGHUP: a rolling restart, e.g.
+``supervisorctl signal HUP 'taskrunner:*'``) the instance drains and exits 0, and its
 supervisor (supervisord in the stack) starts a fresh process on the same port. Behind nginx
 with upstream keepalive the hard part is the race between nginx reusing an idle keepalive
 connection and the instance closing it: a request written on a connection the instance is
@@ -174,13 +175,19 @@ class Recycler:
         self.lock = RecycleLock(lock_path) if lock_path else None
         self.served = 0
         self._scheduled = False
+        self._task: asyncio.Task[None] | None = None
 
     def request_done(self, handler: RequestHandler) -> None:
         """Count one answered request (an observer of the app)."""
         self.served += 1
-        if self.served >= self.max_requests and not self._scheduled:
+        if self.served >= self.max_requests:
+            self.recycle()
+
+    def recycle(self) -> None:
+        """Drain and exit as soon as it is this instance's turn (what SIGHUP does)."""
+        if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().create_task(self._recycle())
+            self._task = asyncio.get_running_loop().create_task(self._recycle())
 
     async def _recycle(self) -> None:
         await self._wait_for_turn()

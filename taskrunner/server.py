@@ -39,6 +39,7 @@ class Server:
         self.http: HTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self._should_exit = asyncio.Event()
+        self.recycler: Recycler | None = None
 
     @property
     def port(self) -> int:
@@ -73,15 +74,17 @@ class Server:
             xheaders=True,
             max_body_size=_UNREACHABLE_BODY_LIMIT,
         )
+        self.recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
+                                 config.recycle_lock)
         if config.max_requests:
-            recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
-                                config.recycle_lock)
-            self.ctx.observers.append(recycler.request_done)
+            self.ctx.observers.append(self.recycler.request_done)
         self.http.add_sockets(self.sockets)
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_exit)
+            # SIGHUP: recycle now; a rolling restart that loses no request behind nginx.
+            loop.add_signal_handler(signal.SIGHUP, self.recycler.recycle)
         log.info("listening on %s:%s (pid %s)", config.address, self.port, self.ctx.pid)
 
     async def shutdown(self) -> None:
@@ -103,6 +106,6 @@ class Server:
         engine.close()
         if self.handle_signals:
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("stopped")

@@ -1,6 +1,7 @@
 import http.client
 import json
 import os
+import signal
 import time
 
 from conftest import wait_until
@@ -54,3 +55,10 @@ def test_recycle_lock_lets_one_instance_recycle_at_a_time(tmp_path, monkeypatch)
 
 def test_an_unusable_lock_path_does_not_stop_recycling(tmp_path):
     assert RecycleLock(str(tmp_path / "missing" / "recycle.lock")).try_acquire()
+
+
+def test_sighup_recycles_without_max_requests(spawn_instance):
+    child = spawn_instance()
+    child.signal(signal.SIGHUP)
+    assert child.wait(timeout=recycle.MIN_LIFETIME + 10) == 0
+    assert "recycling after 0 requests" in child.output()

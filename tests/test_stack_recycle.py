@@ -33,3 +33,27 @@ def test_recycle_under_load_loses_no_request(tmp_path):
         assert "FATAL" not in supervisord_log
         status = stack.script("status")
         assert status.returncode == 0, status.stdout
+
+
+def test_reload_restarts_every_instance_in_turn_under_load_and_loses_no_request(tmp_path):
+    with running_stack(str(tmp_path), 18180, 18985) as stack:
+        before = {port: stack.health(port)["pid"] for port in stack.ports}
+        with Load(stack.port, {"args": ["sleep", "0.01"]}, workers=8, name="reload") as load:
+            time.sleep(1)
+            done = stack.script("reload")
+            assert done.returncode == 0, done.stdout + done.stderr
+
+            def all_replaced():
+                now = {port: (stack.health(port) or {}).get("pid") for port in stack.ports}
+                return all(now[p] not in (None, before[p]) for p in stack.ports)
+
+            deadline = time.monotonic() + 40
+            while not all_replaced() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert all_replaced()
+            time.sleep(2.5)  # nginx sends the last one requests again (fail_timeout)
+        outcomes = load.outcomes
+        failed = [o for o in outcomes if o.status != 200]
+        print(f"\nreload: {len(outcomes)} requests, {len(failed)} failed")
+        assert failed == []
+        assert len(outcomes) > 500
