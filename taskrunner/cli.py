@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from taskrunner import __version__
+from taskrunner.auth import StartupError
 from taskrunner.config import Config, settings
 from taskrunner.logs import setup_logging
 from taskrunner.server import Server
@@ -26,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for setting in settings():
         flag = "--" + setting.name.replace("_", "-")
+        if setting.metadata.get("repeatable"):
+            # A tuple field: one value per use of the flag, e.g. --allow echo --allow ls.
+            default: Any = setting.default
+            parser.add_argument(flag, action="append", default=list(default),
+                                help=setting.metadata["help"], metavar=setting.name.upper())
+            continue
         kind: Any = type(setting.default)
         parser.add_argument(flag, type=kind, default=setting.default,
                             help=setting.metadata["help"], metavar=setting.name.upper())
@@ -36,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Parse ``argv`` (default: ``sys.argv[1:]``) into a `Config`; exit 2 on bad flags."""
     parser = build_parser()
-    namespace = parser.parse_args(argv)
+    values = vars(parser.parse_args(argv))
+    for setting in settings():
+        if setting.metadata.get("repeatable"):
+            values[setting.name] = tuple(values[setting.name])
     try:
-        return Config(**vars(namespace))
+        return Config(**values)
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -47,4 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run one instance until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
     config = parse_config(argv)
     setup_logging(config.log_format)
-    asyncio.run(Server(config).serve())
+    try:
+        asyncio.run(Server(config).serve())
+    except StartupError as exc:
+        sys.exit(f"taskrunner: {exc}")

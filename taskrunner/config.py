@@ -47,6 +47,36 @@ class Config:
     )
     log_format: str = _setting("text", "log line format: text or json")
 
+    # -- security and containment (see docs/security.md) --------------------------------
+    token_file: str = _setting(
+        "", "file holding the bearer token every route but GET /healthz requires "
+        "(or set TASKRUNNER_TOKEN); empty: no token"
+    )
+    allow: tuple[str, ...] = _setting(
+        (), "a program that may run (repeatable); resolved through PATH to its real path. "
+        "None given: any program may run", repeatable=True
+    )
+    user: str = _setting("", "when running as root, run commands as this user (uid, gid, "
+                         "supplementary groups)")
+    limit_as: int = _setting(0, "address-space limit of each command in MiB; 0: none")
+    limit_cpu: int = _setting(0, "CPU-time limit of each command in seconds; 0: none")
+    limit_nproc: int = _setting(
+        0, "process limit (RLIMIT_NPROC, counted per user) of each command; 0: none"
+    )
+    limit_fsize: int = _setting(0, "largest file each command may write, in MiB; 0: none")
+    limit_nofile: int = _setting(0, "open-file limit of each command; 0: none")
+    max_running: int = _setting(
+        0, "commands running at once (/run and jobs together); 0: auto, "
+        "min(256 x CPUs, (open-file limit - 256) / 4)"
+    )
+    max_queued: int = _setting(
+        -1, "requests that may wait for a free slot, beyond which 429; -1: 2 x max-running"
+    )
+    idle_timeout: float = _setting(
+        60.0, "seconds a connection may sit idle, or take to send its request headers"
+    )
+    body_timeout: float = _setting(60.0, "seconds a client may take to send a request body")
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
@@ -60,6 +90,15 @@ class Config:
                 raise ValueError(f"{name} must be >= 1")
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
+        for name in ("limit_as", "limit_cpu", "limit_nproc", "limit_fsize", "limit_nofile",
+                     "max_running"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.max_queued < -1:
+            raise ValueError("max_queued must be >= 0, or -1 for 2 x max_running")
+        for name in ("idle_timeout", "body_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
         if self.max_requests < 0:
             raise ValueError("max_requests must be >= 0")
         if self.log_format not in ("text", "json"):

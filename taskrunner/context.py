@@ -31,6 +31,7 @@ class InstanceContext:
     engine: ProcessEngine
     launcher: Launcher
     port: int = 0
+    token: str | None = field(default=None, repr=False)  # the bearer token; never logged
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)
     shutting_down: bool = False

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from taskrunner import __version__
+from taskrunner.auth import check_request
 from taskrunner.context import InstanceContext
 from taskrunner.engine import Command, CommandSpec
 from taskrunner.errors import (
@@ -21,6 +23,7 @@ from taskrunner.errors import (
     ServiceUnavailable,
     TaskRunnerError,
     TooManyRequests,
+    Unauthorized,
 )
 from taskrunner.request import parse_run_request
 
@@ -34,6 +37,8 @@ class JSONHandler(RequestHandler):
     """Base of every handler: JSON bodies, JSON errors, request accounting."""
 
     ctx: InstanceContext
+    public_methods: tuple[str, ...] = ()
+    """Methods served without the bearer token (only ``GET /healthz``)."""
 
     def initialize(self, ctx: InstanceContext) -> None:
         self.ctx = ctx
@@ -44,6 +49,8 @@ class JSONHandler(RequestHandler):
     def prepare(self) -> None:
         self.ctx.request_started()
         self._counted = True
+        check_request(self.request.headers.get("Authorization"), self.ctx.token,
+                      public=self.request.method in self.public_methods)
 
     def on_finish(self) -> None:
         self._uncount()
@@ -72,6 +79,8 @@ class JSONHandler(RequestHandler):
             self.set_status(exc.status)
             if isinstance(exc, TooManyRequests):
                 self.set_header("Retry-After", str(exc.retry_after))
+            if isinstance(exc, Unauthorized):
+                self.set_header("WWW-Authenticate", "Bearer")
         elif status_code == 405:
             allowed = self.allowed_methods()
             self.set_header("Allow", ", ".join(allowed))
@@ -159,12 +168,22 @@ class RunHandler(CommandHandler):
 
     command: Command | None = None
     client_gone = False
+    launching: asyncio.Future[Command] | None = None
 
     async def post(self) -> None:
         if self._finished:
             return
         spec = self.parse_command()
-        self.command = await self.ctx.launcher.launch(spec)
+        # A task, so that a caller who leaves while waiting for a slot leaves the queue.
+        self.launching = asyncio.ensure_future(self.ctx.launcher.launch(spec))
+        try:
+            self.command = await self.launching
+        except asyncio.CancelledError:
+            if self.launching.cancelled():  # by on_connection_close: it never started
+                log.info("client left while queued; %s not started", self.program)
+                self.set_status(499, "Client Closed Request")
+                return
+            raise
         result = await self.command.result
         self.exit_status = result.status
         if self.client_gone:
@@ -176,6 +195,8 @@ class RunHandler(CommandHandler):
     def on_connection_close(self) -> None:
         # The caller went away: nobody will read the result, so end the command now.
         self.client_gone = True
+        if self.launching is not None and not self.launching.done():
+            self.launching.cancel()
         if self.command is not None and not self.command.result.done():
             log.info("client left; killing pid %s (%s)", self.command.pid, self.command.program)
             self.command.cancel()
@@ -183,7 +204,9 @@ class RunHandler(CommandHandler):
 
 
 class HealthHandler(JSONHandler):
-    """``GET /healthz``: is the instance up, and how busy."""
+    """``GET /healthz``: is the instance up, and how busy. Public: probes need no token."""
+
+    public_methods = ("GET",)
 
     def get(self) -> None:
         self.write_json({

@@ -1,16 +1,25 @@
 """`Launcher`: the one door through which every command (``/run`` and jobs) is started.
 
-Today it hands the spec to the engine. Policy that applies to every command — which
-programs may run, resource limits, how many may run at once — belongs here, so the HTTP
-handlers and the job registry never call the engine directly.
+Policy that applies to every command lives here, in this order, so the HTTP handlers and
+the job registry never call the engine directly:
+
+1. the allowlist (``--allow``): 403 for any other program; the real path is what runs;
+2. containment (``--limit-*``, ``--user``): the wrapper, after checking in this process
+   that the program and ``cwd`` are there, so a missing program is a clean 422;
+3. admission (``--max-running``, ``--max-queued``): wait for a slot, or 429;
+4. the engine starts the command; its slot is freed when its result is in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
+from taskrunner.admission import Admission
+from taskrunner.allowlist import Allowlist
 from taskrunner.engine import Command, CommandSpec, OutputListener, ProcessEngine
 from taskrunner.errors import SpawnError
+from taskrunner.limits import Containment
 
 
 class CommandObserver(Protocol):
@@ -24,14 +33,20 @@ class CommandObserver(Protocol):
 class Launcher:
     """Starts commands on behalf of handlers and jobs, applying the instance's policy."""
 
-    def __init__(self, engine: ProcessEngine, observer: CommandObserver | None = None) -> None:
+    def __init__(self, engine: ProcessEngine, allowlist: Allowlist | None = None,
+                 containment: Containment | None = None,
+                 admission: Admission | None = None,
+                 observer: CommandObserver | None = None) -> None:
         self.engine = engine
+        self.allowlist = allowlist
+        self.containment = containment or Containment()
+        self.admission = admission
         self.observer = observer
 
     async def launch(self, spec: CommandSpec, listener: OutputListener | None = None) -> Command:
         """Start ``spec``; raise a `TaskRunnerError` (e.g. `SpawnError`) if it may not or cannot."""
         try:
-            command = self.engine.start(spec, listener)
+            command = await self._start(spec, listener)
         except SpawnError as exc:
             if self.observer is not None:
                 self.observer.spawn_failed(spec, exc)
@@ -39,3 +54,31 @@ class Launcher:
         if self.observer is not None:
             self.observer.command_started(command)
         return command
+
+    async def _start(self, spec: CommandSpec, listener: OutputListener | None) -> Command:
+        spec = self.check(spec)
+        if self.admission is None:
+            return self.engine.start(spec, listener, self.containment.prefix)
+        await self.admission.acquire()
+        try:
+            command = self.engine.start(spec, listener, self.containment.prefix)
+        except BaseException:
+            self.admission.release()
+            raise
+        admission = self.admission
+        command.result.add_done_callback(lambda _: admission.release())
+        return command
+
+    def check(self, spec: CommandSpec) -> CommandSpec:
+        """Apply the allowlist and the wrapper's checks; the spec to run, with its program
+        resolved to a real path when either is in force."""
+        if self.allowlist is None and not self.containment.active:
+            return spec  # the fast path: the engine resolves the program itself
+        env = self.engine.base_env if not spec.env else {**self.engine.base_env, **spec.env}
+        program = spec.args[0]
+        if self.allowlist is not None:
+            self.allowlist.check_env(spec.env)
+            real = self.allowlist.check(program, env, spec.cwd)
+        if self.containment.active:
+            real = self.containment.check(program, env, spec.cwd)
+        return dataclasses.replace(spec, args=[real, *spec.args[1:]])

@@ -70,6 +70,12 @@ def _check_string(field: str, value: object, *, allow_empty: bool = True) -> str
         raise InvalidField(f"{field} must be a string, not {_json_type(value)}")
     if "\x00" in value:
         raise InvalidField(f"{field} must not contain a NUL byte")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" in the JSON
+            raise InvalidField(f"{field} is not valid Unicode (lone surrogate at index "
+                               f"{exc.start})") from None
     if not allow_empty and not value:
         raise InvalidField(f"{field} must not be empty")
     return value

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from taskrunner.admission import Admission
+from taskrunner.allowlist import Allowlist
 from taskrunner.app import make_app
+from taskrunner.auth import StartupError, load_token, scrub_env
 from taskrunner.config import Config
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
+from taskrunner.errors import SpawnError
 from taskrunner.launcher import Launcher
+from taskrunner.limits import containment_from_config
 from taskrunner.metrics import Metrics, instance_name
 from taskrunner.recycle import DrainingHTTPServer, Recycler
+from taskrunner.watchdog import Watchdog
 
 log = logging.getLogger("taskrunner.server")
 
@@ -32,9 +39,13 @@ _UNREACHABLE_BODY_LIMIT = 1 << 62
 class Server:
     """One taskrunner instance: listens, serves, and shuts down cleanly."""
 
-    def __init__(self, config: Config, handle_signals: bool = True) -> None:
+    def __init__(self, config: Config, handle_signals: bool = True,
+                 watchdog: bool | None = None) -> None:
         self.config = config
         self.handle_signals = handle_signals
+        # A real process instance wants both; an in-process test instance usually neither.
+        self.use_watchdog = handle_signals if watchdog is None else watchdog
+        self.watchdog: Watchdog | None = None
         self.ctx: InstanceContext | None = None
         self.http: HTTPServer | None = None
         self.sockets: list[socket.socket] = []
@@ -59,20 +70,49 @@ class Server:
         self._should_exit.set()
 
     async def startup(self) -> None:
-        """Bind the socket, build the engine and the app, start serving."""
+        """Bind the socket, build the engine and the app, start serving.
+
+        Raise `StartupError` (before binding) if the configuration is unsafe or unusable.
+        """
         config = self.config
-        engine = ProcessEngine(max_output=config.max_output)
-        self.sockets = bind_sockets(config.port, config.address, backlog=2048)
+        token = load_token(config, os.environ)
+        containment = containment_from_config(config, os.environ)
+        base_env = {**scrub_env(os.environ), **containment.env}
+        try:
+            allowlist = Allowlist(config.allow, base_env) if config.allow else None
+        except SpawnError as exc:
+            raise StartupError(f"--allow: {exc.message}") from None
+        if self.use_watchdog:
+            self.watchdog = Watchdog()
+        engine = ProcessEngine(
+            max_output=config.max_output, base_env=base_env,
+            on_spawn=self.watchdog.spawned if self.watchdog else None,
+            on_reap=self.watchdog.reaped if self.watchdog else None,
+        )
+        launcher = Launcher(engine, allowlist=allowlist, containment=containment,
+                            admission=Admission.from_config(config))
+        try:
+            self.sockets = bind_sockets(config.port, config.address, backlog=2048)
+        except OSError:
+            if self.watchdog is not None:
+                self.watchdog.close()
+            raise
         metrics = Metrics(instance_name(config, self.port), running=lambda: engine.running)
+        launcher.observer = metrics
         self.ctx = InstanceContext(
-            config=config, engine=engine, launcher=Launcher(engine, observer=metrics),
-            port=self.port, metrics=metrics,
+            config=config, engine=engine, launcher=launcher, port=self.port, token=token,
+            metrics=metrics,
         )
         self.ctx.observers.append(metrics.request_done)
         self.http = DrainingHTTPServer(
             make_app(self.ctx),
             xheaders=True,
             max_body_size=_UNREACHABLE_BODY_LIMIT,
+            # Idle connections, and slow request headers, are bounded by idle_timeout; a
+            # slow body by body_timeout (which ends once the body is in, so a long /run
+            # is not affected).
+            idle_connection_timeout=config.idle_timeout,
+            body_timeout=config.body_timeout,
         )
         self.recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
                                  config.recycle_lock)
@@ -94,6 +134,8 @@ class Server:
         ctx.shutting_down = True
         ctx.draining = True
         self.http.stop()
+        if ctx.launcher.admission is not None:
+            ctx.launcher.admission.close()  # queued requests get a 503 now
         if engine.running:
             log.info("shutting down: waiting up to %ss for %s running commands",
                      self.config.grace, engine.running)
@@ -104,6 +146,8 @@ class Server:
         await ctx.wait_idle(2.0)
         await self.http.close_all_connections()
         engine.close()
+        if self.watchdog is not None:
+            self.watchdog.close()
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

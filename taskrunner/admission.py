@@ -1,0 +1,99 @@
+"""How many commands run at once (``--max-running``) and how many requests may wait
+(``--max-queued``); beyond both, 429 with ``Retry-After``.
+
+Slots are handed over first come, first served: a finishing command gives its slot
+straight to the oldest waiter, so a newcomer cannot overtake the queue. A waiter that is
+cancelled (its caller disconnected) leaves the queue; if a slot reached it in the same
+instant, the slot is passed on. A command's timeout starts when it starts, not while it
+waits.
+
+Default ``--max-running``: min(256 x CPUs, (soft RLIMIT_NOFILE - 256) / 4). Most commands
+wait — on I/O, the network, a sleep — so the CPU count alone is a poor cap (CPU-bound ones
+share the CPUs through the kernel's scheduler either way), and 256 per CPU keeps even a
+1-CPU machine above the shared benchmark's 200 concurrent ``sleep`` requests. What a
+running command costs the instance is file descriptors — two output pipes and a pidfd,
+plus the caller's connection — and the open-file limit must not run out (256 are kept for
+listening, idle connections and logs). Default ``--max-queued``: 2 x ``--max-running``;
+each waiter holds a connection and its request body (up to ``--max-body``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+from collections import deque
+
+from taskrunner.config import Config
+from taskrunner.errors import ServiceUnavailable, TooManyRequests
+
+
+def default_max_running() -> int:
+    """The machine's default for ``--max-running``."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    by_cpu = 256 * (os.cpu_count() or 1)
+    by_fds = by_cpu if soft == resource.RLIM_INFINITY else (soft - 256) // 4
+    return max(1, min(by_cpu, by_fds))
+
+
+class Admission:
+    """Counts running commands and queues the requests waiting for a slot."""
+
+    def __init__(self, max_running: int, max_queued: int) -> None:
+        self.max_running = max_running
+        self.max_queued = max_queued
+        self.running = 0
+        self.closed = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Admission:
+        """Apply the defaults: 0 means the machine's default, -1 twice the running limit."""
+        running = config.max_running or default_max_running()
+        queued = 2 * running if config.max_queued < 0 else config.max_queued
+        return cls(running, queued)
+
+    @property
+    def queued(self) -> int:
+        """How many requests wait for a slot."""
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line if none is free; `TooManyRequests` if the line is full."""
+        if self.closed:
+            raise ServiceUnavailable("the instance is shutting down; try another one")
+        if self.running < self.max_running and not self._waiters:
+            self.running += 1
+            return
+        if len(self._waiters) >= self.max_queued:
+            raise TooManyRequests(
+                f"{self.running} commands are running and {len(self._waiters)} are waiting, "
+                "the most this instance allows; retry later", retry_after=1)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()  # a slot reached us as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a finished command's slot to the oldest waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands; running stays the same
+                return
+        self.running -= 1
+
+    def close(self) -> None:
+        """Refuse new requests and send every waiter a 503 (the instance is stopping)."""
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    ServiceUnavailable("the instance is shutting down; try another one"))
