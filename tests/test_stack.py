@@ -180,7 +180,8 @@ def test_down_leaves_no_process_and_no_port(stack: Stack):
     assert supervisord and nginx
     workers, instances = children(nginx), children(supervisord)
     assert workers and len(instances) == 4
-    pids = [supervisord, nginx, *workers, *instances]
+    helpers = [pid for instance in instances for pid in children(instance)]  # watchdogs
+    pids = [supervisord, nginx, *workers, *instances, *helpers]
     done = stack.down()
     assert done.returncode == 0, done.stdout + done.stderr
     alive = [pid for pid in pids if pid_alive(pid)]
