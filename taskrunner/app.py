@@ -8,6 +8,7 @@ from tornado.web import Application, RequestHandler
 
 from taskrunner.context import InstanceContext
 from taskrunner.handlers import HealthHandler, NotFoundHandler, RunHandler
+from taskrunner.job_handlers import JobHandler, JobOutputHandler, JobsHandler, OpenAPIHandler
 from taskrunner.logs import RequestIdTransform, log_request
 from taskrunner.metrics import MetricsHandler
 from taskrunner.recycle import drain_transform
@@ -19,6 +20,10 @@ def make_app(ctx: InstanceContext, **settings: Any) -> Application:
         (r"/run", RunHandler, {"ctx": ctx}),
         (r"/healthz", HealthHandler, {"ctx": ctx}),
         (r"/metrics", MetricsHandler, {"ctx": ctx}),
+        (r"/jobs", JobsHandler, {"ctx": ctx}),
+        (r"/jobs/([^/]+)", JobHandler, {"ctx": ctx}),
+        (r"/jobs/([^/]+)/output", JobOutputHandler, {"ctx": ctx}),
+        (r"/openapi.json", OpenAPIHandler, {"ctx": ctx}),
     ]
 
     def request_done(handler: RequestHandler) -> None:

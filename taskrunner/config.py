@@ -8,6 +8,7 @@ the flag table in the README, ``--help`` and this file cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,14 @@ class Config:
     grace: float = _setting(
         10.0,
         "on SIGTERM/SIGINT, seconds running commands may still finish before they are killed",
+    )
+    instance: str = _setting(
+        "", "name of this instance, carried in job ids; default: the port number"
+    )
+    job_ttl: float = _setting(3600.0, "seconds a finished job is kept")
+    max_jobs: int = _setting(1000, "most jobs kept; the oldest finished ones are dropped first")
+    state_dir: str = _setting(
+        "", "directory of the SQLite job store; empty: jobs live in memory only"
     )
     max_requests: int = _setting(
         0, "after this many requests, stop accepting, drain and exit 0 so a supervisor starts "
@@ -99,6 +108,13 @@ class Config:
         for name in ("idle_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
+        # Job ids are "<instance>.<random>" and a proxy routes on the part before the dot.
+        if not re.fullmatch(r"[A-Za-z0-9_-]*", self.instance):
+            raise ValueError("instance may only use letters, digits, '-' and '_'")
+        if not self.job_ttl > 0:
+            raise ValueError("job_ttl must be > 0")
+        if self.max_jobs < 1:
+            raise ValueError("max_jobs must be >= 1")
         if self.max_requests < 0:
             raise ValueError("max_requests must be >= 0")
         if self.log_format not in ("text", "json"):

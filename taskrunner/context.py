@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from taskrunner.config import Config
 from taskrunner.engine import ProcessEngine
+from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ class InstanceContext:
     launcher: Launcher
     port: int = 0
     token: str | None = field(default=None, repr=False)  # the bearer token; never logged
+    instance: str = ""
+    jobs: JobRegistry | None = None
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)
     shutting_down: bool = False

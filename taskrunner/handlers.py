@@ -212,6 +212,7 @@ class HealthHandler(JSONHandler):
         self.write_json({
             "status": "ok",
             "port": self.ctx.port,
+            "instance": self.ctx.instance,
             "pid": self.ctx.pid,
             "running": self.ctx.engine.running,
             "version": __version__,

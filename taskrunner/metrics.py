@@ -2,7 +2,7 @@
 
 Each `Metrics` owns a `CollectorRegistry` of its own (no module-level registry), so every
 test and every instance has its own counters. Every series carries an ``instance`` label
-(the instance's name, by default its port), so the four instances of a stack can be told
+(``--instance``, by default the port), so the four instances of a stack can be told
 apart once scraped and summed across them.
 
 The launcher reports commands through the `CommandObserver` methods (`command_started`,
@@ -26,7 +26,6 @@ from prometheus_client import (
 from tornado.web import RequestHandler
 
 from taskrunner import __version__
-from taskrunner.config import Config
 from taskrunner.engine import Command, CommandResult, CommandSpec
 from taskrunner.errors import NotFound, SpawnError
 from taskrunner.handlers import JSONHandler
@@ -34,11 +33,6 @@ from taskrunner.handlers import JSONHandler
 # From a few milliseconds (/bin/true) up to --max-timeout's default of an hour.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 300.0, 900.0, 3600.0)
-
-
-def instance_name(config: Config, port: int) -> str:
-    """The instance's name: ``Config.instance`` when set (jobs branch), else the port."""
-    return str(getattr(config, "instance", "") or port)
 
 
 class Metrics:

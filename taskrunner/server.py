@@ -24,9 +24,11 @@ from taskrunner.config import Config
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
 from taskrunner.errors import SpawnError
+from taskrunner.job_store import JobStore
+from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
 from taskrunner.limits import containment_from_config
-from taskrunner.metrics import Metrics, instance_name
+from taskrunner.metrics import Metrics
 from taskrunner.recycle import DrainingHTTPServer, Recycler
 from taskrunner.watchdog import Watchdog
 
@@ -97,13 +99,20 @@ class Server:
             if self.watchdog is not None:
                 self.watchdog.close()
             raise
-        metrics = Metrics(instance_name(config, self.port), running=lambda: engine.running)
+        instance = config.instance or str(self.port)
+        metrics = Metrics(instance, running=lambda: engine.running)
         launcher.observer = metrics
         self.ctx = InstanceContext(
             config=config, engine=engine, launcher=launcher, port=self.port, token=token,
-            metrics=metrics,
+            instance=instance, metrics=metrics,
         )
         self.ctx.observers.append(metrics.request_done)
+        store = JobStore(config.state_dir) if config.state_dir else None
+        self.ctx.jobs = JobRegistry(
+            launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
+            max_jobs=config.max_jobs, store=store,
+        )
+        self.ctx.jobs.restore()
         self.http = DrainingHTTPServer(
             make_app(self.ctx),
             xheaders=True,
@@ -125,7 +134,8 @@ class Server:
                 loop.add_signal_handler(sig, self.request_exit)
             # SIGHUP: recycle now; a rolling restart that loses no request behind nginx.
             loop.add_signal_handler(signal.SIGHUP, self.recycler.recycle)
-        log.info("listening on %s:%s (pid %s)", config.address, self.port, self.ctx.pid)
+        log.info("listening on %s:%s (pid %s, instance %s)", config.address, self.port,
+                 self.ctx.pid, instance)
 
     async def shutdown(self) -> None:
         """Stop listening, give running commands ``--grace`` seconds, then kill the rest."""
@@ -141,6 +151,8 @@ class Server:
                      self.config.grace, engine.running)
         if not await engine.wait_all(self.config.grace):
             log.warning("grace period over: killing %s commands", engine.running)
+            if ctx.jobs is not None:
+                ctx.jobs.cancel_running()
             engine.kill_all()
             await engine.wait_all(5.0)
         await ctx.wait_idle(2.0)
@@ -148,8 +160,10 @@ class Server:
         engine.close()
         if self.watchdog is not None:
             self.watchdog.close()
+        if ctx.jobs is not None:
+            ctx.jobs.close()  # the final states of the jobs just killed reach the store
         if self.handle_signals:
-            loop = asyncio.get_running_loop()
+            # We are exiting anyway: a second SIGTERM now must not turn exit 0 into a kill.
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
         log.info("stopped")

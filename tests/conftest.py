@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from openapi_check import checker
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from taskrunner.config import Config
@@ -51,20 +52,50 @@ class Instance:
 
     async def request(self, method: str, path: str, body: Any = None, *,
                       raw: bytes | None = None, headers: dict[str, str] | None = None,
-                      timeout: float = 30.0) -> HTTPResponse:
-        """Send a request; never raises on an HTTP error status."""
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        if data is None and method in ("POST", "PUT"):
-            data = b""
-        return await self.client.fetch(
-            self.url + path, method=method, body=data, headers=headers,
-            raise_error=False, request_timeout=timeout, allow_nonstandard_methods=True,
-        )
+                      timeout: float = 30.0, **kwargs: Any) -> HTTPResponse:
+        """Send a request; never raises on an HTTP error status.
+
+        Every response is checked against taskrunner/openapi.json (see tests/openapi_check.py).
+        """
+        return await checked_fetch(self.client, self.url, method, path, body, raw=raw,
+                                   headers=headers, timeout=timeout, **kwargs)
 
     async def run(self, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
         """POST /run and return (status code, decoded JSON body)."""
         response = await self.request("POST", "/run", body, **kwargs)
         return response.code, json.loads(response.body)
+
+
+async def checked_fetch(client: AsyncHTTPClient, base_url: str, method: str, path: str,
+                        body: Any = None, *, raw: bytes | None = None,
+                        headers: dict[str, str] | None = None, timeout: float = 30.0,
+                        streaming_callback: Callable[[bytes], None] | None = None,
+                        **kwargs: Any) -> HTTPResponse:
+    """Fetch ``base_url + path``, then check the response against the OpenAPI document.
+
+    With a ``streaming_callback`` the body goes to it as it arrives, and what arrived in all
+    is checked at the end.
+    """
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    if data is None and method in ("POST", "PUT"):
+        data = b""
+    received: list[bytes] = []
+    if streaming_callback is not None:
+        callback = streaming_callback
+
+        def streaming_callback(chunk: bytes) -> None:
+            received.append(chunk)
+            callback(chunk)
+
+    response = await client.fetch(
+        base_url + path, method=method, body=data, headers=headers,
+        raise_error=False, request_timeout=timeout, allow_nonstandard_methods=True,
+        streaming_callback=streaming_callback, **kwargs,
+    )
+    if response.code != 599:  # 599: no HTTP response at all (e.g. a client-side timeout)
+        content = b"".join(received) if streaming_callback is not None else response.body
+        checker().check(method, path, response.code, response.headers, content or b"")
+    return response
 
 
 @pytest.fixture
@@ -114,6 +145,15 @@ class ChildInstance:
                 raise RuntimeError(f"instance exited early:\n{self.output()}")
             time.sleep(0.02)
         raise RuntimeError(f"instance did not start:\n{self.output()}")
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      **kwargs: Any) -> HTTPResponse:
+        """Like `Instance.request`, against this child; the response is checked the same way."""
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            return await checked_fetch(client, self.url, method, path, body, **kwargs)
+        finally:
+            client.close()
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

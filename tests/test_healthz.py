@@ -13,4 +13,5 @@ async def test_healthz_reports_port_pid_running_and_version(instance):
     assert response.headers["Content-Type"] == "application/json"
     body = json.loads(response.body)
     assert body == {"status": "ok", "port": instance.port, "pid": os.getpid(),
-                    "running": 0, "version": __version__}
+                    "running": 0, "version": __version__,
+                    "instance": str(instance.port)}

@@ -1,7 +1,7 @@
-"""The workloads (W1-W3 as in ../shared/bench, plus J1 for jobs) and their contract checks.
+"""The workloads (W1-W3 as in ../shared/bench, plus J0 and J1 for jobs) and their contract checks.
 
 Before a workload is loaded, one request checks that the server does what the workload
-assumes (status 0; for W3 exactly 1 MiB of stdout; for J1 a 202 with ``Location: /jobs/<id>``
+assumes (status 0; for W3 exactly 1 MiB of stdout; for J0 and J1 a 202 with ``Location: /jobs/<id>``
 and a poll that ends in ``exited``). A server that fails the check is not loaded.
 """
 
@@ -48,6 +48,8 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("W3", "output: 1 MiB of stdout", "/run",
              {"args": ["head", "-c", str(W3_BYTES), str(W3_FILE)], "timeout": 10}, 8,
              wrk.POST_LUA),
+    # J0 is W1 with jobs instead of /run (issue 3's store check); J1 is a job's whole life.
+    Workload("J0", "jobs: POST /jobs true, submit only", "/jobs", TRUE, 32, wrk.POST_LUA),
     Workload("J1", "jobs: POST /jobs true, poll to the end", "/jobs", TRUE, 32, wrk.JOBS_LUA),
 )}
 
@@ -78,7 +80,7 @@ def request(method: str, url: str, body: dict[str, Any] | None = None,
 def check(wl: Workload, base: str) -> str:
     """One request that checks the contract: ``"ok"`` or ``"FAIL: why"``."""
     try:
-        if wl.name == "J1":
+        if wl.name in ("J0", "J1"):
             return _check_job(base, wl.body)
         status, _, data = request("POST", base + wl.path, wl.body)
         if status != 200:

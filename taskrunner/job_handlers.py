@@ -1,0 +1,122 @@
+"""HTTP handlers of the jobs API: ``/jobs``, ``/jobs/<id>``, ``/jobs/<id>/output``.
+
+The output stream sends what a job already wrote, then each new chunk as it comes, flushed
+at once, then the final job object: NDJSON by default, Server-Sent Events when the client
+accepts ``text/event-stream``. A client that leaves the stream only ends its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import logging
+from importlib.resources import files
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
+from taskrunner.handlers import CommandHandler, JSONHandler
+from taskrunner.job_output import OutputCursor
+from taskrunner.jobs import JobRegistry
+
+log = logging.getLogger("taskrunner.jobs")
+
+
+def _registry(handler: JSONHandler) -> JobRegistry:
+    registry = handler.ctx.jobs
+    assert registry is not None, "the job registry is created in Server.startup"
+    return registry
+
+
+class JobsHandler(CommandHandler):
+    """``POST /jobs`` starts a job from a ``/run`` body; ``GET /jobs`` lists the jobs kept."""
+
+    async def post(self) -> None:
+        if self._finished:
+            return
+        spec = self.parse_command()
+        job = await _registry(self).submit(spec)
+        self.set_header("Location", f"/jobs/{job.id}")
+        self.write_json(job.to_json(), 202)
+
+    def get(self) -> None:
+        jobs = _registry(self).newest_first()
+        self.write_json({"jobs": [job.to_json(summary=True) for job in jobs]})
+
+
+class JobHandler(JSONHandler):
+    """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it."""
+
+    def get(self, job_id: str) -> None:
+        self.write_json(_registry(self).get(job_id).to_json())
+
+    async def delete(self, job_id: str) -> None:
+        registry = _registry(self)
+        job = await registry.cancel(registry.get(job_id))
+        self.exit_status = job.status
+        if self.request.connection is None or self._finished:
+            return
+        self.write_json(job.to_json())
+
+
+class JobOutputHandler(JSONHandler):
+    """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job."""
+
+    _gone: asyncio.Future[None] | None = None
+
+    async def get(self, job_id: str) -> None:
+        job = _registry(self).get(job_id)
+        sse = "text/event-stream" in self.request.headers.get("Accept", "")
+        self.set_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # nginx: pass each chunk on at once
+        self._gone = asyncio.get_running_loop().create_future()
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
+                    for name in ("stdout", "stderr")}
+        cursor = OutputCursor()
+        while True:
+            # Ask for the next change before sending, so nothing written meanwhile is missed.
+            change = job.changed()
+            done = job.done
+            for stream, data in job.output.read(cursor):
+                text = decoders[stream].decode(data)
+                if text:
+                    self._emit({"stream": stream, "data": text}, sse)
+            if done:
+                for stream, decoder in decoders.items():
+                    tail = decoder.decode(b"", final=True)
+                    if tail:
+                        self._emit({"stream": stream, "data": tail}, sse)
+                self._emit(job.to_json(), sse)
+                if not self._gone.done():
+                    self.finish()
+                return
+            try:
+                await self.flush()
+            except StreamClosedError:
+                return
+            await asyncio.wait([change, self._gone], return_when=asyncio.FIRST_COMPLETED)
+            if self._gone.done():
+                log.debug("job %s: stream client left; the job goes on", job.id)
+                return
+
+    def _emit(self, body: dict[str, Any], sse: bool) -> None:
+        line = json.dumps(body)
+        self.write(f"data: {line}\n\n" if sse else line + "\n")
+
+    def on_connection_close(self) -> None:
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+        super().on_connection_close()
+
+
+class OpenAPIHandler(JSONHandler):
+    """``GET /openapi.json``: the OpenAPI 3 document of every endpoint."""
+
+    def get(self) -> None:
+        doc = json.loads(files("taskrunner").joinpath("openapi.json").read_bytes())
+        # The document states this instance's own limit.
+        timeout = doc["components"]["schemas"]["CommandRequest"]["properties"]["timeout"]
+        timeout["maximum"] = self.ctx.config.max_timeout
+        self.write_json(doc)

@@ -1,0 +1,248 @@
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+from conftest import PY, pid_alive, wait_until, with_config
+
+
+async def submit(instance, body):
+    response = await instance.request("POST", "/jobs", body)
+    assert response.code == 202, response.body
+    job = json.loads(response.body)
+    assert response.headers["Location"] == f"/jobs/{job['id']}"
+    return job
+
+
+async def get_job(instance, job_id):
+    response = await instance.request("GET", f"/jobs/{job_id}")
+    assert response.code == 200, response.body
+    return json.loads(response.body)
+
+
+async def wait_done(instance, job_id, timeout=10.0):
+    """Poll GET /jobs/<id> (as a client would) until the job has left `running`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = await get_job(instance, job_id)
+        if job["state"] != "running":
+            return job
+        assert time.monotonic() < deadline, f"job still running: {job}"
+        await asyncio.sleep(0.02)
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.gen_test
+async def test_post_runs_a_job_in_the_background_and_get_shows_how_it_ended(instance):
+    started = time.monotonic()
+    args = ["sh", "-c", "sleep 1; echo out; echo err >&2; exit 3"]
+    job = await submit(instance, {"args": args})
+    assert time.monotonic() - started < 0.9  # 202 at once, not when the command ends
+    assert job["state"] == "running"
+    assert job["status"] is None and job["finished"] is None and job["duration"] is None
+    assert job["args"] == args
+    assert job["instance"] == str(instance.port)
+    done = await wait_done(instance, job["id"])
+    assert done["state"] == "exited"
+    assert done["status"] == 3
+    assert (done["stdout"], done["stderr"]) == ("out\n", "err\n")
+    assert done["timed_out"] is False and done["duration"] >= 1.0
+    assert done["created"] == job["created"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", done["finished"])
+    assert done["finished"] >= done["created"]
+
+
+@pytest.mark.gen_test
+async def test_job_ids_are_instance_dot_128_random_bits(instance):
+    ids = {(await submit(instance, {"args": ["true"]}))["id"] for _ in range(5)}
+    assert len(ids) == 5
+    for job_id in ids:
+        assert re.fullmatch(rf"{instance.port}\.[A-Za-z0-9_-]{{22}}", job_id), job_id
+    health = json.loads((await instance.request("GET", "/healthz")).body)
+    assert health["instance"] == str(instance.port)
+
+
+@with_config(instance="alpha-1")
+@pytest.mark.gen_test
+async def test_instance_flag_names_the_id_prefix(instance):
+    job = await submit(instance, {"args": ["true"]})
+    assert job["id"].startswith("alpha-1.") and job["instance"] == "alpha-1"
+    health = json.loads((await instance.request("GET", "/healthz")).body)
+    assert health["instance"] == "alpha-1"
+
+
+@pytest.mark.gen_test
+async def test_timed_out_job(instance):
+    job = await submit(instance, {"args": ["sleep", "10"], "timeout": 0.3})
+    done = await wait_done(instance, job["id"])
+    assert done["state"] == "timed_out"
+    assert done["status"] == -signal.SIGKILL and done["timed_out"] is True
+
+
+@pytest.mark.gen_test
+async def test_delete_kills_the_whole_group_and_answers_once_reaped(instance):
+    job = await submit(instance, {"args": ["sh", "-c", "sleep 100 & echo $!; wait"]})
+    pgid = instance.ctx.jobs.get(job["id"]).command.pid
+    deadline = time.monotonic() + 5
+    while not (await get_job(instance, job["id"]))["stdout"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    grandchild = int((await get_job(instance, job["id"]))["stdout"])
+    assert pid_alive(grandchild) and group_alive(pgid)
+
+    response = await instance.request("DELETE", f"/jobs/{job['id']}")
+    assert response.code == 200
+    cancelled = json.loads(response.body)
+    assert cancelled["state"] == "cancelled" and cancelled["status"] == -9
+    assert cancelled["finished"] is not None
+    assert not pid_alive(pgid)
+    assert wait_until(lambda: not pid_alive(grandchild), 2.0)
+    assert await get_job(instance, job["id"]) == cancelled
+
+
+@pytest.mark.gen_test
+async def test_delete_on_an_ended_job_changes_nothing(instance):
+    job = await submit(instance, {"args": ["sh", "-c", "echo hi"]})
+    done = await wait_done(instance, job["id"])
+    response = await instance.request("DELETE", f"/jobs/{job['id']}")
+    assert response.code == 200
+    assert json.loads(response.body) == done
+    assert done["state"] == "exited" and done["status"] == 0
+
+
+@pytest.mark.gen_test
+async def test_unknown_id_is_a_404_on_every_job_route(instance):
+    for method, path in [("GET", "/jobs/{}"), ("DELETE", "/jobs/{}"), ("GET", "/jobs/{}/output")]:
+        for job_id in (f"{instance.port}.nosuchjob", "x", "%2e%2e"):
+            response = await instance.request(method, path.format(job_id))
+            assert response.code == 404, (method, path, job_id)
+            body = json.loads(response.body)
+            assert body["error"] == "job_not_found"
+            assert response.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.gen_test
+async def test_post_jobs_validates_like_run(instance):
+    cases = [
+        (b"{", 400, "invalid_json"),
+        (json.dumps({"args": ["true"], "timout": 1}).encode(), 400, "unknown_field"),
+        (json.dumps({"args": []}).encode(), 400, "invalid_field"),
+        (json.dumps({"args": ["/no/such/program"]}).encode(), 422, "spawn_failed"),
+        (json.dumps({"args": ["true"], "stdin": "x" * (2 << 20)}).encode(), 413, "body_too_large"),
+    ]
+    for raw, code, error in cases:
+        response = await instance.request("POST", "/jobs", raw=raw)
+        assert response.code == code, (raw[:40], response.body)
+        assert json.loads(response.body)["error"] == error
+    listing = json.loads((await instance.request("GET", "/jobs")).body)
+    assert listing == {"jobs": []}  # nothing that failed to start is kept
+    response = await instance.request("PUT", "/jobs", {"args": ["true"]})
+    assert response.code == 405
+
+
+@pytest.mark.gen_test
+async def test_list_is_newest_first_without_output(instance):
+    first = await submit(instance, {"args": ["echo", "one"]})
+    second = await submit(instance, {"args": ["sleep", "5"]})
+    response = await instance.request("GET", "/jobs")
+    assert response.code == 200
+    jobs = json.loads(response.body)["jobs"]
+    assert [job["id"] for job in jobs] == [second["id"], first["id"]]
+    assert jobs[0]["state"] == "running"
+    assert "stdout" not in jobs[0]
+
+
+@pytest.mark.gen_test
+async def test_stdin_env_cwd_reach_a_job(instance, tmp_path):
+    job = await submit(instance, {"args": ["sh", "-c", "cat; echo $FOO; pwd"], "stdin": "in\n",
+                                  "env": {"FOO": "bar"}, "cwd": str(tmp_path)})
+    done = await wait_done(instance, job["id"])
+    assert done["stdout"] == f"in\nbar\n{tmp_path}\n"
+
+
+@with_config(job_ttl=0.3)
+@pytest.mark.gen_test
+async def test_finished_jobs_expire_after_the_ttl(instance):
+    running = await submit(instance, {"args": ["sleep", "1.2"]})
+    job = await submit(instance, {"args": ["true"]})
+    await wait_done(instance, job["id"])
+    await asyncio.sleep(0.5)
+    assert (await instance.request("GET", f"/jobs/{job['id']}")).code == 404
+    # A running job never expires; it is kept for the ttl once it ends.
+    assert (await get_job(instance, running["id"]))["state"] == "running"
+    await wait_done(instance, running["id"])
+    await asyncio.sleep(0.5)
+    assert (await instance.request("GET", f"/jobs/{running['id']}")).code == 404
+    assert json.loads((await instance.request("GET", "/jobs")).body) == {"jobs": []}
+
+
+@with_config(max_jobs=3)
+@pytest.mark.gen_test
+async def test_max_jobs_drops_the_oldest_finished_first(instance):
+    long = await submit(instance, {"args": ["sleep", "5"]})  # oldest, but running
+    a = await submit(instance, {"args": ["sh", "-c", "sleep 0.2"]})
+    b = await submit(instance, {"args": ["true"]})
+    await wait_done(instance, b["id"])
+    await wait_done(instance, a["id"])  # b finished first, so b is the oldest finished
+    c = await submit(instance, {"args": ["true"]})
+    ids = [job["id"] for job in json.loads((await instance.request("GET", "/jobs")).body)["jobs"]]
+    assert ids == [c["id"], a["id"], long["id"]]
+    assert (await instance.request("GET", f"/jobs/{b['id']}")).code == 404
+
+
+@with_config(max_jobs=2)
+@pytest.mark.gen_test
+async def test_when_every_slot_holds_a_running_job_post_is_a_429(instance):
+    await submit(instance, {"args": ["sleep", "5"]})
+    await submit(instance, {"args": ["sleep", "5"]})
+    response = await instance.request("POST", "/jobs", {"args": ["true"]})
+    assert response.code == 429
+    assert json.loads(response.body)["error"] == "too_many_requests"
+    assert instance.ctx.engine.running == 2
+
+
+@with_config(max_output=10)
+@pytest.mark.gen_test
+async def test_output_kept_per_job_is_bounded_by_max_output(instance):
+    job = await submit(instance, {"args": [PY, "-c", "print('x' * 100000)"]})
+    done = await wait_done(instance, job["id"])
+    assert done["stdout"] == "x" * 10 and done["stdout_truncated"] is True
+    kept = instance.ctx.jobs.get(job["id"])
+    assert kept.output.size == 10
+    stream = await instance.request("GET", f"/jobs/{job['id']}/output")
+    lines = [json.loads(line) for line in stream.body.decode().splitlines()]
+    assert "".join(item["data"] for item in lines[:-1]) == "x" * 10
+
+
+
+@pytest.mark.parametrize("flags", [["--instance", "a.b"], ["--instance", "a/b"],
+                                   ["--job-ttl", "0"], ["--max-jobs", "0"]])
+def test_bad_job_flags_are_refused(flags, capsys):
+    from taskrunner.cli import parse_config
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(flags)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_job_flags_and_their_defaults():
+    from taskrunner.cli import parse_config
+
+    config = parse_config([])
+    assert (config.instance, config.job_ttl, config.max_jobs, config.state_dir) == (
+        "", 3600.0, 1000, "")
+    config = parse_config(["--instance", "web-2", "--job-ttl", "60", "--max-jobs", "5",
+                           "--state-dir", "/tmp/x"])
+    assert (config.instance, config.job_ttl, config.max_jobs, config.state_dir) == (
+        "web-2", 60.0, 5, "/tmp/x")

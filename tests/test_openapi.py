@@ -1,0 +1,81 @@
+import json
+
+import pytest
+from openapi_check import DOC_PATH, checker
+from tornado.httputil import HTTPHeaders
+
+JSON = HTTPHeaders({"Content-Type": "application/json"})
+
+
+def load_doc():
+    with open(DOC_PATH) as f:
+        return json.load(f)
+
+
+@pytest.mark.gen_test
+async def test_openapi_json_is_served(instance):
+    response = await instance.request("GET", "/openapi.json")
+    assert response.code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    doc = json.loads(response.body)
+    assert doc == load_doc()
+    assert doc["openapi"].startswith("3.")
+
+
+@pytest.mark.gen_test
+async def test_every_route_is_documented_and_every_documented_path_is_routed(instance):
+    app = instance.server.http.request_callback
+    routed = {rule.matcher._path.replace("%s", "{id}") for rule in app.wildcard_router.rules
+              if hasattr(rule.matcher, "_path") and rule.matcher._path is not None}
+    assert routed == set(load_doc()["paths"])
+
+
+def test_every_documented_error_uses_the_error_shape():
+    for path, item in load_doc()["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            for code, response in operation["responses"].items():
+                if int(code) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (path, method, code)
+
+
+@pytest.mark.gen_test
+async def test_walk_every_operation_with_bad_input(instance):
+    # Every answer is checked against the document by instance.request.
+    for path, item in load_doc()["paths"].items():
+        for method in item:
+            if method == "parameters":
+                continue
+            url = path.replace("{id}", f"{instance.port}.nosuchjob")
+            response = await instance.request(method.upper(), url, raw=b"{" if method == "post"
+                                              else None)
+            if "{id}" in path:
+                assert response.code == 404
+            elif method == "post":
+                assert response.code == 400
+            else:
+                assert response.code == 200
+
+
+def test_the_checker_rejects_what_the_document_does_not_promise():
+    check = checker().check
+    health = {"status": "ok", "port": 1, "pid": 1, "running": 0, "version": "x", "instance": "1"}
+    check("GET", "/healthz", 200, JSON, json.dumps(health).encode())
+    bad = [
+        ("GET", "/healthz", 500, JSON, json.dumps(health)),  # status not documented
+        ("GET", "/healthz", 200, JSON, json.dumps({**health, "port": "1"})),  # wrong type
+        ("GET", "/healthz", 200, HTTPHeaders({"Content-Type": "text/html"}), "<p>"),
+        ("GET", "/nowhere", 200, JSON, "{}"),  # undocumented path must be a 404
+        ("GET", "/jobs/x", 404, JSON, json.dumps({"error": "x"})),  # no message
+        ("GET", "/jobs", 200, JSON, json.dumps({"jobs": [{"id": "x"}]})),
+        ("GET", "/jobs/x/output", 200, HTTPHeaders({"Content-Type": "application/x-ndjson"}),
+         '{"stream": "stdout", "data": "x"}\n'),  # X-Accel-Buffering missing
+        ("GET", "/jobs/x/output", 200,
+         HTTPHeaders({"Content-Type": "application/x-ndjson", "X-Accel-Buffering": "no"}),
+         '{"stream": "stdin", "data": "x"}\n'),
+    ]
+    for method, path, code, headers, body in bad:
+        with pytest.raises(AssertionError):
+            check(method, path, code, headers, body.encode())
