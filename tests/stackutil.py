@@ -40,7 +40,8 @@ def supervisor_available() -> bool:
 class Stack:
     """One stack started by ``scripts/stack`` with its own ports and run directory."""
 
-    def __init__(self, run_dir: str, port: int, base_port: int, args: str = "") -> None:
+    def __init__(self, run_dir: str, port: int, base_port: int, args: str = "",
+                 state_dir: str = "") -> None:
         self.run_dir = run_dir
         self.port = port
         self.ports = [base_port + i for i in range(4)]
@@ -51,6 +52,7 @@ class Stack:
             "TASKRUNNER_BASE_PORT": str(base_port),
             "TASKRUNNER_RUN_DIR": run_dir,
             "TASKRUNNER_ARGS": args,
+            "TASKRUNNER_STATE_DIR": state_dir,
         }
 
     def script(self, command: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
@@ -204,9 +206,10 @@ def upstream_of(nginx_log: str, rid: str) -> str | None:
 
 
 @contextlib.contextmanager
-def running_stack(tmp_dir: str, port: int, base_port: int, args: str = "") -> Iterator[Stack]:
+def running_stack(tmp_dir: str, port: int, base_port: int, args: str = "",
+                  state_dir: str = "") -> Iterator[Stack]:
     """A stack that is up for the duration of the block and down after it, even on failure."""
-    stack = Stack(tmp_dir, port, base_port, args)
+    stack = Stack(tmp_dir, port, base_port, args, state_dir)
     try:
         stack.up()
         yield stack

@@ -7,6 +7,7 @@ route. Ports 18280 and 19085-19088.
 
 import http.client
 import json
+import os
 import time
 
 import pytest
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.skipif(not (nginx_available() and supervisor_available(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with running_stack(str(tmp_path_factory.mktemp("stack-jobs")), 18280, 19085) as stack:
+    run_dir = str(tmp_path_factory.mktemp("stack-jobs"))
+    with running_stack(run_dir, 18280, 19085, state_dir=f"{run_dir}/state") as stack:
         status, _, body = stack.call("POST", "/jobs", {"args": ["true"]})
         if status == 404 and b"no route for /jobs" in body:
             pytest.skip("the jobs API (issue 3) is not merged yet")
@@ -87,3 +89,24 @@ def test_unknown_job_is_a_json_404(stack):
         assert status == 404
         assert headers["Content-Type"].startswith("application/json")
         assert json.loads(body)["error"] == "job_not_found"
+
+
+def test_finished_jobs_survive_a_rolling_restart_with_a_state_dir(stack):
+    job = create(stack, ["echo", "kept"])
+    owner = int(job["id"].split(".", 1)[0])
+    assert os.path.isdir(os.path.join(stack.run_dir, "state", str(owner)))
+    time.sleep(0.5)  # finished and written (the store batches writes for 50 ms)
+    old_pid = stack.health(owner)["pid"]
+    assert stack.script("reload").returncode == 0
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        health = stack.health(owner)
+        if health and health["pid"] != old_pid:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the owner was not restarted")
+    status, _, body = stack.call("GET", f"/jobs/{job['id']}")
+    assert status == 200, body
+    kept = json.loads(body)
+    assert kept["state"] == "exited" and kept["stdout"] == "kept\n"
