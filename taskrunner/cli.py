@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from taskrunner import __version__
 from taskrunner.auth import StartupError
 from taskrunner.config import Config, settings
+from taskrunner.logs import setup_logging
 from taskrunner.server import Server
 
 
@@ -57,11 +57,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one instance until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
     config = parse_config(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging(config.log_format)
     try:
         asyncio.run(Server(config).serve())
     except StartupError as exc:

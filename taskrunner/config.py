@@ -46,6 +46,15 @@ class Config:
     state_dir: str = _setting(
         "", "directory of the SQLite job store; empty: jobs live in memory only"
     )
+    max_requests: int = _setting(
+        0, "after this many requests, stop accepting, drain and exit 0 so a supervisor starts "
+        "a fresh process (0: never)"
+    )
+    recycle_lock: str = _setting(
+        "", "file shared by the instances of one deployment so that only one of them "
+        "recycles (--max-requests) at a time ('': no coordination)"
+    )
+    log_format: str = _setting("text", "log line format: text or json")
 
     # -- security and containment (see docs/security.md) --------------------------------
     token_file: str = _setting(
@@ -106,6 +115,10 @@ class Config:
             raise ValueError("job_ttl must be > 0")
         if self.max_jobs < 1:
             raise ValueError("max_jobs must be >= 1")
+        if self.max_requests < 0:
+            raise ValueError("max_requests must be >= 0")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
 
 
 def settings() -> list[dataclasses.Field[Any]]:

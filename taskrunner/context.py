@@ -9,12 +9,19 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from taskrunner.config import Config
 from taskrunner.engine import ProcessEngine
 from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
+
+if TYPE_CHECKING:
+    from tornado.web import RequestHandler
+
+    from taskrunner.metrics import Metrics
 
 
 @dataclass
@@ -32,6 +39,11 @@ class InstanceContext:
     started: float = field(default_factory=time.time)
     shutting_down: bool = False
     in_flight: int = 0
+    draining: bool = False
+    """Set while the instance is going away: responses say ``Connection: close``."""
+    metrics: Metrics | None = None
+    observers: list[Callable[[RequestHandler], None]] = field(default_factory=list)
+    """Called with each finished request's handler, after its access-log line."""
     _idle: asyncio.Event | None = None
 
     def request_started(self) -> None:

@@ -13,11 +13,21 @@ the job registry never call the engine directly:
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 from taskrunner.admission import Admission
 from taskrunner.allowlist import Allowlist
 from taskrunner.engine import Command, CommandSpec, OutputListener, ProcessEngine
+from taskrunner.errors import SpawnError
 from taskrunner.limits import Containment
+
+
+class CommandObserver(Protocol):
+    """Told about every command the launcher starts or fails to start (e.g. metrics)."""
+
+    def command_started(self, command: Command) -> None: ...
+
+    def spawn_failed(self, spec: CommandSpec, error: SpawnError) -> None: ...
 
 
 class Launcher:
@@ -25,14 +35,27 @@ class Launcher:
 
     def __init__(self, engine: ProcessEngine, allowlist: Allowlist | None = None,
                  containment: Containment | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 observer: CommandObserver | None = None) -> None:
         self.engine = engine
         self.allowlist = allowlist
         self.containment = containment or Containment()
         self.admission = admission
+        self.observer = observer
 
     async def launch(self, spec: CommandSpec, listener: OutputListener | None = None) -> Command:
         """Start ``spec``; raise a `TaskRunnerError` (e.g. `SpawnError`) if it may not or cannot."""
+        try:
+            command = await self._start(spec, listener)
+        except SpawnError as exc:
+            if self.observer is not None:
+                self.observer.spawn_failed(spec, exc)
+            raise
+        if self.observer is not None:
+            self.observer.command_started(command)
+        return command
+
+    async def _start(self, spec: CommandSpec, listener: OutputListener | None) -> Command:
         spec = self.check(spec)
         if self.admission is None:
             return self.engine.start(spec, listener, self.containment.prefix)

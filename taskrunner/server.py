@@ -28,6 +28,8 @@ from taskrunner.job_store import JobStore
 from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
 from taskrunner.limits import containment_from_config
+from taskrunner.metrics import Metrics
+from taskrunner.recycle import DrainingHTTPServer, Recycler
 from taskrunner.watchdog import Watchdog
 
 log = logging.getLogger("taskrunner.server")
@@ -50,6 +52,7 @@ class Server:
         self.http: HTTPServer | None = None
         self.sockets: list[socket.socket] = []
         self._should_exit = asyncio.Event()
+        self.recycler: Recycler | None = None
 
     @property
     def port(self) -> int:
@@ -97,17 +100,20 @@ class Server:
                 self.watchdog.close()
             raise
         instance = config.instance or str(self.port)
+        metrics = Metrics(instance, running=lambda: engine.running)
+        launcher.observer = metrics
         self.ctx = InstanceContext(
             config=config, engine=engine, launcher=launcher, port=self.port, token=token,
-            instance=instance,
+            instance=instance, metrics=metrics,
         )
+        self.ctx.observers.append(metrics.request_done)
         store = JobStore(config.state_dir) if config.state_dir else None
         self.ctx.jobs = JobRegistry(
             launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
             max_jobs=config.max_jobs, store=store,
         )
         self.ctx.jobs.restore()
-        self.http = HTTPServer(
+        self.http = DrainingHTTPServer(
             make_app(self.ctx),
             xheaders=True,
             max_body_size=_UNREACHABLE_BODY_LIMIT,
@@ -117,11 +123,17 @@ class Server:
             idle_connection_timeout=config.idle_timeout,
             body_timeout=config.body_timeout,
         )
+        self.recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
+                                 config.recycle_lock)
+        if config.max_requests:
+            self.ctx.observers.append(self.recycler.request_done)
         self.http.add_sockets(self.sockets)
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_exit)
+            # SIGHUP: recycle now; a rolling restart that loses no request behind nginx.
+            loop.add_signal_handler(signal.SIGHUP, self.recycler.recycle)
         log.info("listening on %s:%s (pid %s, instance %s)", config.address, self.port,
                  self.ctx.pid, instance)
 
@@ -130,6 +142,7 @@ class Server:
         assert self.ctx is not None and self.http is not None
         ctx, engine = self.ctx, self.ctx.engine
         ctx.shutting_down = True
+        ctx.draining = True
         self.http.stop()
         if ctx.launcher.admission is not None:
             ctx.launcher.admission.close()  # queued requests get a 503 now
@@ -151,6 +164,6 @@ class Server:
             ctx.jobs.close()  # the final states of the jobs just killed reach the store
         if self.handle_signals:
             # We are exiting anyway: a second SIGTERM now must not turn exit 0 into a kill.
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
         log.info("stopped")

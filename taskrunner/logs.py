@@ -1,0 +1,135 @@
+"""Logging: the process-wide setup (``--log-format text|json``), request ids, the access log.
+
+`setup_logging` is called once by the CLI; tests call it and remove the handler it returns.
+Every request gets an id: the ``X-Request-Id`` the front proxy sent (nginx makes one up when
+the client sent none), or one made here. It is echoed in the response and written on the
+request's access-log line, so one id finds a request in nginx's log and in the instance's.
+
+One access-log line per request, on the ``taskrunner.access`` logger::
+
+    POST /run 200 12.3ms rid=5f0c... client=10.0.0.7 program=make exit=0 cmd=11.9ms
+
+With ``--log-format json`` each record is one JSON object, and the access line's fields
+(``request_id``, ``client``, ``method``, ``path``, ``status``, ``duration_ms``, ``program``,
+``exit_status``, ``command_ms``) are keys of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from tornado.httputil import HTTPServerRequest
+from tornado.web import OutputTransform, RequestHandler
+
+access_log = logging.getLogger("taskrunner.access")
+
+REQUEST_ID = "X-Request-Id"
+
+# An id a caller or proxy sent is kept if it is short printable ASCII without spaces, so a
+# text log line stays one line with space-separated fields.
+_GOOD_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+# Attributes every LogRecord has; anything else on a record came in through ``extra=``.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, and the ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS:
+                line[key] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def setup_logging(log_format: str = "text", stream: TextIO | None = None,
+                  level: int = logging.INFO) -> logging.Handler:
+    """Send all log records to ``stream`` (default stderr) in ``log_format``; return the handler."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    if log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+def request_id(request: HTTPServerRequest) -> str:
+    """The request's id: the one it came with if acceptable, else a new one (kept on it)."""
+    given = request.headers.get(REQUEST_ID, "")
+    if _GOOD_ID.fullmatch(given):
+        return given
+    new = secrets.token_hex(16)  # the shape of nginx's $request_id
+    request.headers[REQUEST_ID] = new
+    return new
+
+
+class RequestIdTransform(OutputTransform):
+    """Gives each request its id and echoes it in the response's ``X-Request-Id``."""
+
+    def __init__(self, request: HTTPServerRequest) -> None:
+        self.request_id = request_id(request)
+
+    def transform_first_chunk(
+        self, status_code: int, headers: Any, chunk: bytes, finishing: bool
+    ) -> tuple[int, Any, bytes]:
+        headers[REQUEST_ID] = self.request_id
+        return status_code, headers, chunk
+
+
+def _command_ms(handler: RequestHandler) -> float | None:
+    command = getattr(handler, "command", None)
+    result = getattr(command, "result", None)
+    if result is None or not result.done() or result.cancelled() or result.exception():
+        return None
+    duration: float = result.result().duration
+    return round(1000.0 * duration, 1)
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Write the access-log line of one finished request."""
+    request = handler.request
+    status = handler.get_status()
+    program = getattr(handler, "program", None)
+    exit_status = getattr(handler, "exit_status", None)
+    command_ms = _command_ms(handler)
+    duration_ms = round(1000.0 * request.request_time(), 1)
+    fields = {
+        "request_id": request.headers.get(REQUEST_ID, "-"),
+        "client": request.remote_ip,
+        "method": request.method,
+        "path": request.uri,
+        "status": status,
+        "duration_ms": duration_ms,
+        "program": program,
+        "exit_status": exit_status,
+        "command_ms": command_ms,
+    }
+    level = logging.INFO if status < 500 else logging.ERROR
+    access_log.log(
+        level, "%s %s %s %.1fms rid=%s client=%s program=%s exit=%s cmd=%s",
+        request.method, request.uri, status, duration_ms, fields["request_id"],
+        request.remote_ip, program or "-", "-" if exit_status is None else exit_status,
+        "-" if command_ms is None else f"{command_ms}ms", extra=fields,
+    )
+

@@ -1,0 +1,117 @@
+"""Prometheus metrics of one instance, and ``GET /metrics`` that serves them.
+
+Each `Metrics` owns a `CollectorRegistry` of its own (no module-level registry), so every
+test and every instance has its own counters. Every series carries an ``instance`` label
+(``--instance``, by default the port), so the four instances of a stack can be told
+apart once scraped and summed across them.
+
+The launcher reports commands through the `CommandObserver` methods (`command_started`,
+`spawn_failed`); the app reports each finished request through `request_done`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from tornado.web import RequestHandler
+
+from taskrunner import __version__
+from taskrunner.engine import Command, CommandResult, CommandSpec
+from taskrunner.errors import NotFound, SpawnError
+from taskrunner.handlers import JSONHandler
+
+# From a few milliseconds (/bin/true) up to --max-timeout's default of an hour.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0, 300.0, 900.0, 3600.0)
+
+
+class Metrics:
+    """The counters, gauges and histogram of one instance, in a registry of their own."""
+
+    def __init__(self, instance: str, running: Any = None) -> None:
+        self.instance = instance
+        self.registry = CollectorRegistry()
+        label = {"instance": instance}
+        reg = self.registry
+        self._requests = Counter("taskrunner_http_requests", "HTTP requests answered, by status",
+                                 ["instance", "status"], registry=reg)
+        self.started = Counter("taskrunner_commands_started", "commands started",
+                               ["instance"], registry=reg).labels(**label)
+        self.finished = Counter("taskrunner_commands_finished", "commands that ended",
+                                ["instance"], registry=reg).labels(**label)
+        self.timeouts = Counter("taskrunner_command_timeouts",
+                                "commands killed because they ran past their timeout",
+                                ["instance"], registry=reg).labels(**label)
+        self.kills = Counter("taskrunner_command_kills",
+                             "commands ended by SIGKILL: timeout, cancel, client gone, "
+                             "shutdown, or killed from outside", ["instance"],
+                             registry=reg).labels(**label)
+        self.spawn_failures = Counter("taskrunner_command_spawn_failures",
+                                      "commands that could not be started (422)",
+                                      ["instance"], registry=reg).labels(**label)
+        self.duration = Histogram("taskrunner_command_duration_seconds",
+                                  "wall-clock time from spawn to reaped, per command",
+                                  ["instance"], buckets=DURATION_BUCKETS,
+                                  registry=reg).labels(**label)
+        self.running = Gauge("taskrunner_commands_running", "commands running now",
+                             ["instance"], registry=reg).labels(**label)
+        if running is not None:
+            self.running.set_function(running)
+        Gauge("taskrunner_info", "always 1; the labels say which version runs",
+              ["instance", "version"], registry=reg).labels(
+                  instance=instance, version=__version__).set(1)
+        Gauge("taskrunner_start_time_seconds", "when this instance started, Unix time",
+              ["instance"], registry=reg).labels(**label).set_to_current_time()
+
+    # -- the launcher's observer -------------------------------------------------------
+
+    def command_started(self, command: Command) -> None:
+        """Count a started command and time it until it ends."""
+        self.started.inc()
+        command.result.add_done_callback(self._command_ended)
+
+    def spawn_failed(self, spec: CommandSpec, error: SpawnError) -> None:
+        """Count a command that could not start."""
+        self.spawn_failures.inc()
+
+    def _command_ended(self, future: asyncio.Future[CommandResult]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        result = future.result()
+        self.finished.inc()
+        self.duration.observe(result.duration)
+        if result.timed_out:
+            self.timeouts.inc()
+        if result.timed_out or result.cancelled or result.status == -signal.SIGKILL:
+            self.kills.inc()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def request_done(self, handler: RequestHandler) -> None:
+        """Count one answered request by its status."""
+        self._requests.labels(instance=self.instance, status=str(handler.get_status())).inc()
+
+    def exposition(self) -> bytes:
+        """Everything in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class MetricsHandler(JSONHandler):
+    """``GET /metrics``: the instance's metrics in the Prometheus text format."""
+
+    def get(self) -> None:
+        metrics = getattr(self.ctx, "metrics", None)
+        if metrics is None:
+            raise NotFound("this instance keeps no metrics")
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(metrics.exposition())

@@ -1,0 +1,59 @@
+import io
+import json
+import logging
+
+import pytest
+
+from taskrunner.cli import parse_config
+from taskrunner.logs import setup_logging
+
+
+@pytest.fixture
+def log_stream():
+    """Capture every log record as JSON lines, and remove the handler afterwards."""
+    stream = io.StringIO()
+    handler = setup_logging("json", stream=stream)
+    yield stream
+    logging.getLogger().removeHandler(handler)
+
+
+def access_lines(stream):
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [r for r in records if r["logger"] == "taskrunner.access"]
+
+
+@pytest.mark.gen_test
+async def test_access_log_line_has_request_id_client_program_exit_and_durations(
+        instance, log_stream):
+    response = await instance.request("POST", "/run", {"args": ["sh", "-c", "exit 3"]},
+                                      headers={"X-Request-Id": "abc-123",
+                                               "X-Real-IP": "203.0.113.7"})
+    assert response.code == 200
+    assert response.headers["X-Request-Id"] == "abc-123"
+    (line,) = access_lines(log_stream)
+    assert line["request_id"] == "abc-123"
+    assert line["client"] == "203.0.113.7"  # passed on by the proxy (xheaders)
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/run", 200)
+    assert (line["program"], line["exit_status"]) == ("sh", 3)
+    assert line["command_ms"] >= 0 and line["duration_ms"] >= line["command_ms"]
+    assert "rid=abc-123" in line["message"] and "program=sh exit=3" in line["message"]
+
+
+@pytest.mark.gen_test
+async def test_a_missing_or_unusable_request_id_is_replaced(instance, log_stream):
+    first = await instance.request("GET", "/healthz")
+    second = await instance.request("GET", "/nope", headers={"X-Request-Id": "has space"})
+    assert second.code == 404
+    ids = [first.headers["X-Request-Id"], second.headers["X-Request-Id"]]
+    assert all(len(i) == 32 for i in ids) and ids[0] != ids[1]
+    assert [line["request_id"] for line in access_lines(log_stream)] == ids
+
+
+def test_log_format_must_be_text_or_json(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--log-format", "xml"])
+    assert "log_format must be text or json" in capsys.readouterr().err
+
+
+def test_text_format_is_the_default():
+    assert parse_config([]).log_format == "text"
