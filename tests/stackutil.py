@@ -21,8 +21,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STACK = os.path.join(REPO, "scripts", "stack")
+
+
+def needs_stack() -> pytest.MarkDecorator:
+    """Skip without nginx or supervisor on a developer's machine; under CI (``CI`` set),
+    where scripts/install provides both, run anyway so that a missing install fails."""
+    missing = not (nginx_available() and supervisor_available())
+    return pytest.mark.skipif(missing and not os.environ.get("CI"),
+                              reason="needs nginx and supervisor: scripts/install")
 
 
 def nginx_available() -> bool:

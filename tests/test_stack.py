@@ -1,6 +1,6 @@
 """The stack for real: ``scripts/stack up``, nginx, supervisord, four instances, load.
 
-Needs nginx and supervisor (``scripts/install-stack-deps``). Ports 18080 and 18885-18888.
+Needs nginx and supervisor (``scripts/install``). Ports 18080 and 18885-18888.
 """
 
 import json
@@ -16,14 +16,12 @@ from stackutil import (
     Stack,
     children,
     listening,
-    nginx_available,
+    needs_stack,
     running_stack,
-    supervisor_available,
     upstream_of,
 )
 
-pytestmark = pytest.mark.skipif(not (nginx_available() and supervisor_available()),
-                                reason="needs nginx and supervisor: scripts/install-stack-deps")
+pytestmark = needs_stack()
 
 PORT, BASE = 18080, 18885
 

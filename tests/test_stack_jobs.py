@@ -1,8 +1,7 @@
 """Jobs through nginx: created anywhere, then polled, streamed and cancelled on the instance
 that owns them (nginx routes /jobs/<instance>.<random> by its instance part).
 
-Written against the jobs contract (issue 3); skipped while the instances have no /jobs
-route. Ports 18280 and 19085-19088.
+Ports 18280 and 19085-19088.
 """
 
 import http.client
@@ -11,19 +10,15 @@ import os
 import time
 
 import pytest
-from stackutil import nginx_available, running_stack, supervisor_available
+from stackutil import needs_stack, running_stack
 
-pytestmark = pytest.mark.skipif(not (nginx_available() and supervisor_available()),
-                                reason="needs nginx and supervisor: scripts/install-stack-deps")
+pytestmark = needs_stack()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("stack-jobs"))
     with running_stack(run_dir, 18280, 19085, state_dir=f"{run_dir}/state") as stack:
-        status, _, body = stack.call("POST", "/jobs", {"args": ["true"]})
-        if status == 404 and b"no route for /jobs" in body:
-            pytest.skip("the jobs API (issue 3) is not merged yet")
         yield stack
 
 

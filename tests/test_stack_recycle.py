@@ -4,11 +4,9 @@ and not one request fails. Ports 18180 and 18985-18988."""
 import re
 import time
 
-import pytest
-from stackutil import Load, nginx_available, running_stack, supervisor_available
+from stackutil import Load, needs_stack, running_stack
 
-pytestmark = pytest.mark.skipif(not (nginx_available() and supervisor_available()),
-                                reason="needs nginx and supervisor: scripts/install-stack-deps")
+pytestmark = needs_stack()
 
 
 def test_recycle_under_load_loses_no_request(tmp_path):
