@@ -58,12 +58,18 @@ class Admission:
         """How many requests wait for a slot."""
         return len(self._waiters)
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting in line if none is free; `TooManyRequests` if the line is full."""
+    def try_acquire(self) -> bool:
+        """Take a free slot now if there is one (and nobody waits for it); False if not."""
         if self.closed:
             raise ServiceUnavailable("the instance is shutting down; try another one")
         if self.running < self.max_running and not self._waiters:
             self.running += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line if none is free; `TooManyRequests` if the line is full."""
+        if self.try_acquire():
             return
         if len(self._waiters) >= self.max_queued:
             raise TooManyRequests(

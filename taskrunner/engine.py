@@ -212,6 +212,7 @@ class Command:
         self.timed_out = False
         self.cancelled = False
         self.result: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._on_finish: list[Callable[[CommandResult], None]] = []
         self._engine = engine
         self._reap = reap
         self._loop = IOLoop.current()
@@ -245,6 +246,14 @@ class Command:
     def program(self) -> str:
         """The command's program, ``args[0]``."""
         return self.spec.args[0]
+
+    def on_finish(self, callback: Callable[[CommandResult], None]) -> None:
+        """Call ``callback(result)`` the moment the command ends, before ``result`` is set.
+
+        Synchronous, unlike a done callback on ``result``, which costs an event-loop turn
+        per callback on every command.
+        """
+        self._on_finish.append(callback)
 
     def cancel(self) -> None:
         """SIGKILL the command's group; its result will say ``cancelled``."""
@@ -362,15 +371,16 @@ class Command:
         self._engine._finished(self)
         out, err = self._captures.values()
         assert self.returncode is not None
-        self.result.set_result(
-            CommandResult(
-                status=self.returncode,
-                stdout=out.text(),
-                stderr=err.text(),
-                timed_out=self.timed_out,
-                cancelled=self.cancelled,
-                duration=time.monotonic() - self.started,
-                stdout_truncated=out.truncated,
-                stderr_truncated=err.truncated,
-            )
+        result = CommandResult(
+            status=self.returncode,
+            stdout=out.text(),
+            stderr=err.text(),
+            timed_out=self.timed_out,
+            cancelled=self.cancelled,
+            duration=time.monotonic() - self.started,
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
         )
+        for callback in self._on_finish:
+            callback(result)
+        self.result.set_result(result)

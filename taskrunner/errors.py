@@ -14,6 +14,7 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── NotFound                         (404, "not_found")
     │   └── JobNotFound                  (404, "job_not_found")
     ├── MethodNotAllowed                 (405, "method_not_allowed")
+    ├── BodyTimeout                      (408, "body_timeout")
     ├── PayloadTooLarge                  (413, "body_too_large")
     ├── SpawnError                       (422, "spawn_failed")    the command could not start
     ├── TooManyRequests                  (429, "too_many_requests")
@@ -97,6 +98,13 @@ class MethodNotAllowed(TaskRunnerError):
 
     status = 405
     code = "method_not_allowed"
+
+
+class BodyTimeout(TaskRunnerError):
+    """The request body did not arrive within ``--body-timeout``."""
+
+    status = 408
+    code = "body_timeout"
 
 
 class PayloadTooLarge(TaskRunnerError):

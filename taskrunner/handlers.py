@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import orjson
+from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from taskrunner import __version__
@@ -18,6 +19,7 @@ from taskrunner.auth import check_request
 from taskrunner.context import InstanceContext
 from taskrunner.engine import Command, CommandSpec
 from taskrunner.errors import (
+    BodyTimeout,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -131,12 +133,39 @@ class BodyHandler(JSONHandler):
     bytes as they arrive.
     """
 
+    _body_timer: object | None = None
+
     def prepare(self) -> None:
         super().prepare()
         self.body = bytearray()
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.ctx.config.max_body:
             raise PayloadTooLarge(self._too_large_message())
+        # Our own timer rather than HTTPServer's body_timeout, which wraps every body read
+        # in gen.with_timeout (a task and a chained future per request).
+        self._body_timer = IOLoop.current().call_later(self.ctx.config.body_timeout,
+                                                       self._body_too_slow)
+
+    def body_complete(self) -> None:
+        """The whole body is in (the handler method runs): stop the body timer."""
+        if self._body_timer is not None:
+            IOLoop.current().remove_timeout(self._body_timer)
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if not self._finished:
+            self.send_task_error(BodyTimeout(
+                f"the request body did not arrive within {self.ctx.config.body_timeout:g} "
+                "seconds"))
+
+    def on_finish(self) -> None:
+        self.body_complete()
+        super().on_finish()
+
+    def on_connection_close(self) -> None:
+        self.body_complete()
+        super().on_connection_close()
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
@@ -155,6 +184,7 @@ class CommandHandler(BodyHandler):
 
     def parse_command(self) -> CommandSpec:
         """Validate the body; refuse new commands while the instance shuts down."""
+        self.body_complete()
         if self.ctx.shutting_down:
             raise ServiceUnavailable("the instance is shutting down; try another one")
         config = self.ctx.config
@@ -175,16 +205,19 @@ class RunHandler(CommandHandler):
         if self._finished:
             return
         spec = self.parse_command()
-        # A task, so that a caller who leaves while waiting for a slot leaves the queue.
-        self.launching = asyncio.ensure_future(self.ctx.launcher.launch(spec))
-        try:
-            self.command = await self.launching
-        except asyncio.CancelledError:
-            if self.launching.cancelled():  # by on_connection_close: it never started
-                log.info("client left while queued; %s not started", self.program)
-                self.set_status(499, "Client Closed Request")
-                return
-            raise
+        self.command = self.ctx.launcher.start_now(spec)
+        if self.command is None:
+            # Wait for a slot in a task, so that a caller who leaves meanwhile leaves the
+            # queue (on_connection_close cancels it).
+            self.launching = asyncio.ensure_future(self.ctx.launcher.launch(spec))
+            try:
+                self.command = await self.launching
+            except asyncio.CancelledError:
+                if self.launching.cancelled():  # by on_connection_close: it never started
+                    log.info("client left while queued; %s not started", self.program)
+                    self.set_status(499, "Client Closed Request")
+                    return
+                raise
         result = await self.command.result
         self.exit_status = result.status
         if self.client_gone:

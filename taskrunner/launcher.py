@@ -44,29 +44,46 @@ class Launcher:
         self.observer = observer
 
     async def launch(self, spec: CommandSpec, listener: OutputListener | None = None) -> Command:
-        """Start ``spec``; raise a `TaskRunnerError` (e.g. `SpawnError`) if it may not or cannot."""
+        """Start ``spec``, waiting for a slot if none is free; raise a `TaskRunnerError`
+        (e.g. `SpawnError`, `TooManyRequests`) if it may not or cannot start."""
+        spec = self._checked(spec)
+        if self.admission is not None and not self.admission.try_acquire():
+            await self.admission.acquire()
+        return self._spawn(spec, listener)
+
+    def start_now(self, spec: CommandSpec,
+                  listener: OutputListener | None = None) -> Command | None:
+        """Start ``spec`` at once if a slot is free; None if it would have to wait (then
+        `launch` it). The common case, without a task or an event-loop turn."""
+        spec = self._checked(spec)
+        if self.admission is not None and not self.admission.try_acquire():
+            return None
+        return self._spawn(spec, listener)
+
+    def _checked(self, spec: CommandSpec) -> CommandSpec:
         try:
-            command = await self._start(spec, listener)
+            return self.check(spec)
         except SpawnError as exc:
             if self.observer is not None:
                 self.observer.spawn_failed(spec, exc)
             raise
-        if self.observer is not None:
-            self.observer.command_started(command)
-        return command
 
-    async def _start(self, spec: CommandSpec, listener: OutputListener | None) -> Command:
-        spec = self.check(spec)
-        if self.admission is None:
-            return self.engine.start(spec, listener, self.containment.prefix)
-        await self.admission.acquire()
+    def _spawn(self, spec: CommandSpec, listener: OutputListener | None) -> Command:
+        # The caller holds a slot (when there is admission): it is freed when the command
+        # ends, or now if it cannot start.
         try:
             command = self.engine.start(spec, listener, self.containment.prefix)
-        except BaseException:
-            self.admission.release()
+        except BaseException as exc:
+            if self.admission is not None:
+                self.admission.release()
+            if isinstance(exc, SpawnError) and self.observer is not None:
+                self.observer.spawn_failed(spec, exc)
             raise
-        admission = self.admission
-        command.result.add_done_callback(lambda _: admission.release())
+        if self.admission is not None:
+            admission = self.admission
+            command.on_finish(lambda _result: admission.release())
+        if self.observer is not None:
+            self.observer.command_started(command)
         return command
 
     def check(self, spec: CommandSpec) -> CommandSpec:

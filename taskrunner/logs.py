@@ -16,6 +16,7 @@ With ``--log-format json`` each record is one JSON object, and the access line's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -60,10 +61,57 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that writes lines in batches: at most ``interval`` seconds late.
+
+    One access line per request would otherwise cost a write system call per request,
+    and wake whoever reads the stream (supervisord) as often. A record at WARNING or above,
+    a record logged outside the event loop's thread, and a full batch are written at once.
+    What is still buffered when the process is SIGKILLed is lost (at most ``interval``).
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.1, max_lines: int = 512) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self.max_lines = max_lines
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # logging's contract: report a formatting error, never raise
+            self.handleError(record)
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.append(line)
+            urgent = (record.levelno >= logging.WARNING or loop is None
+                      or len(self._lines) >= self.max_lines)
+            if not urgent and self._timer is None and loop is not None:
+                self._timer = loop.call_later(self.interval, self.flush)
+        if urgent:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._lines:
+                text = "\n".join(self._lines) + "\n"
+                self._lines.clear()
+                self.stream.write(text)
+            self.stream.flush()
+
+
 def setup_logging(log_format: str = "text", stream: TextIO | None = None,
                   level: int = logging.INFO) -> logging.Handler:
     """Send all log records to ``stream`` (default stderr) in ``log_format``; return the handler."""
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler = BatchedStreamHandler(sys.stderr if stream is None else stream)
     if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:

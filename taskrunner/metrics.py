@@ -11,7 +11,6 @@ The launcher reports commands through the `CommandObserver` methods (`command_st
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from typing import Any
 
@@ -43,6 +42,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         label = {"instance": instance}
         reg = self.registry
+        self._requests_by_status: dict[int, Any] = {}
         self._requests = Counter("taskrunner_http_requests", "HTTP requests answered, by status",
                                  ["instance", "status"], registry=reg)
         self.started = Counter("taskrunner_commands_started", "commands started",
@@ -78,16 +78,13 @@ class Metrics:
     def command_started(self, command: Command) -> None:
         """Count a started command and time it until it ends."""
         self.started.inc()
-        command.result.add_done_callback(self._command_ended)
+        command.on_finish(self._command_ended)
 
     def spawn_failed(self, spec: CommandSpec, error: SpawnError) -> None:
         """Count a command that could not start."""
         self.spawn_failures.inc()
 
-    def _command_ended(self, future: asyncio.Future[CommandResult]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        result = future.result()
+    def _command_ended(self, result: CommandResult) -> None:
         self.finished.inc()
         self.duration.observe(result.duration)
         if result.timed_out:
@@ -99,7 +96,12 @@ class Metrics:
 
     def request_done(self, handler: RequestHandler) -> None:
         """Count one answered request by its status."""
-        self._requests.labels(instance=self.instance, status=str(handler.get_status())).inc()
+        status = handler.get_status()
+        counter = self._requests_by_status.get(status)
+        if counter is None:  # labels() sorts and looks up on every call: once per status
+            counter = self._requests.labels(instance=self.instance, status=str(status))
+            self._requests_by_status[status] = counter
+        counter.inc()
 
     def exposition(self) -> bytes:
         """Everything in the Prometheus text format."""

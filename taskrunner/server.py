@@ -118,10 +118,9 @@ class Server:
             xheaders=True,
             max_body_size=_UNREACHABLE_BODY_LIMIT,
             # Idle connections, and slow request headers, are bounded by idle_timeout; a
-            # slow body by body_timeout (which ends once the body is in, so a long /run
-            # is not affected).
+            # slow body by --body-timeout in BodyHandler (which ends once the body is in,
+            # so a long /run is not affected).
             idle_connection_timeout=config.idle_timeout,
-            body_timeout=config.body_timeout,
         )
         self.recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
                                  config.recycle_lock)

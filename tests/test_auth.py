@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import PY, REPO
+from conftest import PY, REPO, wait_until
 
 from taskrunner.config import Config
 
@@ -96,8 +96,8 @@ def test_token_from_the_environment_never_reaches_a_child_or_the_log(spawn_insta
     assert "PATH=" in stdout
     assert "TASKRUNNER_" not in stdout
     assert TOKEN not in stdout
+    assert wait_until(lambda: "POST /run 401" in child.output())  # lines come in batches
     assert TOKEN not in child.output()
-    assert "POST /run 401" in child.output()
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.0.2.1"])

@@ -149,3 +149,17 @@ async def test_malformed_http_does_not_kill_the_instance(instance):
     writer.close()
     response = await instance.request("GET", "/healthz")
     assert response.code == 200
+
+
+@with_config(body_timeout=0.5)
+@pytest.mark.gen_test
+async def test_a_body_that_does_not_arrive_in_time_gets_a_408_and_runs_nothing(instance):
+    reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+    writer.write(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"args\": [")
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), 10)  # the server closes after answering
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"] == "body_timeout"
+    assert instance.ctx.engine.running == 0

@@ -1,3 +1,4 @@
+import asyncio
 import io
 import json
 import logging
@@ -18,6 +19,8 @@ def log_stream():
 
 
 def access_lines(stream):
+    for handler in logging.getLogger().handlers:
+        handler.flush()  # the handler batches lines for up to 0.1 s
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     return [r for r in records if r["logger"] == "taskrunner.access"]
 
@@ -57,3 +60,15 @@ def test_log_format_must_be_text_or_json(capsys):
 
 def test_text_format_is_the_default():
     assert parse_config([]).log_format == "text"
+
+
+@pytest.mark.gen_test
+async def test_log_lines_are_batched_but_written_within_a_tenth_of_a_second(
+        instance, log_stream):
+    await instance.request("GET", "/healthz")
+    await asyncio.sleep(0.3)
+    assert [line["path"] for line in
+            map(json.loads, log_stream.getvalue().splitlines())
+            if line["logger"] == "taskrunner.access"] == ["/healthz"]
+    logging.getLogger("taskrunner.test").warning("at once")
+    assert "at once" in log_stream.getvalue()
