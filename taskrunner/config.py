@@ -56,7 +56,7 @@ class Config:
     )
     log_format: str = _setting("text", "log line format: text or json")
 
-    # -- security and containment (see docs/security.md) --------------------------------
+    # -- security and containment (see the README, "Security model") ------------------
     token_file: str = _setting(
         "", "file holding the bearer token every route but GET /healthz requires "
         "(or set TASKRUNNER_TOKEN); empty: no token"

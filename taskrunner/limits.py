@@ -23,7 +23,7 @@ Any ``preexec_fn`` or ``user=`` forces CPython off its vfork path, which costs m
 extra exec of a small binary, so wrappers win in every combination; they also keep the
 engine's ``posix_spawn`` path. Through the engine on a busy machine
 (``scripts/bench_engine_containment.py``): none 746-1,267/s, limits 581-828/s, ``--user``
-507-671/s, both 414-530/s (docs/security.md has the table).
+507-671/s, both 414-530/s (the README's "Security model" has the table).
 
 Because the wrapper, not the command, is what the engine executes, `Containment.check`
 first resolves the program and checks ``cwd`` in this process: a missing program still

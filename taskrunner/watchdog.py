@@ -19,7 +19,7 @@ A first version sent ``+PGID`` / ``-PGID`` lines over the pipe: 3 µs per comman
 instance, but two wake-ups of the watchdog per command, 55 µs of its CPU each command
 (measured: 0.11 s of watchdog CPU per 2,000 spawns), which competes with the instance on a
 small machine. The table costs the watchdog nothing until the end (figures in
-docs/security.md).
+README, "Security model").
 
 The watchdog runs in a session of its own, so a signal sent to the instance's process group
 (Ctrl-C, supervisord's ``stopasgroup`` / ``killasgroup``) does not reach it, and it ignores
