@@ -20,6 +20,7 @@ from taskrunner.context import InstanceContext
 from taskrunner.engine import Command, CommandSpec
 from taskrunner.errors import (
     BodyTimeout,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -31,7 +32,7 @@ from taskrunner.request import parse_run_request
 
 log = logging.getLogger("taskrunner.http")
 
-_TORNADO_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+_TORNADO_CODES = {400: "bad_request", 404: "not_found",
                   413: "body_too_large"}
 
 
@@ -87,7 +88,7 @@ class JSONHandler(RequestHandler):
         elif status_code == 405:
             allowed = self.allowed_methods()
             self.set_header("Allow", ", ".join(allowed))
-            code = "method_not_allowed"
+            code = MethodNotAllowed.code
             message = (f"{self.request.method} is not allowed on {self.request.path}; "
                        f"allowed: {', '.join(allowed)}")
         elif isinstance(exc, HTTPError) and status_code < 500:
