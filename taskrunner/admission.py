@@ -61,7 +61,7 @@ class Admission:
     def try_acquire(self) -> bool:
         """Take a free slot now if there is one (and nobody waits for it); False if not."""
         if self.closed:
-            raise ServiceUnavailable("the instance is shutting down; try another one")
+            raise ServiceUnavailable()
         if self.running < self.max_running and not self._waiters:
             self.running += 1
             return True
@@ -101,5 +101,4 @@ class Admission:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(
-                    ServiceUnavailable("the instance is shutting down; try another one"))
+                waiter.set_exception(ServiceUnavailable())

@@ -137,3 +137,6 @@ class ServiceUnavailable(TaskRunnerError):
 
     status = 503
     code = "shutting_down"
+
+    def __init__(self, message: str = "the instance is shutting down; try another one") -> None:
+        super().__init__(message)

@@ -187,7 +187,7 @@ class CommandHandler(BodyHandler):
         """Validate the body; refuse new commands while the instance shuts down."""
         self.body_complete()
         if self.ctx.shutting_down:
-            raise ServiceUnavailable("the instance is shutting down; try another one")
+            raise ServiceUnavailable()
         config = self.ctx.config
         spec = parse_run_request(bytes(self.body), default_timeout=config.default_timeout,
                                  max_timeout=config.max_timeout)

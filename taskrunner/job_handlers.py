@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import json
 import logging
 from importlib.resources import files
@@ -112,11 +113,17 @@ class JobOutputHandler(JSONHandler):
         super().on_connection_close()
 
 
+@functools.cache
+def _openapi_document() -> bytes:
+    # Package data: read once per process, not once per request.
+    return files("taskrunner").joinpath("openapi.json").read_bytes()
+
+
 class OpenAPIHandler(JSONHandler):
     """``GET /openapi.json``: the OpenAPI 3 document of every endpoint."""
 
     def get(self) -> None:
-        doc = json.loads(files("taskrunner").joinpath("openapi.json").read_bytes())
+        doc = json.loads(_openapi_document())
         # The document states this instance's own limit.
         timeout = doc["components"]["schemas"]["CommandRequest"]["properties"]["timeout"]
         timeout["maximum"] = self.ctx.config.max_timeout

@@ -250,7 +250,8 @@ class JobRegistry:
         self.jobs[job.id] = job
         self._save(job)
         pid = command.pid
-        command.result.add_done_callback(lambda future: self._on_result(job, pid, future))
+        # Synchronous: the job's state is final by the time command.result is set.
+        command.on_finish(lambda result: self._on_result(job, pid, result))
         log.debug("job %s started: pid %s program %s", job.id, command.pid, command.program)
         return job
 
@@ -260,9 +261,6 @@ class JobRegistry:
             command = job.command
             command.cancel()
             await asyncio.shield(command.result)
-            # The result callback runs on the loop's next turn; wait for the state to say so.
-            while not job.done:
-                await job.changed()
         return job
 
     def cancel_running(self) -> None:
@@ -279,8 +277,8 @@ class JobRegistry:
         if self.store is not None:
             self.store.close()
 
-    def _on_result(self, job: Job, pid: int, future: asyncio.Future[CommandResult]) -> None:
-        job.finish(future.result())
+    def _on_result(self, job: Job, pid: int, result: CommandResult) -> None:
+        job.finish(result)
         log.info("job %s %s: pid %s status %s duration %.3fs program %s", job.id, job.state,
                  pid, job.status, job.duration or 0.0, job.args[0])
         self._finished[job.id] = job
