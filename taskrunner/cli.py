@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
+
+import uvloop
 
 from taskrunner import __version__
 from taskrunner.auth import StartupError
@@ -54,11 +56,23 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         parser.error(str(exc))
 
 
+def run(main_coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run ``main_coroutine`` to the end on a new loop of the kind ``--event-loop`` names.
+
+    Tornado runs on any asyncio loop. uvloop's, written over libuv, spends less time per
+    callback and per I/O event than the standard library's, and W1 is mostly such work.
+    """
+    if event_loop == "uvloop":
+        uvloop.run(main_coroutine)
+    else:
+        asyncio.run(main_coroutine)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one instance until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
     config = parse_config(argv)
     setup_logging(config.log_format)
     try:
-        asyncio.run(Server(config).serve())
+        run(Server(config).serve(), config.event_loop)
     except StartupError as exc:
         sys.exit(f"taskrunner: {exc}")

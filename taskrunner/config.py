@@ -18,6 +18,7 @@ def _setting(default: Any, help: str, **extra: Any) -> Any:
 
 
 MIB = 1024 * 1024
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Config:
         "recycles (--max-requests) at a time ('': no coordination)"
     )
     log_format: str = _setting("text", "log line format: text or json")
+    event_loop: str = _setting(
+        "uvloop", "event loop under Tornado: uvloop (libuv; less work per request, see the "
+        "README's benchmark) or asyncio (the standard library's)"
+    )
 
     # -- security and containment (see the README, "Security model") ------------------
     token_file: str = _setting(
@@ -119,6 +124,8 @@ class Config:
             raise ValueError("max_requests must be >= 0")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"event_loop must be uvloop or asyncio, not {self.event_loop!r}")
 
 
 def settings() -> list[dataclasses.Field[Any]]:

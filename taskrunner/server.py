@@ -95,10 +95,11 @@ class Server:
                             admission=Admission.from_config(config))
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
-        except OSError:
+        except OSError as exc:
             if self.watchdog is not None:
                 self.watchdog.close()
-            raise
+            raise StartupError(f"cannot listen on {config.address}:{config.port}: "
+                               f"{exc.strerror or exc}") from None
         instance = config.instance or str(self.port)
         metrics = Metrics(instance, running=lambda: engine.running)
         launcher.observer = metrics
@@ -133,8 +134,9 @@ class Server:
                 loop.add_signal_handler(sig, self.request_exit)
             # SIGHUP: recycle now; a rolling restart that loses no request behind nginx.
             loop.add_signal_handler(signal.SIGHUP, self.recycler.recycle)
-        log.info("listening on %s:%s (pid %s, instance %s)", config.address, self.port,
-                 self.ctx.pid, instance)
+        loop_module = type(asyncio.get_running_loop()).__module__
+        log.info("listening on %s:%s (pid %s, instance %s, event loop %s)", config.address,
+                 self.port, self.ctx.pid, instance, loop_module.partition(".")[0])
 
     async def shutdown(self) -> None:
         """Stop listening, give running commands ``--grace`` seconds, then kill the rest."""

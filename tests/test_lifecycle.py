@@ -34,6 +34,7 @@ def test_help_lists_every_flag_with_its_default():
 
 
 @pytest.mark.parametrize("bad", [["--port", "x"], ["--port", "70000"], ["--bogus"],
+                                 ["--event-loop", "tokio"],
                                  ["--default-timeout", "100", "--max-timeout", "10"]])
 def test_bad_flags_exit_2_with_a_message(bad):
     result = subprocess.run([PY, "-m", "taskrunner", *bad], cwd=REPO, capture_output=True,
@@ -42,10 +43,32 @@ def test_bad_flags_exit_2_with_a_message(bad):
     assert "error" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_port_in_use_is_a_one_line_error_not_a_traceback(spawn_instance):
+    busy = spawn_instance()
+    result = subprocess.run([PY, "-m", "taskrunner", "--port", str(busy.port)], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{busy.port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_port_flag_takes_both_spellings(spawn_instance):
     child = spawn_instance("--port=0", "--address", "127.0.0.1")
     status, body = post(child.port, {"args": ["echo", "ok"]})
     assert status == 200 and body["stdout"] == "ok\n"
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_each_event_loop_serves_commands_and_stops_cleanly(spawn_instance, loop):
+    child = spawn_instance("--event-loop", loop)
+    assert f"event loop {loop})" in child.output()
+    status, body = post(child.port, {"args": ["ls", "/proc/self/fd"]})
+    assert status == 200 and body["stdout"].split() == ["0", "1", "2", "3"]
+    started = time.monotonic()
+    status, body = post(child.port, {"args": ["sh", "-c", "sleep 100 & echo hi"]})
+    assert status == 200 and body["stdout"] == "hi\n" and time.monotonic() - started < 5
+    child.signal(signal.SIGTERM)
+    assert child.wait(20) == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
