@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -68,10 +69,27 @@ def run(main_coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
         asyncio.run(main_coroutine)
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the start-up heap, and run it less often.
+
+    Everything alive now (modules, the app) lives as long as the process: `gc.freeze`
+    moves it out of the collector's sight, so no full collection walks it again. Requests
+    create short-lived containers by the hundred, which the default first-generation
+    threshold (700) would collect every few requests.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 20)
+
+
+_GC_YOUNG_THRESHOLD = 20_000
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one instance until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
     config = parse_config(argv)
     setup_logging(config.log_format)
+    tune_gc()
     try:
         run(Server(config).serve(), config.event_loop)
     except StartupError as exc:

@@ -38,7 +38,7 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from taskrunner.capture import OutputCapture
-from taskrunner.errors import SpawnError
+from taskrunner.errors import OutOfResources, SpawnError
 from taskrunner.spawn import Reaper, kill_group, make_inherited_fds_private, spawn_child
 
 log = logging.getLogger("taskrunner.engine")
@@ -127,31 +127,38 @@ class ProcessEngine:
         listener: OutputListener | None = None,
         argv_prefix: Sequence[str] = (),
     ) -> Command:
-        """Spawn ``spec`` now; raise `SpawnError` if it cannot start.
+        """Spawn ``spec`` now; raise `SpawnError` if it cannot start, `OutOfResources` if
+        this process is out of fds or processes (nothing is left running or open then).
 
         ``argv_prefix`` (e.g. a ``prlimit`` wrapper) is put before ``spec.args``.
         """
         env = self.base_env if not spec.env else {**self.base_env, **spec.env}
         argv = [*argv_prefix, *spec.args]
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        in_r = in_w = -1
-        if spec.stdin:
-            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        opened: list[int] = []  # every fd made here; the parent's are closed on failure
+        try:
+            out_r, out_w = _pipe(opened)
+            err_r, err_w = _pipe(opened)
+            in_r, in_w = _pipe(opened) if spec.stdin else (-1, -1)
+        except OSError as exc:
+            _close_all(opened)
+            raise _spawn_error(spec, exc) from None
         stdin = in_r if in_r >= 0 else self._devnull
         try:
             pid, reap = spawn_child(argv, env, stdin, out_w, err_w, cwd=spec.cwd,
                                     own_path=bool(spec.env and "PATH" in spec.env))
         except OSError as exc:
-            for fd in (out_r, err_r, in_w):
-                if fd >= 0:
-                    os.close(fd)
+            _close_all(opened)
             raise _spawn_error(spec, exc) from None
-        finally:
-            for fd in (out_w, err_w, in_r):
-                if fd >= 0:
-                    os.close(fd)
-        command = Command(self, spec, pid, reap, out_r, err_r, in_w, listener)
+        _close_all([out_w, err_w, in_r])  # the child's ends: it has them now
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            # Without a pidfd its exit would go unnoticed: end it now rather than lose it.
+            kill_group(pid)
+            _reap_now(reap)
+            _close_all([out_r, err_r, in_w])
+            raise _spawn_error(spec, exc) from None
+        command = Command(self, spec, pid, reap, pidfd, out_r, err_r, in_w, listener)
         self.commands.add(command)
         if self.on_spawn is not None:
             self.on_spawn(pid)
@@ -183,12 +190,40 @@ class ProcessEngine:
             self.on_reap(command.pid)
 
 
-def _spawn_error(spec: CommandSpec, exc: OSError) -> SpawnError:
+# Errors of this process's limits, not of the request: the caller may retry.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+
+
+def _spawn_error(spec: CommandSpec, exc: OSError) -> SpawnError | OutOfResources:
     program = spec.args[0]
     reason = exc.strerror or str(exc)
+    if exc.errno in _RESOURCE_ERRNOS:
+        return OutOfResources(f"cannot start {program!r} now: {reason}; retry later")
     if spec.cwd is not None and exc.filename == spec.cwd:
         return SpawnError(f"cannot start {program!r}: working directory {spec.cwd!r}: {reason}")
     return SpawnError(f"cannot start {program!r}: {reason}")
+
+
+def _pipe(opened: list[int]) -> tuple[int, int]:
+    """A close-on-exec pipe, its two fds also added to ``opened``."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    opened += (read_end, write_end)
+    return read_end, write_end
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _reap_now(reap: Reaper) -> None:
+    """Reap a child that was just SIGKILLed (an error path: it dies within milliseconds)."""
+    for _ in range(5000):
+        if reap() is not None:
+            return
+        time.sleep(0.001)
+    log.error("a killed child was not reaped within 5 s")
 
 
 class Command:
@@ -200,6 +235,7 @@ class Command:
         spec: CommandSpec,
         pid: int,
         reap: Reaper,
+        pidfd: int,
         stdout_fd: int,
         stderr_fd: int,
         stdin_fd: int,
@@ -228,7 +264,7 @@ class Command:
         for fd in (stdout_fd, stderr_fd):
             os.set_blocking(fd, False)
             self._loop.add_handler(fd, self._on_readable, IOLoop.READ)
-        self._pidfd = os.pidfd_open(self.pid)
+        self._pidfd = pidfd
         self._loop.add_handler(self._pidfd, self._on_exit, IOLoop.READ)
         self._deadline = self._loop.call_later(spec.timeout, self._on_timeout)
         self._drain_timer: object | None = None

@@ -132,6 +132,18 @@ class TooManyRequests(TaskRunnerError):
         self.retry_after = retry_after
 
 
+class OutOfResources(TaskRunnerError):
+    """The instance ran out of file descriptors, processes or memory starting a command.
+
+    The caller did nothing wrong and may retry (``Retry-After``), here or on another
+    instance; nothing of the command was left running.
+    """
+
+    status = 503
+    code = "out_of_resources"
+    retry_after = 1
+
+
 class ServiceUnavailable(TaskRunnerError):
     """The instance is shutting down and takes no new commands."""
 

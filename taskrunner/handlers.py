@@ -22,6 +22,7 @@ from taskrunner.errors import (
     BodyTimeout,
     MethodNotAllowed,
     NotFound,
+    OutOfResources,
     PayloadTooLarge,
     ServiceUnavailable,
     TaskRunnerError,
@@ -81,7 +82,7 @@ class JSONHandler(RequestHandler):
         if isinstance(exc, TaskRunnerError):
             code, message = exc.code, exc.message
             self.set_status(exc.status)
-            if isinstance(exc, TooManyRequests):
+            if isinstance(exc, TooManyRequests | OutOfResources):
                 self.set_header("Retry-After", str(exc.retry_after))
             if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", "Bearer")
@@ -107,8 +108,11 @@ class JSONHandler(RequestHandler):
         self.send_error(error.status, exc_info=(type(error), error, None))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, TaskRunnerError) and value.status < 500:
-            return  # a client error, already answered; the access log has the line
+        if isinstance(value, OutOfResources):
+            log.warning("%s", value.message)  # the operator's problem: say it, once
+            return
+        if isinstance(value, TaskRunnerError) and value.status != TaskRunnerError.status:
+            return  # an expected error, already answered; the access log has the line
         super().log_exception(typ, value, tb)
 
     def allowed_methods(self) -> list[str]:

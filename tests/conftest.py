@@ -121,12 +121,13 @@ def with_config(**changes: Any) -> Any:
 class ChildInstance:
     """``python -m taskrunner`` running as a child process in its own process group."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None) -> None:
         self.log_path = f"/tmp/taskrunner-test-{os.getpid()}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [PY, "-m", "taskrunner", *args], cwd=REPO, stdout=self.log, stderr=self.log,
-            start_new_session=True, env={**os.environ, **(env or {})},
+            [*(wrapper or []), PY, "-m", "taskrunner", *args], cwd=REPO, stdout=self.log,
+            stderr=self.log, start_new_session=True, env={**os.environ, **(env or {})},
         )
         self.port = self._wait_for_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -176,8 +177,10 @@ def spawn_instance() -> Iterator[Callable[..., ChildInstance]]:
     """Start ``python -m taskrunner --port 0 ARGS...`` as a child; all are stopped at teardown."""
     started: list[ChildInstance] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ChildInstance:
-        child = ChildInstance(["--port", "0", *args], env=env)
+    def start(*args: str, env: dict[str, str] | None = None,
+              wrapper: list[str] | None = None) -> ChildInstance:
+        """``wrapper`` (e.g. ``["prlimit", "--nofile=64"]``) execs the instance."""
+        child = ChildInstance(["--port", "0", *args], env=env, wrapper=wrapper)
         started.append(child)
         return child
 
