@@ -39,6 +39,7 @@ from tornado.ioloop import IOLoop
 
 from taskrunner.capture import OutputCapture
 from taskrunner.errors import OutOfResources, SpawnError
+from taskrunner.memory import LARGE_OUTPUT
 from taskrunner.spawn import Reaper, kill_group, make_inherited_fds_private, spawn_child
 
 log = logging.getLogger("taskrunner.engine")
@@ -96,7 +97,9 @@ class ProcessEngine:
 
     ``base_env`` is the environment every command starts from (a request's ``env`` is laid
     over it); ``max_output`` bounds what is kept of each stream; ``on_spawn`` / ``on_reap``
-    let a watchdog learn which process groups to kill if this process dies.
+    let a watchdog learn which process groups to kill if this process dies;
+    ``on_large_output`` is called when a command with at least `LARGE_OUTPUT` bytes of
+    output has finished (see `taskrunner.memory`).
     """
 
     def __init__(
@@ -106,8 +109,10 @@ class ProcessEngine:
         drain_grace: float = 0.5,
         on_spawn: SpawnHook | None = None,
         on_reap: SpawnHook | None = None,
+        on_large_output: Callable[[], None] | None = None,
     ) -> None:
         self.max_output = max_output
+        self.on_large_output = on_large_output
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.drain_grace = drain_grace
         self.on_spawn = on_spawn
@@ -417,6 +422,9 @@ class Command:
             stdout_truncated=out.truncated,
             stderr_truncated=err.truncated,
         )
+        self._captures.clear()  # the result has the text now: let the raw bytes go
+        if self._engine.on_large_output is not None and out.size + err.size >= LARGE_OUTPUT:
+            self._engine.on_large_output()
         for callback in self._on_finish:
             callback(result)
         self.result.set_result(result)

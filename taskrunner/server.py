@@ -28,6 +28,7 @@ from taskrunner.job_store import JobStore
 from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
 from taskrunner.limits import containment_from_config
+from taskrunner.memory import HeapTrimmer
 from taskrunner.metrics import Metrics
 from taskrunner.recycle import DrainingHTTPServer, Recycler
 from taskrunner.watchdog import Watchdog
@@ -53,6 +54,7 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._should_exit = asyncio.Event()
         self.recycler: Recycler | None = None
+        self.trimmer = HeapTrimmer()
 
     @property
     def port(self) -> int:
@@ -90,6 +92,7 @@ class Server:
             max_output=config.max_output, base_env=base_env,
             on_spawn=self.watchdog.spawned if self.watchdog else None,
             on_reap=self.watchdog.reaped if self.watchdog else None,
+            on_large_output=self.trimmer.request,
         )
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
                             admission=Admission.from_config(config))
@@ -159,6 +162,7 @@ class Server:
         await ctx.wait_idle(2.0)
         await self.http.close_all_connections()
         engine.close()
+        self.trimmer.close()
         if self.watchdog is not None:
             self.watchdog.close()
         if ctx.jobs is not None:

@@ -1,0 +1,71 @@
+"""`HeapTrimmer`: give the memory of large command outputs back to the OS after they are sent.
+
+A 1 MiB output passes through the instance as bytes, text and JSON. CPython takes blocks
+that large from glibc's malloc, which keeps freed memory in its heap for reuse instead of
+returning it, so after a burst of large outputs the instance kept its peak RSS (61-63 MiB
+after W3 against 35 idle). ``malloc_trim(0)`` returns the free pages. Measured on W3 (8
+connections, 1 MiB each): RSS afterwards 44-49 MiB instead of 59-61, same req/s.
+
+A fixed ``M_MMAP_THRESHOLD`` (every large block mmapped and unmapped) also keeps RSS down,
+but costs a page fault per 4 KiB on every use: W3 fell from 367-397 to 208-216 req/s.
+
+The trim runs at most once per ``delay`` seconds, and only after a command whose output
+was large. Where the C library has no ``malloc_trim`` (not glibc), this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Callable
+
+from tornado.ioloop import IOLoop
+
+log = logging.getLogger("taskrunner.memory")
+
+LARGE_OUTPUT = 256 * 1024
+"""Bytes of stdout + stderr from which a finished command asks for a trim."""
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+class HeapTrimmer:
+    """Calls ``malloc_trim(0)`` ``delay`` seconds after the first `request` since the last trim."""
+
+    def __init__(self, delay: float = 1.0) -> None:
+        self.delay = delay
+        self.trims = 0
+        self._malloc_trim = _find_malloc_trim()
+        self._pending: object | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether this C library can trim (glibc)."""
+        return self._malloc_trim is not None
+
+    def request(self) -> None:
+        """Ask for a trim soon (after a large output); cheap when one is already due."""
+        if self._pending is None and self._malloc_trim is not None:
+            self._pending = IOLoop.current().call_later(self.delay, self._trim)
+
+    def close(self) -> None:
+        """Cancel a pending trim."""
+        if self._pending is not None:
+            IOLoop.current().remove_timeout(self._pending)
+            self._pending = None
+
+    def _trim(self) -> None:
+        self._pending = None
+        assert self._malloc_trim is not None
+        self._malloc_trim(0)
+        self.trims += 1
