@@ -29,14 +29,16 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPServerRequest
 from tornado.web import OutputTransform, RequestHandler
 
+from taskrunner.accept import add_accept_handler
 from taskrunner.context import InstanceContext
 
 log = logging.getLogger("taskrunner.server")
@@ -126,6 +128,12 @@ class DrainingHTTPServer(HTTPServer):
         super().on_close(server_conn)
         if not self._connections:
             self._no_connections.set()
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Listen on ``sockets``, pausing rather than spinning when out of descriptors."""
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = add_accept_handler(sock, self._handle_connection)
 
     @property
     def open_connections(self) -> int:

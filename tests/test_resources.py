@@ -1,11 +1,24 @@
-"""Running out of file descriptors: a 503 the caller can retry, never a 500 or a lost child."""
+"""Running out of file descriptors: a 503 the caller can retry, never a 500, a lost child or
+a spinning event loop."""
 
+import http.client
 import json
 import os
+import socket
 import time
 
 import pytest
 from conftest import wait_until
+
+
+def post(port: int, body: dict) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/run", json.dumps(body))
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
 
 
 def processes_running(argument: str) -> list[int]:
@@ -56,3 +69,22 @@ async def test_out_of_file_descriptors_is_a_503_and_leaves_nothing_behind(spawn_
     response = await child.request("POST", "/run", {"args": ["echo", "ok"]})
     assert response.code == 200 and json.loads(response.body)["stdout"] == "ok\n"
     assert "Traceback" not in child.output() and " 500 " not in child.output()
+
+
+def test_out_of_descriptors_for_connections_pauses_accepting_then_recovers(spawn_instance):
+    child = spawn_instance(wrapper=["prlimit", "--nofile=48"])
+    clients = []
+    try:
+        for _ in range(60):  # more connections than descriptors: some wait in the backlog
+            clients.append(socket.create_connection(("127.0.0.1", child.port), timeout=5))
+        assert wait_until(lambda: "cannot accept connections" in child.output())
+        time.sleep(1.0)  # ten pauses' worth: a spinning loop would log thousands of lines
+        warnings = child.output().count("cannot accept connections")
+        assert 1 <= warnings <= 30
+        assert "Traceback" not in child.output()
+    finally:
+        for client in clients:
+            client.close()
+    # Descriptors are back: the instance serves again, and the waiting connections too.
+    status, body = post(child.port, {"args": ["echo", "ok"]})
+    assert status == 200 and body["stdout"] == "ok\n"
