@@ -17,6 +17,7 @@ With ``--log-format json`` each record is one JSON object, and the access line's
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ REQUEST_ID = "X-Request-Id"
 # An id a caller or proxy sent is kept if it is short printable ASCII without spaces, so a
 # text log line stays one line with space-separated fields.
 _GOOD_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_IP_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}")  # cheap pre-check before ipaddress
 
 # Attributes every LogRecord has; anything else on a record came in through ``extra=``.
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -142,11 +144,36 @@ def request_id(request: HTTPServerRequest) -> str:
     return new
 
 
+def apply_proxy_address(request: HTTPServerRequest) -> None:
+    """Take the client's address from ``X-Real-IP``, else the last ``X-Forwarded-For`` hop.
+
+    What Tornado's ``xheaders`` does for the address, without its per-request
+    ``getaddrinfo`` (it validates even the peer's own address that way): measured at ~50 µs
+    of CPU per request on W1, 10 % of a request's. A value that is not an address is
+    ignored, so the log never carries junk a client put there.
+    """
+    headers = request.headers
+    address = headers.get("X-Real-Ip")
+    if address is None:
+        forwarded = headers.get("X-Forwarded-For")
+        if forwarded is None:
+            return
+        address = forwarded.rpartition(",")[2]
+    address = address.strip()
+    if _IP_ADDRESS.fullmatch(address):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return
+        request.remote_ip = address
+
+
 class RequestIdTransform(OutputTransform):
-    """Gives each request its id and echoes it in the response's ``X-Request-Id``."""
+    """Gives each request its id (echoed in ``X-Request-Id``) and its proxied address."""
 
     def __init__(self, request: HTTPServerRequest) -> None:
         self.request_id = request_id(request)
+        apply_proxy_address(request)
 
     def transform_first_chunk(
         self, status_code: int, headers: Any, chunk: bytes, finishing: bool

@@ -119,7 +119,7 @@ class Server:
         self.ctx.jobs.restore()
         self.http = DrainingHTTPServer(
             make_app(self.ctx),
-            xheaders=True,
+            # Not xheaders: logs.apply_proxy_address reads X-Real-IP without a getaddrinfo.
             max_body_size=_UNREACHABLE_BODY_LIMIT,
             # Idle connections, and slow request headers, are bounded by idle_timeout; a
             # slow body by --body-timeout in BodyHandler (which ends once the body is in,

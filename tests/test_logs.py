@@ -35,7 +35,7 @@ async def test_access_log_line_has_request_id_client_program_exit_and_durations(
     assert response.headers["X-Request-Id"] == "abc-123"
     (line,) = access_lines(log_stream)
     assert line["request_id"] == "abc-123"
-    assert line["client"] == "203.0.113.7"  # passed on by the proxy (xheaders)
+    assert line["client"] == "203.0.113.7"  # passed on by the proxy
     assert (line["method"], line["path"], line["status"]) == ("POST", "/run", 200)
     assert (line["program"], line["exit_status"]) == ("sh", 3)
     assert line["command_ms"] >= 0 and line["duration_ms"] >= line["command_ms"]
@@ -72,3 +72,19 @@ async def test_log_lines_are_batched_but_written_within_a_tenth_of_a_second(
             if line["logger"] == "taskrunner.access"] == ["/healthz"]
     logging.getLogger("taskrunner.test").warning("at once")
     assert "at once" in log_stream.getvalue()
+
+
+@pytest.mark.parametrize(("headers", "client"), [
+    ({"X-Forwarded-For": "198.51.100.1, 203.0.113.9"}, "203.0.113.9"),
+    ({"X-Real-IP": "2001:db8::7", "X-Forwarded-For": "203.0.113.9"}, "2001:db8::7"),
+    ({"X-Real-IP": "not an address"}, "127.0.0.1"),
+    ({"X-Real-IP": "999.1.1.1"}, "127.0.0.1"),
+    ({}, "127.0.0.1"),
+], ids=["forwarded-for", "real-ip-first", "junk", "bad-ipv4", "direct"])
+@pytest.mark.gen_test
+async def test_client_address_comes_from_the_proxy_headers_when_they_hold_one(
+        instance, log_stream, headers, client):
+    response = await instance.request("POST", "/run", {"args": ["true"]}, headers=headers)
+    assert response.code == 200
+    (line,) = access_lines(log_stream)
+    assert line["client"] == client
