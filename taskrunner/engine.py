@@ -9,14 +9,16 @@ How it is built, and why:
 
 * Children are started by `taskrunner.spawn` (posix_spawn, Popen where it must; its
   docstring has the figures).
-* Exit is noticed through a pidfd (``os.pidfd_open``) registered with the IOLoop: no SIGCHLD
+* Exit is noticed through a pidfd (``os.pidfd_open``) watched from the IOLoop: no SIGCHLD
   handler (Tornado's `Subprocess` installs one per process, tied to one loop), no thread per
   child (asyncio's child watchers on 3.11), no polling. The pidfd is readable when the
   child is a zombie; we kill its group *before* reaping it, so the group id cannot have
   been reused by then.
-* Pipes are made here (``os.pipe2(O_CLOEXEC)``) and read with ``os.read`` from IOLoop
-  handlers: no file objects, no iostream buffers. stdin is a shared ``/dev/null`` fd
-  unless the request gives text, which is written without blocking and then closed.
+* Pipes are made here (``os.pipe2(O_CLOEXEC)``) and read with ``os.read`` when ready: no
+  file objects, no iostream buffers. stdin is a shared ``/dev/null`` fd unless the request
+  gives text, which is written without blocking and then closed.
+* Pipes and pidfds sit in one epoll set of the engine's own (`taskrunner.fdwatch`), which
+  the IOLoop watches as a single fd: two system calls per fd instead of about eight.
 
 A command's process group is SIGKILLed when its main process exits (so ``sh -c 'sleep 100
 & echo hi'`` returns at once and leaves nothing running), on timeout and on cancel. A
@@ -39,6 +41,7 @@ from tornado.ioloop import IOLoop
 
 from taskrunner.capture import OutputCapture
 from taskrunner.errors import OutOfResources, SpawnError
+from taskrunner.fdwatch import READ, WRITE, FdWatcher
 from taskrunner.memory import LARGE_OUTPUT
 from taskrunner.spawn import Reaper, kill_group, make_inherited_fds_private, spawn_child
 
@@ -119,6 +122,7 @@ class ProcessEngine:
         self.on_reap = on_reap
         self.commands: set[Command] = set()
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._watcher: FdWatcher | None = None
         make_inherited_fds_private()
 
     @property
@@ -169,6 +173,13 @@ class ProcessEngine:
             self.on_spawn(pid)
         return command
 
+    def fd_watcher(self) -> FdWatcher:
+        """The epoll set the commands' fds are watched in (made on first use, on the
+        current IOLoop)."""
+        if self._watcher is None:
+            self._watcher = FdWatcher(IOLoop.current())
+        return self._watcher
+
     def kill_all(self) -> None:
         """SIGKILL the process group of every running command."""
         for command in list(self.commands):
@@ -185,6 +196,9 @@ class ProcessEngine:
     def close(self) -> None:
         """Kill what still runs and release the engine's own fd."""
         self.kill_all()
+        if self._watcher is not None and not self.commands:
+            self._watcher.close()
+            self._watcher = None
         if self._devnull >= 0:
             os.close(self._devnull)
             self._devnull = -1
@@ -257,6 +271,7 @@ class Command:
         self._engine = engine
         self._reap = reap
         self._loop = IOLoop.current()
+        self._fds = engine.fd_watcher()
         self._listener = listener
         self._exited = False
         self._captures = {stdout_fd: OutputCapture(engine.max_output),
@@ -268,9 +283,9 @@ class Command:
         self._stdin_registered = False
         for fd in (stdout_fd, stderr_fd):
             os.set_blocking(fd, False)
-            self._loop.add_handler(fd, self._on_readable, IOLoop.READ)
+            self._fds.watch(fd, READ, self._on_readable)
         self._pidfd = pidfd
-        self._loop.add_handler(self._pidfd, self._on_exit, IOLoop.READ)
+        self._fds.watch(self._pidfd, READ, self._on_exit)
         self._deadline = self._loop.call_later(spec.timeout, self._on_timeout)
         self._drain_timer: object | None = None
         if stdin_fd >= 0:
@@ -328,7 +343,7 @@ class Command:
     def _register_stdin(self) -> None:
         if not self._stdin_registered:
             self._stdin_registered = True
-            self._loop.add_handler(self._stdin_fd, self._on_writable, IOLoop.WRITE)
+            self._fds.watch(self._stdin_fd, WRITE, self._on_writable)
 
     def _on_writable(self, fd: int, events: int) -> None:
         self._write_stdin()
@@ -337,7 +352,7 @@ class Command:
         if self._stdin_fd < 0:
             return
         if self._stdin_registered:
-            self._loop.remove_handler(self._stdin_fd)
+            self._fds.unwatch(self._stdin_fd)
             self._stdin_registered = False
         os.close(self._stdin_fd)
         self._stdin_fd = -1
@@ -366,7 +381,7 @@ class Command:
     def _close_pipe(self, fd: int) -> None:
         if fd in self._open_pipes:
             self._open_pipes.discard(fd)
-            self._loop.remove_handler(fd)
+            self._fds.unwatch(fd)
             os.close(fd)
 
     # -- exit ----------------------------------------------------------------------------
@@ -385,7 +400,7 @@ class Command:
         if self.returncode is None:
             return
         self._exited = True
-        self._loop.remove_handler(self._pidfd)
+        self._fds.unwatch(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = -1
         self._loop.remove_timeout(self._deadline)
@@ -399,7 +414,7 @@ class Command:
         for fd in list(self._open_pipes):
             # A grandchild that escaped the group (setsid) still holds the pipe: read what
             # is there and let go.
-            self._on_readable(fd, IOLoop.READ)
+            self._on_readable(fd, READ)
             self._close_pipe(fd)
         self._maybe_finish()
 

@@ -205,7 +205,9 @@ def test_no_zombies_and_no_fd_growth_over_ten_thousand_runs(io_loop):
         statuses = await asyncio.gather(*(one() for _ in range(10_000)))
         assert set(statuses) == {0}
         assert len(os.listdir("/proc/self/fd")) <= fds_before
+        assert len(engine.fd_watcher()) == 0  # every pipe and pidfd left the epoll set
         engine.close()
+        assert len(os.listdir("/proc/self/fd")) < fds_before  # the set itself is closed
 
     io_loop.run_sync(many, timeout=120)
     with open(f"/proc/self/task/{os.getpid()}/children") as f:
