@@ -159,15 +159,20 @@ class ProcessEngine:
             _close_all(opened)
             raise _spawn_error(spec, exc) from None
         _close_all([out_w, err_w, in_r])  # the child's ends: it has them now
+        pidfd = -1
         try:
             pidfd = os.pidfd_open(pid)
+            command = Command(self, spec, pid, reap, pidfd, out_r, err_r, in_w, listener)
         except OSError as exc:
-            # Without a pidfd its exit would go unnoticed: end it now rather than lose it.
+            # Its exit would go unnoticed (no pidfd, or the epoll set is full): end it now
+            # rather than lose it.
             kill_group(pid)
             _reap_now(reap)
-            _close_all([out_r, err_r, in_w])
+            for fd in (out_r, err_r, in_w, pidfd):
+                if fd >= 0:
+                    self.fd_watcher().unwatch(fd)
+                    os.close(fd)
             raise _spawn_error(spec, exc) from None
-        command = Command(self, spec, pid, reap, pidfd, out_r, err_r, in_w, listener)
         self.commands.add(command)
         if self.on_spawn is not None:
             self.on_spawn(pid)
