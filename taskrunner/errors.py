@@ -29,6 +29,8 @@ class TaskRunnerError(Exception):
 
     status: int = 500
     code: str = "internal"
+    retry_after: int | None = None
+    """Seconds after which the caller may try again (the ``Retry-After`` header), if any."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -129,7 +131,7 @@ class TooManyRequests(TaskRunnerError):
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after: int | None = retry_after
 
 
 class OutOfResources(TaskRunnerError):

@@ -26,7 +26,6 @@ from taskrunner.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
     TaskRunnerError,
-    TooManyRequests,
     Unauthorized,
 )
 from taskrunner.request import parse_run_request
@@ -82,7 +81,7 @@ class JSONHandler(RequestHandler):
         if isinstance(exc, TaskRunnerError):
             code, message = exc.code, exc.message
             self.set_status(exc.status)
-            if isinstance(exc, TooManyRequests | OutOfResources):
+            if exc.retry_after is not None:
                 self.set_header("Retry-After", str(exc.retry_after))
             if isinstance(exc, Unauthorized):
                 self.set_header("WWW-Authenticate", "Bearer")

@@ -9,6 +9,7 @@ and both kill whatever commands they left running.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -187,6 +188,17 @@ def spawn_instance() -> Iterator[Callable[..., ChildInstance]]:
     yield start
     for child in started:
         child.stop()
+
+
+def post_run_blocking(port: int, body: Any, timeout: float = 30.0) -> tuple[int, Any]:
+    """``POST /run`` on a fresh connection, without an event loop: status and JSON body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/run", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
 
 
 def pid_alive(pid: int) -> bool:

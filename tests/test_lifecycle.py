@@ -9,18 +9,9 @@ import time
 
 import pytest
 from conftest import PY, REPO, pid_alive, wait_until
+from conftest import post_run_blocking as post
 
 from taskrunner.config import settings
-
-
-def post(port: int, body: dict, timeout: float = 30) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", "/run", json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def test_help_lists_every_flag_with_its_default():

@@ -1,24 +1,14 @@
 """Running out of file descriptors: a 503 the caller can retry, never a 500, a lost child or
 a spinning event loop."""
 
-import http.client
 import json
 import os
 import socket
 import time
 
 import pytest
+from conftest import post_run_blocking as post
 from conftest import wait_until
-
-
-def post(port: int, body: dict) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("POST", "/run", json.dumps(body))
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def processes_running(argument: str) -> list[int]:
