@@ -16,24 +16,20 @@ was large. Where the C library has no ``malloc_trim`` (not glibc), this does not
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
+import functools
 from collections.abc import Callable
 
 from tornado.ioloop import IOLoop
-
-log = logging.getLogger("taskrunner.memory")
 
 LARGE_OUTPUT = 256 * 1024
 """Bytes of stdout + stderr from which a finished command asks for a trim."""
 
 
+@functools.cache
 def _find_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The C library this process already runs on (dlopen(NULL)): no search, no subprocess.
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     return trim
