@@ -13,8 +13,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-import uvloop
-
 from taskrunner import __version__
 from taskrunner.auth import StartupError
 from taskrunner.config import Config, settings
@@ -64,6 +62,8 @@ def run(main_coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
     callback and per I/O event than the standard library's, and W1 is mostly such work.
     """
     if event_loop == "uvloop":
+        import uvloop  # only when chosen: --event-loop asyncio needs nothing beyond Python
+
         uvloop.run(main_coroutine)
     else:
         asyncio.run(main_coroutine)
