@@ -69,6 +69,9 @@ def run(main_coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
         asyncio.run(main_coroutine)
 
 
+_GC_YOUNG_THRESHOLD = 20_000
+
+
 def tune_gc() -> None:
     """Keep the cyclic garbage collector off the start-up heap, and run it less often.
 
@@ -81,8 +84,6 @@ def tune_gc() -> None:
     gc.freeze()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 20)
 
-
-_GC_YOUNG_THRESHOLD = 20_000
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from taskrunner.capture import OutputCapture
-from taskrunner.errors import OutOfResources, SpawnError
+from taskrunner.errors import OutOfResources, SpawnError, StartError
 from taskrunner.fdwatch import READ, WRITE, FdWatcher
 from taskrunner.memory import LARGE_OUTPUT
 from taskrunner.spawn import Reaper, kill_group, make_inherited_fds_private, spawn_child
@@ -218,7 +218,7 @@ class ProcessEngine:
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 
 
-def _spawn_error(spec: CommandSpec, exc: OSError) -> SpawnError | OutOfResources:
+def _spawn_error(spec: CommandSpec, exc: OSError) -> StartError:
     program = spec.args[0]
     reason = exc.strerror or str(exc)
     if exc.errno in _RESOURCE_ERRNOS:

@@ -154,3 +154,7 @@ class ServiceUnavailable(TaskRunnerError):
 
     def __init__(self, message: str = "the instance is shutting down; try another one") -> None:
         super().__init__(message)
+
+
+StartError = SpawnError | OutOfResources
+"""Why a command did not start: the request's fault (422) or this process's limits (503)."""

@@ -18,7 +18,7 @@ from typing import Protocol
 from taskrunner.admission import Admission
 from taskrunner.allowlist import Allowlist
 from taskrunner.engine import Command, CommandSpec, OutputListener, ProcessEngine
-from taskrunner.errors import OutOfResources, SpawnError
+from taskrunner.errors import SpawnError, StartError
 from taskrunner.limits import Containment
 
 
@@ -27,7 +27,7 @@ class CommandObserver(Protocol):
 
     def command_started(self, command: Command) -> None: ...
 
-    def spawn_failed(self, spec: CommandSpec, error: SpawnError | OutOfResources) -> None: ...
+    def spawn_failed(self, spec: CommandSpec, error: StartError) -> None: ...
 
 
 class Launcher:
@@ -76,7 +76,7 @@ class Launcher:
         except BaseException as exc:
             if self.admission is not None:
                 self.admission.release()
-            if isinstance(exc, SpawnError | OutOfResources) and self.observer is not None:
+            if isinstance(exc, StartError) and self.observer is not None:
                 self.observer.spawn_failed(spec, exc)
             raise
         if self.admission is not None:

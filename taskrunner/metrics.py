@@ -26,7 +26,7 @@ from tornado.web import RequestHandler
 
 from taskrunner import __version__
 from taskrunner.engine import Command, CommandResult, CommandSpec
-from taskrunner.errors import NotFound, OutOfResources, SpawnError
+from taskrunner.errors import NotFound, StartError
 from taskrunner.handlers import JSONHandler
 
 # From a few milliseconds (/bin/true) up to --max-timeout's default of an hour.
@@ -80,7 +80,7 @@ class Metrics:
         self.started.inc()
         command.on_finish(self._command_ended)
 
-    def spawn_failed(self, spec: CommandSpec, error: SpawnError | OutOfResources) -> None:
+    def spawn_failed(self, spec: CommandSpec, error: StartError) -> None:
         """Count a command that could not start."""
         self.spawn_failures.inc()
 

@@ -38,7 +38,7 @@ from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPServerRequest
 from tornado.web import OutputTransform, RequestHandler
 
-from taskrunner.accept import add_accept_handler
+from taskrunner.accept import accept_waiting, add_accept_handler
 from taskrunner.context import InstanceContext
 
 log = logging.getLogger("taskrunner.server")
@@ -149,14 +149,7 @@ class DrainingHTTPServer(HTTPServer):
         """
         for sock in self._sockets.values():
             with contextlib.suppress(OSError):
-                while True:
-                    try:
-                        conn, address = sock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except ConnectionAbortedError:
-                        continue
-                    self._handle_connection(conn, address)
+                accept_waiting(sock, self._handle_connection)
         self.stop()
 
     async def wait_no_connections(self, timeout: float) -> bool:
