@@ -9,6 +9,13 @@ connections, 1 MiB each): RSS afterwards 44-49 MiB instead of 59-61, same req/s.
 A fixed ``M_MMAP_THRESHOLD`` (every large block mmapped and unmapped) also keeps RSS down,
 but costs a page fault per 4 KiB on every use: W3 fell from 367-397 to 208-216 req/s.
 
+Before trimming, a full ``gc.collect()``: a caller who leaves while a large response is
+being written leaves it in a reference cycle (the write's exception, its traceback, the
+frames that hold the response, the connection that holds the exception), which only the
+cyclic collector frees, and that runs only after enough new objects, so never while the
+instance is idle. Without it an instance kept 13 MiB per abandoned 2 MiB result (165 MiB
+after ten). The collection walks only what was created after start-up (`gc.freeze`).
+
 The trim runs at most once per ``delay`` seconds, and only after a command whose output
 was large. Where the C library has no ``malloc_trim`` (not glibc), this does nothing.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 from collections.abc import Callable
 
 from tornado.ioloop import IOLoop
@@ -36,7 +44,8 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 
 class HeapTrimmer:
-    """Calls ``malloc_trim(0)`` ``delay`` seconds after the first `request` since the last trim."""
+    """Collects garbage cycles and calls ``malloc_trim(0)`` ``delay`` seconds after the first
+    `request` since the last trim."""
 
     def __init__(self, delay: float = 1.0) -> None:
         self.delay = delay
@@ -63,5 +72,6 @@ class HeapTrimmer:
     def _trim(self) -> None:
         self._pending = None
         assert self._malloc_trim is not None
+        gc.collect()
         self._malloc_trim(0)
         self.trims += 1
