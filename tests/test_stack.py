@@ -146,7 +146,7 @@ def minor_faults(pid: int) -> int:
 def test_nginx_reuses_its_buffers_for_large_results(stack):
     # A 1 MiB result passes through ~16 of nginx's 64 KiB proxy buffers. With glibc's
     # default trim threshold a worker gave them back to the kernel after each response and
-    # faulted ~256 pages back in for the next; scripts/stack starts nginx so that it keeps
+    # faulted ~130 pages back in for the next; scripts/stack starts nginx so that it keeps
     # them (the cost was a third of nginx's CPU per large response).
     big = {"args": ["sh", "-c", "yes abcdefghijklmnopqrstuvwxyz | head -c 1048576"]}
     for _ in range(6):  # the workers' heaps grow to their working size
