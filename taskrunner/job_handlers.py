@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import functools
-import json
 import logging
-from importlib.resources import files
 from typing import Any
 
 import orjson
 from tornado.iostream import StreamClosedError
 
+from taskrunner import openapi
 from taskrunner.handlers import CommandHandler, JSONHandler
 from taskrunner.job_output import OutputCursor
 from taskrunner.jobs import JobRegistry
@@ -113,18 +111,8 @@ class JobOutputHandler(JSONHandler):
         super().on_connection_close()
 
 
-@functools.cache
-def _openapi_document() -> bytes:
-    # Package data: read once per process, not once per request.
-    return files("taskrunner").joinpath("openapi.json").read_bytes()
-
-
 class OpenAPIHandler(JSONHandler):
     """``GET /openapi.json``: the OpenAPI 3 document of every endpoint."""
 
     def get(self) -> None:
-        doc = json.loads(_openapi_document())
-        # The document states this instance's own limit.
-        timeout = doc["components"]["schemas"]["CommandRequest"]["properties"]["timeout"]
-        timeout["maximum"] = self.ctx.config.max_timeout
-        self.write_json(doc)
+        self.write_json(openapi.document(self.ctx.config.max_timeout))
