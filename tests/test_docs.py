@@ -1,4 +1,6 @@
-"""The README is the user's manual: every flag and every error code must be in it."""
+"""The documentation against the code: every flag is in the README's flag table with its
+default, every error code in docs/api.md's error table with its status, and every relative
+link in the README and docs/ leads to a file that exists."""
 
 import inspect
 import os
@@ -9,14 +11,24 @@ from conftest import REPO
 from taskrunner import errors
 from taskrunner.config import Config, settings
 
+# [text](target#anchor): the target up to a space or a closing parenthesis.
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s#]*)(?:#([^)\s]*))?\)")
+HEADING = re.compile(r"^#{1,6} +(.+?) *$", re.MULTILINE)
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 
-def readme() -> str:
-    with open(os.path.join(REPO, "README.md")) as f:
+def read(path: str) -> str:
+    with open(os.path.join(REPO, path)) as f:
         return f.read()
 
 
+def documents() -> list[str]:
+    docs = sorted(os.path.join("docs", name) for name in os.listdir(os.path.join(REPO, "docs"))
+                  if name.endswith(".md"))
+    return ["README.md", *docs]
+
+
 def test_every_flag_is_in_the_readme_table_with_its_default():
-    text = readme()
+    text = read("README.md")
     for setting in settings():
         flag = "--" + setting.name.replace("_", "-")
         row = re.search(rf"^\| `{re.escape(flag)}` \| ([^|]*) \|", text, re.MULTILINE)
@@ -29,12 +41,36 @@ def test_every_flag_is_in_the_readme_table_with_its_default():
         assert shown == (expected or "(none)"), (flag, shown)
 
 
-def test_every_error_code_is_in_the_readme():
+def test_every_error_code_is_in_the_api_error_table_with_its_status():
     """Every error a client can get; the base classes are categories to catch, not codes."""
-    text = readme()
+    text = read("docs/api.md")
     classes = [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
                if issubclass(cls, errors.TaskRunnerError)]
     for cls in classes:
         is_category = any(other is not cls and issubclass(other, cls) for other in classes)
-        if cls.status < 500 and not is_category:
-            assert f"`{cls.code}`" in text, f"error code {cls.code} is not documented"
+        if cls is errors.TaskRunnerError or is_category:
+            continue
+        row = re.search(rf"^\| (\d+) \| `{re.escape(cls.code)}` \|", text, re.MULTILINE)
+        assert row, f"error code {cls.code} is not in docs/api.md's error table"
+        assert int(row.group(1)) == cls.status, (cls.code, row.group(1), cls.status)
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces
+    made hyphens (a repeated heading's "-1" suffix is not needed here)."""
+    headings = HEADING.findall(FENCE.sub("", text))
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_leads_to_a_file_and_heading():
+    for document in documents():
+        base = os.path.dirname(os.path.join(REPO, document))
+        for target, anchor in LINK.findall(read(document)):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # a URL
+                continue
+            path = os.path.normpath(os.path.join(base, target or os.path.basename(document)))
+            assert os.path.exists(path), f"{document}: link to {target}, which does not exist"
+            if anchor and path.endswith(".md"):
+                with open(path) as f:
+                    assert anchor in anchors(f.read()), \
+                        f"{document}: link to {target}#{anchor}, a heading that does not exist"
