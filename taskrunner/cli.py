@@ -59,7 +59,8 @@ def run(main_coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
     """Run ``main_coroutine`` to the end on a new loop of the kind ``--event-loop`` names.
 
     Tornado runs on any asyncio loop. uvloop's, written over libuv, spends less time per
-    callback and per I/O event than the standard library's, and W1 is mostly such work.
+    callback and per I/O event than the standard library's, and a small request is mostly
+    such work.
     """
     if event_loop == "uvloop":
         import uvloop  # only when chosen: --event-loop asyncio needs nothing beyond Python
@@ -74,9 +75,8 @@ def freeze_startup_objects() -> None:
 
     Everything alive now (modules, the app) lives as long as the process: `gc.freeze`
     moves it out of the collector's sight, so no collection walks it again. The thresholds
-    stay Python's: a higher young-generation threshold (20,000) measured within the noise
-    on W1, and the rarer full collections let garbage cycles that hold large outputs pile
-    up (see `taskrunner.memory`).
+    stay Python's: higher ones bought no throughput and let garbage cycles that hold large
+    outputs pile up (see `taskrunner.memory`; figures in docs/bench.md).
     """
     gc.collect()
     gc.freeze()

@@ -1,12 +1,10 @@
 """`FdWatcher`: one epoll set for the pipes and pidfds of every running command.
 
-The IOLoop watches the epoll fd itself, once; a command's fds are added to and removed
-from the set directly. Each command has three fds to watch (stdout, stderr, its pidfd).
-Through the IOLoop each costs an ``add_handler`` and a ``remove_handler``: under uvloop
-that is about eight system calls per fd (libuv checks the fd with an epoll add and delete,
-sets it non-blocking, queues the real add on io_uring, and deletes three times on removal),
-24 per command in all, besides the Python layers of Tornado and uvloop. Here it is one
-``epoll_ctl`` to add and one to remove.
+The IOLoop watches the epoll fd itself, once; a command's fds (stdout, stderr, its pidfd)
+are added to and removed from the set directly, one ``epoll_ctl`` each way. Through the
+IOLoop each fd would cost an ``add_handler`` and a ``remove_handler``, which under uvloop
+are several system calls apiece besides the Python layers of Tornado and uvloop (counted in
+docs/bench.md).
 
 Level-triggered, like the IOLoop: a callback that leaves data unread is called again.
 """

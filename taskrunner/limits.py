@@ -3,27 +3,10 @@
 Both are applied by exec wrappers from util-linux put before the command's argument list —
 ``prlimit --as=N:N ... --`` sets the limits, soft equal to hard so the command cannot raise
 them, ``setpriv --reuid --regid --groups --`` drops to the user — and only when configured,
-so the default spawn path stays the fast one. Measured on the 2-core CI machine
-(2026-11-26, ``scripts/bench_spawn_wrappers.py``: /bin/true, piped output, own session,
-30 MiB parent, Popen level):
-
-    ==========================================  ===========
-    how                                          spawns/s
-    ==========================================  ===========
-    plain Popen (vfork path)                     1,662
-    preexec_fn calling setrlimit (fork path)       332
-    prlimit wrapper (chosen for --limit-*)          717
-    Popen(user=, group=, extra_groups=) (fork)     406
-    preexec_fn: setrlimit + setuid (fork)          288
-    setpriv wrapper (chosen for --user)            534
-    prlimit + setpriv wrappers (both set)          349
-    ==========================================  ===========
-
-Any ``preexec_fn`` or ``user=`` forces CPython off its vfork path, which costs more than an
-extra exec of a small binary, so wrappers win in every combination; they also keep the
-engine's ``posix_spawn`` path. Through the engine on a busy machine
-(``scripts/bench_engine_containment.py``): none 746-1,267/s, limits 581-828/s, ``--user``
-507-671/s, both 414-530/s (the README's "Security model" has the table).
+so the default spawn path stays the fast one. A wrapper, not a ``preexec_fn`` or Popen's
+``user=``: those force CPython off its vfork path, which costs more than one extra exec of
+a small binary in every combination, and wrappers also keep the engine's ``posix_spawn``
+path (figures in docs/bench.md, "What the guards cost").
 
 Because the wrapper, not the command, is what the engine executes, `Containment.check`
 first resolves the program and checks ``cwd`` in this process: a missing program still

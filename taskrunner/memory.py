@@ -1,23 +1,21 @@
 """`HeapTrimmer`: give the memory of large command outputs back to the OS after they are sent.
 
-A 1 MiB output passes through the instance as bytes, text and JSON. CPython takes blocks
-that large from glibc's malloc, which keeps freed memory in its heap for reuse instead of
-returning it, so after a burst of large outputs the instance kept its peak RSS (61-63 MiB
-after W3 against 35 idle). ``malloc_trim(0)`` returns the free pages. Measured on W3 (8
-connections, 1 MiB each): RSS afterwards 44-49 MiB instead of 59-61, same req/s.
+A large output passes through the instance as bytes, text and JSON, and glibc's malloc
+keeps freed blocks in its heap for reuse, so without this an instance would stay at the RSS
+of its largest burst. After a command whose output was large, `HeapTrimmer` runs a full
+``gc.collect()`` and then ``malloc_trim(0)``, at most once per ``delay`` seconds:
 
-A fixed ``M_MMAP_THRESHOLD`` (every large block mmapped and unmapped) also keeps RSS down,
-but costs a page fault per 4 KiB on every use: W3 fell from 367-397 to 208-216 req/s.
+* the collection first, because a caller who leaves while a large response is being
+  written leaves it in a reference cycle (the write's exception, its traceback, the frames
+  that hold the response, the connection that holds the exception) that only the cyclic
+  collector frees, and that collector runs only after enough new objects — never while
+  the instance is idle. It walks only what was created after start-up (`gc.freeze`);
+* ``malloc_trim(0)`` then returns the free pages. Where the C library has none (not
+  glibc), only the collection runs.
 
-Before trimming, a full ``gc.collect()``: a caller who leaves while a large response is
-being written leaves it in a reference cycle (the write's exception, its traceback, the
-frames that hold the response, the connection that holds the exception), which only the
-cyclic collector frees, and that runs only after enough new objects, so never while the
-instance is idle. Without it an instance kept 13 MiB per abandoned 2 MiB result (165 MiB
-after ten). The collection walks only what was created after start-up (`gc.freeze`).
-
-Both run at most once per ``delay`` seconds, and only after a command whose output was
-large. Where the C library has no ``malloc_trim`` (not glibc), only the collection runs.
+A fixed ``M_MMAP_THRESHOLD`` would also keep RSS down, but pays a page fault per 4 KiB on
+every use of a large block, which costs more throughput than it saves. The figures are in
+docs/bench.md ("Memory after large outputs").
 """
 
 from __future__ import annotations

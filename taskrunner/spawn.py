@@ -3,18 +3,13 @@
 `spawn_child` starts an argument list in a new session with the given stdin, stdout and
 stderr, and nothing else inherited, and returns its pid and a non-blocking reaper.
 
-Why posix_spawn (measured on the 2-core CI machine, 2026-11-26, with a 30 MiB parent,
-/bin/true with piped stdout and stderr, spawn + read + reap in a loop):
-
-* ``os.posix_spawnp`` with ``setsid`` (glibc: clone(CLONE_VM|CLONE_VFORK)) costs the parent
-  75-80 us of CPU per spawn, 1,769-1,967 spawns/s; `subprocess.Popen` with
-  ``start_new_session=True`` takes CPython's vfork path but spends 180 us of parent CPU
-  (1,547-1,551/s) on its Python-level set-up. So posix_spawn is the fast path, and Popen
-  is used only where posix_spawn cannot do the job: a ``cwd``, or a request ``env`` with
-  its own ``PATH`` (posix_spawnp searches the service's PATH).
-* Any ``preexec_fn`` (e.g. for ``PR_SET_PDEATHSIG``) would force a full fork: 310-335
-  spawns/s, 5x slower, so neither path uses one (see `taskrunner.watchdog` for what
-  replaces a parent-death signal, and `taskrunner.limits` for limits and ``--user``).
+``os.posix_spawnp`` with ``setsid`` (glibc: ``clone(CLONE_VM|CLONE_VFORK)``) is the fast
+path: it spends less of the instance's CPU per spawn than `subprocess.Popen`'s Python-level
+set-up. Popen is used only where posix_spawn cannot do the job: a ``cwd``, or a request
+``env`` with its own ``PATH`` (posix_spawnp searches the service's PATH). Neither path takes
+a ``preexec_fn`` (e.g. for ``PR_SET_PDEATHSIG``): it would force a full fork, several times
+slower; see `taskrunner.watchdog` for what replaces a parent-death signal, and
+`taskrunner.limits` for limits and ``--user``. The figures are in docs/bench.md.
 """
 
 from __future__ import annotations
