@@ -74,3 +74,22 @@ def test_every_relative_link_leads_to_a_file_and_heading():
                 with open(path) as f:
                     assert anchor in anchors(f.read()), \
                         f"{document}: link to {target}#{anchor}, a heading that does not exist"
+
+
+def test_the_readme_is_read_in_ten_minutes():
+    """The front door stays short; the manual is docs/ (issue 12: at most 1,800 words)."""
+    words = len(read("README.md").split())
+    assert words <= 1800, f"README.md has {words} words; move detail into docs/"
+
+
+def test_no_date_in_the_code():
+    """A measured figure lives once, dated, in docs/bench.md; code keeps the contract and the
+    reason, so a date in the package means a measurement that belongs there."""
+    date = re.compile(r"\b20\d\d-\d\d-\d\d\b")
+    for folder, _, names in os.walk(os.path.join(REPO, "taskrunner")):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    found = date.search(f.read())
+                assert found is None, f"{os.path.relpath(path, REPO)}: {found.group()}"
