@@ -31,7 +31,7 @@ from taskrunner.limits import containment_from_config
 from taskrunner.memory import HeapTrimmer
 from taskrunner.metrics import Metrics
 from taskrunner.recycle import DrainingHTTPServer, Recycler
-from taskrunner.watchdog import Watchdog
+from taskrunner.watchdog import Watchdog, WatchdogError
 
 log = logging.getLogger("taskrunner.server")
 
@@ -87,7 +87,10 @@ class Server:
         except SpawnError as exc:
             raise StartupError(f"--allow: {exc.message}") from None
         if self.use_watchdog:
-            self.watchdog = Watchdog()
+            try:
+                self.watchdog = Watchdog()
+            except WatchdogError as exc:
+                raise StartupError(str(exc)) from None
         engine = ProcessEngine(
             max_output=config.max_output, base_env=base_env,
             on_spawn=self.watchdog.spawned if self.watchdog else None,
