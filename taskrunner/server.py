@@ -91,6 +91,7 @@ class Server:
                 self.watchdog = Watchdog()
             except WatchdogError as exc:
                 raise StartupError(str(exc)) from None
+            self.watchdog.watch()
         engine = ProcessEngine(
             max_output=config.max_output, base_env=base_env,
             on_spawn=self.watchdog.spawned if self.watchdog else None,

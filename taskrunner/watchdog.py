@@ -27,11 +27,13 @@ SIGINT, SIGTERM and SIGHUP from birth (a shell cannot undo a signal ignored on e
 (or SIGKILL) is its only way out. Its environment is empty (no token). The write end is
 close-on-exec, so no command can hold it open and keep the watchdog waiting.
 The instance waits for the watchdog's ``ready`` before it serves: an instance whose
-watchdog cannot read its table does not start.
+watchdog cannot read its table does not start. If the watchdog dies (someone kills it), the
+instance notices through a pidfd and starts a new one on the same table at once.
 
 Not covered: a command whose instance is killed between its spawn and the store (a
-microsecond or so) is not in the table and survives, and so does a process that left its
-group with ``setsid``. A group id in the table whose processes have all gone, and whose id
+microsecond or so) is not in the table and survives, and so do a process that left its
+group with ``setsid`` and the commands of an instance killed in the moment between its
+watchdog's death and the replacement's start. A group id in the table whose processes have all gone, and whose id
 was taken by a new group in the moment between the instance's death and the watchdog's
 kill, would be killed by mistake; the kernel does not reuse an id while its group exists.
 
@@ -46,6 +48,8 @@ import os
 import signal
 import subprocess
 import sys
+
+from tornado.ioloop import IOLoop
 
 log = logging.getLogger("taskrunner.watchdog")
 
@@ -66,33 +70,73 @@ class Watchdog:
     """The instance's side: starts the watchdog process and keeps its table current."""
 
     def __init__(self, slots: int = 1024, shell: str = "/bin/sh") -> None:
+        self._shell = shell
         self._table_fd = os.memfd_create("taskrunner-watchdog", os.MFD_CLOEXEC)
         os.pwrite(self._table_fd, _FREE * slots, 0)
         self._table = mmap.mmap(self._table_fd, slots * _SLOT)
         self._words = memoryview(self._table).cast("Q")
         self._slots: dict[int, int] = {}  # pgid -> slot
         self._free = list(range(slots - 1, -1, -1))
-        read_end, self._pipe = os.pipe2(os.O_CLOEXEC)
+        self._pipe = -1
+        self._pidfd = -1
+        self._loop: IOLoop | None = None
         try:
-            self.process: subprocess.Popen[bytes] = subprocess.Popen(
-                [shell, _SCRIPT, str(self._table_fd)],
+            self.process = self._start()
+        except BaseException:
+            self._close_table()
+            raise
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        read_end, pipe = os.pipe2(os.O_CLOEXEC)
+        try:
+            process = subprocess.Popen(
+                [self._shell, _SCRIPT, str(self._table_fd)],
                 stdin=read_end, stdout=subprocess.PIPE, env={}, close_fds=True,
                 pass_fds=(self._table_fd,), start_new_session=True,
-                preexec_fn=_ignore_signals,  # once per instance: the fork path is fine here
+                preexec_fn=_ignore_signals,  # once per watchdog: the fork path is fine here
             )
         except OSError as exc:
-            self._close_table()
-            os.close(self._pipe)
-            raise WatchdogError(f"cannot start the watchdog ({shell}): {exc}") from None
+            os.close(pipe)
+            raise WatchdogError(f"cannot start the watchdog ({self._shell}): {exc}") from None
         finally:
             os.close(read_end)
-        assert self.process.stdout is not None
-        with self.process.stdout:
-            ready = self.process.stdout.readline()
+        assert process.stdout is not None
+        with process.stdout:
+            ready = process.stdout.readline()
         if ready != b"ready\n":
-            self.close()
+            os.close(pipe)
+            process.wait()
             raise WatchdogError("the watchdog did not start; its error is in the log")
-        log.info("watchdog pid %s is guarding this instance's commands", self.process.pid)
+        self._pipe = pipe
+        log.info("watchdog pid %s is guarding this instance's commands", process.pid)
+        return process
+
+    def watch(self) -> None:
+        """From now on, replace the watchdog at once if it dies (someone kills it): the new
+        one reads the same table. Call from the running IOLoop that will serve."""
+        self._loop = IOLoop.current()
+        self._pidfd = os.pidfd_open(self.process.pid)
+        self._loop.add_handler(self._pidfd, self._on_exit, IOLoop.READ)
+
+    def _on_exit(self, fd: int, events: int) -> None:
+        self._unwatch()
+        status = self.process.wait()
+        log.error("the watchdog (pid %s) died (status %s); starting a new one",
+                  self.process.pid, status)
+        os.close(self._pipe)
+        self._pipe = -1
+        try:
+            self.process = self._start()
+        except WatchdogError as exc:
+            log.error("%s: this instance's commands would outlive it", exc)
+            return
+        self.watch()
+
+    def _unwatch(self) -> None:
+        if self._pidfd >= 0 and self._loop is not None:
+            self._loop.remove_handler(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
 
     @property
     def pid(self) -> int:
@@ -126,6 +170,7 @@ class Watchdog:
 
     def close(self) -> None:
         """Let the watchdog go (after the engine has ended every command) and reap it."""
+        self._unwatch()
         if self._pipe >= 0:
             os.close(self._pipe)
             self._pipe = -1

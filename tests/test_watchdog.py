@@ -161,3 +161,28 @@ def test_an_instance_whose_watchdog_cannot_start_does_not_start(tmp_path):
     with pytest.raises(WatchdogError, match="did not start"):
         Watchdog(shell=str(shell))
     assert open_fds() == fds
+
+
+def test_a_killed_watchdog_is_replaced_and_the_new_one_knows_the_running_commands(
+        spawn_instance, tmp_path):
+    child = spawn_instance()
+    first = watchdog_pid(child)
+    leader = tmp_path / "leader"
+    sock = start_run(child.port, ["sh", "-c", f"echo $$ > {leader}; exec sleep 100"])
+    pid = None
+    try:
+        pid = read_pid(leader)  # started under the first watchdog
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: len(re.findall(r"watchdog pid (\d+)", child.output())) == 2,
+                          10)
+        second = int(re.findall(r"watchdog pid (\d+)", child.output())[1])
+        assert second != first and pid_alive(second)
+        assert f"the watchdog (pid {first}) died" in child.output()
+        os.kill(child.proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(pid), 5.0)
+        assert "killed 1 command group(s)" in child.output()
+        assert wait_until(lambda: not pid_alive(second), 5.0)
+    finally:
+        sock.close()
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
