@@ -1,6 +1,9 @@
 # The watchdog of one taskrunner instance (started by taskrunner/watchdog.py, which says
 # why). $1: the fd of the table of live process groups, one per line. stdin: a pipe the
 # instance never writes to. Every command used here is a shell built-in.
+# The instance starts it with these ignored already (a shell keeps a signal ignored on entry
+# ignored); the trap says so to a reader, and holds when the script is run by hand.
+trap '' INT TERM HUP
 table=/proc/self/fd/$1
 [ -r "$table" ] || { echo "taskrunner watchdog: cannot read its table $table" >&2; exit 1; }
 echo ready
