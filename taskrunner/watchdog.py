@@ -33,9 +33,10 @@ instance notices through a pidfd and starts a new one on the same table at once.
 Not covered: a command whose instance is killed between its spawn and the store (a
 microsecond or so) is not in the table and survives, and so do a process that left its
 group with ``setsid`` and the commands of an instance killed in the moment between its
-watchdog's death and the replacement's start. A group id in the table whose processes have all gone, and whose id
-was taken by a new group in the moment between the instance's death and the watchdog's
-kill, would be killed by mistake; the kernel does not reuse an id while its group exists.
+watchdog's death and the replacement's start. A group id in the table whose processes have
+all gone, and whose id was taken by a new group in the moment between the instance's death
+and the watchdog's kill, would be killed by mistake; the kernel does not reuse an id while
+its group exists.
 
 This module imports nothing of the package.
 """
