@@ -1,11 +1,16 @@
 """GET /metrics: what it counts, and that it fits a Prometheus server (promtool, labels)."""
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 from conftest import with_config
@@ -145,10 +150,13 @@ async def test_jobs_by_state_every_state_always_present(instance):
 
 
 PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+needs_prometheus = pytest.mark.skipif(
+    (PROMTOOL is None or PROMETHEUS is None) and not os.environ.get("CI"),
+    reason="needs Debian's prometheus package (prometheus, promtool): scripts/install")
 
 
-@pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"),
-                    reason="needs promtool (Debian's prometheus package): scripts/install")
+@needs_prometheus
 @pytest.mark.gen_test(timeout=60)
 async def test_promtool_accepts_the_metrics_of_a_real_instance(spawn_instance):
     child = spawn_instance()
@@ -161,3 +169,58 @@ async def test_promtool_accepts_the_metrics_of_a_real_instance(spawn_instance):
                              capture_output=True, timeout=30)
     # promtool prints each lint finding (naming, units, counters without _total, ...).
     assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b"")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def query(port, promql):
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())["data"]["result"]
+    except OSError:  # not listening yet
+        return []
+
+
+@needs_prometheus
+def test_a_real_prometheus_keeps_our_labels_as_they_are(spawn_instance):
+    # What the dropped labels are for: scraped, nothing comes back as exported_instance.
+    child = spawn_instance()
+    with tempfile.TemporaryDirectory(prefix="taskrunner-prometheus-") as tmp:
+        config = os.path.join(tmp, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write("global: {scrape_interval: 1s}\nscrape_configs:\n"
+                    "  - job_name: taskrunner\n"
+                    f"    static_configs: [{{targets: ['127.0.0.1:{child.port}']}}]\n")
+        port = free_port()
+        prometheus = subprocess.Popen(
+            [PROMETHEUS or "prometheus", f"--config.file={config}",
+             f"--storage.tsdb.path={tmp}/data", f"--web.listen-address=127.0.0.1:{port}",
+             "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not (series := query(port, '{__name__=~"taskrunner_.+"}')):
+                assert prometheus.poll() is None, "prometheus exited"
+                assert time.monotonic() < deadline, "prometheus scraped nothing"
+                time.sleep(0.2)
+            names = set()
+            for one in series:
+                labels = one["metric"]
+                names.add(labels["__name__"])
+                assert not [k for k in labels if k.startswith("exported_")], labels
+                assert (labels["instance"], labels["job"]) == (f"127.0.0.1:{child.port}",
+                                                               "taskrunner")
+            assert {"taskrunner_info", "taskrunner_commands_started_total",
+                    "taskrunner_jobs"} <= names
+            assert not [name for name in names if name.endswith("_created")]
+        finally:
+            prometheus.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                prometheus.wait(30)
+            if prometheus.poll() is None:
+                prometheus.kill()
+                prometheus.wait()
