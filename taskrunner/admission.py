@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import time
 from collections import deque
+from collections.abc import Callable
 
 from taskrunner.config import Config
 from taskrunner.errors import ServiceUnavailable, TooManyRequests
@@ -39,9 +41,12 @@ def default_max_running() -> int:
 class Admission:
     """Counts running commands and queues the requests waiting for a slot."""
 
-    def __init__(self, max_running: int, max_queued: int) -> None:
+    def __init__(self, max_running: int, max_queued: int,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         self.max_running = max_running
         self.max_queued = max_queued
+        self.on_wait = on_wait
+        """Told the seconds each wait for a slot lasted, once it ends (e.g. metrics)."""
         self.running = 0
         self.closed = False
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -77,6 +82,7 @@ class Admission:
                 "the most this instance allows; retry later", retry_after=1)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        started = time.monotonic()
         try:
             await waiter
         except asyncio.CancelledError:
@@ -85,6 +91,9 @@ class Admission:
             else:
                 self._waiters.remove(waiter)
             raise
+        finally:
+            if self.on_wait is not None:
+                self.on_wait(time.monotonic() - started)
 
     def release(self) -> None:
         """Give a finished command's slot to the oldest waiter, or free it."""

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -96,6 +95,8 @@ class JobStore:
         self.batch_delay = batch_delay
         os.makedirs(state_dir, exist_ok=True)
         self.path = os.path.join(state_dir, "jobs.sqlite3")
+        import sqlite3  # here, not at the top: an instance without --state-dir never loads it
+
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -175,6 +176,6 @@ class JobStore:
                 self._db.execute("BEGIN")
                 self._db.executemany(_UPSERT, puts)
                 self._db.executemany("DELETE FROM jobs WHERE id = ?", deletes)
-        except sqlite3.Error:
+        except self._db.Error:  # sqlite3.Error, as the connection names it
             log.exception("job store: writing %s changes to %s failed", len(latest), self.path)
         return any(kind == "stop" for kind, _ in ops)

@@ -1,17 +1,26 @@
 """Prometheus metrics of one instance, and ``GET /metrics`` that serves them.
 
 Each `Metrics` owns a `CollectorRegistry` of its own (no module-level registry), so every
-test and every instance has its own counters. Every series carries an ``instance`` label
-(``--instance``, by default the port), so the four instances of a stack can be told
-apart once scraped and summed across them.
+test and every instance has its own counters.
+
+No series carries an ``instance`` or ``job`` label: Prometheus attaches those to every
+series it scrapes (the target's address, the scrape job) and would rename ours to
+``exported_instance``. Scrape each instance directly; its target labels tell the instances
+apart. The instance's ``--instance`` name (the prefix of its job ids) is the ``name`` label
+of ``taskrunner_info``. The ``_created`` series of counters and histograms are not exported
+(filtered out per registry, not switched off process-wide in prometheus_client).
 
 The launcher reports commands through the `CommandObserver` methods (`command_started`,
-`spawn_failed`); the app reports each finished request through `request_done`.
+`spawn_failed`); admission reports each wait for a slot through `queue_waited`; the app
+reports each finished request through `request_done`. Gauges that other objects already
+know (commands running and queued, jobs by state) are read at scrape time.
 """
 
 from __future__ import annotations
 
+import collections
 import signal
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -22,12 +31,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from tornado.web import RequestHandler
 
 from taskrunner import __version__
 from taskrunner.engine import Command, CommandResult, CommandSpec
 from taskrunner.errors import NotFound, StartError
 from taskrunner.handlers import JSONHandler
+from taskrunner.jobs import JobState
 
 # From a few milliseconds (/bin/true) up to --max-timeout's default of an hour.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -35,43 +46,54 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 
 class Metrics:
-    """The counters, gauges and histogram of one instance, in a registry of their own."""
+    """The counters, gauges and histograms of one instance, in a registry of their own.
 
-    def __init__(self, instance: str, running: Any = None) -> None:
-        self.instance = instance
+    ``running`` and ``queued`` return how many commands run and wait for a slot now;
+    ``job_states`` the state of every job kept. Each is called at scrape time.
+    """
+
+    def __init__(self, name: str, running: Callable[[], float] | None = None,
+                 queued: Callable[[], float] | None = None,
+                 job_states: Callable[[], Iterable[JobState]] | None = None) -> None:
+        self.name = name
         self.registry = CollectorRegistry()
-        label = {"instance": instance}
         reg = self.registry
         self._requests_by_status: dict[int, Any] = {}
         self._requests = Counter("taskrunner_http_requests", "HTTP requests answered, by status",
-                                 ["instance", "status"], registry=reg)
-        self.started = Counter("taskrunner_commands_started", "commands started",
-                               ["instance"], registry=reg).labels(**label)
+                                 ["status"], registry=reg)
+        self.started = Counter("taskrunner_commands_started", "commands started", registry=reg)
         self.finished = Counter("taskrunner_commands_finished", "commands that ended",
-                                ["instance"], registry=reg).labels(**label)
+                                registry=reg)
         self.timeouts = Counter("taskrunner_command_timeouts",
                                 "commands killed because they ran past their timeout",
-                                ["instance"], registry=reg).labels(**label)
+                                registry=reg)
         self.kills = Counter("taskrunner_command_kills",
                              "commands ended by SIGKILL: timeout, cancel, client gone, "
-                             "shutdown, or killed from outside", ["instance"],
-                             registry=reg).labels(**label)
+                             "shutdown, or killed from outside", registry=reg)
         self.spawn_failures = Counter("taskrunner_command_spawn_failures",
-                                      "commands that could not be started (422)",
-                                      ["instance"], registry=reg).labels(**label)
+                                      "commands that could not be started (422)", registry=reg)
         self.duration = Histogram("taskrunner_command_duration_seconds",
                                   "wall-clock time from spawn to reaped, per command",
-                                  ["instance"], buckets=DURATION_BUCKETS,
-                                  registry=reg).labels(**label)
+                                  buckets=DURATION_BUCKETS, registry=reg)
         self.running = Gauge("taskrunner_commands_running", "commands running now",
-                             ["instance"], registry=reg).labels(**label)
+                             registry=reg)
         if running is not None:
             self.running.set_function(running)
-        Gauge("taskrunner_info", "always 1; the labels say which version runs",
-              ["instance", "version"], registry=reg).labels(
-                  instance=instance, version=__version__).set(1)
+        self.queued = Gauge("taskrunner_commands_queued",
+                            "commands waiting for a free slot (--max-running) now", registry=reg)
+        if queued is not None:
+            self.queued.set_function(queued)
+        self.queue_wait = Histogram(
+            "taskrunner_command_queue_wait_seconds",
+            "how long a command that found no free slot waited for one, however the wait "
+            "ended (a slot, its caller gone, shutdown)", buckets=DURATION_BUCKETS, registry=reg)
+        if job_states is not None:
+            reg.register(_JobsByState(job_states))
+        Gauge("taskrunner_info", "always 1; the labels say which version runs, and the "
+              "instance's --instance name", ["version", "name"], registry=reg).labels(
+                  version=__version__, name=name).set(1)
         Gauge("taskrunner_start_time_seconds", "when this instance started, Unix time",
-              ["instance"], registry=reg).labels(**label).set_to_current_time()
+              registry=reg).set_to_current_time()
 
     # -- the launcher's observer -------------------------------------------------------
 
@@ -92,6 +114,12 @@ class Metrics:
         if result.timed_out or result.cancelled or result.status == -signal.SIGKILL:
             self.kills.inc()
 
+    # -- admission ---------------------------------------------------------------------
+
+    def queue_waited(self, seconds: float) -> None:
+        """Record one wait for a slot that has ended."""
+        self.queue_wait.observe(seconds)
+
     # -- requests ----------------------------------------------------------------------
 
     def request_done(self, handler: RequestHandler) -> None:
@@ -99,13 +127,48 @@ class Metrics:
         status = handler.get_status()
         counter = self._requests_by_status.get(status)
         if counter is None:  # labels() sorts and looks up on every call: once per status
-            counter = self._requests.labels(instance=self.instance, status=str(status))
+            counter = self._requests.labels(status=str(status))
             self._requests_by_status[status] = counter
         counter.inc()
 
     def exposition(self) -> bytes:
-        """Everything in the Prometheus text format."""
-        return generate_latest(self.registry)
+        """Everything in the Prometheus text format, without ``_created`` series."""
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class _JobsByState:
+    # A collector: counts the jobs by state at each scrape; every state is present, 0 or not.
+
+    def __init__(self, job_states: Callable[[], Iterable[JobState]]) -> None:
+        self._job_states = job_states
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        counts = collections.Counter(self._job_states())
+        family = self._family()
+        for state in JobState:
+            family.add_metric([state.value], counts[state])
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("taskrunner_jobs", "jobs kept now, by state", labels=["state"])
+
+
+class _WithoutCreated:
+    # What generate_latest reads: the registry's families, less their "<name>_created"
+    # samples (a counter's or histogram's creation time, which nobody graphs).
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            created = family.name + "_created"
+            family.samples = [s for s in family.samples if s.name != created]
+            yield family
 
 
 class MetricsHandler(JSONHandler):

@@ -31,7 +31,7 @@ from taskrunner.limits import containment_from_config
 from taskrunner.memory import HeapTrimmer
 from taskrunner.metrics import Metrics
 from taskrunner.recycle import DrainingHTTPServer, Recycler
-from taskrunner.watchdog import Watchdog
+from taskrunner.watchdog import Watchdog, WatchdogError
 
 log = logging.getLogger("taskrunner.server")
 
@@ -87,15 +87,20 @@ class Server:
         except SpawnError as exc:
             raise StartupError(f"--allow: {exc.message}") from None
         if self.use_watchdog:
-            self.watchdog = Watchdog()
+            try:
+                self.watchdog = Watchdog()
+            except WatchdogError as exc:
+                raise StartupError(str(exc)) from None
+            self.watchdog.watch()
         engine = ProcessEngine(
             max_output=config.max_output, base_env=base_env,
             on_spawn=self.watchdog.spawned if self.watchdog else None,
             on_reap=self.watchdog.reaped if self.watchdog else None,
             on_large_output=self.trimmer.request,
         )
+        admission = Admission.from_config(config)
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
-                            admission=Admission.from_config(config))
+                            admission=admission)
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
         except OSError as exc:
@@ -104,19 +109,23 @@ class Server:
             raise StartupError(f"cannot listen on {config.address}:{config.port}: "
                                f"{exc.strerror or exc}") from None
         instance = config.instance or str(self.port)
-        metrics = Metrics(instance, running=lambda: engine.running)
-        launcher.observer = metrics
-        self.ctx = InstanceContext(
-            config=config, engine=engine, launcher=launcher, port=self.port, token=token,
-            instance=instance, metrics=metrics,
-        )
-        self.ctx.observers.append(metrics.request_done)
         store = JobStore(config.state_dir) if config.state_dir else None
-        self.ctx.jobs = JobRegistry(
+        jobs = JobRegistry(
             launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
             max_jobs=config.max_jobs, store=store,
         )
-        self.ctx.jobs.restore()
+        metrics = Metrics(
+            instance, running=lambda: engine.running, queued=lambda: admission.queued,
+            job_states=lambda: (job.state for job in jobs.jobs.values()),
+        )
+        launcher.observer = metrics
+        admission.on_wait = metrics.queue_waited
+        self.ctx = InstanceContext(
+            config=config, engine=engine, launcher=launcher, port=self.port, token=token,
+            instance=instance, metrics=metrics, jobs=jobs,
+        )
+        self.ctx.observers.append(metrics.request_done)
+        jobs.restore()
         self.http = DrainingHTTPServer(
             make_app(self.ctx),
             # Not xheaders: logs.apply_proxy_address reads X-Real-IP without a getaddrinfo.

@@ -1,43 +1,48 @@
 """The watchdog: a companion process that kills the instance's commands if the instance dies.
 
 Commands run in sessions of their own, so nothing the kernel does when the instance dies —
-even by ``kill -9`` — reaches them. ``PR_SET_PDEATHSIG`` would, but it needs a
-``preexec_fn`` or an exec wrapper, which costs the fast spawn path 2-5x (see
-`taskrunner.engine`). Instead, at startup the instance starts one small process, the
-watchdog, and shares two things with it:
+even by ``kill -9`` — reaches them (``PR_SET_PDEATHSIG`` would reach only a command's first
+process, not what it starts, and needs a ``preexec_fn`` on the fast spawn path). Instead, at
+startup the instance starts one small process, the watchdog, and shares two things with it:
 
 * a table of live process groups, in a memory file (``memfd_create``) that the instance
   maps and the watchdog only reads at the end: the engine's ``on_spawn`` hook stores a
-  command's group id in a free slot, ``on_reap`` zeroes it. A store into shared memory —
-  no system call, no wake-up of the watchdog — costs well under a microsecond;
+  command's group id in a free slot, ``on_reap`` blanks it. A store into shared memory
+  wakes nobody: the watchdog costs no CPU until the end;
 * a pipe, of which the instance holds the only write end and never writes. When the
   instance dies, however it dies, the kernel closes that end; the watchdog, blocked in
   ``read``, gets EOF, reads the table, SIGKILLs every group in it, and exits. After a clean
   shutdown the table is empty and it just exits.
 
-A first version sent ``+PGID`` / ``-PGID`` lines over the pipe: 3 µs per command in the
-instance, but two wake-ups of the watchdog per command, 55 µs of its CPU each command
-(measured: 0.11 s of watchdog CPU per 2,000 spawns), which competes with the instance on a
-small machine. The table costs the watchdog nothing until the end (figures in
-README, "Security model").
+The watchdog is ``/bin/sh`` running ``watchdog.sh`` (``read``, ``kill`` and ``echo`` are shell
+built-ins: it starts no other process), not a Python: it holds one small shell's memory
+instead of an interpreter's. So the table is text the shell reads line by line: one slot is
+8 bytes, a group id right-aligned in 7 characters (ids stop at ``PID_MAX_LIMIT``, 2**22)
+and a newline, or 7 spaces and a newline when free. Each slot is written by one aligned
+8-byte store, so a ``kill -9`` of the instance never leaves half a number behind.
 
 The watchdog runs in a session of its own, so a signal sent to the instance's process group
 (Ctrl-C, supervisord's ``stopasgroup`` / ``killasgroup``) does not reach it, and it ignores
-SIGINT, SIGTERM and SIGHUP from birth: EOF (or SIGKILL) is its only way out. The write end
-is close-on-exec and commands are spawned with ``close_fds``, so no command can keep it
-waiting.
+SIGINT, SIGTERM and SIGHUP from birth (a shell cannot undo a signal ignored on entry): EOF
+(or SIGKILL) is its only way out. Its environment is empty (no token). The write end is
+close-on-exec, so no command can hold it open and keep the watchdog waiting.
+The instance waits for the watchdog's ``ready`` before it serves: an instance whose
+watchdog cannot read its table does not start. If the watchdog dies (someone kills it), the
+instance notices through a pidfd and starts a new one on the same table at once.
 
-Not covered: a command whose instance is killed between ``Popen`` returning and the store
-(a microsecond or so) is not in the table and survives, and so does a process that left its
-group with ``setsid``. A group id in the table whose processes have all gone, and whose id
-was taken by a new group in the moment between the instance's death and the watchdog's
-kill, would be killed by mistake; the kernel does not reuse an id while its group exists.
+Not covered: a command whose instance is killed between its spawn and the store (a
+microsecond or so) is not in the table and survives, and so do a process that left its
+group with ``setsid`` and the commands of an instance killed in the moment between its
+watchdog's death and the replacement's start. A group id in the table whose processes have
+all gone, and whose id was taken by a new group in the moment between the instance's death
+and the watchdog's kill, would be killed by mistake; the kernel does not reuse an id while
+its group exists.
+
+This module imports nothing of the package.
 """
 
 from __future__ import annotations
 
-import array
-import contextlib
 import logging
 import mmap
 import os
@@ -45,37 +50,94 @@ import signal
 import subprocess
 import sys
 
-from taskrunner.auth import scrub_env
+from tornado.ioloop import IOLoop
 
 log = logging.getLogger("taskrunner.watchdog")
 
-_SLOT = 4  # bytes per slot: one native int, a process-group id, 0 when free
+_SLOT = 8  # bytes per slot: one aligned store (memoryview format "Q")
+_FREE = b" " * (_SLOT - 1) + b"\n"
+_FREE_WORD = int.from_bytes(_FREE, sys.byteorder)
 _IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# Package data, next to this module; small enough that the shell reads it whole at start.
+_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.sh")
+
+
+class WatchdogError(Exception):
+    """The watchdog could not be started; the instance must not serve unguarded."""
 
 
 class Watchdog:
     """The instance's side: starts the watchdog process and keeps its table current."""
 
-    def __init__(self, slots: int = 1024) -> None:
+    def __init__(self, slots: int = 1024, shell: str = "/bin/sh") -> None:
+        self._shell = shell
         self._table_fd = os.memfd_create("taskrunner-watchdog", os.MFD_CLOEXEC)
-        os.ftruncate(self._table_fd, slots * _SLOT)
+        os.pwrite(self._table_fd, _FREE * slots, 0)
         self._table = mmap.mmap(self._table_fd, slots * _SLOT)
+        self._words = memoryview(self._table).cast("Q")
         self._slots: dict[int, int] = {}  # pgid -> slot
         self._free = list(range(slots - 1, -1, -1))
-        read_end, self._pipe = os.pipe2(os.O_CLOEXEC)
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        self._pipe = -1
+        self._pidfd = -1
+        self._loop: IOLoop | None = None
         try:
-            self.process: subprocess.Popen[bytes] = subprocess.Popen(
-                # -S: no site-packages to import; the package comes from PYTHONPATH.
-                [sys.executable, "-S", "-m", "taskrunner.watchdog", str(self._table_fd)],
-                stdin=read_end, env={**scrub_env(os.environ), "PYTHONPATH": python_path},
-                close_fds=True, pass_fds=(self._table_fd,), start_new_session=True,
-                preexec_fn=_ignore_signals,  # once per instance: the fork path is fine here
+            self.process = self._start()
+        except BaseException:
+            self._close_table()
+            raise
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        read_end, pipe = os.pipe2(os.O_CLOEXEC)
+        try:
+            process = subprocess.Popen(
+                [self._shell, _SCRIPT, str(self._table_fd)],
+                stdin=read_end, stdout=subprocess.PIPE, env={}, close_fds=True,
+                pass_fds=(self._table_fd,), start_new_session=True,
+                preexec_fn=_ignore_signals,  # once per watchdog: the fork path is fine here
             )
+        except OSError as exc:
+            os.close(pipe)
+            raise WatchdogError(f"cannot start the watchdog ({self._shell}): {exc}") from None
         finally:
             os.close(read_end)
-        log.info("watchdog pid %s is guarding this instance's commands", self.process.pid)
+        assert process.stdout is not None
+        with process.stdout:
+            ready = process.stdout.readline()
+        if ready != b"ready\n":
+            os.close(pipe)
+            process.wait()
+            raise WatchdogError("the watchdog did not start; its error is in the log")
+        self._pipe = pipe
+        log.info("watchdog pid %s is guarding this instance's commands", process.pid)
+        return process
+
+    def watch(self) -> None:
+        """From now on, replace the watchdog at once if it dies (someone kills it): the new
+        one reads the same table. Call from the running IOLoop that will serve."""
+        self._loop = IOLoop.current()
+        self._pidfd = os.pidfd_open(self.process.pid)
+        self._loop.add_handler(self._pidfd, self._on_exit, IOLoop.READ)
+
+    def _on_exit(self, fd: int, events: int) -> None:
+        self._unwatch()
+        status = self.process.wait()
+        log.error("the watchdog (pid %s) died (status %s); starting a new one",
+                  self.process.pid, status)
+        os.close(self._pipe)
+        self._pipe = -1
+        try:
+            self.process = self._start()
+        except WatchdogError as exc:
+            log.error("%s: this instance's commands would outlive it", exc)
+            return
+        self.watch()
+
+    def _unwatch(self) -> None:
+        if self._pidfd >= 0 and self._loop is not None:
+            self._loop.remove_handler(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
 
     @property
     def pid(self) -> int:
@@ -88,23 +150,28 @@ class Watchdog:
             self._grow()
         slot = self._free.pop()
         self._slots[pgid] = slot
-        self._table[slot * _SLOT:(slot + 1) * _SLOT] = pgid.to_bytes(_SLOT, sys.byteorder)
+        self._words[slot] = int.from_bytes(b"%7d\n" % pgid, sys.byteorder)
 
     def reaped(self, pgid: int) -> None:
         """Record that process group ``pgid`` has been reaped."""
         slot = self._slots.pop(pgid, None)
         if slot is not None:
-            self._table[slot * _SLOT:(slot + 1) * _SLOT] = bytes(_SLOT)
+            self._words[slot] = _FREE_WORD
             self._free.append(slot)
 
     def _grow(self) -> None:
-        old = len(self._table) // _SLOT
-        os.ftruncate(self._table_fd, 2 * old * _SLOT)  # the new half reads as zeros
+        old = len(self._words)
+        # pwrite extends the file with free slots in one step: no moment where the new half
+        # holds anything else.
+        os.pwrite(self._table_fd, _FREE * old, old * _SLOT)
+        self._words.release()
         self._table.resize(2 * old * _SLOT)
+        self._words = memoryview(self._table).cast("Q")
         self._free.extend(range(2 * old - 1, old - 1, -1))
 
     def close(self) -> None:
         """Let the watchdog go (after the engine has ended every command) and reap it."""
+        self._unwatch()
         if self._pipe >= 0:
             os.close(self._pipe)
             self._pipe = -1
@@ -114,37 +181,17 @@ class Watchdog:
             log.warning("the watchdog (pid %s) did not exit; killing it", self.process.pid)
             self.process.kill()
             self.process.wait()
-        self._table.close()
-        os.close(self._table_fd)
+        self._close_table()
+
+    def _close_table(self) -> None:
+        if self._table_fd >= 0:
+            self._words.release()
+            self._table.close()
+            os.close(self._table_fd)
+            self._table_fd = -1
 
 
 def _ignore_signals() -> None:
-    # Ignored signals stay ignored across exec: no window while Python starts up.
+    # Ignored signals stay ignored across exec: no window while the shell starts.
     for sig in _IGNORED:
         signal.signal(sig, signal.SIG_IGN)
-
-
-def main() -> None:
-    """The watchdog process: wait for EOF on stdin, then kill every group in the table
-    (whose fd is the one argument)."""
-    _ignore_signals()
-    table_fd = int(sys.argv[1])
-    while True:
-        try:
-            if not os.read(0, 4096):
-                break
-        except InterruptedError:
-            continue
-    table = array.array("i")
-    table.frombytes(os.pread(table_fd, os.fstat(table_fd).st_size, 0))
-    live = sorted({pgid for pgid in table if pgid > 0})
-    for pgid in live:
-        with contextlib.suppress(ProcessLookupError):  # already gone
-            os.killpg(pgid, signal.SIGKILL)
-    if live:
-        sys.stderr.write(f"taskrunner watchdog: the instance died; killed {len(live)} "
-                         f"command group(s): {' '.join(map(str, live))}\n")
-
-
-if __name__ == "__main__":
-    main()

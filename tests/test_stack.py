@@ -121,7 +121,7 @@ def test_job_routes_go_to_the_owning_instance(stack):
         assert upstream == f"127.0.0.1:{port}"
 
 
-def test_metrics_are_labelled_by_instance(stack):
+def test_each_instance_scraped_directly_names_itself(stack):
     port = stack.ports[0]
     status, _, _ = stack.call("GET", "/metrics")
     assert status == 200
@@ -132,10 +132,12 @@ def test_metrics_are_labelled_by_instance(stack):
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
     text = body.decode()
-    assert f'taskrunner_commands_started_total{{instance="{port}"}}' in text
-    assert f'taskrunner_command_spawn_failures_total{{instance="{port}"}} 1.0' in text
-    assert f'taskrunner_http_requests_total{{instance="{port}",status="422"}} 1.0' in text
-    assert f'taskrunner_command_duration_seconds_count{{instance="{port}"}}' in text
+    # No "instance" label (a Prometheus target has its own); the name is on taskrunner_info.
+    assert f'taskrunner_info{{name="{port}",version=' in text
+    assert "\ntaskrunner_commands_started_total " in text
+    assert "\ntaskrunner_command_spawn_failures_total 1.0\n" in text
+    assert '\ntaskrunner_http_requests_total{status="422"} 1.0\n' in text
+    assert "\ntaskrunner_command_duration_seconds_count " in text
 
 
 def minor_faults(pid: int) -> int:
