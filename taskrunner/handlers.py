@@ -229,6 +229,8 @@ class CommandHandler(BodyHandler):
     def parse_command(self) -> CommandSpec:
         """Validate the body; refuse new commands while the instance shuts down."""
         self.body_complete()
+        if self.refusal is not None:  # answer_in_place keeps us from here; never run one
+            raise self.refusal
         if self.ctx.shutting_down:
             raise ServiceUnavailable()
         config = self.ctx.config

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 from conftest import pid_alive, wait_until
 from stackutil import Stack, children, listening, needs_stack, request, running_stack

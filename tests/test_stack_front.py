@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 from stackutil import REPO, Load, needs_stack, running_stack
 
 pytestmark = needs_stack()
@@ -69,17 +70,15 @@ class Strangers:
 def test_wrong_tokens_do_not_take_instances_out(stack):
     # Each refused request used to close its upstream connection under nginx (an RST with
     # the body unread); nginx took the instance out for fail_timeout, and the legitimate
-    # caller's requests failed with 502 (thousands in a minute at this rate).
-    with Load(stack.port, {"args": ["true"]}, workers=4, name="legit", headers=AUTH) as load:
-        with Strangers(stack.port, rate=40) as strangers:
-            deadline = time.monotonic() + 4.0
-            while time.monotonic() < deadline:
-                time.sleep(0.1)
+    # caller's requests failed with 502.
+    with (Load(stack.port, {"args": ["true"]}, workers=4, name="legit", headers=AUTH) as load,
+          Strangers(stack.port, rate=40) as strangers):
+        # ~4 s of it; longer on a busy machine, where the strangers fall behind their rate.
+        assert wait_until(lambda: len(strangers.statuses) >= 160, 30)
     outcomes = load.outcomes
     bad = [o for o in outcomes if o.status != 200]
     print(f"\nwrong tokens: {len(strangers.statuses)} refused, legitimate: {len(outcomes)} "
           f"requests, {len(bad)} not 200")
-    assert len(strangers.statuses) >= 80  # ~40/s for 4 s, on a busy machine
     assert set(strangers.statuses) == {401}
     assert all(json.loads(b)["error"] == "unauthorized" for b in strangers.bodies)
     assert len(outcomes) >= 50
