@@ -222,3 +222,29 @@ def test_a_refused_body_over_the_limit_is_401_and_closes(spawn_instance):
         conn.close()
     status, body = _get(child.url + "/run", headers=AUTH, data=b"x" * 1001)
     assert (status, json.loads(body)["error"]) == (413, "body_too_large")
+
+
+def test_errors_answered_before_the_body_is_read_say_connection_close(spawn_instance):
+    # The instance closes the connection after these (it will not read what is left of
+    # the body); a caller, or nginx, must not send its next request on it.
+    child = spawn_instance("--max-body", "1000", "--body-timeout", "0.5",
+                           env={"TASKRUNNER_TOKEN": TOKEN})
+    conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=10)
+    try:
+        response, answer = _send(conn, "POST", "/run", b"x" * 1001, AUTH)
+        assert (response.status, json.loads(answer)["error"]) == (413, "body_too_large")
+        assert response.getheader("Connection") == "close"
+    finally:
+        conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=10)
+    try:
+        conn.putrequest("POST", "/run", skip_accept_encoding=True)
+        for name, value in {"Content-Length": "100", **AUTH}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        conn.send(b"{")  # and nothing more: the body timeout answers
+        response = conn.getresponse()
+        assert (response.status, json.loads(response.read())["error"]) == (408, "body_timeout")
+        assert response.getheader("Connection") == "close"
+    finally:
+        conn.close()
