@@ -228,9 +228,13 @@ def down(run_dir: str, port: int) -> int:
         # A watchdog exits when its instance does (its pipe closes); SIGTERM it ignores.
         stop(handles["watchdog"], None, WATCHDOG_STOP, "a watchdog")
         # nginx last: QUIT lets its workers finish sending the answers they carry.
+        # The master tells its workers; orphaned workers (their master was killed) are told
+        # directly.
+        masters = {h.proc.pid for h in handles["nginx"]}
         front = handles["nginx"] + handles["nginx-worker"]
         for h in front:
-            h.signal(signal.SIGQUIT)
+            if h.proc.pid in masters or h.proc.ppid not in masters:
+                h.signal(signal.SIGQUIT)
         left = wait_gone(front, NGINX_STOP)
         stop(left, signal.SIGTERM, KILL_WAIT, "nginx")
     finally:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 
+import pytest
 from conftest import pid_alive, wait_until
 from stackutil import Stack, children, listening, needs_stack, request, running_stack
 
@@ -34,11 +35,14 @@ def assert_nothing_left(stack: Stack, pids: list[int]) -> None:
     assert stack.script("status").returncode != 0
 
 
-def test_down_after_supervisord_was_killed_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("killed", [("supervisord",), ("supervisord", "nginx")])
+def test_down_after_a_kill_9_leaves_nothing(tmp_path, killed):
     with running_stack(str(tmp_path), PORT, BASE) as stack:
         pids = stack_pids(stack)
-        os.kill(pids[0], signal.SIGKILL)
-        assert wait_until(lambda: not pid_alive(pids[0]), 10)
+        victims = [stack.pidfile(f"{name}.pid") for name in killed]
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not any(pid_alive(pid) for pid in victims), 10)
         assert all(stack.health(port) for port in stack.ports)  # orphaned, still serving
         done = stack.down()
         assert done.returncode == 0, done.stdout + done.stderr
