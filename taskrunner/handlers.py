@@ -2,6 +2,14 @@
 
 `JSONHandler.write_error` is the one place that turns any error into
 ``{"error": code, "message": text}`` with the right status; nothing else writes errors.
+
+An answered error leaves the connection usable. Tornado closes a connection whose answer
+went out before the request body was read, without saying so (an RST if body bytes were
+still coming); nginx counts that as a failure of the instance and stops sending it requests
+(``max_fails``), so a stranger's wrong token could take the stack's instances out. Hence the
+token is checked first on every route and method, but a body handler reads (and drops) the
+body before it answers 401; only errors about the body itself (too large, too slow) are
+answered before it is read, and they say ``Connection: close``.
 """
 
 from __future__ import annotations
@@ -48,12 +56,30 @@ class JSONHandler(RequestHandler):
         self.program: str | None = None
         self.exit_status: int | None = None
         self._counted = False
+        self.closing = False
+        """The answer goes out before the request body was read: say ``Connection: close``."""
+        if self.request.method not in self.SUPPORTED_METHODS:
+            # Tornado answers a method it does not know with 405 before prepare(), that is
+            # before the token is checked (and with the body unread): take the method in
+            # and answer 405 where its handler method would run.
+            self.SUPPORTED_METHODS = (*self.SUPPORTED_METHODS, str(self.request.method))
+            self.answer_in_place(HTTPError(405))
 
     def prepare(self) -> None:
         self.ctx.request_started()
         self._counted = True
         check_request(self.request.headers.get("Authorization"), self.ctx.token,
                       public=self.request.method in self.public_methods)
+
+    def answer_in_place(self, error: Exception) -> None:
+        """Answer ``error`` where this request's handler method would run: after prepare()
+        and, in a body handler, once the whole body is read, so the connection stays open."""
+        def answer(*args: str, **kwargs: str) -> None:
+            raise error
+
+        # Tornado looks the handler method up on the handler object, by the request's
+        # method name: this one takes its place for this request only.
+        setattr(self, str(self.request.method).lower(), answer)
 
     def on_finish(self) -> None:
         self._uncount()
@@ -98,6 +124,8 @@ class JSONHandler(RequestHandler):
                 message = message % exc.args
         else:
             code, message = "internal", "internal error; the instance log has the details"
+        if self.closing:
+            self.set_header("Connection", "close")
         self.clear_header("Content-Length")
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps({"error": code, "message": message}))
@@ -138,13 +166,21 @@ class BodyHandler(JSONHandler):
     """
 
     _body_timer: object | None = None
+    refusal: Unauthorized | None = None
+    """Why the caller may not make this request; answered once the body is in."""
 
     def prepare(self) -> None:
-        super().prepare()
+        try:
+            super().prepare()
+        except Unauthorized as refusal:
+            self.refusal = refusal
+            self.answer_in_place(refusal)
         self.body = bytearray()
+        self.received = 0
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.ctx.config.max_body:
-            raise PayloadTooLarge(self._too_large_message())
+            self.closing = True
+            raise self.refusal or PayloadTooLarge(self._too_large_message())
         # Our own timer rather than HTTPServer's body_timeout, which wraps every body read
         # in gen.with_timeout (a task and a chained future per request).
         self._body_timer = IOLoop.current().call_later(self.ctx.config.body_timeout,
@@ -159,7 +195,8 @@ class BodyHandler(JSONHandler):
     def _body_too_slow(self) -> None:
         self._body_timer = None
         if not self._finished:
-            self.send_task_error(BodyTimeout(
+            self.closing = True
+            self.send_task_error(self.refusal or BodyTimeout(
                 f"the request body did not arrive within {self.ctx.config.body_timeout:g} "
                 "seconds"))
 
@@ -174,10 +211,13 @@ class BodyHandler(JSONHandler):
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
-        self.body += chunk
-        if len(self.body) > self.ctx.config.max_body:
+        self.received += len(chunk)
+        if self.received > self.ctx.config.max_body:
             self.body = bytearray()
-            self.send_task_error(PayloadTooLarge(self._too_large_message()))
+            self.closing = True
+            self.send_task_error(self.refusal or PayloadTooLarge(self._too_large_message()))
+        elif self.refusal is None:  # a refused request's body is only counted
+            self.body += chunk
 
     def _too_large_message(self) -> str:
         return f"request body is larger than the limit of {self.ctx.config.max_body} bytes"
@@ -189,6 +229,8 @@ class CommandHandler(BodyHandler):
     def parse_command(self) -> CommandSpec:
         """Validate the body; refuse new commands while the instance shuts down."""
         self.body_complete()
+        if self.refusal is not None:  # answer_in_place keeps us from here; never run one
+            raise self.refusal
         if self.ctx.shutting_down:
             raise ServiceUnavailable()
         config = self.ctx.config

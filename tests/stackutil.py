@@ -51,7 +51,7 @@ class Stack:
     """One stack started by ``scripts/stack`` with its own ports and run directory."""
 
     def __init__(self, run_dir: str, port: int, base_port: int, args: str = "",
-                 state_dir: str = "") -> None:
+                 state_dir: str = "", env: dict[str, str] | None = None) -> None:
         self.run_dir = run_dir
         self.port = port
         self.ports = [base_port + i for i in range(4)]
@@ -63,6 +63,7 @@ class Stack:
             "TASKRUNNER_RUN_DIR": run_dir,
             "TASKRUNNER_ARGS": args,
             "TASKRUNNER_STATE_DIR": state_dir,
+            **(env or {}),
         }
 
     def script(self, command: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
@@ -161,9 +162,10 @@ class Load:
     keep-alive connection to nginx, until `stop`."""
 
     def __init__(self, port: int, body: dict[str, Any], workers: int = 8,
-                 name: str = "load") -> None:
+                 name: str = "load", headers: dict[str, str] | None = None) -> None:
         self.port = port
         self.payload = json.dumps(body).encode()
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.workers = workers
         self.name = name
         self.outcomes: list[Outcome] = []
@@ -195,7 +197,7 @@ class Load:
             start = time.monotonic()
             try:
                 conn.request("POST", "/run", body=self.payload,
-                             headers={"Content-Type": "application/json", "X-Request-Id": rid})
+                             headers={**self.headers, "X-Request-Id": rid})
                 response = conn.getresponse()
                 status, body = response.status, response.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -217,9 +219,9 @@ def upstream_of(nginx_log: str, rid: str) -> str | None:
 
 @contextlib.contextmanager
 def running_stack(tmp_dir: str, port: int, base_port: int, args: str = "",
-                  state_dir: str = "") -> Iterator[Stack]:
+                  state_dir: str = "", env: dict[str, str] | None = None) -> Iterator[Stack]:
     """A stack that is up for the duration of the block and down after it, even on failure."""
-    stack = Stack(tmp_dir, port, base_port, args, state_dir)
+    stack = Stack(tmp_dir, port, base_port, args, state_dir, env)
     try:
         stack.up()
         yield stack

@@ -1,5 +1,6 @@
 """The bearer token: every route but GET /healthz needs it; protected mode; no leaks."""
 
+import http.client
 import json
 import os
 import subprocess
@@ -26,16 +27,29 @@ def config(tmp_path):
 @pytest.mark.gen_test
 @pytest.mark.parametrize("method,path", [
     ("POST", "/run"), ("GET", "/run"), ("GET", "/nowhere"), ("POST", "/healthz"),
-    ("DELETE", "/jobs/x"),
+    ("DELETE", "/jobs/x"), ("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/x"),
+    ("GET", "/jobs/x/output"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+    ("PUT", "/run"), ("FOO", "/run"), ("FOO", "/jobs"), ("FOO", "/healthz"),
+    ("FOO", "/nowhere"),
 ])
 async def test_every_route_but_get_healthz_requires_the_token(instance, method, path):
     response = await instance.request(method, path, {"args": ["true"]})
     assert response.code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert response.headers["Content-Type"] == "application/json"
+    assert "Allow" not in response.headers  # a stranger learns nothing of the routes
     body = json.loads(response.body)
     assert body["error"] == "unauthorized"
     assert TOKEN not in response.body.decode()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("path", ["/run", "/jobs", "/healthz"])
+async def test_an_unknown_method_with_the_token_is_405_with_allow(instance, path):
+    response = await instance.request("FOO", path, headers=AUTH)
+    assert response.code == 405
+    assert json.loads(response.body)["error"] == "method_not_allowed"
+    assert "GET" in response.headers["Allow"] or "POST" in response.headers["Allow"]
 
 
 @pytest.mark.gen_test
@@ -156,3 +170,81 @@ def test_an_empty_token_variable_is_refused_even_on_loopback():
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert proc.stderr.strip() == "taskrunner: TASKRUNNER_TOKEN is set but empty"
+
+
+# A refused request leaves its connection usable: nginx keeps its upstream connections open
+# and counts one closed under it (or reset, when body bytes were still coming) as a failure
+# of the instance, which then gets no requests for a while. So the body is read, then 401.
+
+def _send(conn, method, path, body, headers, split=0):
+    """Send a request whose body goes out in two writes, the second ``split`` bytes long."""
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for name, value in {"Content-Length": str(len(body)), **headers}.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    conn.send(body[:len(body) - split])
+    if split:
+        conn.send(body[len(body) - split:])
+    response = conn.getresponse()
+    return response, response.read()
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/run"), ("POST", "/jobs"),
+                                         ("FOO", "/run"), ("GET", "/jobs")])
+def test_a_refused_request_with_a_body_leaves_the_connection_open(spawn_instance, method,
+                                                                   path):
+    child = spawn_instance(env={"TASKRUNNER_TOKEN": TOKEN})
+    body = json.dumps({"args": ["echo", "x" * 20000]}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=10)
+    try:
+        for header in ({}, {"Authorization": "Bearer wrong"}):
+            response, answer = _send(conn, method, path, body, header, split=10000)
+            assert response.status == 401, answer
+            assert json.loads(answer)["error"] == "unauthorized"
+            assert response.getheader("Connection") is None
+        sock = conn.sock
+        response, answer = _send(conn, "POST", "/run", body, AUTH)
+        assert conn.sock is sock, "the instance closed the connection after its 401"
+        assert response.status == 200 and json.loads(answer)["stdout"] == "x" * 20000 + "\n"
+    finally:
+        conn.close()
+
+
+def test_a_refused_body_over_the_limit_is_401_and_closes(spawn_instance):
+    child = spawn_instance("--max-body", "1000", env={"TASKRUNNER_TOKEN": TOKEN})
+    conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=10)
+    try:
+        # Declared too large: answered at once, without reading it, and said so.
+        response, answer = _send(conn, "POST", "/run", b"x" * 1001, {})
+        assert (response.status, json.loads(answer)["error"]) == (401, "unauthorized")
+        assert response.getheader("Connection") == "close"
+    finally:
+        conn.close()
+    status, body = _get(child.url + "/run", headers=AUTH, data=b"x" * 1001)
+    assert (status, json.loads(body)["error"]) == (413, "body_too_large")
+
+
+def test_errors_answered_before_the_body_is_read_say_connection_close(spawn_instance):
+    # The instance closes the connection after these (it will not read what is left of
+    # the body); a caller, or nginx, must not send its next request on it.
+    child = spawn_instance("--max-body", "1000", "--body-timeout", "0.5",
+                           env={"TASKRUNNER_TOKEN": TOKEN})
+    conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=10)
+    try:
+        response, answer = _send(conn, "POST", "/run", b"x" * 1001, AUTH)
+        assert (response.status, json.loads(answer)["error"]) == (413, "body_too_large")
+        assert response.getheader("Connection") == "close"
+    finally:
+        conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=10)
+    try:
+        conn.putrequest("POST", "/run", skip_accept_encoding=True)
+        for name, value in {"Content-Length": "100", **AUTH}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        conn.send(b"{")  # and nothing more: the body timeout answers
+        response = conn.getresponse()
+        assert (response.status, json.loads(response.read())["error"]) == (408, "body_timeout")
+        assert response.getheader("Connection") == "close"
+    finally:
+        conn.close()
