@@ -1,19 +1,37 @@
-"""`JobStore`: the embedded SQLite database of ``--state-dir`` that lets jobs survive restarts.
+"""`JobStore`: the SQLite database of ``--state-dir``: jobs, their output, and a heartbeat.
 
-A row is written when a job starts (state ``running``) and again when it ends, and deleted
-when the job is evicted. On startup, rows still marked ``running`` belong to an instance
-that died while they ran: the registry turns them into ``lost`` and writes them back.
+Three tables: ``jobs`` (one row per job, without its output), ``chunks`` (the output as it
+was written: ``(job, seq, stream, bytes)``, replayed in ``seq`` order, so the interleaving
+of stdout and stderr survives) and ``meta`` (the ``heartbeat``: the last time the instance
+was known alive, for the ``finished`` time of jobs found ``lost``).
 
-Writes never happen on the event loop. `JobStore.put` and `JobStore.delete` only append to
-a queue; one writer thread takes everything queued, writes it in one transaction and goes
-back to waiting, so a burst of jobs costs one commit, not one per job. The database is in
-WAL mode with ``synchronous=NORMAL``: a commit does not wait for the disk, and a crash of
-the instance (not of the machine) loses nothing that was committed. The thread starts no
-processes, so the engine's vfork-style spawning is unaffected.
+Writes never happen on the event loop. One writer thread takes everything queued and
+writes it in two transactions:
+
+1. ``create``: the rows of newly accepted jobs, before their commands start. Never
+   retried: if it fails, each caller's future fails and the job is refused (503
+   ``store_unavailable``), so nothing runs that the store does not know about.
+2. everything else (later states, output chunks, deletions, the heartbeat), merged per job.
+   If it fails (a full disk, an unwritable file) it is kept and retried every
+   ``retry_interval`` seconds, merged with what comes next, until it is written; the
+   futures of `put` resolve only then. While it fails, `healthy` is False and
+   `write_failures` counts each failed attempt.
+
+The database is in WAL mode with ``synchronous=NORMAL``: a commit does not wait for the
+disk, and a crash of the instance (not of the machine) loses nothing committed. Output is
+read back on a second connection in a reader thread (`JobStore.read_output`), as WAL allows
+readers beside the writer.
+
+`JobStore.open` turns a database that cannot be used into a one-line `StoreError`; a file
+that is not a database, or is corrupt, is moved aside (``jobs.sqlite3.corrupt-<time>``) with
+a warning and a new one is started.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -21,11 +39,17 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+from taskrunner.errors import StoreUnavailable
 
 log = logging.getLogger("taskrunner.jobs")
 
+STREAMS = ("stdout", "stderr")
+
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -33,84 +57,189 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     args TEXT NOT NULL,
     status INTEGER,
-    stdout TEXT NOT NULL,
-    stderr TEXT NOT NULL,
     timed_out INTEGER NOT NULL,
     duration REAL,
     stdout_truncated INTEGER NOT NULL,
     stderr_truncated INTEGER NOT NULL,
     created REAL NOT NULL,
-    finished REAL
-)
+    finished REAL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    job TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
-_COLUMNS = ("id", "instance", "state", "args", "status", "stdout", "stderr", "timed_out",
-            "duration", "stdout_truncated", "stderr_truncated", "created", "finished")
+_COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "duration",
+            "stdout_truncated", "stderr_truncated", "created", "finished", "error")
 
-_UPSERT = (f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) "
+_INSERT = (f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
+_UPSERT = _INSERT.replace("INSERT", "INSERT OR REPLACE", 1)
+_CHUNK = "INSERT OR REPLACE INTO chunks (job, seq, stream, data) VALUES (?, ?, ?, ?)"
+
+# Primary result codes (the low byte of sqlite_errorcode) that mean "this file is damaged".
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+Chunk = tuple[int, str, bytes]
+"""One piece of output as stored: (sequence number within the job, stream, bytes)."""
+
+
+class StoreError(Exception):
+    """The store cannot be opened; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)
 class JobRecord:
-    """One job as stored: what `JobStore.load` returns and `JobStore.put` takes."""
+    """One job as stored (its output is in chunks): what `load` returns, `put` takes."""
 
     id: str
     instance: str
     state: str
     args: list[str]
     status: int | None
-    stdout: str
-    stderr: str
     timed_out: bool
     duration: float | None
     stdout_truncated: bool
     stderr_truncated: bool
     created: float
     finished: float | None
+    error: dict[str, str] | None = None
 
     def row(self) -> tuple[Any, ...]:
         """The record as a row of the ``jobs`` table."""
         return (self.id, self.instance, self.state, json.dumps(self.args), self.status,
-                self.stdout, self.stderr, int(self.timed_out), self.duration,
-                int(self.stdout_truncated), int(self.stderr_truncated), self.created,
-                self.finished)
+                int(self.timed_out), self.duration, int(self.stdout_truncated),
+                int(self.stderr_truncated), self.created, self.finished,
+                None if self.error is None else json.dumps(self.error))
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         """A record from a row of the ``jobs`` table."""
         values = dict(zip(_COLUMNS, row, strict=True))
         values["args"] = json.loads(values["args"])
+        values["error"] = None if values["error"] is None else json.loads(values["error"])
         for name in ("timed_out", "stdout_truncated", "stderr_truncated"):
             values[name] = bool(values[name])
         return cls(**values)
 
 
-_Op = tuple[str, Any]  # ("put", JobRecord) | ("delete", id) | ("sync", Event) | ("stop", None)
+@dataclass
+class _Change:
+    # What one job needs written; changes of one job merge into one.
+    record: JobRecord | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    deleted: bool = False
+    done: list[concurrent.futures.Future[None]] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    jobs: dict[str, _Change] = field(default_factory=dict)
+    heartbeat: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs) or self.heartbeat is not None
+
+    def change(self, job_id: str) -> _Change:
+        return self.jobs.setdefault(job_id, _Change())
+
+
+_Op = tuple[str, Any]
 
 
 class JobStore:
     """The ``jobs.sqlite3`` database in ``state_dir``, written by one background thread."""
 
-    def __init__(self, state_dir: str, batch_delay: float = 0.05) -> None:
+    def __init__(self, state_dir: str, batch_delay: float = 0.05,
+                 retry_interval: float = 1.0) -> None:
+        self.state_dir = state_dir
         self.batch_delay = batch_delay
-        os.makedirs(state_dir, exist_ok=True)
+        self.retry_interval = retry_interval
         self.path = os.path.join(state_dir, "jobs.sqlite3")
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self.healthy = True
+        """False while writes fail (since the last attempt that failed)."""
+        self.write_failures = 0
+        """Transactions that failed, since startup."""
+        self.last_error: str | None = None
+        self.on_write_failure: Callable[[], None] | None = None
+        """Called (from the writer thread) after each failed write; e.g. a metric."""
+        self._db: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_db: sqlite3.Connection | None = None
+
+    # -- startup -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the database; `StoreError` if it cannot be used.
+
+        A damaged file is moved aside with a warning and a new database started: the
+        instance serves, and the old file is kept for whoever wants to look into it.
+        """
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"--state-dir {self.state_dir}: {exc.strerror or exc}") from None
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if _primary(exc) not in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise StoreError(f"--state-dir: cannot use {self.path}: {exc}") from None
+            aside = f"{self.path}.corrupt-{int(time.time())}"
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.path + suffix, aside + suffix)
+            log.warning("job store: %s is damaged (%s); moved aside to %s, starting empty",
+                        self.path, exc, aside)
+            try:
+                self._db = self._connect()
+            except sqlite3.DatabaseError as again:
+                raise StoreError(f"--state-dir: cannot use {self.path}: {again}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                if version < _SCHEMA_VERSION:
+                    _migrate(db)
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def load(self) -> list[JobRecord]:
-        """Every stored job, oldest first (the caller turns ``running`` ones into ``lost``).
+        """Every stored job, oldest first (the caller turns unfinished ones into ``lost``).
 
-        Call before `start`: it runs on the caller's thread.
+        Call after `open`, before `start`: it runs on the caller's thread.
         """
-        rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created").fetchall()
+        assert self._db is not None, "open() first"
+        try:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"--state-dir: cannot read {self.path}: {exc}") from None
         return [JobRecord.from_row(row) for row in rows]
+
+    def last_heartbeat(self) -> float | None:
+        """When the previous instance last wrote its heartbeat (Unix time), if ever."""
+        assert self._db is not None, "open() first"
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
+        return None if row is None else float(row[0])
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -118,33 +247,88 @@ class JobStore:
                                         daemon=True)
         self._thread.start()
 
-    def put(self, record: JobRecord) -> None:
-        """Insert or replace ``record`` soon (never blocks)."""
-        self._queue.put(("put", record))
+    # -- writes (from the event loop; none blocks) --------------------------------------
+
+    def create(self, record: JobRecord) -> concurrent.futures.Future[None]:
+        """Insert a new job's row; the future fails (`StoreUnavailable`) if it cannot be."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put(("create", (record, future)))
+        return future
+
+    def put(self, job_id: str, record: JobRecord | None = None,
+            chunks: list[Chunk] | None = None) -> concurrent.futures.Future[None]:
+        """Write a job's new state and/or output chunks, retried until written; the future
+        resolves once they are (or is cancelled if the store closes first)."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put(("put", (job_id, record, chunks or [], future)))
+        return future
 
     def delete(self, job_id: str) -> None:
-        """Delete the job ``job_id`` soon (never blocks)."""
+        """Delete the job ``job_id`` and its output soon."""
         self._queue.put(("delete", job_id))
 
+    def heartbeat(self, now: float) -> None:
+        """Record that the instance is alive at ``now`` (Unix time)."""
+        self._queue.put(("heartbeat", now))
+
     def flush(self, timeout: float = 5.0) -> bool:
-        """Block until everything queued so far is written; for shutdown and tests."""
-        done = threading.Event()
+        """Block until everything queued so far was tried; True if all of it is written."""
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         self._queue.put(("sync", done))
-        return done.wait(timeout)
+        try:
+            return done.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
 
     def close(self) -> None:
-        """Write what is queued, stop the thread, close the database."""
+        """Try once more to write what is queued, stop the threads, close the database."""
         if self._thread is not None:
             self._queue.put(("stop", None))
             self._thread.join(10.0)
             self._thread = None
-        self._db.close()
+        if self._reader is not None:
+            self._reader.submit(self._close_reader).result(10.0)
+            self._reader.shutdown()
+            self._reader = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def read_output(self, job_id: str) -> list[tuple[str, bytes]]:
+        """A job's stored output, in the order written; `StoreUnavailable` if unreadable."""
+        if self._reader is None:
+            self._reader = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="taskrunner-job-store-read")
+        return await asyncio.wrap_future(self._reader.submit(self._read_output, job_id))
+
+    def _read_output(self, job_id: str) -> list[tuple[str, bytes]]:
+        try:
+            if self._reader_db is None:
+                self._reader_db = sqlite3.connect(self.path, isolation_level=None)
+            rows = self._reader_db.execute(
+                "SELECT stream, data FROM chunks WHERE job = ? ORDER BY seq", (job_id,))
+            return [(STREAMS[stream], bytes(data)) for stream, data in rows]
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the job store cannot be read: {exc}") from None
+
+    def _close_reader(self) -> None:
+        if self._reader_db is not None:
+            self._reader_db.close()
+            self._reader_db = None
+
+    # -- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        pending = _Pending()
         while True:
-            ops = [self._queue.get()]
-            if ops[0][0] in ("put", "delete"):
-                # Let a burst gather: one transaction for all of it, and a job that ended
+            try:
+                ops = [self._queue.get(timeout=self.retry_interval if pending else None)]
+            except queue.Empty:
+                ops = []  # time to retry what failed
+            if ops and ops[0][0] in ("put", "delete", "heartbeat"):
+                # Let a burst gather: one transaction for all of it, and a job that ends
                 # meanwhile is written once, not as "running" and then again.
                 time.sleep(self.batch_delay)
             while True:
@@ -152,29 +336,114 @@ class JobStore:
                     ops.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = self._write(ops)
+            creates = [value for kind, value in ops if kind == "create"]
+            created = self._write_creates(creates) if creates else True
+            for kind, value in ops:
+                _merge(pending, kind, value)
+            stop = any(kind == "stop" for kind, _ in ops)
+            if pending and self._write(pending):
+                for change in pending.jobs.values():
+                    for future in change.done:
+                        future.set_result(None)
+                pending = _Pending()
+            if created and not pending and not self.healthy:
+                log.warning("job store: writes to %s succeed again (%s failed attempts)",
+                            self.path, self.write_failures)
+            self.healthy = created and not pending
             for kind, value in ops:
                 if kind == "sync":
-                    value.set()
+                    value.set_result(not pending)
             if stop:
+                if pending:
+                    log.error("job store: %s changes could not be written to %s: %s",
+                              len(pending.jobs), self.path, self.last_error)
+                    for change in pending.jobs.values():
+                        for future in change.done:
+                            future.cancel()
                 return
 
-    def _write(self, ops: list[_Op]) -> bool:
-        latest: dict[str, JobRecord | None] = {}  # by id, the last change asked for
-        for kind, value in ops:
-            if kind == "put":
-                latest.pop(value.id, None)
-                latest[value.id] = value
-            elif kind == "delete":
-                latest.pop(value, None)
-                latest[value] = None
-        puts = [record.row() for record in latest.values() if record is not None]
-        deletes = [(job_id,) for job_id, record in latest.items() if record is None]
+    def _write_creates(self, creates: list[tuple[JobRecord, Any]]) -> bool:
+        assert self._db is not None
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany(_UPSERT, puts)
-                self._db.executemany("DELETE FROM jobs WHERE id = ?", deletes)
-        except sqlite3.Error:
-            log.exception("job store: writing %s changes to %s failed", len(latest), self.path)
-        return any(kind == "stop" for kind, _ in ops)
+                self._db.executemany(_INSERT, [record.row() for record, _ in creates])
+        except sqlite3.Error as exc:
+            self._failed(exc, f"{len(creates)} new jobs")
+            for _, future in creates:
+                future.set_exception(StoreUnavailable(
+                    f"the job store cannot record the job ({exc}); nothing was started"))
+            return False
+        for _, future in creates:
+            future.set_result(None)
+        return True
+
+    def _write(self, pending: _Pending) -> bool:
+        assert self._db is not None
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                for job_id, change in pending.jobs.items():
+                    if change.deleted:
+                        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                        self._db.execute("DELETE FROM chunks WHERE job = ?", (job_id,))
+                        continue
+                    if change.record is not None:
+                        self._db.execute(_UPSERT, change.record.row())
+                    self._db.executemany(_CHUNK, [
+                        (job_id, seq, STREAMS.index(stream), data)
+                        for seq, stream, data in change.chunks])
+                if pending.heartbeat is not None:
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('heartbeat', ?)",
+                                     (pending.heartbeat,))
+        except sqlite3.Error as exc:
+            self._failed(exc, f"changes to {len(pending.jobs)} jobs")
+            return False
+        return True
+
+    def _failed(self, exc: sqlite3.Error, what: str) -> None:
+        self.write_failures += 1
+        self.last_error = str(exc)
+        if self.healthy:
+            log.error("job store: writing %s to %s failed: %s; retrying every %ss",
+                      what, self.path, exc, self.retry_interval)
+        self.healthy = False
+        if self.on_write_failure is not None:
+            self.on_write_failure()
+
+
+def _merge(pending: _Pending, kind: str, value: Any) -> None:
+    if kind == "put":
+        job_id, record, chunks, future = value
+        change = pending.change(job_id)
+        if record is not None:
+            change.record = record
+        change.chunks += chunks
+        change.done.append(future)
+    elif kind == "delete":
+        change = pending.change(value)
+        change.deleted, change.record, change.chunks = True, None, []
+    elif kind == "heartbeat":
+        pending.heartbeat = value
+
+
+def _primary(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    # Version 1 kept each job's stdout and stderr as text columns of ``jobs``: move them into
+    # chunks (stdout first; the interleaving was not recorded then).
+    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    if "stdout" not in columns:
+        return
+    db.execute("ALTER TABLE jobs RENAME TO jobs_v1")
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    kept = ", ".join(name for name in _COLUMNS if name != "error")
+    db.execute(f"INSERT INTO jobs ({kept}) SELECT {kept} FROM jobs_v1")
+    for seq, stream in enumerate(STREAMS):
+        db.execute(f"INSERT INTO chunks SELECT id, {seq}, {seq}, CAST({stream} AS BLOB) "
+                   f"FROM jobs_v1 WHERE {stream} != ''")
+    db.execute("DROP TABLE jobs_v1")

@@ -12,7 +12,7 @@ The launcher reports commands through the `CommandObserver` methods (`command_st
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +32,13 @@ from taskrunner.handlers import JSONHandler
 # From a few milliseconds (/bin/true) up to --max-timeout's default of an hour.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 300.0, 900.0, 3600.0)
+
+
+class StoreHealth(Protocol):
+    """What the metrics read of a job store (`taskrunner.job_store.JobStore`)."""
+
+    healthy: bool
+    on_write_failure: Any
 
 
 class Metrics:
@@ -72,6 +79,18 @@ class Metrics:
                   instance=instance, version=__version__).set(1)
         Gauge("taskrunner_start_time_seconds", "when this instance started, Unix time",
               ["instance"], registry=reg).labels(**label).set_to_current_time()
+
+    def watch_job_store(self, store: StoreHealth) -> None:
+        """Export whether the job store's writes succeed, and how many failed."""
+        label = {"instance": self.instance}
+        up = Gauge("taskrunner_job_store_up",
+                   "1 while the job store (--state-dir) writes, 0 while its writes fail",
+                   ["instance"], registry=self.registry).labels(**label)
+        up.set_function(lambda: 1.0 if store.healthy else 0.0)
+        failures = Counter("taskrunner_job_store_write_failures",
+                           "job store transactions that failed (each retry counts)",
+                           ["instance"], registry=self.registry).labels(**label)
+        store.on_write_failure = failures.inc  # thread-safe: called by the writer thread
 
     # -- the launcher's observer -------------------------------------------------------
 

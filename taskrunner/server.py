@@ -24,7 +24,7 @@ from taskrunner.config import Config
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
 from taskrunner.errors import SpawnError
-from taskrunner.job_store import JobStore
+from taskrunner.job_store import JobStore, StoreError
 from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
 from taskrunner.limits import containment_from_config
@@ -116,7 +116,17 @@ class Server:
             launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
             max_jobs=config.max_jobs, store=store,
         )
-        self.ctx.jobs.restore()
+        try:
+            self.ctx.jobs.restore()
+        except StoreError as exc:
+            for sock in self.sockets:
+                sock.close()
+            engine.close()
+            if self.watchdog is not None:
+                self.watchdog.close()
+            raise StartupError(str(exc)) from None
+        if store is not None:
+            metrics.watch_job_store(store)
         self.http = DrainingHTTPServer(
             make_app(self.ctx),
             # Not xheaders: logs.apply_proxy_address reads X-Real-IP without a getaddrinfo.
