@@ -178,15 +178,20 @@ class JobStore:
     # -- startup -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) the database; `StoreError` if it cannot be used.
+        """Open (or create) the database, once; `StoreError` if it cannot be used.
 
         A damaged file is moved aside with a warning and a new database started: the
         instance serves, and the old file is kept for whoever wants to look into it.
         """
+        if self._db is not None:
+            return
         try:
             os.makedirs(self.state_dir, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"--state-dir {self.state_dir}: {exc.strerror or exc}") from None
+        if not os.access(self.state_dir, os.W_OK):  # SQLite would only say "unable to open"
+            raise StoreError(f"--state-dir {self.state_dir} is not writable (a read-only "
+                             "filesystem, or permissions)")
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -369,7 +374,7 @@ class JobStore:
                 self._db.execute("BEGIN")
                 self._db.executemany(_INSERT, [record.row() for record, _ in creates])
         except sqlite3.Error as exc:
-            self._failed(exc, f"{len(creates)} new jobs")
+            self._failed(exc, f"{len(creates)} new jobs (refused)")
             for _, future in creates:
                 future.set_exception(StoreUnavailable(
                     f"the job store cannot record the job ({exc}); nothing was started"))
@@ -405,8 +410,9 @@ class JobStore:
         self.write_failures += 1
         self.last_error = str(exc)
         if self.healthy:
-            log.error("job store: writing %s to %s failed: %s; retrying every %ss",
-                      what, self.path, exc, self.retry_interval)
+            log.error("job store: writing %s to %s failed: %s; new jobs are refused and "
+                      "other changes retried every %ss until writes succeed", what, self.path,
+                      exc, self.retry_interval)
         self.healthy = False
         if self.on_write_failure is not None:
             self.on_write_failure()

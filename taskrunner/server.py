@@ -86,6 +86,12 @@ class Server:
             allowlist = Allowlist(config.allow, base_env) if config.allow else None
         except SpawnError as exc:
             raise StartupError(f"--allow: {exc.message}") from None
+        store = JobStore(config.state_dir) if config.state_dir else None
+        if store is not None:
+            try:
+                store.open()
+            except StoreError as exc:
+                raise StartupError(str(exc)) from None
         if self.use_watchdog:
             self.watchdog = Watchdog()
         engine = ProcessEngine(
@@ -111,7 +117,6 @@ class Server:
             instance=instance, metrics=metrics,
         )
         self.ctx.observers.append(metrics.request_done)
-        store = JobStore(config.state_dir) if config.state_dir else None
         self.ctx.jobs = JobRegistry(
             launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
             max_jobs=config.max_jobs, store=store,

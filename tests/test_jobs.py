@@ -9,6 +9,13 @@ import pytest
 from conftest import PY, pid_alive, wait_until, with_config
 
 
+def wait_for(path, timeout=60):
+    """A shell snippet that waits until ``path`` exists: a gate the test opens when it has
+    seen what it waits for (at most ``timeout`` seconds, so a failed test leaves no waiter)."""
+    return (f'i=0; while [ ! -e "{path}" ] && [ $i -lt {timeout * 100} ]; do sleep 0.01; '
+            'i=$((i+1)); done')
+
+
 async def submit(instance, body):
     response = await instance.request("POST", "/jobs", body)
     assert response.code == 202, response.body
