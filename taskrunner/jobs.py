@@ -315,14 +315,15 @@ class JobRegistry:
         """Accept ``spec`` as a job, started now or queued for a slot; raise if it cannot be
         (the allowlist, a missing program, no slot nor queue room, the store failing)."""
         self._make_room()
-        try:
-            checked = self.launcher.check(spec)
-        except SpawnError as exc:
-            if self.launcher.observer is not None:
-                self.launcher.observer.spawn_failed(spec, exc)
-            raise
         admission = self.launcher.admission
+        checked = self._checked(spec, queued=False)
         place = admission.enqueue() if admission is not None else None  # else 429 now
+        if place is not None and not place.done():
+            try:
+                self._checked(spec, queued=True)
+            except SpawnError:
+                admission.leave(place)  # type: ignore[union-attr]
+                raise
         job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output)
         job.spec = checked
         if self.store is not None:
@@ -347,6 +348,25 @@ class JobRegistry:
             place.add_done_callback(lambda _: self._on_slot(job))
             log.debug("job %s queued: program %s", job.id, job.args[0])
         return job
+
+    def _checked(self, spec: CommandSpec, queued: bool) -> CommandSpec:
+        # 403 / 422 before the job is accepted. The launcher's checks (allowlist, wrapper)
+        # run on every job; when neither is in force it leaves finding the program to the
+        # spawn, which is now for a job that starts at once, but later for a queued one:
+        # so a queued job's program and cwd are checked here, as the wrapper would.
+        launcher = self.launcher
+        try:
+            if not queued:
+                return launcher.check(spec)
+            if launcher.allowlist is None and not launcher.containment.active:
+                base = launcher.engine.base_env
+                env = base if not spec.env else {**base, **spec.env}
+                launcher.containment.check(spec.args[0], env, spec.cwd)
+            return spec
+        except SpawnError as exc:
+            if launcher.observer is not None:
+                launcher.observer.spawn_failed(spec, exc)
+            raise
 
     async def cancel(self, job: Job) -> Job:
         """Cancel a queued job (it never starts), or SIGKILL a running job's group and return

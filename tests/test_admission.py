@@ -188,3 +188,42 @@ async def test_the_default_admits_200_concurrent_sleeping_commands(instance):
         watcher.cancel()
     assert [code for code, _ in results] == [200] * 200
     assert max(queued) == 0  # all in one wave: nobody waited for a slot
+
+
+@pytest.mark.gen_test
+async def test_enqueue_takes_a_slot_or_a_place_at_once_and_start_with_uses_that_slot():
+    gate = Admission(max_running=1, max_queued=2)
+    first = gate.enqueue()
+    assert first.done() and gate.running == 1
+    second, third = gate.enqueue(), gate.enqueue()
+    assert not second.done() and gate.queued == 2
+    with pytest.raises(TooManyRequests):
+        gate.enqueue()
+    gate.release()  # the slot goes to `second`, in line first
+    assert second.done() and not third.done() and gate.running == 1
+    # Its start takes exactly that slot, though `third` still waits.
+    assert gate.start_with(gate.try_acquire) is True
+    assert gate.running == 1 and gate.queued == 1
+    assert gate.try_acquire() is False  # nobody else gets a slot past the line
+    gate.leave(third)  # cancelled while waiting: leaves the line
+    assert gate.queued == 0
+    gate.release()
+    assert gate.running == 0
+
+
+@pytest.mark.gen_test
+async def test_a_slot_reaching_a_place_given_up_or_not_taken_is_passed_on():
+    gate = Admission(max_running=1, max_queued=2)
+    gate.enqueue()
+    a, b = gate.enqueue(), gate.enqueue()
+    gate.release()
+    assert a.done()
+    gate.leave(a)  # a had the slot: b gets it
+    assert b.done() and gate.running == 1
+
+    def refuse():
+        raise RuntimeError("the command was refused before it took its slot")
+
+    with pytest.raises(RuntimeError):
+        gate.start_with(refuse)
+    assert gate.running == 0 and gate.queued == 0

@@ -391,3 +391,34 @@ async def test_finished_jobs_output_lives_in_the_store_not_in_memory(spawn_insta
     # And each one's output is still there, from the store.
     code, body = await get_job(child, jobs[0]["id"])
     assert code == 200 and body["stdout"] == "x" * size
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_shutdown_cancels_queued_jobs_unstarted_and_a_crash_leaves_them_lost(
+        spawn_instance, tmp_path):
+    state_dir = str(tmp_path / "state")
+    marker = tmp_path / "ran"
+    flags = ("--state-dir", state_dir, "--instance", "q", "--max-running", "1", "--grace", "0.3")
+    child = spawn_instance(*flags)
+    running = await post_job(child, {"args": ["sleep", "60"]})
+    queued = await post_job(child, {"args": ["touch", str(marker)]})
+    assert queued["state"] == "queued"
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 0
+    assert stored(state_dir) == {running["id"]: "cancelled", queued["id"]: "cancelled"}
+
+    again = spawn_instance(*flags)
+    _, body = await get_job(again, queued["id"])
+    assert body["state"] == "cancelled" and body["status"] is None
+    assert body["error"]["error"] == "shutting_down"
+    # A job still queued when its instance dies is lost; it never ran.
+    blocker = await post_job(again, {"args": ["sleep", "60"]})
+    late = await post_job(again, {"args": ["touch", str(marker)]})
+    assert late["state"] == "queued"
+    assert wait_until(lambda: stored(state_dir).get(blocker["id"]) == "running", 10)
+    again.signal(signal.SIGKILL)
+    again.wait()
+    third = spawn_instance(*flags)
+    _, body = await get_job(third, late["id"])
+    assert body["state"] == "lost" and body["status"] is None
+    assert not marker.exists()

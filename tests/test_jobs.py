@@ -30,12 +30,12 @@ async def get_job(instance, job_id):
     return json.loads(response.body)
 
 
-async def wait_done(instance, job_id, timeout=10.0):
-    """Poll GET /jobs/<id> (as a client would) until the job has left `running`."""
+async def wait_done(instance, job_id, timeout=20.0):
+    """Poll GET /jobs/<id> (as a client would) until the job has ended."""
     deadline = time.monotonic() + timeout
     while True:
         job = await get_job(instance, job_id)
-        if job["state"] != "running":
+        if job["state"] not in ("queued", "running"):
             return job
         assert time.monotonic() < deadline, f"job still running: {job}"
         await asyncio.sleep(0.02)
@@ -253,3 +253,105 @@ def test_job_flags_and_their_defaults():
                            "--state-dir", "/tmp/x"])
     assert (config.instance, config.job_ttl, config.max_jobs, config.state_dir) == (
         "web-2", 60.0, 5, "/tmp/x")
+
+
+# -- queued jobs: accepted or refused at once ----------------------------------------------
+
+
+@with_config(max_running=1, max_queued=2)
+@pytest.mark.gen_test(timeout=30)
+async def test_with_every_slot_busy_a_job_is_queued_at_once_and_starts_when_one_frees(
+        instance, tmp_path):
+    gate, order = tmp_path / "go", tmp_path / "order"
+    blocker = await submit(instance, {"args": [
+        "sh", "-c", f"{wait_for(gate)}; echo blocker >> {order}"]})
+    assert blocker["state"] == "running"
+    # Answered while the blocker holds the only slot (it waits for the gate we hold).
+    queued = await submit(instance, {"args": ["sh", "-c", f"echo queued >> {order}; echo hi"]})
+    assert queued["state"] == "queued"
+    assert (queued["status"], queued["finished"], queued["error"]) == (None, None, None)
+    assert (await get_job(instance, queued["id"]))["state"] == "queued"
+    listing = json.loads((await instance.request("GET", "/jobs")).body)["jobs"]
+    assert [job["state"] for job in listing] == ["queued", "running"]
+    assert not order.exists()
+
+    gate.touch()
+    done = await wait_done(instance, queued["id"])
+    assert done["state"] == "exited" and done["stdout"] == "hi\n"
+    assert order.read_text() == "blocker\nqueued\n"
+    assert instance.ctx.launcher.admission.running == 0
+
+
+@with_config(max_running=1, max_queued=2)
+@pytest.mark.gen_test(timeout=30)
+async def test_delete_cancels_a_queued_job_without_ever_starting_it(instance, tmp_path):
+    gate, marker = tmp_path / "go", tmp_path / "ran"
+    blocker = await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
+    queued = await submit(instance, {"args": ["touch", str(marker)]})
+    after = await submit(instance, {"args": ["echo", "after"]})
+    assert (queued["state"], after["state"]) == ("queued", "queued")
+
+    response = await instance.request("DELETE", f"/jobs/{queued['id']}")
+    assert response.code == 200
+    cancelled = json.loads(response.body)
+    assert cancelled["state"] == "cancelled" and cancelled["status"] is None
+    assert cancelled["finished"] is not None and cancelled["duration"] is None
+    assert await get_job(instance, queued["id"]) == cancelled
+
+    gate.touch()
+    await wait_done(instance, blocker["id"])
+    # The next in line got the slot; the cancelled one never ran.
+    assert (await wait_done(instance, after["id"]))["stdout"] == "after\n"
+    assert not marker.exists()
+    assert await get_job(instance, queued["id"]) == cancelled
+    assert instance.ctx.launcher.admission.running == 0
+
+
+@with_config(max_running=1, max_queued=1)
+@pytest.mark.gen_test(timeout=30)
+async def test_no_free_slot_and_no_queue_room_is_a_429_at_once(instance, tmp_path):
+    gate, marker = tmp_path / "go", tmp_path / "ran"
+    await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
+    queued = await submit(instance, {"args": ["true"]})
+    assert queued["state"] == "queued"
+    for path in ("/jobs", "/run"):
+        response = await instance.request("POST", path, {"args": ["touch", str(marker)]})
+        assert response.code == 429, (path, response.body)
+        assert response.headers["Retry-After"] == "1"
+        assert json.loads(response.body)["error"] == "too_many_requests"
+    listing = json.loads((await instance.request("GET", "/jobs")).body)["jobs"]
+    assert len(listing) == 2
+    gate.touch()
+    assert (await wait_done(instance, queued["id"]))["state"] == "exited"
+    assert not marker.exists()
+
+
+@with_config(max_running=1, max_queued=1)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_queued_job_that_cannot_start_when_its_turn_comes_fails(instance, tmp_path):
+    gate, program = tmp_path / "go", tmp_path / "program"
+    program.write_text("#!/bin/sh\necho never\n")
+    program.chmod(0o755)
+    blocker = await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
+    queued = await submit(instance, {"args": [str(program)]})
+    assert queued["state"] == "queued"  # the program was there when it was accepted
+    program.unlink()
+    gate.touch()
+    await wait_done(instance, blocker["id"])
+    failed = await wait_done(instance, queued["id"])
+    assert failed["state"] == "failed" and failed["status"] is None
+    assert failed["error"]["error"] == "spawn_failed" and str(program) in failed["error"]["message"]
+    assert failed["stdout"] == ""
+    assert instance.ctx.launcher.admission.running == 0
+
+
+@with_config(max_running=1, max_queued=1)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_program_that_cannot_start_is_refused_at_once_even_when_it_would_queue(
+        instance, tmp_path):
+    gate = tmp_path / "go"
+    await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
+    response = await instance.request("POST", "/jobs", {"args": ["/no/such/program"]})
+    assert response.code == 422 and json.loads(response.body)["error"] == "spawn_failed"
+    assert instance.ctx.launcher.admission.queued == 0
+    gate.touch()
