@@ -10,11 +10,12 @@ writes it in two transactions:
 
 1. ``create``: the rows of newly accepted jobs, before their commands start. Never
    retried: if it fails, each caller's future fails and the job is refused (503
-   ``store_unavailable``), so nothing runs that the store does not know about.
+   ``store_unavailable``), so nothing runs that the store does not know about. The futures
+   of one transaction are settled in one call on their event loop.
 2. everything else (later states, output chunks, deletions, the heartbeat), merged per job.
    If it fails (a full disk, an unwritable file) it is kept and retried every
-   ``retry_interval`` seconds, merged with what comes next, until it is written; the
-   futures of `put` resolve only then. While it fails, `healthy` is False and
+   ``retry_interval`` seconds, merged with what comes next, until it is written; then
+   `on_written` is told which job records it wrote. While it fails, `healthy` is False and
    `write_failures` counts each failed attempt.
 
 The database is in WAL mode with ``synchronous=NORMAL``: a commit does not wait for the
@@ -135,7 +136,6 @@ class _Change:
     record: JobRecord | None = None
     chunks: list[Chunk] = field(default_factory=list)
     deleted: bool = False
-    done: list[concurrent.futures.Future[None]] = field(default_factory=list)
 
 
 @dataclass
@@ -151,6 +151,7 @@ class _Pending:
 
 
 _Op = tuple[str, Any]
+_GATHER = ("put", "delete", "heartbeat")  # what may wait a moment for more of its kind
 
 
 class JobStore:
@@ -169,6 +170,8 @@ class JobStore:
         self.last_error: str | None = None
         self.on_write_failure: Callable[[], None] | None = None
         """Called (from the writer thread) after each failed write; e.g. a metric."""
+        self.on_written: Callable[[list[JobRecord]], None] | None = None
+        """Called (from the writer thread) with the job records each transaction wrote."""
         self._db: sqlite3.Connection | None = None
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -254,19 +257,17 @@ class JobStore:
 
     # -- writes (from the event loop; none blocks) --------------------------------------
 
-    def create(self, record: JobRecord) -> concurrent.futures.Future[None]:
-        """Insert a new job's row; the future fails (`StoreUnavailable`) if it cannot be."""
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    def create(self, record: JobRecord) -> asyncio.Future[None]:
+        """Insert a new job's row (call on the event loop); the future fails with
+        `StoreUnavailable` if it cannot be written."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put(("create", (record, future)))
         return future
 
     def put(self, job_id: str, record: JobRecord | None = None,
-            chunks: list[Chunk] | None = None) -> concurrent.futures.Future[None]:
-        """Write a job's new state and/or output chunks, retried until written; the future
-        resolves once they are (or is cancelled if the store closes first)."""
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._queue.put(("put", (job_id, record, chunks or [], future)))
-        return future
+            chunks: list[Chunk] | None = None) -> None:
+        """Write a job's new state and/or output chunks, retried until written."""
+        self._queue.put(("put", (job_id, record, chunks or [])))
 
     def delete(self, job_id: str) -> None:
         """Delete the job ``job_id`` and its output soon."""
@@ -332,10 +333,8 @@ class JobStore:
                 ops = [self._queue.get(timeout=self.retry_interval if pending else None)]
             except queue.Empty:
                 ops = []  # time to retry what failed
-            if ops and ops[0][0] in ("put", "delete", "heartbeat"):
-                # Let a burst gather: one transaction for all of it, and a job that ends
-                # meanwhile is written once, not as "running" and then again.
-                time.sleep(self.batch_delay)
+            if ops and ops[0][0] in _GATHER:
+                self._gather(ops)
             while True:
                 try:
                     ops.append(self._queue.get_nowait())
@@ -347,10 +346,11 @@ class JobStore:
                 _merge(pending, kind, value)
             stop = any(kind == "stop" for kind, _ in ops)
             if pending and self._write(pending):
-                for change in pending.jobs.values():
-                    for future in change.done:
-                        future.set_result(None)
+                written = [change.record for change in pending.jobs.values()
+                           if change.record is not None]
                 pending = _Pending()
+                if written and self.on_written is not None:
+                    self.on_written(written)
             if created and not pending and not self.healthy:
                 log.warning("job store: writes to %s succeed again (%s failed attempts)",
                             self.path, self.write_failures)
@@ -362,26 +362,36 @@ class JobStore:
                 if pending:
                     log.error("job store: %s changes could not be written to %s: %s",
                               len(pending.jobs), self.path, self.last_error)
-                    for change in pending.jobs.values():
-                        for future in change.done:
-                            future.cancel()
                 return
 
-    def _write_creates(self, creates: list[tuple[JobRecord, Any]]) -> bool:
+    def _gather(self, ops: list[_Op]) -> None:
+        # Let a burst gather for up to batch_delay: one transaction for all of it, and a job
+        # that ends meanwhile is written once, not as "running" and then again. A new job
+        # (or a flush) ends the wait: its caller is waiting for the answer.
+        deadline = time.monotonic() + self.batch_delay
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                ops.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                return
+            if ops[-1][0] not in _GATHER:
+                return
+
+    def _write_creates(self, creates: list[tuple[JobRecord, asyncio.Future[None]]]) -> bool:
         assert self._db is not None
+        error: StoreUnavailable | None = None
         try:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(_INSERT, [record.row() for record, _ in creates])
         except sqlite3.Error as exc:
             self._failed(exc, f"{len(creates)} new jobs (refused)")
-            for _, future in creates:
-                future.set_exception(StoreUnavailable(
-                    f"the job store cannot record the job ({exc}); nothing was started"))
-            return False
-        for _, future in creates:
-            future.set_result(None)
-        return True
+            error = StoreUnavailable(
+                f"the job store cannot record the job ({exc}); nothing was started")
+        futures = [future for _, future in creates]
+        # One wake-up of the event loop for the whole transaction.
+        futures[0].get_loop().call_soon_threadsafe(_settle, futures, error)
+        return error is None
 
     def _write(self, pending: _Pending) -> bool:
         assert self._db is not None
@@ -420,17 +430,26 @@ class JobStore:
 
 def _merge(pending: _Pending, kind: str, value: Any) -> None:
     if kind == "put":
-        job_id, record, chunks, future = value
+        job_id, record, chunks = value
         change = pending.change(job_id)
         if record is not None:
             change.record = record
         change.chunks += chunks
-        change.done.append(future)
     elif kind == "delete":
         change = pending.change(value)
         change.deleted, change.record, change.chunks = True, None, []
     elif kind == "heartbeat":
         pending.heartbeat = value
+
+
+def _settle(futures: list[asyncio.Future[None]], error: StoreUnavailable | None) -> None:
+    for future in futures:
+        if future.done():
+            continue  # its caller went away
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def _primary(exc: sqlite3.Error) -> int:

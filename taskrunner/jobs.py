@@ -29,6 +29,7 @@ asked for (the last few are cached), so memory holds running jobs' output (at mo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import secrets
@@ -256,6 +257,9 @@ class JobRegistry:
         self._expiry: object | None = None
         self._heartbeat = PeriodicCallback(self._beat, heartbeat * 1000)
         self._loop = IOLoop.current()
+        if store is not None:
+            loop = self._loop
+            store.on_written = lambda records: loop.add_callback(self._written, records)
 
     def restore(self) -> None:
         """Open ``--state-dir``, load its jobs (unfinished ones as ``lost``), start writing.
@@ -326,10 +330,15 @@ class JobRegistry:
                 raise
         job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output)
         job.spec = checked
+        # Stored as it is about to be: running if it holds a slot (if it then cannot start,
+        # the row goes), else queued.
+        record = job.record()
+        if place is None or place.done():
+            record = dataclasses.replace(record, state=str(JobState.RUNNING))
         if self.store is not None:
             self._accepting += 1
             try:
-                await asyncio.wrap_future(self.store.create(job.record()))
+                await self.store.create(record)
             except BaseException:
                 if place is not None:
                     admission.leave(place)  # type: ignore[union-attr]
@@ -343,6 +352,8 @@ class JobRegistry:
             except TaskRunnerError:
                 self._forget(job)  # it never started: the caller gets the error, as for /run
                 raise
+            if record.state != job.state:
+                self._save(job)  # a slot came while the row was being written
         else:
             job.waiter = place
             place.add_done_callback(lambda _: self._on_slot(job))
@@ -409,6 +420,8 @@ class JobRegistry:
             job.abandon(exc)
             log.info("job %s %s: not started: %s", job.id, job.state, exc.message)
             self._ended(job)
+            return
+        self._save(job)  # stored as queued until now
 
     def _start(self, job: Job, place: asyncio.Future[None] | None) -> None:
         # Start a job that holds a slot (``place`` done) or runs without admission.
@@ -426,7 +439,6 @@ class JobRegistry:
             command = admission.start_with(lambda: self.launcher.start_now(spec, job.on_output))
         assert command is not None, "a slot was held"
         job.start(command)
-        self._save(job)
         pid = command.pid
         # Synchronous: the job's state is final by the time command.result is set.
         command.on_finish(lambda result: self._on_result(job, pid, result))
@@ -441,19 +453,21 @@ class JobRegistry:
     def _ended(self, job: Job) -> None:
         self._finished[job.id] = job
         if self.store is not None:
-            # Its state and the rest of its output in one write; once written, the
-            # output leaves memory (the cache keeps it a while: it is often read next).
-            written = asyncio.wrap_future(
-                self.store.put(job.id, job.record(), job.unflushed()))
-            written.add_done_callback(lambda future: self._written(job, future))
+            # Its state and the rest of its output in one write; once written (_written),
+            # the output leaves memory.
+            self.store.put(job.id, job.record(), job.unflushed())
         self._evict()
 
-    def _written(self, job: Job, future: asyncio.Future[None]) -> None:
-        if future.cancelled() or job.output is None:
-            return
-        if job.id in self.jobs:
+    def _written(self, records: list[JobRecord]) -> None:
+        # The store wrote these records. A finished job's final record is written with the
+        # last of its output: from now on the store has it all, and memory need not. The
+        # cache keeps it a while: a finished job is often read right after it ends.
+        for record in records:
+            job = self.jobs.get(record.id)
+            if record.finished is None or job is None or job.output is None:
+                continue
             self._cache.put(job.id, job.output)
-        job.output = None
+            job.output = None
 
     def _beat(self) -> None:
         # The store learns what running jobs wrote since the last beat, and that we live.
