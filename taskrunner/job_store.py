@@ -173,6 +173,7 @@ class JobStore:
         self.on_written: Callable[[list[JobRecord]], None] | None = None
         """Called (from the writer thread) with the job records each transaction wrote."""
         self._db: sqlite3.Connection | None = None
+        self._loaded: tuple[list[JobRecord], float | None] = ([], None)
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
@@ -196,7 +197,7 @@ class JobStore:
             raise StoreError(f"--state-dir {self.state_dir} is not writable (a read-only "
                              "filesystem, or permissions)")
         try:
-            self._db = self._connect()
+            self._db, self._loaded = self._connect()
         except sqlite3.DatabaseError as exc:
             if _primary(exc) not in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
                 raise StoreError(f"--state-dir: cannot use {self.path}: {exc}") from None
@@ -207,11 +208,13 @@ class JobStore:
             log.warning("job store: %s is damaged (%s); moved aside to %s, starting empty",
                         self.path, exc, aside)
             try:
-                self._db = self._connect()
+                self._db, self._loaded = self._connect()
             except sqlite3.DatabaseError as again:
                 raise StoreError(f"--state-dir: cannot use {self.path}: {again}") from None
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> tuple[sqlite3.Connection, tuple[list[JobRecord], float | None]]:
+        # Open, bring the schema up to date, and read every job row and the heartbeat: any
+        # damage to them shows here, at startup, where the file can still be moved aside.
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -225,29 +228,26 @@ class JobStore:
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            rows = db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created").fetchall()
+            beat = db.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
         except BaseException:
             db.close()
             raise
-        return db
+        return db, ([JobRecord.from_row(row) for row in rows],
+                    None if beat is None else float(beat[0]))
 
     def load(self) -> list[JobRecord]:
-        """Every stored job, oldest first (the caller turns unfinished ones into ``lost``).
-
-        Call after `open`, before `start`: it runs on the caller's thread.
-        """
+        """Every stored job, oldest first, as `open` read them (the caller turns unfinished
+        ones into ``lost``)."""
         assert self._db is not None, "open() first"
-        try:
-            rows = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created").fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"--state-dir: cannot read {self.path}: {exc}") from None
-        return [JobRecord.from_row(row) for row in rows]
+        records, self._loaded = self._loaded[0], ([], self._loaded[1])
+        return records
 
     def last_heartbeat(self) -> float | None:
-        """When the previous instance last wrote its heartbeat (Unix time), if ever."""
+        """When the instance of the previous run last wrote its heartbeat (Unix time)."""
         assert self._db is not None, "open() first"
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
-        return None if row is None else float(row[0])
+        return self._loaded[1]
 
     def start(self) -> None:
         """Start the writer thread."""

@@ -422,3 +422,27 @@ async def test_a_shutdown_cancels_queued_jobs_unstarted_and_a_crash_leaves_them_
     _, body = await get_job(third, late["id"])
     assert body["state"] == "lost" and body["status"] is None
     assert not marker.exists()
+
+
+_SCHEMA_V1 = """CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT NULL, state TEXT NOT NULL,
+    args TEXT NOT NULL, status INTEGER, stdout TEXT NOT NULL, stderr TEXT NOT NULL,
+    timed_out INTEGER NOT NULL, duration REAL, stdout_truncated INTEGER NOT NULL,
+    stderr_truncated INTEGER NOT NULL, created REAL NOT NULL, finished REAL)"""
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_store_of_the_previous_version_keeps_its_jobs_and_their_output(
+        spawn_instance, tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    job_id = "old.AAAAAAAAAAAAAAAAAAAAAA"
+    created = int(time.time()) - 10  # well within --job-ttl
+    with contextlib.closing(sqlite3.connect(state_dir / "jobs.sqlite3")) as db, db:
+        db.execute(_SCHEMA_V1)
+        db.execute("INSERT INTO jobs VALUES (?, 'old', 'exited', '[\"sh\"]', 0, 'out\n', "
+                   "'err\n', 0, 0.5, 0, 0, ?, ?)", (job_id, created, created + 0.5))
+    child = spawn_instance("--state-dir", str(state_dir), "--instance", "old")
+    code, body = await get_job(child, job_id)
+    assert code == 200
+    assert (body["state"], body["stdout"], body["stderr"]) == ("exited", "out\n", "err\n")
+    assert parse_time(body["created"]) == created and body["error"] is None
