@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -45,89 +44,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskrunner.errors import StoreUnavailable
+from taskrunner.job_schema import (
+    COLUMNS,
+    INSERT,
+    INSERT_CHUNK,
+    STREAMS,
+    UPSERT,
+    Chunk,
+    JobRecord,
+    ensure_schema,
+)
 
 log = logging.getLogger("taskrunner.jobs")
-
-STREAMS = ("stdout", "stderr")
-
-_SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    instance TEXT NOT NULL,
-    state TEXT NOT NULL,
-    args TEXT NOT NULL,
-    status INTEGER,
-    timed_out INTEGER NOT NULL,
-    duration REAL,
-    stdout_truncated INTEGER NOT NULL,
-    stderr_truncated INTEGER NOT NULL,
-    created REAL NOT NULL,
-    finished REAL,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    job TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    stream INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (job, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-"""
-
-_COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "duration",
-            "stdout_truncated", "stderr_truncated", "created", "finished", "error")
-
-_INSERT = (f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "
-           f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
-_UPSERT = _INSERT.replace("INSERT", "INSERT OR REPLACE", 1)
-_CHUNK = "INSERT OR REPLACE INTO chunks (job, seq, stream, data) VALUES (?, ?, ?, ?)"
 
 # Primary result codes (the low byte of sqlite_errorcode) that mean "this file is damaged".
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
-Chunk = tuple[int, str, bytes]
-"""One piece of output as stored: (sequence number within the job, stream, bytes)."""
-
 
 class StoreError(Exception):
     """The store cannot be opened; the message is one line for the operator."""
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """One job as stored (its output is in chunks): what `load` returns, `put` takes."""
-
-    id: str
-    instance: str
-    state: str
-    args: list[str]
-    status: int | None
-    timed_out: bool
-    duration: float | None
-    stdout_truncated: bool
-    stderr_truncated: bool
-    created: float
-    finished: float | None
-    error: dict[str, str] | None = None
-
-    def row(self) -> tuple[Any, ...]:
-        """The record as a row of the ``jobs`` table."""
-        return (self.id, self.instance, self.state, json.dumps(self.args), self.status,
-                int(self.timed_out), self.duration, int(self.stdout_truncated),
-                int(self.stderr_truncated), self.created, self.finished,
-                None if self.error is None else json.dumps(self.error))
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
-        """A record from a row of the ``jobs`` table."""
-        values = dict(zip(_COLUMNS, row, strict=True))
-        values["args"] = json.loads(values["args"])
-        values["error"] = None if values["error"] is None else json.loads(values["error"])
-        for name in ("timed_out", "stdout_truncated", "stderr_truncated"):
-            values[name] = bool(values[name])
-        return cls(**values)
 
 
 @dataclass
@@ -219,17 +154,11 @@ class JobStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                if version < _SCHEMA_VERSION:
-                    _migrate(db)
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                ensure_schema(db)
             rows = db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM jobs ORDER BY created").fetchall()
+                f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created").fetchall()
             beat = db.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
         except BaseException:
             db.close()
@@ -383,7 +312,7 @@ class JobStore:
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany(_INSERT, [record.row() for record, _ in creates])
+                self._db.executemany(INSERT, [record.row() for record, _ in creates])
         except sqlite3.Error as exc:
             self._failed(exc, f"{len(creates)} new jobs (refused)")
             error = StoreUnavailable(
@@ -404,8 +333,8 @@ class JobStore:
                         self._db.execute("DELETE FROM chunks WHERE job = ?", (job_id,))
                         continue
                     if change.record is not None:
-                        self._db.execute(_UPSERT, change.record.row())
-                    self._db.executemany(_CHUNK, [
+                        self._db.execute(UPSERT, change.record.row())
+                    self._db.executemany(INSERT_CHUNK, [
                         (job_id, seq, STREAMS.index(stream), data)
                         for seq, stream, data in change.chunks])
                 if pending.heartbeat is not None:
@@ -454,21 +383,3 @@ def _settle(futures: list[asyncio.Future[None]], error: StoreUnavailable | None)
 
 def _primary(exc: sqlite3.Error) -> int:
     return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    # Version 1 kept each job's stdout and stderr as text columns of ``jobs``: move them into
-    # chunks (stdout first; the interleaving was not recorded then).
-    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
-    if "stdout" not in columns:
-        return
-    db.execute("ALTER TABLE jobs RENAME TO jobs_v1")
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
-    kept = ", ".join(name for name in _COLUMNS if name != "error")
-    db.execute(f"INSERT INTO jobs ({kept}) SELECT {kept} FROM jobs_v1")
-    for seq, stream in enumerate(STREAMS):
-        db.execute(f"INSERT INTO chunks SELECT id, {seq}, {seq}, CAST({stream} AS BLOB) "
-                   f"FROM jobs_v1 WHERE {stream} != ''")
-    db.execute("DROP TABLE jobs_v1")
