@@ -1,9 +1,9 @@
 """`JobStore`: the SQLite database of ``--state-dir``: jobs, their output, and a heartbeat.
 
-Three tables: ``jobs`` (one row per job, without its output), ``chunks`` (the output as it
-was written: ``(job, seq, stream, bytes)``, replayed in ``seq`` order, so the interleaving
-of stdout and stderr survives) and ``meta`` (the ``heartbeat``: the last time the instance
-was known alive, for the ``finished`` time of jobs found ``lost``).
+The tables (see `taskrunner.job_schema`): ``jobs``, one row per job; ``chunks``, its output
+as written, replayed in order so the interleaving of stdout and stderr survives; ``meta``,
+the ``heartbeat``: the last time the instance was known alive, which becomes the
+``finished`` time of the jobs found ``lost``.
 
 Writes never happen on the event loop. One writer thread takes everything queued and
 writes it in two transactions:
