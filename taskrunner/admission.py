@@ -7,6 +7,10 @@ cancelled (its caller disconnected) leaves the queue; if a slot reached it in th
 instant, the slot is passed on. A command's timeout starts when it starts, not while it
 waits.
 
+A job does not wait in a request: `Admission.enqueue` takes a slot or a place in line at
+once (or raises 429), and the job, answered ``queued``, starts when `Admission.start_with`
+hands it the slot that reached its place.
+
 Default ``--max-running``: min(256 x CPUs, (soft RLIMIT_NOFILE - 256) / 4). Most commands
 wait — on I/O, the network, a sleep — so the CPU count alone is a poor cap (CPU-bound ones
 share the CPUs through the kernel's scheduler either way), and 256 per CPU keeps even a
@@ -25,9 +29,12 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 from taskrunner.config import Config
 from taskrunner.errors import ServiceUnavailable, TooManyRequests
+
+T = TypeVar("T")
 
 
 def default_max_running() -> int:
@@ -50,6 +57,7 @@ class Admission:
         self.running = 0
         self.closed = False
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._claim = False
 
     @classmethod
     def from_config(cls, config: Config) -> Admission:
@@ -67,6 +75,9 @@ class Admission:
         """Take a free slot now if there is one (and nobody waits for it); False if not."""
         if self.closed:
             raise ServiceUnavailable()
+        if self._claim:  # inside start_with: the slot handed to that waiter
+            self._claim = False
+            return True
         if self.running < self.max_running and not self._waiters:
             self.running += 1
             return True
@@ -74,26 +85,56 @@ class Admission:
 
     async def acquire(self) -> None:
         """Take a slot, waiting in line if none is free; `TooManyRequests` if the line is full."""
+        waiter = self.enqueue()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            self.leave(waiter)
+            raise
+
+    def enqueue(self) -> asyncio.Future[None]:
+        """Take a slot or a place in line now, without waiting: a future that is done when
+        the slot is ours (at once if one is free); `TooManyRequests` if the line is full.
+
+        The holder of a done future holds a slot: it starts its command through
+        `start_with`, or gives the slot back with `leave`.
+        """
+        waiter = asyncio.get_running_loop().create_future()
         if self.try_acquire():
-            return
+            waiter.set_result(None)
+            return waiter
         if len(self._waiters) >= self.max_queued:
             raise TooManyRequests(
                 f"{self.running} commands are running and {len(self._waiters)} are waiting, "
                 "the most this instance allows; retry later", retry_after=1)
-        waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        started = time.monotonic()
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.release()  # a slot reached us as we were cancelled: pass it on
-            else:
+        if self.on_wait is not None:
+            # However the wait ends: a slot, the caller gone, a cancelled job, shutdown.
+            on_wait, started = self.on_wait, time.monotonic()
+            waiter.add_done_callback(lambda _: on_wait(time.monotonic() - started))
+        return waiter
+
+    def leave(self, waiter: asyncio.Future[None]) -> None:
+        """Give up a place taken with `enqueue`: leave the line, or pass on the slot it holds."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            self.release()  # a slot reached it (perhaps in this same instant): pass it on
+        else:
+            if waiter in self._waiters:
                 self._waiters.remove(waiter)
-            raise
+            waiter.cancel()
+
+    def start_with(self, start: Callable[[], T]) -> T:
+        """Call ``start`` with the slot an `enqueue` future was handed: its one call of
+        `try_acquire` (e.g. in `Launcher.start_now`) takes that slot, not another, even
+        though others wait in line. If ``start`` raises before taking it, it is passed on.
+        """
+        self._claim = True
+        try:
+            return start()
         finally:
-            if self.on_wait is not None:
-                self.on_wait(time.monotonic() - started)
+            if self._claim:
+                self._claim = False
+                self.release()
 
     def release(self) -> None:
         """Give a finished command's slot to the oldest waiter, or free it."""

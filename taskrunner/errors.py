@@ -18,7 +18,8 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── PayloadTooLarge                  (413, "body_too_large")
     ├── SpawnError                       (422, "spawn_failed")    the command could not start
     ├── TooManyRequests                  (429, "too_many_requests")
-    └── ServiceUnavailable               (503, "shutting_down")
+    ├── ServiceUnavailable               (503, "shutting_down")
+    └── StoreUnavailable                 (503, "store_unavailable")  --state-dir cannot be written
 
 Callers catch a category (``RequestError``) or the whole tree (``TaskRunnerError``).
 """
@@ -156,5 +157,21 @@ class ServiceUnavailable(TaskRunnerError):
         super().__init__(message)
 
 
+class StoreUnavailable(TaskRunnerError):
+    """The job store (``--state-dir``) cannot record a job, or cannot be read.
+
+    A job refused so was not started; the caller may retry (``Retry-After``), here once the
+    store recovers, or on another instance.
+    """
+
+    status = 503
+    code = "store_unavailable"
+    retry_after = 5
+
+
 StartError = SpawnError | OutOfResources
 """Why a command did not start: the request's fault (422) or this process's limits (503)."""
+
+
+class StoreError(Exception):
+    """The job store cannot be opened; the message is one line for the operator."""

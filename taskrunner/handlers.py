@@ -289,11 +289,19 @@ class HealthHandler(JSONHandler):
     public_methods = ("GET",)
 
     def get(self) -> None:
-        self.write_json({
+        body: dict[str, Any] = {
             "status": "ok",
             "port": self.ctx.port,
             "instance": self.ctx.instance,
             "pid": self.ctx.pid,
             "running": self.ctx.engine.running,
             "version": __version__,
-        })
+        }
+        store = self.ctx.jobs.store if self.ctx.jobs is not None else None
+        if store is not None:
+            # Still 200: /run is served; POST /jobs is refused while the store fails.
+            body["job_store"] = {"ok": store.healthy, "write_failures": store.write_failures,
+                                 "error": None if store.healthy else store.last_error}
+            if not store.healthy:
+                body["status"] = "degraded"
+        self.write_json(body)

@@ -1,5 +1,9 @@
 """HTTP handlers of the jobs API: ``/jobs``, ``/jobs/<id>``, ``/jobs/<id>/output``.
 
+A job is answered at once: 202 ``running``, 202 ``queued`` (every slot busy, room in the
+admission queue; it starts when a slot frees), or an error (429 when there is no room
+either, 503 ``store_unavailable`` when ``--state-dir`` cannot record it).
+
 The output stream sends what a job already wrote, then each new chunk as it comes, flushed
 at once, then the final job object: NDJSON by default, Server-Sent Events when the client
 accepts ``text/event-stream``. A client that leaves the stream only ends its stream.
@@ -36,28 +40,31 @@ class JobsHandler(CommandHandler):
         if self._finished:
             return
         spec = self.parse_command()
-        job = await _registry(self).submit(spec)
+        registry = _registry(self)
+        job = await registry.submit(spec)
         self.set_header("Location", f"/jobs/{job.id}")
-        self.write_json(job.to_json(), 202)
+        self.write_json(await registry.describe(job), 202)
 
     def get(self) -> None:
         jobs = _registry(self).newest_first()
-        self.write_json({"jobs": [job.to_json(summary=True) for job in jobs]})
+        self.write_json({"jobs": [job.to_json() for job in jobs]})
 
 
 class JobHandler(JSONHandler):
     """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it."""
 
-    def get(self, job_id: str) -> None:
-        self.write_json(_registry(self).get(job_id).to_json())
+    async def get(self, job_id: str) -> None:
+        registry = _registry(self)
+        self.write_json(await registry.describe(registry.get(job_id)))
 
     async def delete(self, job_id: str) -> None:
         registry = _registry(self)
         job = await registry.cancel(registry.get(job_id))
         self.exit_status = job.status
+        body = await registry.describe(job)
         if self.request.connection is None or self._finished:
             return
-        self.write_json(job.to_json())
+        self.write_json(body)
 
 
 class JobOutputHandler(JSONHandler):
@@ -66,7 +73,9 @@ class JobOutputHandler(JSONHandler):
     _gone: asyncio.Future[None] | None = None
 
     async def get(self, job_id: str) -> None:
-        job = _registry(self).get(job_id)
+        registry = _registry(self)
+        job = registry.get(job_id)
+        output = await registry.output(job)  # the live log, or the stored one read back
         sse = "text/event-stream" in self.request.headers.get("Accept", "")
         self.set_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")
         self.set_header("Cache-Control", "no-cache")
@@ -79,7 +88,7 @@ class JobOutputHandler(JSONHandler):
             # Ask for the next change before sending, so nothing written meanwhile is missed.
             change = job.changed()
             done = job.done
-            for stream, data in job.output.read(cursor):
+            for stream, data in output.read(cursor):
                 text = decoders[stream].decode(data)
                 if text:
                     self._emit({"stream": stream, "data": text}, sse)
@@ -88,7 +97,7 @@ class JobOutputHandler(JSONHandler):
                     tail = decoder.decode(b"", final=True)
                     if tail:
                         self._emit({"stream": stream, "data": tail}, sse)
-                self._emit(job.to_json(), sse)
+                self._emit(job.to_json(output), sse)
                 if not self._gone.done():
                     self.finish()
                 return

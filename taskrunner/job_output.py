@@ -8,12 +8,17 @@ entry. After ``max_switches`` entries the order stops being recorded (the rest o
 stream is replayed after what was recorded), so memory stays bounded by
 ``2 * limit + 8 * max_switches`` bytes whatever the command does.
 
-Readers keep an `OutputCursor` and call `OutputLog.read` to get what they have not seen.
+Readers keep an `OutputCursor` and call `OutputLog.read` to get what they have not seen
+(the output stream, and the job store, which appends what is new as chunks). A finished
+job's output read back from the store is rebuilt with `OutputLog.from_chunks`, and the
+few read last are kept in an `OutputCache` bounded in bytes.
 """
 
 from __future__ import annotations
 
 from array import array
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 STREAMS = ("stdout", "stderr")
@@ -37,6 +42,18 @@ class OutputLog:
         # Each entry is end_offset * 2 + stream index: stream STREAMS[i] ran up to end_offset.
         self._order = array("q")
         self._last = -1  # stream index of the last entry
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[tuple[str, bytes]]) -> OutputLog:
+        """A log holding ``chunks`` as they were written (a stored job's output)."""
+        chunks = list(chunks)
+        sizes = dict.fromkeys(STREAMS, 0)
+        for stream, data in chunks:
+            sizes[stream] += len(data)
+        log = cls(max(1, *sizes.values()))
+        for stream, data in chunks:
+            log.feed(stream, data)
+        return log
 
     def feed(self, stream: str, data: bytes) -> bool:
         """Keep what fits under the limit; False if nothing was kept."""
@@ -86,3 +103,36 @@ class OutputLog:
                     chunks.append((stream, bytes(memoryview(self.buffers[stream])[start:end])))
                     cursor.sent[stream] = end
         return chunks
+
+
+class OutputCache:
+    """The outputs read last, most recent last, at most ``max_bytes`` in all."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._logs: OrderedDict[str, OutputLog] = OrderedDict()
+
+    def get(self, key: str) -> OutputLog | None:
+        """The log kept for ``key``, now the most recent; None if none is."""
+        log = self._logs.get(key)
+        if log is not None:
+            self._logs.move_to_end(key)
+        return log
+
+    def put(self, key: str, log: OutputLog) -> None:
+        """Keep ``log``, dropping the least recent ones beyond ``max_bytes``."""
+        self.discard(key)
+        if log.size > self.max_bytes:
+            return
+        self._logs[key] = log
+        self.size += log.size
+        while self.size > self.max_bytes:
+            _, oldest = self._logs.popitem(last=False)
+            self.size -= oldest.size
+
+    def discard(self, key: str) -> None:
+        """Forget ``key`` (its job was dropped)."""
+        log = self._logs.pop(key, None)
+        if log is not None:
+            self.size -= log.size

@@ -1,204 +1,60 @@
-"""Background jobs: the `Job` state machine and the `JobRegistry` that keeps jobs.
+"""`JobRegistry`: the jobs of one instance, from accepted to expired, and their store.
 
 A job is a command started through the launcher whose caller does not wait for it: the
-registry hands back an id, keeps the job's output as it arrives (for polling and for live
-streams), and keeps the finished job for ``--job-ttl`` seconds, at most ``--max-jobs``
-jobs in all, dropping the oldest finished ones first.
+registry answers at once with the job (``running``, or ``queued`` when every slot is busy
+and the admission queue has room; 429 when it has none), keeps its output as it arrives
+(for polling and for live streams), and keeps the finished job for ``--job-ttl`` seconds,
+at most ``--max-jobs`` jobs in all, dropping the oldest finished ones first.
 
-States, and every edge (all taken in `Job._transition`)::
+The states of a job and their edges are drawn in `taskrunner.job`.
 
-    running ──> exited       the command ran to its end (any exit status)
-        │────> timed_out    its deadline passed and its group was SIGKILLed
-        │────> cancelled    DELETE /jobs/<id>, or the end of the shutdown grace, SIGKILLed it
-        └────> lost         the instance died while it ran (found so in --state-dir)
-
-Output is kept per stream up to ``--max-output`` bytes in an `OutputLog`, which also
-remembers how stdout and stderr were interleaved, so a stream can replay it in order.
+With a store (``--state-dir``), a job is written before its command starts (if it cannot
+be, the job is refused with 503 ``store_unavailable`` and nothing runs). Every ``heartbeat``
+seconds the output that running jobs wrote since is appended to the store with a heartbeat
+time, so a ``lost`` job keeps what it wrote until then and ends at the last heartbeat. Once
+a finished job is written, its output leaves memory: it is read back from the store when
+asked for (the last few are cached), so memory holds running jobs' output (at most
+2 x ``--max-output`` each), the cache, and output still waiting to be written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
+import dataclasses
 import logging
-import secrets
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 
-from taskrunner.engine import Command, CommandResult, CommandSpec
-from taskrunner.errors import JobNotFound, TooManyRequests
-from taskrunner.job_output import OutputLog
-from taskrunner.job_store import JobRecord, JobStore
+from taskrunner.engine import CommandResult, CommandSpec
+from taskrunner.errors import (
+    JobNotFound,
+    SpawnError,
+    TaskRunnerError,
+    TooManyRequests,
+)
+from taskrunner.job import Job, JobState, new_job_id
+from taskrunner.job_output import OutputCache, OutputLog
+from taskrunner.job_schema import JobRecord
+
+if TYPE_CHECKING:
+    from taskrunner.job_store import JobStore
 from taskrunner.launcher import Launcher
 
 log = logging.getLogger("taskrunner.jobs")
 
-
-class JobState(enum.StrEnum):
-    """The named states of a job."""
-
-    RUNNING = "running"
-    EXITED = "exited"
-    TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
-    LOST = "lost"
-
-
-_EDGES: dict[JobState, frozenset[JobState]] = {
-    JobState.RUNNING: frozenset({JobState.EXITED, JobState.TIMED_OUT, JobState.CANCELLED,
-                                 JobState.LOST}),
-}
-
-
-def new_job_id(instance: str) -> str:
-    """``<instance>.<128 random bits, URL-safe>``: unguessable, and routable by its prefix."""
-    return f"{instance}.{secrets.token_urlsafe(16)}"
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-class Job:
-    """One background command: its state, its output so far, and how it ended."""
-
-    def __init__(self, job_id: str, instance: str, args: list[str], limit: int,
-                 created: float | None = None) -> None:
-        self.id = job_id
-        self.instance = instance
-        self.args = args
-        self.state = JobState.RUNNING
-        self.created = time.time() if created is None else created
-        self.finished: float | None = None
-        self.status: int | None = None
-        self.timed_out = False
-        self.duration: float | None = None
-        self.truncated = {"stdout": False, "stderr": False}
-        self.output = OutputLog(limit)
-        self.command: Command | None = None
-        self._change: asyncio.Future[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<Job {self.id} {self.state}>"
-
-    @property
-    def done(self) -> bool:
-        """True once the job has left ``running``."""
-        return self.state is not JobState.RUNNING
-
-    def on_output(self, stream: str, data: bytes) -> None:
-        """The engine's listener: keep what fits under ``--max-output`` and wake the streams."""
-        if self.output.feed(stream, data):
-            self._notify()
-
-    def changed(self) -> asyncio.Future[None]:
-        """A future resolved at the next chunk of output or when the job ends."""
-        if self._change is None or self._change.done():
-            self._change = asyncio.get_running_loop().create_future()
-        return self._change
-
-    def text(self, stream: str) -> str:
-        """What was kept of ``stream``, decoded as UTF-8 (undecodable bytes become U+FFFD)."""
-        return self.output.text(stream)
-
-    def finish(self, result: CommandResult) -> None:
-        """Record how the command ended and move to the state that says so."""
-        self.status = result.status
-        self.timed_out = result.timed_out
-        self.duration = result.duration
-        self.truncated = {"stdout": result.stdout_truncated, "stderr": result.stderr_truncated}
-        self.command = None
-        self._transition(result)
-
-    def mark_lost(self) -> None:
-        """The job was stored as running by an instance that died: it is lost."""
-        self._transition(None)
-
-    def _transition(self, result: CommandResult | None) -> None:
-        # The one place a job changes state.
-        if result is None:
-            # running -> lost: found running in the store at startup; its instance died
-            # without seeing it end, so how it ended (status) is unknown.
-            new = JobState.LOST
-        elif result.timed_out:
-            # running -> timed_out: the deadline's SIGKILL came first, even if a cancel followed.
-            new = JobState.TIMED_OUT
-        elif result.cancelled:
-            # running -> cancelled: DELETE /jobs/<id> (or the shutdown grace running out)
-            # killed the group before the command exited.
-            new = JobState.CANCELLED
-        else:
-            # running -> exited: it ended by itself (or a kill not sent through this job).
-            new = JobState.EXITED
-        if new not in _EDGES.get(self.state, frozenset()):
-            raise RuntimeError(f"job {self.id}: no transition {self.state} -> {new}")
-        self.state = new
-        self.finished = time.time()
-        self._notify()
-
-    def _notify(self) -> None:
-        if self._change is not None and not self._change.done():
-            self._change.set_result(None)
-
-    def to_json(self, summary: bool = False) -> dict[str, Any]:
-        """The job object of the API; a ``summary`` leaves out stdout and stderr."""
-        body: dict[str, Any] = {
-            "id": self.id,
-            "instance": self.instance,
-            "state": str(self.state),
-            "args": self.args,
-            "status": self.status,
-        }
-        if not summary:
-            body["stdout"] = self.text("stdout")
-            body["stderr"] = self.text("stderr")
-        body.update({
-            "timed_out": self.timed_out,
-            "duration": None if self.duration is None else round(self.duration, 6),
-            "stdout_truncated": self.truncated["stdout"],
-            "stderr_truncated": self.truncated["stderr"],
-            "created": _iso(self.created),
-            "finished": _iso(self.finished),
-        })
-        return body
-
-    def record(self) -> JobRecord:
-        """The job as the store keeps it."""
-        return JobRecord(
-            id=self.id, instance=self.instance, state=str(self.state), args=self.args,
-            status=self.status, stdout=self.text("stdout"), stderr=self.text("stderr"),
-            timed_out=self.timed_out, duration=self.duration,
-            stdout_truncated=self.truncated["stdout"], stderr_truncated=self.truncated["stderr"],
-            created=self.created, finished=self.finished)
-
-    @classmethod
-    def from_record(cls, record: JobRecord, limit: int) -> Job:
-        """A finished (or lost) job as it was stored."""
-        job = cls(record.id, record.instance, record.args, limit, created=record.created)
-        # Restored as stored, not transitioned: a stored "running" goes on to lost in restore().
-        job.state = JobState(record.state)
-        job.finished = record.finished
-        job.status = record.status
-        job.timed_out = record.timed_out
-        job.duration = record.duration
-        job.truncated = {"stdout": record.stdout_truncated, "stderr": record.stderr_truncated}
-        for stream, text in (("stdout", record.stdout), ("stderr", record.stderr)):
-            job.output.feed(stream, text.encode("utf-8"))
-        return job
+CACHED_OUTPUTS = 4
+"""How many finished jobs' outputs (at --max-output per stream) the read cache holds."""
 
 
 class JobRegistry:
-    """Every job this instance knows: running ones, and finished ones until they expire."""
+    """Every job this instance knows: queued, running, and finished ones until they expire."""
 
     def __init__(self, launcher: Launcher, instance: str, *, max_output: int, job_ttl: float,
-                 max_jobs: int, store: JobStore | None = None) -> None:
+                 max_jobs: int, store: JobStore | None = None,
+                 heartbeat: float = 1.0) -> None:
         self.launcher = launcher
         self.instance = instance
         self.max_output = max_output
@@ -207,26 +63,38 @@ class JobRegistry:
         self.store = store
         self.jobs: dict[str, Job] = {}  # in creation order
         self._finished: OrderedDict[str, Job] = OrderedDict()  # in order of finishing
+        self._accepting = 0  # jobs being written to the store before they are kept
+        self._cache = OutputCache(CACHED_OUTPUTS * 2 * max_output)
         self._expiry: object | None = None
+        self._heartbeat = PeriodicCallback(self._beat, heartbeat * 1000)
         self._loop = IOLoop.current()
+        if store is not None:
+            loop = self._loop
+            store.on_written = lambda records: loop.add_callback(self._written, records)
 
     def restore(self) -> None:
-        """Load the jobs of ``--state-dir`` (running ones as ``lost``) and start the writer."""
+        """Open ``--state-dir``, load its jobs (unfinished ones as ``lost``), start writing.
+
+        Raise `taskrunner.errors.StoreError` if the store cannot be used.
+        """
         if self.store is None:
             return
+        self.store.open()
         records = self.store.load()
+        last_alive = self.store.last_heartbeat()
         lost = []
         for record in records:
             job = Job.from_record(record, self.max_output)
-            if job.state is JobState.RUNNING:
-                job.mark_lost()
+            if not job.done:
+                job.mark_lost(last_alive)
                 lost.append(job)
             self.jobs[job.id] = job
         for job in sorted(self.jobs.values(), key=lambda job: job.finished or 0.0):
             self._finished[job.id] = job
         self.store.start()
         for job in lost:
-            self._save(job)
+            self.store.put(job.id, job.record())
+        self._heartbeat.start()
         log.info("restored %s jobs from %s (%s lost)", len(records), self.store.path, len(lost))
         self._evict()
 
@@ -241,23 +109,98 @@ class JobRegistry:
         """Every job kept, newest first."""
         return list(reversed(self.jobs.values()))
 
+    async def output(self, job: Job) -> OutputLog:
+        """The job's output: in memory while it runs, else read back from the store."""
+        if job.output is not None:
+            return job.output
+        cached = self._cache.get(job.id)
+        if cached is not None:
+            return cached
+        assert self.store is not None, "output leaves memory only for the store"
+        kept = OutputLog.from_chunks(await self.store.read_output(job.id))
+        if job.id in self.jobs:
+            self._cache.put(job.id, kept)
+        return kept
+
+    async def describe(self, job: Job) -> dict[str, Any]:
+        """The whole job object, its output included."""
+        return job.to_json(await self.output(job))
+
     async def submit(self, spec: CommandSpec) -> Job:
-        """Start ``spec`` as a job; raise what the launcher raises if it cannot start."""
+        """Accept ``spec`` as a job, started now or queued for a slot; raise if it cannot be
+        (the allowlist, a missing program, no slot nor queue room, the store failing)."""
         self._make_room()
+        admission = self.launcher.admission
+        checked = self._checked(spec, queued=False)
+        place = admission.enqueue() if admission is not None else None  # else 429 now
+        if place is not None and not place.done():
+            try:
+                self._checked(spec, queued=True)
+            except SpawnError:
+                admission.leave(place)  # type: ignore[union-attr]
+                raise
         job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output)
-        command = await self.launcher.launch(spec, job.on_output)
-        job.command = command
+        job.spec = checked
+        # Stored as it is about to be: running if it holds a slot (if it then cannot start,
+        # the row goes), else queued.
+        record = job.record()
+        if place is None or place.done():
+            record = dataclasses.replace(record, state=str(JobState.RUNNING))
+        if self.store is not None:
+            self._accepting += 1
+            try:
+                await self.store.create(record)
+            except BaseException:
+                if place is not None:
+                    admission.leave(place)  # type: ignore[union-attr]
+                raise
+            finally:
+                self._accepting -= 1
         self.jobs[job.id] = job
-        self._save(job)
-        pid = command.pid
-        # Synchronous: the job's state is final by the time command.result is set.
-        command.on_finish(lambda result: self._on_result(job, pid, result))
-        log.debug("job %s started: pid %s program %s", job.id, command.pid, command.program)
+        if place is None or place.done():
+            try:
+                self._start(job, place)
+            except TaskRunnerError:
+                self._forget(job)  # it never started: the caller gets the error, as for /run
+                raise
+            if record.state != job.state:
+                self._save(job)  # a slot came while the row was being written
+        else:
+            job.waiter = place
+            place.add_done_callback(lambda _: self._on_slot(job))
+            log.debug("job %s queued: program %s", job.id, job.args[0])
         return job
 
+    def _checked(self, spec: CommandSpec, queued: bool) -> CommandSpec:
+        # 403 / 422 before the job is accepted. The launcher's checks (allowlist, wrapper)
+        # run on every job; when neither is in force it leaves finding the program to the
+        # spawn, which is now for a job that starts at once, but later for a queued one:
+        # so a queued job's program and cwd are checked here, as the wrapper would.
+        launcher = self.launcher
+        try:
+            if not queued:
+                return launcher.check(spec)
+            if launcher.allowlist is None and not launcher.containment.active:
+                base = launcher.engine.base_env
+                env = base if not spec.env else {**base, **spec.env}
+                launcher.containment.check(spec.args[0], env, spec.cwd)
+            return spec
+        except SpawnError as exc:
+            if launcher.observer is not None:
+                launcher.observer.spawn_failed(spec, exc)
+            raise
+
     async def cancel(self, job: Job) -> Job:
-        """SIGKILL a running job's group and return once it is reaped; a done job is as is."""
-        if job.command is not None:
+        """Cancel a queued job (it never starts), or SIGKILL a running job's group and return
+        once it is reaped; a job that has ended is as it is."""
+        if job.state is JobState.QUEUED:
+            if job.waiter is not None and self.launcher.admission is not None:
+                self.launcher.admission.leave(job.waiter)
+            job.waiter = None
+            job.abandon(None)
+            log.info("job %s cancelled before it started: program %s", job.id, job.args[0])
+            self._ended(job)
+        elif job.command is not None:
             command = job.command
             command.cancel()
             await asyncio.shield(command.result)
@@ -270,39 +213,108 @@ class JobRegistry:
                 job.command.cancel()
 
     def close(self) -> None:
-        """Stop the expiry timer and write everything still queued to the store."""
+        """Stop the timers and write everything still queued to the store."""
+        self._heartbeat.stop()
         if self._expiry is not None:
             self._loop.remove_timeout(self._expiry)
             self._expiry = None
         if self.store is not None:
             self.store.close()
 
+    def _on_slot(self, job: Job) -> None:
+        # A queued job's place in line came through (a slot, or the instance stopping).
+        if job.state is not JobState.QUEUED:
+            return  # cancelled meanwhile; cancel() passed the slot on
+        try:
+            self._start(job, job.waiter)
+        except TaskRunnerError as exc:
+            job.abandon(exc)
+            log.info("job %s %s: not started: %s", job.id, job.state, exc.message)
+            self._ended(job)
+            return
+        self._save(job)  # stored as queued until now
+
+    def _start(self, job: Job, place: asyncio.Future[None] | None) -> None:
+        # Start a job that holds a slot (``place`` done) or runs without admission.
+        job.waiter = None
+        spec = job.spec
+        assert spec is not None
+        if place is None:
+            command = self.launcher.start_now(spec, job.on_output)
+        else:
+            error = place.exception()
+            if error is not None:
+                raise error  # the instance is stopping: the line was closed
+            admission = self.launcher.admission
+            assert admission is not None
+            command = admission.start_with(lambda: self.launcher.start_now(spec, job.on_output))
+        assert command is not None, "a slot was held"
+        job.start(command)
+        pid = command.pid
+        # Synchronous: the job's state is final by the time command.result is set.
+        command.on_finish(lambda result: self._on_result(job, pid, result))
+        log.debug("job %s started: pid %s program %s", job.id, pid, command.program)
+
     def _on_result(self, job: Job, pid: int, result: CommandResult) -> None:
         job.finish(result)
         log.info("job %s %s: pid %s status %s duration %.3fs program %s", job.id, job.state,
                  pid, job.status, job.duration or 0.0, job.args[0])
+        self._ended(job)
+
+    def _ended(self, job: Job) -> None:
         self._finished[job.id] = job
-        self._save(job)
+        if self.store is not None:
+            # Its state and the rest of its output in one write; once written (_written),
+            # the output leaves memory.
+            self.store.put(job.id, job.record(), job.unflushed())
         self._evict()
+
+    def _written(self, records: list[JobRecord]) -> None:
+        # The store wrote these records. A finished job's final record is written with the
+        # last of its output: from now on the store has it all, and memory need not. The
+        # cache keeps it a while: a finished job is often read right after it ends.
+        for record in records:
+            job = self.jobs.get(record.id)
+            if record.finished is None or job is None or job.output is None:
+                continue
+            self._cache.put(job.id, job.output)
+            job.output = None
+
+    def _beat(self) -> None:
+        # The store learns what running jobs wrote since the last beat, and that we live.
+        assert self.store is not None
+        for job in self.jobs.values():
+            if job.state is JobState.RUNNING:
+                chunks = job.unflushed()
+                if chunks:
+                    self.store.put(job.id, chunks=chunks)
+        self.store.heartbeat(time.time())
 
     def _save(self, job: Job) -> None:
         if self.store is not None:
-            self.store.put(job.record())
+            self.store.put(job.id, job.record())
+
+    def _forget(self, job: Job) -> None:
+        # A job refused after its row was written: as if it had never been.
+        del self.jobs[job.id]
+        if self.store is not None:
+            self.store.delete(job.id)
 
     def _drop(self, job: Job, why: str) -> None:
         del self.jobs[job.id]
         del self._finished[job.id]
+        self._cache.discard(job.id)
         if self.store is not None:
             self.store.delete(job.id)
         log.debug("job %s dropped (%s)", job.id, why)
 
     def _make_room(self) -> None:
         # One slot for the job about to start: drop the oldest finished job if we are full.
-        while len(self.jobs) >= self.max_jobs and self._finished:
+        while len(self.jobs) + self._accepting >= self.max_jobs and self._finished:
             self._drop(next(iter(self._finished.values())), "max-jobs")
-        if len(self.jobs) >= self.max_jobs:
+        if len(self.jobs) + self._accepting >= self.max_jobs:
             raise TooManyRequests(
-                f"all {self.max_jobs} job slots hold running jobs; try again later")
+                f"all {self.max_jobs} job slots hold unfinished jobs; try again later")
 
     def _evict(self) -> None:
         while len(self.jobs) > self.max_jobs and self._finished:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import signal
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -38,11 +38,18 @@ from taskrunner import __version__
 from taskrunner.engine import Command, CommandResult, CommandSpec
 from taskrunner.errors import NotFound, StartError
 from taskrunner.handlers import JSONHandler
-from taskrunner.jobs import JobState
+from taskrunner.job import JobState
 
 # From a few milliseconds (/bin/true) up to --max-timeout's default of an hour.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 300.0, 900.0, 3600.0)
+
+
+class StoreHealth(Protocol):
+    """What the metrics read of a job store (`taskrunner.job_store.JobStore`)."""
+
+    healthy: bool
+    on_write_failure: Any
 
 
 class Metrics:
@@ -94,6 +101,17 @@ class Metrics:
                   version=__version__, name=name).set(1)
         Gauge("taskrunner_start_time_seconds", "when this instance started, Unix time",
               registry=reg).set_to_current_time()
+
+    def watch_job_store(self, store: StoreHealth) -> None:
+        """Export whether the job store's writes succeed, and how many failed."""
+        up = Gauge("taskrunner_job_store_up",
+                   "1 while the job store (--state-dir) writes, 0 while its writes fail",
+                   registry=self.registry)
+        up.set_function(lambda: 1.0 if store.healthy else 0.0)
+        failures = Counter("taskrunner_job_store_write_failures",
+                           "job store transactions that failed (each retry counts)",
+                           registry=self.registry)
+        store.on_write_failure = failures.inc  # thread-safe: called by the writer thread
 
     # -- the launcher's observer -------------------------------------------------------
 

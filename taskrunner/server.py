@@ -23,8 +23,7 @@ from taskrunner.auth import StartupError, load_token, scrub_env
 from taskrunner.config import Config
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
-from taskrunner.errors import SpawnError
-from taskrunner.job_store import JobStore
+from taskrunner.errors import SpawnError, StoreError
 from taskrunner.jobs import JobRegistry
 from taskrunner.launcher import Launcher
 from taskrunner.limits import containment_from_config
@@ -86,6 +85,16 @@ class Server:
             allowlist = Allowlist(config.allow, base_env) if config.allow else None
         except SpawnError as exc:
             raise StartupError(f"--allow: {exc.message}") from None
+        store = None
+        if config.state_dir:
+            # Here, not at the top: an instance without --state-dir never loads sqlite3.
+            from taskrunner.job_store import JobStore
+
+            store = JobStore(config.state_dir)
+            try:
+                store.open()
+            except StoreError as exc:
+                raise StartupError(str(exc)) from None
         if self.use_watchdog:
             try:
                 self.watchdog = Watchdog()
@@ -109,7 +118,6 @@ class Server:
             raise StartupError(f"cannot listen on {config.address}:{config.port}: "
                                f"{exc.strerror or exc}") from None
         instance = config.instance or str(self.port)
-        store = JobStore(config.state_dir) if config.state_dir else None
         jobs = JobRegistry(
             launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
             max_jobs=config.max_jobs, store=store,
@@ -125,7 +133,17 @@ class Server:
             instance=instance, metrics=metrics, jobs=jobs,
         )
         self.ctx.observers.append(metrics.request_done)
-        jobs.restore()
+        try:
+            jobs.restore()
+        except StoreError as exc:
+            for sock in self.sockets:
+                sock.close()
+            engine.close()
+            if self.watchdog is not None:
+                self.watchdog.close()
+            raise StartupError(str(exc)) from None
+        if store is not None:
+            metrics.watch_job_store(store)
         self.http = DrainingHTTPServer(
             make_app(self.ctx),
             # Not xheaders: logs.apply_proxy_address reads X-Real-IP without a getaddrinfo.

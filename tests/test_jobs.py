@@ -9,6 +9,13 @@ import pytest
 from conftest import PY, pid_alive, wait_until, with_config
 
 
+def wait_for(path, timeout=60):
+    """A shell snippet that waits until ``path`` exists: a gate the test opens when it has
+    seen what it waits for (at most ``timeout`` seconds, so a failed test leaves no waiter)."""
+    return (f'i=0; while [ ! -e "{path}" ] && [ $i -lt {timeout * 100} ]; do sleep 0.01; '
+            'i=$((i+1)); done')
+
+
 async def submit(instance, body):
     response = await instance.request("POST", "/jobs", body)
     assert response.code == 202, response.body
@@ -23,12 +30,12 @@ async def get_job(instance, job_id):
     return json.loads(response.body)
 
 
-async def wait_done(instance, job_id, timeout=10.0):
-    """Poll GET /jobs/<id> (as a client would) until the job has left `running`."""
+async def wait_done(instance, job_id, timeout=20.0):
+    """Poll GET /jobs/<id> (as a client would) until the job has ended."""
     deadline = time.monotonic() + timeout
     while True:
         job = await get_job(instance, job_id)
-        if job["state"] != "running":
+        if job["state"] not in ("queued", "running"):
             return job
         assert time.monotonic() < deadline, f"job still running: {job}"
         await asyncio.sleep(0.02)
@@ -43,20 +50,21 @@ def group_alive(pgid):
 
 
 @pytest.mark.gen_test
-async def test_post_runs_a_job_in_the_background_and_get_shows_how_it_ended(instance):
-    started = time.monotonic()
-    args = ["sh", "-c", "sleep 1; echo out; echo err >&2; exit 3"]
+async def test_post_runs_a_job_in_the_background_and_get_shows_how_it_ended(instance, tmp_path):
+    gate = tmp_path / "go"
+    args = ["sh", "-c", f"{wait_for(gate)}; echo out; echo err >&2; exit 3"]
+    # Answered while the command waits for a gate only we open: at once, not at its end.
     job = await submit(instance, {"args": args})
-    assert time.monotonic() - started < 0.9  # 202 at once, not when the command ends
     assert job["state"] == "running"
     assert job["status"] is None and job["finished"] is None and job["duration"] is None
     assert job["args"] == args
     assert job["instance"] == str(instance.port)
+    gate.touch()
     done = await wait_done(instance, job["id"])
     assert done["state"] == "exited"
     assert done["status"] == 3
     assert (done["stdout"], done["stderr"]) == ("out\n", "err\n")
-    assert done["timed_out"] is False and done["duration"] >= 1.0
+    assert done["timed_out"] is False and done["duration"] > 0
     assert done["created"] == job["created"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", done["finished"])
     assert done["finished"] >= done["created"]
@@ -170,29 +178,37 @@ async def test_stdin_env_cwd_reach_a_job(instance, tmp_path):
     assert done["stdout"] == f"in\nbar\n{tmp_path}\n"
 
 
-@with_config(job_ttl=0.3)
-@pytest.mark.gen_test
-async def test_finished_jobs_expire_after_the_ttl(instance):
-    running = await submit(instance, {"args": ["sleep", "1.2"]})
+async def wait_gone(instance, job_id, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while (await instance.request("GET", f"/jobs/{job_id}")).code != 404:
+        assert time.monotonic() < deadline, f"job {job_id} still kept"
+        await asyncio.sleep(0.05)
+
+
+@with_config(job_ttl=0.5)
+@pytest.mark.gen_test(timeout=30)
+async def test_finished_jobs_expire_after_the_ttl(instance, tmp_path):
+    gate = tmp_path / "go"
+    running = await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
     job = await submit(instance, {"args": ["true"]})
     await wait_done(instance, job["id"])
-    await asyncio.sleep(0.5)
-    assert (await instance.request("GET", f"/jobs/{job['id']}")).code == 404
-    # A running job never expires; it is kept for the ttl once it ends.
+    await wait_gone(instance, job["id"])
+    # A running job never expires, however long it runs; it is kept for the ttl once it ends.
     assert (await get_job(instance, running["id"]))["state"] == "running"
+    gate.touch()
     await wait_done(instance, running["id"])
-    await asyncio.sleep(0.5)
-    assert (await instance.request("GET", f"/jobs/{running['id']}")).code == 404
+    await wait_gone(instance, running["id"])
     assert json.loads((await instance.request("GET", "/jobs")).body) == {"jobs": []}
 
 
 @with_config(max_jobs=3)
-@pytest.mark.gen_test
-async def test_max_jobs_drops_the_oldest_finished_first(instance):
+@pytest.mark.gen_test(timeout=30)
+async def test_max_jobs_drops_the_oldest_finished_first(instance, tmp_path):
     long = await submit(instance, {"args": ["sleep", "5"]})  # oldest, but running
-    a = await submit(instance, {"args": ["sh", "-c", "sleep 0.2"]})
+    a = await submit(instance, {"args": ["sh", "-c", wait_for(tmp_path / "go")]})
     b = await submit(instance, {"args": ["true"]})
     await wait_done(instance, b["id"])
+    (tmp_path / "go").touch()
     await wait_done(instance, a["id"])  # b finished first, so b is the oldest finished
     c = await submit(instance, {"args": ["true"]})
     ids = [job["id"] for job in json.loads((await instance.request("GET", "/jobs")).body)["jobs"]]
@@ -246,3 +262,105 @@ def test_job_flags_and_their_defaults():
                            "--state-dir", "/tmp/x"])
     assert (config.instance, config.job_ttl, config.max_jobs, config.state_dir) == (
         "web-2", 60.0, 5, "/tmp/x")
+
+
+# -- queued jobs: accepted or refused at once ----------------------------------------------
+
+
+@with_config(max_running=1, max_queued=2)
+@pytest.mark.gen_test(timeout=30)
+async def test_with_every_slot_busy_a_job_is_queued_at_once_and_starts_when_one_frees(
+        instance, tmp_path):
+    gate, order = tmp_path / "go", tmp_path / "order"
+    blocker = await submit(instance, {"args": [
+        "sh", "-c", f"{wait_for(gate)}; echo blocker >> {order}"]})
+    assert blocker["state"] == "running"
+    # Answered while the blocker holds the only slot (it waits for the gate we hold).
+    queued = await submit(instance, {"args": ["sh", "-c", f"echo queued >> {order}; echo hi"]})
+    assert queued["state"] == "queued"
+    assert (queued["status"], queued["finished"], queued["error"]) == (None, None, None)
+    assert (await get_job(instance, queued["id"]))["state"] == "queued"
+    listing = json.loads((await instance.request("GET", "/jobs")).body)["jobs"]
+    assert [job["state"] for job in listing] == ["queued", "running"]
+    assert not order.exists()
+
+    gate.touch()
+    done = await wait_done(instance, queued["id"])
+    assert done["state"] == "exited" and done["stdout"] == "hi\n"
+    assert order.read_text() == "blocker\nqueued\n"
+    assert instance.ctx.launcher.admission.running == 0
+
+
+@with_config(max_running=1, max_queued=2)
+@pytest.mark.gen_test(timeout=30)
+async def test_delete_cancels_a_queued_job_without_ever_starting_it(instance, tmp_path):
+    gate, marker = tmp_path / "go", tmp_path / "ran"
+    blocker = await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
+    queued = await submit(instance, {"args": ["touch", str(marker)]})
+    after = await submit(instance, {"args": ["echo", "after"]})
+    assert (queued["state"], after["state"]) == ("queued", "queued")
+
+    response = await instance.request("DELETE", f"/jobs/{queued['id']}")
+    assert response.code == 200
+    cancelled = json.loads(response.body)
+    assert cancelled["state"] == "cancelled" and cancelled["status"] is None
+    assert cancelled["finished"] is not None and cancelled["duration"] is None
+    assert await get_job(instance, queued["id"]) == cancelled
+
+    gate.touch()
+    await wait_done(instance, blocker["id"])
+    # The next in line got the slot; the cancelled one never ran.
+    assert (await wait_done(instance, after["id"]))["stdout"] == "after\n"
+    assert not marker.exists()
+    assert await get_job(instance, queued["id"]) == cancelled
+    assert instance.ctx.launcher.admission.running == 0
+
+
+@with_config(max_running=1, max_queued=1)
+@pytest.mark.gen_test(timeout=30)
+async def test_no_free_slot_and_no_queue_room_is_a_429_at_once(instance, tmp_path):
+    gate, marker = tmp_path / "go", tmp_path / "ran"
+    await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
+    queued = await submit(instance, {"args": ["true"]})
+    assert queued["state"] == "queued"
+    for path in ("/jobs", "/run"):
+        response = await instance.request("POST", path, {"args": ["touch", str(marker)]})
+        assert response.code == 429, (path, response.body)
+        assert response.headers["Retry-After"] == "1"
+        assert json.loads(response.body)["error"] == "too_many_requests"
+    listing = json.loads((await instance.request("GET", "/jobs")).body)["jobs"]
+    assert len(listing) == 2
+    gate.touch()
+    assert (await wait_done(instance, queued["id"]))["state"] == "exited"
+    assert not marker.exists()
+
+
+@with_config(max_running=1, max_queued=1)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_queued_job_that_cannot_start_when_its_turn_comes_fails(instance, tmp_path):
+    gate, program = tmp_path / "go", tmp_path / "program"
+    program.write_text("#!/bin/sh\necho never\n")
+    program.chmod(0o755)
+    blocker = await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
+    queued = await submit(instance, {"args": [str(program)]})
+    assert queued["state"] == "queued"  # the program was there when it was accepted
+    program.unlink()
+    gate.touch()
+    await wait_done(instance, blocker["id"])
+    failed = await wait_done(instance, queued["id"])
+    assert failed["state"] == "failed" and failed["status"] is None
+    assert failed["error"]["error"] == "spawn_failed" and str(program) in failed["error"]["message"]
+    assert failed["stdout"] == ""
+    assert instance.ctx.launcher.admission.running == 0
+
+
+@with_config(max_running=1, max_queued=1)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_program_that_cannot_start_is_refused_at_once_even_when_it_would_queue(
+        instance, tmp_path):
+    gate = tmp_path / "go"
+    await submit(instance, {"args": ["sh", "-c", wait_for(gate)]})
+    response = await instance.request("POST", "/jobs", {"args": ["/no/such/program"]})
+    assert response.code == 422 and json.loads(response.body)["error"] == "spawn_failed"
+    assert instance.ctx.launcher.admission.queued == 0
+    gate.touch()
