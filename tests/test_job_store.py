@@ -167,7 +167,7 @@ def fill(directory):
 
 def sample(text, name):
     for line in text.splitlines():
-        if line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     return None
 
