@@ -124,6 +124,55 @@ async def test_body_over_the_limit_is_a_413_not_a_dropped_connection(instance):
     assert response.code == 200
 
 
+def body_of(size):
+    """A valid command body of exactly ``size`` bytes."""
+    body = b'{"args": ["true"], "stdin": ""}'
+    return body[:-2] + b"x" * (size - len(body)) + body[-2:]
+
+
+@with_config(max_body=100)
+@pytest.mark.parametrize("path,ok", [("/run", 200), ("/jobs", 202)])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.gen_test
+async def test_exactly_max_body_bytes_are_accepted_and_one_more_is_a_413(
+        instance, path, ok, chunked):
+    for size, expected in [(100, ok), (101, 413), (99, ok), (200, 413)]:
+        raw = body_of(size)
+        assert len(raw) == size
+        if chunked:  # no declared length: the limit is enforced on the bytes as they come
+            reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+            try:
+                writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+                             "Transfer-Encoding: chunked\r\n\r\n".encode())
+                for i in range(0, size, 30):
+                    piece = raw[i:i + 30]
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+            finally:
+                writer.close()
+            code = int(head.split()[1])
+        else:
+            code = (await instance.request("POST", path, raw=raw)).code
+        assert code == expected, (size, code)
+
+
+@with_config(max_body=100)
+@pytest.mark.parametrize("path", ["/run", "/jobs"])
+@pytest.mark.gen_test
+async def test_a_declared_length_of_max_body_plus_one_is_a_413_before_the_body(instance, path):
+    reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+    try:  # the headers only: the answer must not wait for a body it will refuse
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n"
+                     .encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 413")
+
+
 @with_config(max_body=100)
 @pytest.mark.gen_test
 async def test_chunked_body_over_the_limit_is_a_413(instance):
