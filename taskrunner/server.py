@@ -21,6 +21,7 @@ from taskrunner.allowlist import Allowlist
 from taskrunner.app import make_app
 from taskrunner.auth import StartupError, load_token, scrub_env
 from taskrunner.config import Config
+from taskrunner.connections import CappedHTTPServer, default_max_connections
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
 from taskrunner.errors import SpawnError
@@ -30,7 +31,7 @@ from taskrunner.launcher import Launcher
 from taskrunner.limits import containment_from_config
 from taskrunner.memory import HeapTrimmer
 from taskrunner.metrics import Metrics
-from taskrunner.recycle import DrainingHTTPServer, Recycler
+from taskrunner.recycle import Recycler
 from taskrunner.watchdog import Watchdog
 
 log = logging.getLogger("taskrunner.server")
@@ -94,8 +95,9 @@ class Server:
             on_reap=self.watchdog.reaped if self.watchdog else None,
             on_large_output=self.trimmer.request,
         )
+        admission = Admission.from_config(config)
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
-                            admission=Admission.from_config(config))
+                            admission=admission)
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
         except OSError as exc:
@@ -117,8 +119,10 @@ class Server:
             max_jobs=config.max_jobs, store=store,
         )
         self.ctx.jobs.restore()
-        self.http = DrainingHTTPServer(
+        self.http = CappedHTTPServer(
             make_app(self.ctx),
+            max_connections=(config.max_connections
+                             or default_max_connections(admission.max_running)),
             # Not xheaders: logs.apply_proxy_address reads X-Real-IP without a getaddrinfo.
             max_body_size=_UNREACHABLE_BODY_LIMIT,
             # Idle connections, and slow request headers, are bounded by idle_timeout; a
