@@ -67,8 +67,9 @@ class CappedHTTPServer(DrainingHTTPServer):
     """A `DrainingHTTPServer` that holds at most ``max_connections`` client connections."""
 
     def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:
+        """``max_connections``: the cap; 0, no cap (`Server` resolves the config's 0)."""
         super().initialize(*args, **kwargs)
-        self.max_connections = max_connections or default_max_connections(256)
+        self.max_connections = max_connections
         # Idle connections, the one idle longest first; shed ones until Tornado's on_close.
         self._idle: OrderedDict[Any, None] = OrderedDict()
         self._shed: set[Any] = set()
@@ -93,7 +94,7 @@ class CappedHTTPServer(DrainingHTTPServer):
 
     def has_room(self) -> bool:
         """True while under the cap."""
-        return self.held_connections < self.max_connections
+        return self.max_connections <= 0 or self.held_connections < self.max_connections
 
     def make_room(self) -> bool:
         """Room for a connection known to be waiting: shed the one idle longest if at the

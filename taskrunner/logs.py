@@ -115,6 +115,10 @@ class JSONFormatter(logging.Formatter):
 def _json_field(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
+    if isinstance(value, list | tuple):
+        return [_json_field(item) for item in value]
+    if isinstance(value, dict):
+        return {escape(str(key)): _json_field(item) for key, item in value.items()}
     return escape(value if isinstance(value, str) else str(value))
 
 

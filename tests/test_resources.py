@@ -2,6 +2,7 @@
 a spinning event loop; and connections bounded (--max-connections) so that strangers holding
 idle connections cannot make an instance unreachable."""
 
+import asyncio
 import contextlib
 import json
 import os
@@ -12,7 +13,7 @@ import time
 
 import pytest
 from conftest import post_run_blocking as post
-from conftest import wait_until
+from conftest import wait_until, with_config
 
 
 def processes_running(argument: str) -> list[int]:
@@ -174,3 +175,53 @@ def test_at_the_cap_with_every_connection_busy_a_new_caller_waits_its_turn(spawn
             thread.join(30)
     assert [status for status, _ in results] == [200, 200]
     assert "every connection busy" in child.output()
+
+
+async def eof_within(reader, seconds):
+    """True if the server closed this connection (within ``seconds``)."""
+    try:
+        return await asyncio.wait_for(reader.read(1), seconds) == b""
+    except TimeoutError:
+        return False
+
+
+@with_config(max_connections=3)
+@pytest.mark.gen_test(timeout=60)
+async def test_at_the_cap_the_connection_idle_longest_is_shed_first(instance):
+    http = instance.server.http
+
+    async def connect():
+        reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
+        opened.append(writer)
+        return reader, writer
+
+    async def get_healthz(reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        return head.split()[1]
+
+    async def held(count):
+        deadline = time.monotonic() + 10
+        while http.held_connections != count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return http.held_connections
+
+    opened: list = []
+    try:
+        a, b, c = [await connect() for _ in range(3)]
+        assert await held(3) == 3
+        assert await get_healthz(*b) == b"200"  # b was used: now c, then a, idle longest
+        d = await connect()
+        assert await get_healthz(*d) == b"200"
+        assert await eof_within(a[0], 10)  # a was idle longest
+        assert await held(3) == 3
+        e = await connect()
+        assert await get_healthz(*e) == b"200"
+        assert await eof_within(c[0], 10)  # then c, which was idle longer than b
+        assert not await eof_within(b[0], 0.2) and await get_healthz(*b) == b"200"
+        assert http.shed_total == 2
+    finally:
+        for writer in opened:
+            writer.close()
