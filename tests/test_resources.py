@@ -225,3 +225,17 @@ async def test_at_the_cap_the_connection_idle_longest_is_shed_first(instance):
     finally:
         for writer in opened:
             writer.close()
+
+
+def test_max_connections_defaults_to_what_the_descriptors_leave_for_connections(capsys):
+    from taskrunner.cli import parse_config
+    from taskrunner.connections import FD_RESERVE, FDS_PER_COMMAND, default_max_connections
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        assert default_max_connections(10) == max(16, soft - FD_RESERVE - FDS_PER_COMMAND * 10)
+    assert default_max_connections(10**9) == 16  # never below the floor
+    assert parse_config([]).max_connections == 0  # 0: derived at startup
+    with pytest.raises(SystemExit):
+        parse_config(["--max-connections", "-1"])
+    assert "max_connections must be >= 0" in capsys.readouterr().err
