@@ -26,8 +26,9 @@ class StartupError(Exception):
 
 
 def load_token(config: Config, environ: Mapping[str, str]) -> str | None:
-    """The bearer token, or None; raise `StartupError` if it is unusable or missing when
-    the instance would listen beyond loopback (protected mode)."""
+    """The bearer token, or None; raise `StartupError` if it is unusable (empty, or holding
+    whitespace, control or non-ASCII characters inside: no client could send it) or missing
+    when the instance would listen beyond loopback (protected mode)."""
     token: str | None = None
     if config.token_file:
         try:
@@ -38,10 +39,12 @@ def load_token(config: Config, environ: Mapping[str, str]) -> str | None:
                                f"{getattr(exc, 'strerror', None) or exc}") from None
         if not token:
             raise StartupError(f"--token-file {config.token_file!r} is empty")
+        _check_token(token, f"--token-file {config.token_file!r}")
     elif TOKEN_ENV in environ:
         token = environ[TOKEN_ENV].strip()
         if not token:  # e.g. TASKRUNNER_TOKEN="$(cat a-missing-file)": fail, don't open up
             raise StartupError(f"{TOKEN_ENV} is set but empty")
+        _check_token(token, TOKEN_ENV)
     if token is None and not is_loopback(config.address):
         raise StartupError(
             f"refusing to listen on {config.address!r} without a token: anyone who can reach "
@@ -49,6 +52,18 @@ def load_token(config: Config, environ: Mapping[str, str]) -> str | None:
             "127.0.0.1"
         )
     return token
+
+
+def _check_token(token: str, source: str) -> None:
+    # A token no client can send would start an instance that refuses every request: an
+    # Authorization header is one line, split at whitespace, and read as Latin-1 (so a
+    # UTF-8 token never matches). The token itself is never shown, only where it breaks.
+    for index, char in enumerate(token):
+        if not "\x21" <= char <= "\x7e":
+            what = ("a line break" if char in "\r\n" else "whitespace" if char.isspace()
+                    else "a control character" if char.isascii() else "a non-ASCII character")
+            raise StartupError(f"{source}: the token holds {what} at character {index + 1}; "
+                               "a token is one line of printable ASCII without spaces")
 
 
 def is_loopback(address: str) -> bool:

@@ -86,6 +86,11 @@ class Config:
     max_queued: int = _setting(
         -1, "requests that may wait for a free slot, beyond which 429; -1: 2 x max-running"
     )
+    max_connections: int = _setting(
+        0, "client connections held at once; at the cap a new one replaces the connection "
+        "idle longest, and while all are busy new ones wait in the listen backlog. 0: auto, "
+        "open-file limit - 64 - 4 x max-running (at least 16)"
+    )
     idle_timeout: float = _setting(
         60.0, "seconds a connection may sit idle, or take to send its request headers"
     )
@@ -105,7 +110,7 @@ class Config:
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
         for name in ("limit_as", "limit_cpu", "limit_nproc", "limit_fsize", "limit_nofile",
-                     "max_running"):
+                     "max_running", "max_connections"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.max_queued < -1:

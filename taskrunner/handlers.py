@@ -156,6 +156,15 @@ class NotFoundHandler(JSONHandler):
         raise NotFound(f"no route for {self.request.path}")
 
 
+def _length_above(declared: str, limit: int) -> bool:
+    # Only ASCII digits are a length (str.isdigit() also takes "²", which int() refuses);
+    # Tornado answers a malformed one. A length of more digits than fit in a file size is
+    # too large without converting it (int() refuses more than 4,300 digits).
+    if not (declared.isascii() and declared.isdigit()):
+        return False
+    return len(declared.lstrip("0")) > 18 or int(declared) > limit
+
+
 @stream_request_body
 class BodyHandler(JSONHandler):
     """A handler that reads its request body itself, so an oversized one gets a 413.
@@ -178,7 +187,7 @@ class BodyHandler(JSONHandler):
         self.body = bytearray()
         self.received = 0
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.ctx.config.max_body:
+        if declared is not None and _length_above(declared, self.ctx.config.max_body):
             self.closing = True
             raise self.refusal or PayloadTooLarge(self._too_large_message())
         # Our own timer rather than HTTPServer's body_timeout, which wraps every body read

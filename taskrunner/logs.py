@@ -12,6 +12,13 @@ One access-log line per request, on the ``taskrunner.access`` logger::
 With ``--log-format json`` each record is one JSON object, and the access line's fields
 (``request_id``, ``client``, ``method``, ``path``, ``status``, ``duration_ms``, ``program``,
 ``exit_status``, ``command_ms``) are keys of their own.
+
+A record is one line whatever a caller sent: in both formats every logged string has its
+control characters (C0, DEL, C1, U+2028/U+2029) escaped (`escape`), so a newline in
+``args[0]`` cannot forge a line and an escape sequence cannot reach a terminal. A traceback
+keeps its lines, each indented, so none can pass for a record of its own. In the text
+access line a program name with a space, a quote or a backslash is quoted, with ``\\`` and
+``\"`` inside (``program="my prog"``), so it cannot pass for more fields.
 """
 
 from __future__ import annotations
@@ -44,6 +51,48 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_UNSAFE_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT_ESCAPES.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape(text: str) -> str:
+    """``text`` with its control characters escaped as in a Python literal (``\\n``,
+    ``\\x1b``, ``\\u2028``): one line, and nothing a terminal would act on."""
+    if text.isprintable():
+        return text  # the common case: one scan in C
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escape_block(text: str) -> str:
+    # A traceback: its own newlines kept and every line after the first indented, so that
+    # only a record starts a line at column 0; any other control character escaped.
+    return "\n    ".join(_UNSAFE_BUT_NEWLINE.sub(_escaped, text).split("\n"))
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, with the message escaped and tracebacks indented (see above)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for block in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if block:
+                line += "\n    " + _escape_block(block)
+        return line
+
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, and the ``extra`` fields."""
@@ -53,14 +102,24 @@ class JSONFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _RECORD_FIELDS:
-                line[key] = value
+                line[key] = _json_field(value)
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            line["exc"] = _UNSAFE_BUT_NEWLINE.sub(_escaped, self.formatException(record.exc_info))
         return json.dumps(line, default=str)
+
+
+def _json_field(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_field(item) for item in value]
+    if isinstance(value, dict):
+        return {escape(str(key)): _json_field(item) for key, item in value.items()}
+    return escape(value if isinstance(value, str) else str(value))
 
 
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -127,7 +186,7 @@ def setup_logging(log_format: str = "text", stream: TextIO | None = None,
     if log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
@@ -191,6 +250,17 @@ def _command_ms(handler: RequestHandler) -> float | None:
     return round(1000.0 * duration, 1)
 
 
+def _text_value(value: str | None) -> str:
+    # The text line is space-separated key=value: quoted, "x exit=0" cannot pass for two
+    # fields; backslashes doubled inside, so an escaped control character (escape(), on the
+    # whole line) is told from a backslash that was sent.
+    if not value:
+        return "-"
+    if " " in value or '"' in value or "\\" in value:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
 def log_request(handler: RequestHandler) -> None:
     """Write the access-log line of one finished request."""
     request = handler.request
@@ -214,7 +284,7 @@ def log_request(handler: RequestHandler) -> None:
     access_log.log(
         level, "%s %s %s %.1fms rid=%s client=%s program=%s exit=%s cmd=%s",
         request.method, request.uri, status, duration_ms, fields["request_id"],
-        request.remote_ip, program or "-", "-" if exit_status is None else exit_status,
+        request.remote_ip, _text_value(program), "-" if exit_status is None else exit_status,
         "-" if command_ms is None else f"{command_ms}ms", extra=fields,
     )
 

@@ -4,6 +4,11 @@
 that says, for a person, exactly what is wrong. Strict on purpose: unknown fields are
 rejected (a misspelled ``timout`` must not run a command without its limit), booleans are
 not numbers, and no string may carry a NUL byte.
+
+Numbers of any size are a 400, never a crash: an integer literal of more than
+`MAX_INT_DIGITS` digits is ``invalid_json`` (converting it would cost time quadratic in its
+length, which is why Python refuses such strings by default), and a number too large for
+its field, however written, is ``invalid_field``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from taskrunner.engine import CommandSpec
 from taskrunner.errors import InvalidField, InvalidJSON, UnknownField
 
 FIELDS = ("args", "timeout", "stdin", "env", "cwd")
+
+MAX_INT_DIGITS = 4300
+"""Longest integer literal accepted anywhere in a body: Python's default limit for
+int-from-string conversion, enforced here whatever the interpreter's setting."""
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -31,6 +40,17 @@ def _reject_constant(name: str) -> Any:
     raise InvalidJSON(f"{name} is not valid JSON")
 
 
+def _parse_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits <= MAX_INT_DIGITS:
+        try:
+            return int(text)
+        except ValueError:  # an interpreter set to a lower limit (PYTHONINTMAXSTRDIGITS)
+            pass
+    raise InvalidJSON(f"body has an integer of {digits} digits; at most {MAX_INT_DIGITS} "
+                      "digits are accepted")
+
+
 def decode_json_object(body: bytes) -> dict[str, Any]:
     """Decode a body that must be a UTF-8 JSON object; raise `InvalidJSON` otherwise."""
     try:
@@ -38,9 +58,8 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise InvalidJSON(f"body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        value = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
-        )
+        value = json.loads(text, object_pairs_hook=_no_duplicates,
+                           parse_constant=_reject_constant, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise InvalidJSON(f"body is not valid JSON: {exc.msg} at line {exc.lineno} "
                           f"column {exc.colno}") from None
@@ -95,12 +114,20 @@ def _parse_args(value: object) -> list[str]:
 def _parse_timeout(value: object, max_timeout: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidField(f"timeout must be a number of seconds, not {_json_type(value)}")
-    timeout = float(value)
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise InvalidField(f"timeout must be a finite number greater than 0, not {value}")
-    if timeout > max_timeout:
-        raise InvalidField(f"timeout {value} is above the maximum of {max_timeout:g} seconds")
-    return timeout
+    # Compared before float(): an int beyond 1.8e308 cannot become one (OverflowError), and
+    # Python compares an int with a float exactly.
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise InvalidField(f"timeout must be a finite number greater than 0, not "
+                           f"{_shown(value)}")
+    if value > max_timeout:
+        raise InvalidField(f"timeout {_shown(value)} is above the maximum of {max_timeout:g} "
+                           "seconds")
+    return float(value)
+
+
+def _shown(value: int | float) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
 
 
 def _parse_env(value: object) -> dict[str, str]:

@@ -21,6 +21,7 @@ from taskrunner.allowlist import Allowlist
 from taskrunner.app import make_app
 from taskrunner.auth import StartupError, load_token, scrub_env
 from taskrunner.config import Config
+from taskrunner.connections import CappedHTTPServer, default_max_connections
 from taskrunner.context import InstanceContext
 from taskrunner.engine import ProcessEngine
 from taskrunner.errors import SpawnError, StoreError
@@ -29,7 +30,7 @@ from taskrunner.launcher import Launcher
 from taskrunner.limits import containment_from_config
 from taskrunner.memory import HeapTrimmer
 from taskrunner.metrics import Metrics
-from taskrunner.recycle import DrainingHTTPServer, Recycler
+from taskrunner.recycle import Recycler
 from taskrunner.watchdog import Watchdog, WatchdogError
 
 log = logging.getLogger("taskrunner.server")
@@ -144,8 +145,10 @@ class Server:
             raise StartupError(str(exc)) from None
         if store is not None:
             metrics.watch_job_store(store)
-        self.http = DrainingHTTPServer(
+        self.http = CappedHTTPServer(
             make_app(self.ctx),
+            max_connections=(config.max_connections
+                             or default_max_connections(admission.max_running)),
             # Not xheaders: logs.apply_proxy_address reads X-Real-IP without a getaddrinfo.
             max_body_size=_UNREACHABLE_BODY_LIMIT,
             # Idle connections, and slow request headers, are bounded by idle_timeout; a

@@ -248,3 +248,38 @@ def test_errors_answered_before_the_body_is_read_say_connection_close(spawn_inst
         assert response.getheader("Connection") == "close"
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("token,what", [
+    ("abc\ndef", "a line break"), ("abc\r\ndef", "a line break"), ("abc def", "whitespace"),
+    ("abc\tdef", "whitespace"), ("abc\x1bdef", "a control character"),
+    ("abc\x7fdef", "a control character"), ("abc\u00e4def", "a non-ASCII character"),
+])
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_a_token_no_client_could_send_is_refused_at_startup(tmp_path, token, what, source):
+    """It used to start, then answer 401 to every request: nobody can send such a header."""
+    env = {k: v for k, v in os.environ.items() if k != "TASKRUNNER_TOKEN"}
+    args = [PY, "-m", "taskrunner", "--port", "0"]
+    if source == "file":
+        token_file = tmp_path / "token"
+        token_file.write_text(token + "\n", encoding="utf-8")
+        args += ["--token-file", str(token_file)]
+    else:
+        env["TASKRUNNER_TOKEN"] = token
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1  # as every other startup error: sys.exit(message)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert what in lines[0] and "character 4" in lines[0] and "listening" not in lines[0]
+    assert "abc" not in lines[0] and "def" not in lines[0]  # the token is not shown
+
+
+def test_a_token_file_with_a_trailing_newline_and_spaces_starts(spawn_instance, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(f"  {TOKEN}\r\n\n")
+    child = spawn_instance("--token-file", str(token_file))
+    assert _get(child.url + "/run")[0] == 401
+    request = urllib.request.Request(child.url + "/run", data=b'{"args": ["true"]}',
+                                     headers=AUTH, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200

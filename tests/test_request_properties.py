@@ -100,3 +100,12 @@ def test_valid_bodies_round_trip(fields, ascii_only):
        json_values)
 def test_replacing_one_field_never_raises_anything_else(fields, name, value):
     parse(json.dumps({**fields, name: value}).encode())
+
+
+@settings(max_examples=100)
+@given(st.integers(1, 6000), st.booleans(), st.sampled_from(
+    ['{{"args": ["true"], "timeout": {n}}}', '{{"args": ["true", {n}]}}',
+     '{{"args": ["true"], "env": {{"K": {n}}}}}', '[{n}]']))
+def test_integers_of_any_length_give_a_spec_or_a_request_error(digits, negative, template):
+    number = ("-" if negative else "") + "7" * digits
+    parse(template.format(n=number).encode())

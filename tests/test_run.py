@@ -246,3 +246,23 @@ async def test_a_request_path_is_searched_for_the_program(instance, tmp_path):
     code, body = await instance.run(
         {"args": ["only-here"], "env": {"PATH": f"{tmp_path}:/usr/bin:/bin"}})
     assert code == 200 and body["stdout"] == "found me\n"
+
+
+@pytest.mark.parametrize("path", ["/run", "/jobs"])
+@pytest.mark.gen_test
+async def test_a_half_second_timeout_ends_the_command_at_about_half_a_second(instance, path):
+    """Pins the timeout itself: a timeout stretched (x2, x8) or cut short fails here.
+
+    The command's own ``duration`` (spawn to reap) must be within [0.5, 1.0) s; the
+    caller's wall time gets more room (a loaded 2-core machine), but not 8x.
+    """
+    started = time.monotonic()
+    response = await instance.request("POST", path, {"args": ["sleep", "30"], "timeout": 0.5})
+    body = json.loads(response.body)
+    while body.get("state") in ("queued", "running"):  # a job: follow it to its end
+        await asyncio.sleep(0.05)
+        body = json.loads((await instance.request("GET", f"/jobs/{body['id']}")).body)
+    wall = time.monotonic() - started
+    assert body["timed_out"] is True and body["status"] == -9
+    assert 0.5 <= body["duration"] < 1.0, body["duration"]
+    assert 0.5 <= wall < 1.5, wall
