@@ -16,9 +16,9 @@ import sys
 import time
 
 from taskrunner.config import Config
-from taskrunner.engine import CommandSpec, ProcessEngine
-from taskrunner.limits import containment_from_config
-from taskrunner.watchdog import Watchdog
+from taskrunner.process.containment import containment_from_config
+from taskrunner.process.engine import CommandSpec, ProcessEngine
+from taskrunner.process.watchdog import Watchdog
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5

@@ -8,7 +8,7 @@ so:
   supervisord  ``... supervisord -c RUN_DIR/supervisord.conf``
   instance     ``... -m taskrunner ... --recycle-lock RUN_DIR/recycle.lock`` (under
                supervisord, or orphaned after it died)
-  watchdog     ``... -m taskrunner.watchdog ...`` whose parent is an instance
+  watchdog     ``... -m taskrunner.process.watchdog ...`` whose parent is an instance
   nginx        ``nginx: master process ... -c RUN_DIR/nginx.conf``
   nginx-worker an ``nginx: ...`` process that is the master's child or, orphaned, holds a
                socket listening on the stack's port

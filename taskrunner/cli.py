@@ -14,8 +14,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from taskrunner import __version__
-from taskrunner.auth import StartupError
 from taskrunner.config import Config, settings
+from taskrunner.errors import StartupError
 from taskrunner.logs import setup_logging
 from taskrunner.server import Server
 
@@ -76,7 +76,7 @@ def freeze_startup_objects() -> None:
     Everything alive now (modules, the app) lives as long as the process: `gc.freeze`
     moves it out of the collector's sight, so no collection walks it again. The thresholds
     stay Python's: higher ones bought no throughput and let garbage cycles that hold large
-    outputs pile up (see `taskrunner.memory`; figures in docs/bench.md).
+    outputs pile up (see `taskrunner.process.heap`; figures in docs/bench.md).
     """
     gc.collect()
     gc.freeze()

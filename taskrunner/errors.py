@@ -18,10 +18,17 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── PayloadTooLarge                  (413, "body_too_large")
     ├── SpawnError                       (422, "spawn_failed")    the command could not start
     ├── TooManyRequests                  (429, "too_many_requests")
+    ├── OutOfResources                   (503, "out_of_resources")  no fds or processes left
     ├── ServiceUnavailable               (503, "shutting_down")
     └── StoreUnavailable                 (503, "store_unavailable")  --state-dir cannot be written
 
-Callers catch a category (``RequestError``) or the whole tree (``TaskRunnerError``).
+    StartError = SpawnError | OutOfResources   what starting a command can raise
+
+Callers catch a category (``RequestError``) or the whole tree (``TaskRunnerError``). Two
+errors are the operator's, not a caller's, and stop the instance with one line:
+
+    StartupError                         the configuration cannot be served safely
+    StoreError                           the job store cannot be opened
 """
 
 
@@ -171,6 +178,10 @@ class StoreUnavailable(TaskRunnerError):
 
 StartError = SpawnError | OutOfResources
 """Why a command did not start: the request's fault (422) or this process's limits (503)."""
+
+
+class StartupError(Exception):
+    """The configuration cannot be served safely; the message is one line for the operator."""
 
 
 class StoreError(Exception):

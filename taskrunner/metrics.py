@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -35,10 +34,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from tornado.web import RequestHandler
 
 from taskrunner import __version__
-from taskrunner.engine import Command, CommandResult, CommandSpec
-from taskrunner.errors import NotFound, StartError
-from taskrunner.handlers import JSONHandler
-from taskrunner.job import JobState
+from taskrunner.errors import StartError
+from taskrunner.jobs.job import JobState
+from taskrunner.process.engine import Command, CommandResult, CommandSpec
 
 # From a few milliseconds (/bin/true) up to --max-timeout's default of an hour.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -187,14 +185,3 @@ class _WithoutCreated:
             created = family.name + "_created"
             family.samples = [s for s in family.samples if s.name != created]
             yield family
-
-
-class MetricsHandler(JSONHandler):
-    """``GET /metrics``: the instance's metrics in the Prometheus text format."""
-
-    def get(self) -> None:
-        metrics = getattr(self.ctx, "metrics", None)
-        if metrics is None:
-            raise NotFound("this instance keeps no metrics")
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(metrics.exposition())

@@ -16,22 +16,22 @@ import socket
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from taskrunner.admission import Admission
-from taskrunner.allowlist import Allowlist
-from taskrunner.app import make_app
-from taskrunner.auth import StartupError, load_token, scrub_env
 from taskrunner.config import Config
-from taskrunner.connections import CappedHTTPServer, default_max_connections
-from taskrunner.context import InstanceContext
-from taskrunner.engine import ProcessEngine
-from taskrunner.errors import SpawnError, StoreError
-from taskrunner.jobs import JobRegistry
-from taskrunner.launcher import Launcher
-from taskrunner.limits import containment_from_config
-from taskrunner.memory import HeapTrimmer
+from taskrunner.errors import SpawnError, StartupError, StoreError
+from taskrunner.jobs.registry import JobRegistry
 from taskrunner.metrics import Metrics
-from taskrunner.recycle import Recycler
-from taskrunner.watchdog import Watchdog, WatchdogError
+from taskrunner.process.admission import Admission
+from taskrunner.process.allowlist import Allowlist
+from taskrunner.process.containment import containment_from_config
+from taskrunner.process.engine import ProcessEngine
+from taskrunner.process.heap import HeapTrimmer
+from taskrunner.process.launcher import Launcher
+from taskrunner.process.watchdog import Watchdog, WatchdogError
+from taskrunner.web.app import make_app
+from taskrunner.web.auth import load_token, scrub_env
+from taskrunner.web.connections import CappedHTTPServer, default_max_connections
+from taskrunner.web.context import InstanceContext
+from taskrunner.web.recycle import Recycler
 
 log = logging.getLogger("taskrunner.server")
 
@@ -89,7 +89,7 @@ class Server:
         store = None
         if config.state_dir:
             # Here, not at the top: an instance without --state-dir never loads sqlite3.
-            from taskrunner.job_store import JobStore
+            from taskrunner.jobs.store import JobStore
 
             store = JobStore(config.state_dir)
             try:
@@ -149,7 +149,7 @@ class Server:
             make_app(self.ctx),
             max_connections=(config.max_connections
                              or default_max_connections(admission.max_running)),
-            # Not xheaders: logs.apply_proxy_address reads X-Real-IP without a getaddrinfo.
+            # Not xheaders: web.access.apply_proxy_address reads X-Real-IP without a getaddrinfo.
             max_body_size=_UNREACHABLE_BODY_LIMIT,
             # Idle connections, and slow request headers, are bounded by idle_timeout; a
             # slow body by --body-timeout in BodyHandler (which ends once the body is in,

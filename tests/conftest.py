@@ -56,7 +56,7 @@ class Instance:
                       timeout: float = 30.0, **kwargs: Any) -> HTTPResponse:
         """Send a request; never raises on an HTTP error status.
 
-        Every response is checked against taskrunner/openapi.json (see tests/openapi_check.py).
+        Every response is checked against taskrunner/web/openapi.json (see tests/openapi_check.py).
         """
         return await checked_fetch(self.client, self.url, method, path, body, raw=raw,
                                    headers=headers, timeout=timeout, **kwargs)

@@ -1,4 +1,4 @@
-"""Checks an HTTP response against taskrunner/openapi.json (used by every test's client).
+"""Checks an HTTP response against taskrunner/web/openapi.json (used by every test's client).
 
 A response passes when its path and method are documented and its status code is listed
 for them (or, for a path or method that is not documented, when it is the 404 / 405 error
@@ -24,7 +24,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 DOC_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "taskrunner", "openapi.json")
+                        "taskrunner", "web", "openapi.json")
 _URN = "urn:taskrunner:openapi"
 
 
@@ -110,6 +110,6 @@ def _decode(media: str, body: bytes) -> list[Any]:
 
 @functools.cache
 def checker() -> OpenAPIChecker:
-    """The checker for taskrunner/openapi.json, loaded once per test session."""
+    """The checker for taskrunner/web/openapi.json, loaded once per test session."""
     with open(DOC_PATH) as f:
         return OpenAPIChecker(json.load(f))

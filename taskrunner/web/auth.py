@@ -1,0 +1,90 @@
+"""Who may call: the bearer token, protected mode, and keeping the token out of children.
+
+The token comes from ``--token-file`` (which wins) or the ``TASKRUNNER_TOKEN`` environment
+variable, surrounding whitespace stripped; an empty one stops the instance. It is never
+stored in `Config` (which is logged and shown), only in the `InstanceContext`.
+`JSONHandler.prepare` calls `check_request` first thing, so every route — including
+unknown paths, which would otherwise tell a stranger which paths exist — is covered; only
+``GET /healthz`` is public, so a load balancer can probe without a secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Mapping
+
+from taskrunner.config import Config
+from taskrunner.errors import StartupError, Unauthorized
+
+TOKEN_ENV = "TASKRUNNER_TOKEN"
+ENV_PREFIX = "TASKRUNNER_"
+
+
+
+def load_token(config: Config, environ: Mapping[str, str]) -> str | None:
+    """The bearer token, or None; raise `StartupError` if it is unusable (empty, or holding
+    whitespace, control or non-ASCII characters inside: no client could send it) or missing
+    when the instance would listen beyond loopback (protected mode)."""
+    token: str | None = None
+    if config.token_file:
+        try:
+            with open(config.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"cannot read --token-file {config.token_file!r}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not token:
+            raise StartupError(f"--token-file {config.token_file!r} is empty")
+        _check_token(token, f"--token-file {config.token_file!r}")
+    elif TOKEN_ENV in environ:
+        token = environ[TOKEN_ENV].strip()
+        if not token:  # e.g. TASKRUNNER_TOKEN="$(cat a-missing-file)": fail, don't open up
+            raise StartupError(f"{TOKEN_ENV} is set but empty")
+        _check_token(token, TOKEN_ENV)
+    if token is None and not is_loopback(config.address):
+        raise StartupError(
+            f"refusing to listen on {config.address!r} without a token: anyone who can reach "
+            f"it could run commands. Set --token-file PATH or {TOKEN_ENV}, or listen on "
+            "127.0.0.1"
+        )
+    return token
+
+
+def _check_token(token: str, source: str) -> None:
+    # A token no client can send would start an instance that refuses every request: an
+    # Authorization header is one line, split at whitespace, and read as Latin-1 (so a
+    # UTF-8 token never matches). The token itself is never shown, only where it breaks.
+    for index, char in enumerate(token):
+        if not "\x21" <= char <= "\x7e":
+            what = ("a line break" if char in "\r\n" else "whitespace" if char.isspace()
+                    else "a control character" if char.isascii() else "a non-ASCII character")
+            raise StartupError(f"{source}: the token holds {what} at character {index + 1}; "
+                               "a token is one line of printable ASCII without spaces")
+
+
+def is_loopback(address: str) -> bool:
+    """True when ``address`` only accepts connections from this machine."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # "" (every address) or a host name: assume reachable from outside
+
+
+def scrub_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without any ``TASKRUNNER_*`` variable, for the commands' base environment."""
+    return {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
+
+
+def check_request(authorization: str | None, token: str | None, public: bool) -> None:
+    """Raise `Unauthorized` unless the ``Authorization`` header carries the token (or none
+    is needed)."""
+    if token is None or public:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("this route requires an 'Authorization: Bearer <token>' header")
+    if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
+        raise Unauthorized("the bearer token is not valid")

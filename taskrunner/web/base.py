@@ -1,0 +1,249 @@
+"""The base of every handler: the JSON error shape, the token check, request bodies.
+
+`JSONHandler.write_error` is the one place that turns any error into
+``{"error": code, "message": text}`` with the right status; nothing else writes errors.
+
+An answered error leaves the connection usable. Tornado closes a connection whose answer
+went out before the request body was read, without saying so (an RST if body bytes were
+still coming); nginx counts that as a failure of the instance and stops sending it requests
+(``max_fails``), so a stranger's wrong token could take the stack's instances out. Hence the
+token is checked first on every route and method, but a body handler reads (and drops) the
+body before it answers 401; only errors about the body itself (too large, too slow) are
+answered before it is read, and they say ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from tornado.ioloop import IOLoop
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from taskrunner.errors import (
+    BodyTimeout,
+    MethodNotAllowed,
+    NotFound,
+    OutOfResources,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TaskRunnerError,
+    Unauthorized,
+)
+from taskrunner.process.engine import CommandSpec
+from taskrunner.web.auth import check_request
+from taskrunner.web.context import InstanceContext
+from taskrunner.web.validation import parse_run_request
+
+log = logging.getLogger("taskrunner.http")
+
+_TORNADO_CODES = {400: "bad_request", 404: "not_found",
+                  413: "body_too_large"}
+
+
+class JSONHandler(RequestHandler):
+    """Base of every handler: JSON bodies, JSON errors, request accounting."""
+
+    ctx: InstanceContext
+    public_methods: tuple[str, ...] = ()
+    """Methods served without the bearer token (only ``GET /healthz``)."""
+
+    def initialize(self, ctx: InstanceContext) -> None:
+        self.ctx = ctx
+        self.program: str | None = None
+        self.exit_status: int | None = None
+        self._counted = False
+        self.closing = False
+        """The answer goes out before the request body was read: say ``Connection: close``."""
+        if self.request.method not in self.SUPPORTED_METHODS:
+            # Tornado answers a method it does not know with 405 before prepare(), that is
+            # before the token is checked (and with the body unread): take the method in
+            # and answer 405 where its handler method would run.
+            self.SUPPORTED_METHODS = (*self.SUPPORTED_METHODS, str(self.request.method))
+            self.answer_in_place(HTTPError(405))
+
+    def prepare(self) -> None:
+        self.ctx.request_started()
+        self._counted = True
+        check_request(self.request.headers.get("Authorization"), self.ctx.token,
+                      public=self.request.method in self.public_methods)
+
+    def answer_in_place(self, error: Exception) -> None:
+        """Answer ``error`` where this request's handler method would run: after prepare()
+        and, in a body handler, once the whole body is read, so the connection stays open."""
+        def answer(*args: str, **kwargs: str) -> None:
+            raise error
+
+        # Tornado looks the handler method up on the handler object, by the request's
+        # method name: this one takes its place for this request only.
+        setattr(self, str(self.request.method).lower(), answer)
+
+    def on_finish(self) -> None:
+        self._uncount()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.ctx.request_finished()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+
+    def write_json(self, body: Any, status: int = 200) -> None:
+        """Finish the response with ``body`` as JSON."""
+        self.set_status(status)
+        # orjson: 0.54 ms for a 1 MiB result against 3.9 ms for json.dumps + encode.
+        self.finish(orjson.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs["exc_info"][1] if "exc_info" in kwargs else None
+        if isinstance(exc, TaskRunnerError):
+            code, message = exc.code, exc.message
+            self.set_status(exc.status)
+            if exc.retry_after is not None:
+                self.set_header("Retry-After", str(exc.retry_after))
+            if isinstance(exc, Unauthorized):
+                self.set_header("WWW-Authenticate", "Bearer")
+        elif status_code == 405:
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            code = MethodNotAllowed.code
+            message = (f"{self.request.method} is not allowed on {self.request.path}; "
+                       f"allowed: {', '.join(allowed)}")
+        elif isinstance(exc, HTTPError) and status_code < 500:
+            code = _TORNADO_CODES.get(status_code, "bad_request")
+            message = exc.log_message or self._reason
+            if exc.args and "%" in message:
+                message = message % exc.args
+        else:
+            code, message = "internal", "internal error; the instance log has the details"
+        if self.closing:
+            self.set_header("Connection", "close")
+        self.clear_header("Content-Length")
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"error": code, "message": message}))
+
+    def send_task_error(self, error: TaskRunnerError) -> None:
+        """Answer with ``error`` now (for errors raised outside the handler method)."""
+        self.send_error(error.status, exc_info=(type(error), error, None))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, OutOfResources):
+            log.warning("%s", value.message)  # the operator's problem: say it, once
+            return
+        if isinstance(value, TaskRunnerError) and value.status != TaskRunnerError.status:
+            return  # an expected error, already answered; the access log has the line
+        super().log_exception(typ, value, tb)
+
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements."""
+        return [m for m in ("GET", "POST", "DELETE")
+                if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
+
+
+class NotFoundHandler(JSONHandler):
+    """Every path no route matches."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise NotFound(f"no route for {self.request.path}")
+
+
+def _length_above(declared: str, limit: int) -> bool:
+    # Only ASCII digits are a length (str.isdigit() also takes "²", which int() refuses);
+    # Tornado answers a malformed one. A length of more digits than fit in a file size is
+    # too large without converting it (int() refuses more than 4,300 digits).
+    if not (declared.isascii() and declared.isdigit()):
+        return False
+    return len(declared.lstrip("0")) > 18 or int(declared) > limit
+
+
+@stream_request_body
+class BodyHandler(JSONHandler):
+    """A handler that reads its request body itself, so an oversized one gets a 413.
+
+    Tornado's own ``max_body_size`` drops the connection instead; here the server's limit
+    is set out of reach and ``--max-body`` is enforced on the declared length and on the
+    bytes as they arrive.
+    """
+
+    _body_timer: object | None = None
+    refusal: Unauthorized | None = None
+    """Why the caller may not make this request; answered once the body is in."""
+
+    def prepare(self) -> None:
+        try:
+            super().prepare()
+        except Unauthorized as refusal:
+            self.refusal = refusal
+            self.answer_in_place(refusal)
+        self.body = bytearray()
+        self.received = 0
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and _length_above(declared, self.ctx.config.max_body):
+            self.closing = True
+            raise self.refusal or PayloadTooLarge(self._too_large_message())
+        # Our own timer rather than HTTPServer's body_timeout, which wraps every body read
+        # in gen.with_timeout (a task and a chained future per request).
+        self._body_timer = IOLoop.current().call_later(self.ctx.config.body_timeout,
+                                                       self._body_too_slow)
+
+    def body_complete(self) -> None:
+        """The whole body is in (the handler method runs): stop the body timer."""
+        if self._body_timer is not None:
+            IOLoop.current().remove_timeout(self._body_timer)
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if not self._finished:
+            self.closing = True
+            self.send_task_error(self.refusal or BodyTimeout(
+                f"the request body did not arrive within {self.ctx.config.body_timeout:g} "
+                "seconds"))
+
+    def on_finish(self) -> None:
+        self.body_complete()
+        super().on_finish()
+
+    def on_connection_close(self) -> None:
+        self.body_complete()
+        super().on_connection_close()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self.received += len(chunk)
+        if self.received > self.ctx.config.max_body:
+            self.body = bytearray()
+            self.closing = True
+            self.send_task_error(self.refusal or PayloadTooLarge(self._too_large_message()))
+        elif self.refusal is None:  # a refused request's body is only counted
+            self.body += chunk
+
+    def _too_large_message(self) -> str:
+        return f"request body is larger than the limit of {self.ctx.config.max_body} bytes"
+
+
+class CommandHandler(BodyHandler):
+    """Shared by the endpoints that start a command from a ``/run``-shaped body."""
+
+    def parse_command(self) -> CommandSpec:
+        """Validate the body; refuse new commands while the instance shuts down."""
+        self.body_complete()
+        if self.refusal is not None:  # answer_in_place keeps us from here; never run one
+            raise self.refusal
+        if self.ctx.shutting_down:
+            raise ServiceUnavailable()
+        config = self.ctx.config
+        spec = parse_run_request(bytes(self.body), default_timeout=config.default_timeout,
+                                 max_timeout=config.max_timeout)
+        self.program = spec.args[0]
+        return spec
+
+

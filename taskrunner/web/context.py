@@ -1,0 +1,71 @@
+"""What the request handlers of one instance share: its config, engine and live counters.
+
+`make_app` builds one `InstanceContext` and hands it to every handler; nothing lives at
+module level, so each test builds a world of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from taskrunner.config import Config
+from taskrunner.jobs.registry import JobRegistry
+from taskrunner.process.engine import ProcessEngine
+from taskrunner.process.launcher import Launcher
+
+if TYPE_CHECKING:
+    from tornado.web import RequestHandler
+
+    from taskrunner.metrics import Metrics
+
+
+@dataclass
+class InstanceContext:
+    """The state of one serving instance, shared by its handlers."""
+
+    config: Config
+    engine: ProcessEngine
+    launcher: Launcher
+    jobs: JobRegistry
+    metrics: Metrics
+    port: int = 0
+    token: str | None = field(default=None, repr=False)  # the bearer token; never logged
+    instance: str = ""
+    pid: int = field(default_factory=os.getpid)
+    started: float = field(default_factory=time.time)
+    shutting_down: bool = False
+    in_flight: int = 0
+    draining: bool = False
+    """Set while the instance is going away: responses say ``Connection: close``."""
+    observers: list[Callable[[RequestHandler], None]] = field(default_factory=list)
+    """Called with each finished request's handler, after its access-log line."""
+    _idle: asyncio.Event | None = None
+
+    def request_started(self) -> None:
+        """Count a request that is being served."""
+        self.in_flight += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def request_finished(self) -> None:
+        """Count a request whose response is complete (or whose client left)."""
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is being served, up to ``timeout`` seconds."""
+        if self.in_flight == 0:
+            return True
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

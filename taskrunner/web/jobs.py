@@ -1,0 +1,112 @@
+"""HTTP handlers of the jobs API: ``/jobs``, ``/jobs/<id>``, ``/jobs/<id>/output``.
+
+A job is answered at once: 202 ``running``, 202 ``queued`` (every slot busy, room in the
+admission queue; it starts when a slot frees), or an error (429 when there is no room
+either, 503 ``store_unavailable`` when ``--state-dir`` cannot record it).
+
+The output stream sends what a job already wrote, then each new chunk as it comes, flushed
+at once, then the final job object: NDJSON by default, Server-Sent Events when the client
+accepts ``text/event-stream``. A client that leaves the stream only ends its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+from typing import Any
+
+import orjson
+from tornado.iostream import StreamClosedError
+
+from taskrunner.jobs.output import OutputCursor
+from taskrunner.web.base import CommandHandler, JSONHandler
+
+log = logging.getLogger("taskrunner.jobs")
+
+
+class JobsHandler(CommandHandler):
+    """``POST /jobs`` starts a job from a ``/run`` body; ``GET /jobs`` lists the jobs kept."""
+
+    async def post(self) -> None:
+        if self._finished:
+            return
+        spec = self.parse_command()
+        registry = self.ctx.jobs
+        job = await registry.submit(spec)
+        self.set_header("Location", f"/jobs/{job.id}")
+        self.write_json(await registry.describe(job), 202)
+
+    def get(self) -> None:
+        jobs = self.ctx.jobs.newest_first()
+        self.write_json({"jobs": [job.to_json() for job in jobs]})
+
+
+class JobHandler(JSONHandler):
+    """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it."""
+
+    async def get(self, job_id: str) -> None:
+        registry = self.ctx.jobs
+        self.write_json(await registry.describe(registry.get(job_id)))
+
+    async def delete(self, job_id: str) -> None:
+        registry = self.ctx.jobs
+        job = await registry.cancel(registry.get(job_id))
+        self.exit_status = job.status
+        body = await registry.describe(job)
+        if self.request.connection is None or self._finished:
+            return
+        self.write_json(body)
+
+
+class JobOutputHandler(JSONHandler):
+    """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job."""
+
+    _gone: asyncio.Future[None] | None = None
+
+    async def get(self, job_id: str) -> None:
+        registry = self.ctx.jobs
+        job = registry.get(job_id)
+        output = await registry.output(job)  # the live log, or the stored one read back
+        sse = "text/event-stream" in self.request.headers.get("Accept", "")
+        self.set_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # nginx: pass each chunk on at once
+        self._gone = asyncio.get_running_loop().create_future()
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
+                    for name in ("stdout", "stderr")}
+        cursor = OutputCursor()
+        while True:
+            # Ask for the next change before sending, so nothing written meanwhile is missed.
+            change = job.changed()
+            done = job.done
+            for stream, data in output.read(cursor):
+                text = decoders[stream].decode(data)
+                if text:
+                    self._emit({"stream": stream, "data": text}, sse)
+            if done:
+                for stream, decoder in decoders.items():
+                    tail = decoder.decode(b"", final=True)
+                    if tail:
+                        self._emit({"stream": stream, "data": tail}, sse)
+                self._emit(job.to_json(output), sse)
+                if not self._gone.done():
+                    self.finish()
+                return
+            try:
+                await self.flush()
+            except StreamClosedError:
+                return
+            await asyncio.wait([change, self._gone], return_when=asyncio.FIRST_COMPLETED)
+            if self._gone.done():
+                log.debug("job %s: stream client left; the job goes on", job.id)
+                return
+
+    def _emit(self, body: dict[str, Any], sse: bool) -> None:
+        line = orjson.dumps(body)
+        self.write(b"data: " + line + b"\n\n" if sse else line + b"\n")
+
+    def on_connection_close(self) -> None:
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
+        super().on_connection_close()

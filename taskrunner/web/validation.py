@@ -1,0 +1,165 @@
+"""Parsing and validation of a command request, the body of ``POST /run`` and ``POST /jobs``.
+
+`parse_run_request` turns raw body bytes into a `CommandSpec` or raises a `RequestError`
+that says, for a person, exactly what is wrong. Strict on purpose: unknown fields are
+rejected (a misspelled ``timout`` must not run a command without its limit), booleans are
+not numbers, and no string may carry a NUL byte.
+
+Numbers of any size are a 400, never a crash: an integer literal of more than
+`MAX_INT_DIGITS` digits is ``invalid_json`` (converting it would cost time quadratic in its
+length, which is why Python refuses such strings by default), and a number too large for
+its field, however written, is ``invalid_field``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from taskrunner.errors import InvalidField, InvalidJSON, UnknownField
+from taskrunner.process.engine import CommandSpec
+
+FIELDS = ("args", "timeout", "stdin", "env", "cwd")
+
+MAX_INT_DIGITS = 4300
+"""Longest integer literal accepted anywhere in a body: Python's default limit for
+int-from-string conversion, enforced here whatever the interpreter's setting."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidJSON(f"duplicate key {key!r} in a JSON object")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidJSON(f"{name} is not valid JSON")
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits <= MAX_INT_DIGITS:
+        try:
+            return int(text)
+        except ValueError:  # an interpreter set to a lower limit (PYTHONINTMAXSTRDIGITS)
+            pass
+    raise InvalidJSON(f"body has an integer of {digits} digits; at most {MAX_INT_DIGITS} "
+                      "digits are accepted")
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """Decode a body that must be a UTF-8 JSON object; raise `InvalidJSON` otherwise."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates,
+                           parse_constant=_reject_constant, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(f"body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                          f"column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidJSON("body is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise InvalidJSON(f"body must be a JSON object, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _check_string(field: str, value: object, *, allow_empty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise InvalidField(f"{field} must be a string, not {_json_type(value)}")
+    if "\x00" in value:
+        raise InvalidField(f"{field} must not contain a NUL byte")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" in the JSON
+            raise InvalidField(f"{field} is not valid Unicode (lone surrogate at index "
+                               f"{exc.start})") from None
+    if not allow_empty and not value:
+        raise InvalidField(f"{field} must not be empty")
+    return value
+
+
+def _parse_args(value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise InvalidField(f"args must be an array of strings, not {_json_type(value)}")
+    if not value:
+        raise InvalidField("args must not be empty: it names the program to run")
+    args = [_check_string(f"args[{i}]", item) for i, item in enumerate(value)]
+    if not args[0]:
+        raise InvalidField("args[0] must not be empty: it names the program to run")
+    return args
+
+
+def _parse_timeout(value: object, max_timeout: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidField(f"timeout must be a number of seconds, not {_json_type(value)}")
+    # Compared before float(): an int beyond 1.8e308 cannot become one (OverflowError), and
+    # Python compares an int with a float exactly.
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise InvalidField(f"timeout must be a finite number greater than 0, not "
+                           f"{_shown(value)}")
+    if value > max_timeout:
+        raise InvalidField(f"timeout {_shown(value)} is above the maximum of {max_timeout:g} "
+                           "seconds")
+    return float(value)
+
+
+def _shown(value: int | float) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
+
+
+def _parse_env(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidField(f"env must be an object of strings, not {_json_type(value)}")
+    env: dict[str, str] = {}
+    for key, item in value.items():
+        _check_string("env key", key, allow_empty=False)
+        if "=" in key:
+            raise InvalidField(f"env key {key!r} must not contain '='")
+        env[key] = _check_string(f"env[{key!r}]", item)
+    return env
+
+
+def parse_run_request(body: bytes, *, default_timeout: float, max_timeout: float) -> CommandSpec:
+    """Validate a request body and return the command it asks for."""
+    fields = decode_json_object(body)
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise UnknownField(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"known fields are {', '.join(FIELDS)}"
+        )
+    if "args" not in fields:
+        raise InvalidField("args is required: an array of strings naming the command")
+    args = _parse_args(fields["args"])
+    # An optional field given as null means the same as leaving it out.
+    given = {name: value for name, value in fields.items() if value is not None}
+    timeout = default_timeout
+    if "timeout" in given:
+        timeout = _parse_timeout(given["timeout"], max_timeout)
+    stdin = _check_string("stdin", given["stdin"]) if "stdin" in given else None
+    env = _parse_env(given["env"]) if "env" in given else None
+    cwd = _check_string("cwd", given["cwd"], allow_empty=False) if "cwd" in given else None
+    return CommandSpec(args=args, timeout=timeout, stdin=stdin, env=env, cwd=cwd)

@@ -1,0 +1,111 @@
+"""Property-based tests of request validation: any body is a CommandSpec or a RequestError."""
+
+import json
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from taskrunner.errors import RequestError
+from taskrunner.process.engine import CommandSpec
+from taskrunner.web.validation import FIELDS, parse_run_request
+
+LIMITS = {"default_timeout": 30.0, "max_timeout": 3600.0}
+
+json_scalars = (st.none() | st.booleans() | st.integers() | st.text()
+                | st.floats(allow_nan=False, allow_infinity=False))
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+# Objects whose keys are mostly the real field names, with values of any shape.
+near_requests = st.dictionaries(st.sampled_from([*FIELDS, "timout", "ARGS", ""]), json_values,
+                                max_size=6)
+
+
+def parse(body: bytes) -> CommandSpec | RequestError:
+    try:
+        spec = parse_run_request(body, **LIMITS)
+    except RequestError as exc:
+        assert exc.status == 400 and exc.code and exc.message
+        return exc
+    # Whatever is accepted can be handed to exec: every string encodes, no NUL in any.
+    strings = [*spec.args, spec.stdin or "", spec.cwd or "", *(spec.env or {}).items()]
+    for item in strings:
+        for string in (item if isinstance(item, tuple) else (item,)):
+            assert "\x00" not in string
+            string.encode("utf-8")
+    return spec
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_any_bytes_give_a_spec_or_a_request_error(body):
+    parse(body)
+
+
+@settings(max_examples=150)
+@given(json_values)
+def test_any_json_value_gives_a_spec_or_a_request_error(value):
+    parse(json.dumps(value).encode())
+
+
+@given(st.sampled_from(["args", "stdin", "cwd", "env"]),
+       st.sampled_from(["\\ud800", "\\udfff", "a\\udc80b"]))
+def test_a_lone_surrogate_escape_is_a_request_error_not_a_crash(field, escape):
+    value = f'"{escape}"'
+    body = {"args": f'["echo", {value}]', "stdin": value, "cwd": value,
+            "env": f'{{"K": {value}}}'}[field]
+    text = f'{{"args": ["echo"], "{field}": {body}}}' if field != "args" else \
+        f'{{"args": {body}}}'
+    result = parse(text.encode())
+    assert isinstance(result, RequestError) and "surrogate" in result.message
+
+
+@settings(max_examples=250)
+@given(near_requests)
+def test_any_object_with_near_field_names_gives_a_spec_or_a_request_error(fields):
+    result = parse(json.dumps(fields).encode())
+    if isinstance(result, CommandSpec):
+        assert set(fields) <= set(FIELDS) and result.args
+
+
+text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+valid_requests = st.fixed_dictionaries(
+    {"args": st.lists(text, min_size=1, max_size=5).filter(lambda a: a[0] != "")},
+    optional={
+        "timeout": st.floats(min_value=0.001, max_value=3600.0) | st.integers(1, 3600),
+        "stdin": text,
+        "env": st.dictionaries(text.filter(lambda k: k and "=" not in k), text, max_size=4),
+        "cwd": text.filter(bool),
+    },
+)
+
+
+@settings(max_examples=250)
+@given(valid_requests, st.booleans())
+def test_valid_bodies_round_trip(fields, ascii_only):
+    spec = parse(json.dumps(fields, ensure_ascii=ascii_only).encode())
+    assert isinstance(spec, CommandSpec), spec
+    assert list(spec.args) == fields["args"]
+    assert math.isclose(spec.timeout, fields.get("timeout", LIMITS["default_timeout"]))
+    assert spec.stdin == fields.get("stdin")
+    assert spec.env == fields.get("env")
+    assert spec.cwd == fields.get("cwd")
+
+
+@settings(max_examples=200)
+@given(valid_requests, st.sampled_from(["args", "timeout", "stdin", "env", "cwd"]),
+       json_values)
+def test_replacing_one_field_never_raises_anything_else(fields, name, value):
+    parse(json.dumps({**fields, name: value}).encode())
+
+
+@settings(max_examples=100)
+@given(st.integers(1, 6000), st.booleans(), st.sampled_from(
+    ['{{"args": ["true"], "timeout": {n}}}', '{{"args": ["true", {n}]}}',
+     '{{"args": ["true"], "env": {{"K": {n}}}}}', '[{n}]']))
+def test_integers_of_any_length_give_a_spec_or_a_request_error(digits, negative, template):
+    number = ("-" if negative else "") + "7" * digits
+    parse(template.format(n=number).encode())
