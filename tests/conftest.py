@@ -9,27 +9,23 @@ and both kill whatever commands they left running.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from helpers import PY, REPO
 from openapi_check import checker
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from taskrunner.config import Config
 from taskrunner.server import Server
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = sys.executable
 
 
 @pytest.fixture
@@ -188,33 +184,3 @@ def spawn_instance() -> Iterator[Callable[..., ChildInstance]]:
     yield start
     for child in started:
         child.stop()
-
-
-def post_run_blocking(port: int, body: Any, timeout: float = 30.0) -> tuple[int, Any]:
-    """``POST /run`` on a fresh connection, without an event loop: status and JSON body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", "/run", json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` (a test helper, not product code) until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()

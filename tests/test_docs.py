@@ -6,7 +6,7 @@ import inspect
 import os
 import re
 
-from conftest import REPO
+from helpers import REPO
 
 from taskrunner import errors
 from taskrunner.config import Config, settings

@@ -8,8 +8,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import PY, REPO, pid_alive, wait_until
-from conftest import post_run_blocking as post
+from helpers import PY, REPO, pid_alive, wait_until
+from helpers import post_run_blocking as post
 
 from taskrunner.config import settings
 

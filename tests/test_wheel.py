@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.request
 
-from conftest import REPO, post_run_blocking
+from helpers import REPO, post_run_blocking
 
 
 def repo_files():

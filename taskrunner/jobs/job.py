@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskrunner.errors import ServiceUnavailable, TaskRunnerError
-from taskrunner.jobs.output import OutputCursor, OutputLog
 from taskrunner.jobs.schema import Chunk, JobRecord
 from taskrunner.process.engine import Command, CommandResult, CommandSpec
+from taskrunner.process.output import OutputCursor, OutputLog
 
 
 class JobState(enum.StrEnum):
@@ -96,9 +96,8 @@ class Job:
         return self.state not in (JobState.QUEUED, JobState.RUNNING)
 
     def on_output(self, stream: str, data: bytes) -> None:
-        """The engine's listener: keep what fits under ``--max-output`` and wake the streams."""
-        if self.output is not None and self.output.feed(stream, data):
-            self._notify()
+        """The engine's listener: its command's `OutputLog` grew, so wake the streams."""
+        self._notify()
 
     def changed(self) -> asyncio.Future[None]:
         """A future resolved at the next chunk of output or change of state."""
@@ -117,8 +116,9 @@ class Job:
         return chunks
 
     def start(self, command: Command) -> None:
-        """Its command started."""
+        """Its command started: from now on its output is the command's own log."""
         self.command = command
+        self.output = command.output
         self.spec = None
         self._transition(JobState.RUNNING)
 

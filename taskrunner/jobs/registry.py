@@ -35,9 +35,10 @@ from taskrunner.errors import (
     TooManyRequests,
 )
 from taskrunner.jobs.job import Job, JobState, new_job_id
-from taskrunner.jobs.output import OutputCache, OutputLog
+from taskrunner.jobs.output import OutputCache
 from taskrunner.jobs.schema import JobRecord
 from taskrunner.process.engine import CommandResult, CommandSpec
+from taskrunner.process.output import OutputLog
 
 if TYPE_CHECKING:
     from taskrunner.jobs.store import JobStore

@@ -39,15 +39,16 @@ from dataclasses import dataclass
 from tornado.ioloop import IOLoop
 
 from taskrunner.errors import OutOfResources, SpawnError, StartError
-from taskrunner.process.capture import OutputCapture
 from taskrunner.process.fdwatch import READ, WRITE, FdWatcher
 from taskrunner.process.heap import LARGE_OUTPUT
+from taskrunner.process.output import OutputLog
 from taskrunner.process.spawn import Reaper, kill_group, make_inherited_fds_private, spawn_child
 
 log = logging.getLogger("taskrunner.engine")
 
 OutputListener = Callable[[str, bytes], None]
-"""Called with ``("stdout" | "stderr", chunk)`` for each chunk a command writes."""
+"""Called with ``("stdout" | "stderr", chunk)`` for each chunk a command writes that is
+kept in its `OutputLog` (the chunks past ``max_output`` are only counted)."""
 
 _READ_SIZE = 65536  # a pipe's default capacity
 _READS_PER_WAKEUP = 16
@@ -66,17 +67,34 @@ class CommandSpec:
 
 @dataclass(frozen=True)
 class CommandResult:
-    """How a command ended. ``status`` is negative when a signal ended it, as in Popen."""
+    """How a command ended, and its output. ``status`` is negative when a signal ended it,
+    as in Popen."""
 
     status: int
-    stdout: str
-    stderr: str
+    output: OutputLog
     timed_out: bool
     cancelled: bool
     duration: float
-    stdout_truncated: bool
-    stderr_truncated: bool
 
+    @property
+    def stdout(self) -> str:
+        """What was kept of stdout, decoded as UTF-8 (undecodable bytes become U+FFFD)."""
+        return self.output.text("stdout")
+
+    @property
+    def stderr(self) -> str:
+        """What was kept of stderr, decoded as UTF-8 (undecodable bytes become U+FFFD)."""
+        return self.output.text("stderr")
+
+    @property
+    def stdout_truncated(self) -> bool:
+        """More than ``max_output`` bytes were written to stdout."""
+        return self.output.truncated("stdout")
+
+    @property
+    def stderr_truncated(self) -> bool:
+        """More than ``max_output`` bytes were written to stderr."""
+        return self.output.truncated("stderr")
 
 
 SpawnHook = Callable[[int], None]
@@ -267,8 +285,8 @@ class Command:
         self._fds = engine.fd_watcher()
         self._listener = listener
         self._exited = False
-        self._captures = {stdout_fd: OutputCapture(engine.max_output),
-                          stderr_fd: OutputCapture(engine.max_output)}
+        self.output = OutputLog(engine.max_output)
+        """What the command wrote so far (jobs stream and store it while it runs)."""
         self._names = {stdout_fd: "stdout", stderr_fd: "stderr"}
         self._open_pipes = {stdout_fd, stderr_fd}
         self._stdin_fd = -1
@@ -365,9 +383,9 @@ class Command:
                 self._close_pipe(fd)
                 self._maybe_finish()
                 return
-            self._captures[fd].feed(data)
-            if self._listener is not None:
-                self._listener(self._names[fd], data)
+            stream = self._names[fd]
+            if self.output.feed(stream, data) and self._listener is not None:
+                self._listener(stream, data)
             if len(data) < _READ_SIZE:
                 return
 
@@ -418,20 +436,15 @@ class Command:
             self._loop.remove_timeout(self._drain_timer)
             self._drain_timer = None
         self._engine._finished(self)
-        out, err = self._captures.values()
         assert self.returncode is not None
         result = CommandResult(
             status=self.returncode,
-            stdout=out.text(),
-            stderr=err.text(),
+            output=self.output,
             timed_out=self.timed_out,
             cancelled=self.cancelled,
             duration=time.monotonic() - self.started,
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
         )
-        self._captures.clear()  # the result has the text now: let the raw bytes go
-        if self._engine.on_large_output is not None and out.size + err.size >= LARGE_OUTPUT:
+        if self._engine.on_large_output is not None and self.output.size >= LARGE_OUTPUT:
             self._engine.on_large_output()
         for callback in self._on_finish:
             callback(result)

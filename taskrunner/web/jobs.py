@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from tornado.iostream import StreamClosedError
 
-from taskrunner.jobs.output import OutputCursor
+from taskrunner.process.output import OutputCursor
 from taskrunner.web.base import CommandHandler, JSONHandler
 
 log = logging.getLogger("taskrunner.jobs")

@@ -1,52 +1,22 @@
 import asyncio
 import json
-import os
 import re
 import signal
 import time
 
 import pytest
-from conftest import PY, pid_alive, wait_until, with_config
-
-
-def wait_for(path, timeout=60):
-    """A shell snippet that waits until ``path`` exists: a gate the test opens when it has
-    seen what it waits for (at most ``timeout`` seconds, so a failed test leaves no waiter)."""
-    return (f'i=0; while [ ! -e "{path}" ] && [ $i -lt {timeout * 100} ]; do sleep 0.01; '
-            'i=$((i+1)); done')
-
-
-async def submit(instance, body):
-    response = await instance.request("POST", "/jobs", body)
-    assert response.code == 202, response.body
-    job = json.loads(response.body)
-    assert response.headers["Location"] == f"/jobs/{job['id']}"
-    return job
-
-
-async def get_job(instance, job_id):
-    response = await instance.request("GET", f"/jobs/{job_id}")
-    assert response.code == 200, response.body
-    return json.loads(response.body)
-
-
-async def wait_done(instance, job_id, timeout=20.0):
-    """Poll GET /jobs/<id> (as a client would) until the job has ended."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = await get_job(instance, job_id)
-        if job["state"] not in ("queued", "running"):
-            return job
-        assert time.monotonic() < deadline, f"job still running: {job}"
-        await asyncio.sleep(0.02)
-
-
-def group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from conftest import with_config
+from helpers import (
+    PY,
+    get_job,
+    group_alive,
+    pid_alive,
+    submit,
+    wait_done,
+    wait_for,
+    wait_gone,
+    wait_until,
+)
 
 
 @pytest.mark.gen_test
@@ -176,13 +146,6 @@ async def test_stdin_env_cwd_reach_a_job(instance, tmp_path):
                                   "env": {"FOO": "bar"}, "cwd": str(tmp_path)})
     done = await wait_done(instance, job["id"])
     assert done["stdout"] == f"in\nbar\n{tmp_path}\n"
-
-
-async def wait_gone(instance, job_id, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while (await instance.request("GET", f"/jobs/{job_id}")).code != 404:
-        assert time.monotonic() < deadline, f"job {job_id} still kept"
-        await asyncio.sleep(0.05)
 
 
 @with_config(job_ttl=0.5)

@@ -10,8 +10,7 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import PY, REPO, wait_until
-from test_jobs import wait_for
+from helpers import PY, REPO, until, wait_for, wait_until
 
 
 def stored(state_dir):
@@ -178,14 +177,6 @@ async def health(child):
 
 async def metric(child, name):
     return sample((await child.request("GET", "/metrics")).body.decode(), name)
-
-
-async def until(predicate, timeout=20.0):
-    """Await ``predicate()`` (a coroutine function) until it is true, up to ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.gen_test(timeout=90)

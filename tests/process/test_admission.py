@@ -7,23 +7,15 @@ does not depend on how fast a loaded machine runs.
 import asyncio
 import json
 import resource
-import time
 
 import pytest
-from conftest import PY, with_config
-from test_jobs import wait_for
+from conftest import with_config
+from helpers import PY, until, wait_for
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from taskrunner.config import Config
 from taskrunner.errors import ServiceUnavailable, TooManyRequests
 from taskrunner.process.admission import Admission, default_max_running
-
-
-async def until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def admission(instance):

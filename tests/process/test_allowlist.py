@@ -5,7 +5,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import PY, REPO
+from helpers import PY, REPO
 
 from taskrunner.config import Config
 

@@ -6,7 +6,8 @@ import signal
 import subprocess
 
 import pytest
-from conftest import PY, REPO, with_config
+from conftest import with_config
+from helpers import PY, REPO
 
 is_root = os.geteuid() == 0
 

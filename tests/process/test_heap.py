@@ -8,7 +8,7 @@ import struct
 import time
 
 import pytest
-from conftest import post_run_blocking, wait_until
+from helpers import post_run_blocking, wait_until
 
 from taskrunner.process.heap import LARGE_OUTPUT, HeapTrimmer
 

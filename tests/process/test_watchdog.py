@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import pid_alive, wait_until
+from helpers import pid_alive, wait_until
 
 from taskrunner.process.watchdog import Watchdog, WatchdogError
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from conftest import pid_alive
+from helpers import pid_alive
 from stackutil import REPO, listening, needs_stack, request
 
 pytestmark = needs_stack()

@@ -10,7 +10,7 @@ import signal
 import time
 
 import pytest
-from conftest import pid_alive
+from helpers import pid_alive, wait_until
 from stackutil import (
     Load,
     Stack,
@@ -30,16 +30,6 @@ PORT, BASE = 18080, 18885
 def stack(tmp_path_factory):
     with running_stack(str(tmp_path_factory.mktemp("stack-run")), PORT, BASE) as stack:
         yield stack
-
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_up_reports_every_part(stack):
@@ -85,7 +75,7 @@ def test_request_id_and_client_reach_the_access_logs(stack):
                  .splitlines() if f"rid={rid} " in line]
         return lines[0] if lines else None
 
-    line = wait_for(logged, 5)  # nginx flushes its access log every second
+    line = wait_until(logged, 5)  # nginx flushes its access log every second
     assert line is not None
     assert "POST /run 200" in line
     assert "client=127.0.0.1" in line
@@ -117,7 +107,7 @@ def test_job_routes_go_to_the_owning_instance(stack):
     for port in stack.ports:
         rid = f"route-{port}"
         stack.call("GET", f"/jobs/{port}.AAAAAAAAAAAAAAAA/output", headers={"X-Request-Id": rid})
-        upstream = wait_for(lambda rid=rid: upstream_of(stack.log("nginx-access.log"), rid), 5)
+        upstream = wait_until(lambda rid=rid: upstream_of(stack.log("nginx-access.log"), rid), 5)
         assert upstream == f"127.0.0.1:{port}"
 
 
@@ -170,7 +160,7 @@ def test_kill_9_loses_only_requests_in_flight_and_restarts(stack):
         time.sleep(1.5)
         killed_at = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
-        new = wait_for(lambda: (h := stack.health(victim)) and h["pid"] != old_pid and h, 10)
+        new = wait_until(lambda: (h := stack.health(victim)) and h["pid"] != old_pid and h, 10)
         restarted_at = time.monotonic()
         assert new, "supervisord did not restart the killed instance"
         time.sleep(4.0)  # nginx tries the instance again after fail_timeout=2s
@@ -189,7 +179,7 @@ def test_kill_9_loses_only_requests_in_flight_and_restarts(stack):
         assert o.start < killed_at + 0.05 and o.end >= killed_at, o
     assert len(failed) <= load.workers
     assert not [o for o in outcomes if o.start >= restarted_at and o.status != 200]
-    nginx_log = wait_for(lambda: (log := stack.log("nginx-access.log"))
+    nginx_log = wait_until(lambda: (log := stack.log("nginx-access.log"))
                          and upstream_of(log, outcomes[-load.workers - 1].rid) and log, 5)
     for o in failed:
         assert upstream_of(nginx_log, o.rid) == f"127.0.0.1:{victim}"

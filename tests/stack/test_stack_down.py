@@ -9,7 +9,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import pid_alive, wait_until
+from helpers import pid_alive, wait_until
 from stackutil import Stack, children, listening, needs_stack, request, running_stack
 
 pytestmark = needs_stack()

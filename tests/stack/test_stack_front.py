@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 from stackutil import REPO, Load, needs_stack, running_stack
 
 pytestmark = needs_stack()

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import PY, REPO, wait_until
+from helpers import PY, REPO, wait_until
 
 from taskrunner.config import Config
 

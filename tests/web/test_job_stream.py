@@ -10,8 +10,7 @@ import json
 import time
 
 import pytest
-from conftest import PY
-from test_jobs import get_job, submit, wait_done
+from helpers import PY, get_job, submit, wait_done
 
 
 def gated(*steps):

@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 from conftest import with_config
+from helpers import until
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,13 +36,6 @@ async def scrape(instance):
     assert response.code == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=")
     return response.body.decode()
-
-
-async def until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.gen_test

@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from conftest import wait_until
+from helpers import wait_until
 
 from taskrunner.web import recycle
 from taskrunner.web.recycle import RecycleLock

@@ -12,8 +12,9 @@ import threading
 import time
 
 import pytest
-from conftest import post_run_blocking as post
-from conftest import wait_until, with_config
+from conftest import with_config
+from helpers import post_run_blocking as post
+from helpers import wait_until
 
 
 def processes_running(argument: str) -> list[int]:

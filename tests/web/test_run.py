@@ -7,7 +7,8 @@ import sys
 import time
 
 import pytest
-from conftest import PY, pid_alive, wait_until, with_config
+from conftest import with_config
+from helpers import PY, pid_alive, wait_until
 
 
 @pytest.mark.gen_test

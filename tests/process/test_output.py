@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskrunner.jobs.output import OutputCursor, OutputLog
+from taskrunner.process.output import OutputCursor, OutputLog
 
 
 def coalesce(chunks):
@@ -75,3 +75,16 @@ def test_readers_see_every_kept_byte_once_in_order(ops, limit, max_switches):
     replay = log.read(OutputCursor())  # a late reader gets the same bytes
     for stream in ("stdout", "stderr"):
         assert b"".join(d for s, d in replay if s == stream) == bytes(log.buffers[stream])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]), st.binary(max_size=40)),
+                max_size=30), st.integers(min_value=1, max_value=100))
+def test_what_is_kept_and_what_is_dropped_add_up_to_what_was_written(chunks, limit):
+    log = OutputLog(limit=limit)
+    for stream, data in chunks:
+        log.feed(stream, data)
+    for stream in ("stdout", "stderr"):
+        written = sum(len(data) for s, data in chunks if s == stream)
+        assert len(log.buffers[stream]) + log.dropped[stream] == written
+        assert len(log.buffers[stream]) == min(written, limit)
+        assert log.truncated(stream) == (written > limit)
