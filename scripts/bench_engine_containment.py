@@ -10,6 +10,7 @@ instance's CPU time per spawn (steadier than the rate on a busy machine).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import statistics
 import sys
@@ -22,7 +23,7 @@ from taskrunner.process.watchdog import Watchdog
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-LIMITS = {"limit_as": 1024, "limit_nofile": 256}
+LIMITED = Config(limit_as=1024, limit_nofile=256)
 
 
 async def rate(engine: ProcessEngine, prefix: tuple[str, ...]) -> tuple[float, float]:
@@ -48,10 +49,10 @@ async def main() -> None:
     hooked = ProcessEngine(max_output=1 << 20, on_spawn=watchdog.spawned,
                            on_reap=watchdog.reaped)
     variants = [("plain", plain, Config()), ("watchdog hooks", hooked, Config()),
-                ("--limit-as --limit-nofile", plain, Config(**LIMITS))]
+                ("--limit-as --limit-nofile", plain, LIMITED)]
     if os.geteuid() == 0:
         variants += [("--user nobody", plain, Config(user="nobody")),
-                     ("limits + --user nobody", plain, Config(user="nobody", **LIMITS))]
+                     ("limits + --user nobody", plain, dataclasses.replace(LIMITED, user="nobody"))]
     prefixes = {name: containment_from_config(config, os.environ).prefix
                 for name, _, config in variants}
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}

@@ -57,11 +57,11 @@ class Config:
     )
     log_format: str = _setting("text", "log line format: text or json")
     event_loop: str = _setting(
-        "uvloop", "event loop under Tornado: uvloop (libuv; less work per request, see the "
-        "README's benchmark) or asyncio (the standard library's)"
+        "uvloop", "event loop under Tornado: uvloop (libuv; less work per request, see "
+        "docs/bench.md) or asyncio (the standard library's)"
     )
 
-    # -- security and containment (see the README, "Security model") ------------------
+    # -- security and containment (see docs/security.md) --------------------------------
     token_file: str = _setting(
         "", "file holding the bearer token every route but GET /healthz requires "
         "(or set TASKRUNNER_TOKEN); empty: no token"

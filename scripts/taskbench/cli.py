@@ -76,7 +76,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         formatter_class=_HelpFormatter)
     ap.add_argument("--url", default="http://127.0.0.1:8885",
                     help="base URL of the running target (loopback only)")
-    ap.add_argument("--workloads", default="W1,W2,W3,J0,J1", help="comma-separated, of W1,W2,W3,J0,J1")
+    ap.add_argument("--workloads", default="W1,W2,W3,J0,J1",
+                    help="comma-separated, of W1,W2,W3,J0,J1")
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs per workload; the median is reported")

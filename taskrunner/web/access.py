@@ -50,9 +50,9 @@ def apply_proxy_address(request: HTTPServerRequest) -> None:
     """Take the client's address from ``X-Real-IP``, else the last ``X-Forwarded-For`` hop.
 
     What Tornado's ``xheaders`` does for the address, without its per-request
-    ``getaddrinfo`` (it validates even the peer's own address that way): measured at ~50 µs
-    of CPU per request on W1, 10 % of a request's. A value that is not an address is
-    ignored, so the log never carries junk a client put there.
+    ``getaddrinfo`` (it validates even the peer's own address that way), a tenth of a small
+    request's CPU (docs/bench.md). A value that is not an address is ignored, so the log
+    never carries junk a client put there.
     """
     headers = request.headers
     address = headers.get("X-Real-Ip")

@@ -97,7 +97,7 @@ class JSONHandler(RequestHandler):
     def write_json(self, body: Any, status: int = 200) -> None:
         """Finish the response with ``body`` as JSON."""
         self.set_status(status)
-        # orjson: 0.54 ms for a 1 MiB result against 3.9 ms for json.dumps + encode.
+        # orjson: several times faster than json.dumps + encode on large results (bench.md).
         self.finish(orjson.dumps(body))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
