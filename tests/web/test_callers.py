@@ -297,3 +297,14 @@ def test_hash_token_prints_the_sha256_of_the_token_on_stdin():
     proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO,
                           input="two words\n", capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "whitespace" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_json_access_log_has_the_caller_as_a_key(spawn_instance, callers_file):
+    child = spawn_instance("--callers", str(callers_file), "--log-format", "json")
+    await call(child, "bob", "POST", "/run", {"args": ["true"]})
+    await call(child, "dave", "POST", "/run", {"args": ["true"]})
+    assert wait_until(lambda: child.output().count('"taskrunner.access"') >= 2)
+    lines = [json.loads(line) for line in child.output().splitlines()
+             if '"taskrunner.access"' in line]
+    assert [(line["status"], line["caller"]) for line in lines] == [(200, "bob"), (401, None)]
