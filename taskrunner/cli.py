@@ -84,6 +84,10 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+MIN_TOKEN_LENGTH = 20
+"""Below this many characters, ``hash-token`` warns that the token is weak."""
+
+
 def hash_token_command(argv: Sequence[str]) -> None:
     """``python -m taskrunner hash-token``: read a token on stdin (one line, surrounding
     whitespace dropped), write its SHA-256 for the callers file; exit 1 if no client could
@@ -97,6 +101,10 @@ def hash_token_command(argv: Sequence[str]) -> None:
         check_token(token, "stdin")
     except StartupError as exc:
         sys.exit(f"taskrunner hash-token: {exc}")
+    if len(token) < MIN_TOKEN_LENGTH:
+        # A SHA-256 is cheap to compute: a short token can be found from its hash offline.
+        sys.stderr.write(f"taskrunner hash-token: warning: the token has {len(token)} "
+                         f"characters; use {MIN_TOKEN_LENGTH} or more random ones\n")
     sys.stdout.write(hash_token(token) + "\n")
 
 

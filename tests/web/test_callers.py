@@ -294,6 +294,11 @@ def test_hash_token_prints_the_sha256_of_the_token_on_stdin():
     proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO,
                           input="  my-token-123\n", capture_output=True, text=True, timeout=30)
     assert (proc.returncode, proc.stdout) == (0, sha("my-token-123") + "\n")
+    assert "warning: the token has 12 characters" in proc.stderr
+    long_token = "x" * 20
+    proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO, input=long_token,
+                          capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, sha(long_token) + "\n", "")
     proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO,
                           input="two words\n", capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "whitespace" in proc.stderr and proc.stdout == ""
@@ -308,3 +313,12 @@ async def test_the_json_access_log_has_the_caller_as_a_key(spawn_instance, calle
     lines = [json.loads(line) for line in child.output().splitlines()
              if '"taskrunner.access"' in line]
     assert [(line["status"], line["caller"]) for line in lines] == [(200, "bob"), (401, None)]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_single_token_is_one_implicit_caller_with_every_scope(spawn_instance):
+    child = spawn_instance(env={"TASKRUNNER_TOKEN": TOKENS["alice"]})
+    code, job = await call(child, "alice", "POST", "/jobs", {"args": ["true"]})
+    assert (code, job["caller"]) == (202, "token")
+    assert (await child.request("GET", "/metrics", headers=auth("alice"))).code == 200
+    assert wait_until(lambda: "caller=token" in child.output())
