@@ -87,13 +87,17 @@ class Callers:
     """The callers an instance knows now; replaced whole when the file is re-read."""
 
     def __init__(self, callers: list[Caller], open_to: Caller | None = None,
-                 source: str = "") -> None:
+                 source: str = "", held: Mapping[str, Share] | None = None) -> None:
         self.callers = callers
         self.open_to = open_to
         """The caller every request is, without a token (no --callers, no token)."""
         self.source = source
-        self.shares = {c.name: c.policy.share for c in callers
-                       if c.policy is not None and c.policy.share is not None}
+        # Shares still held by commands of callers this file no longer names (or names
+        # without max_running): kept, so a caller named again finds its count.
+        self.shares: dict[str, Share] = {
+            name: share for name, share in (held or {}).items() if share.held > 0}
+        self.shares.update({c.name: c.policy.share for c in callers
+                            if c.policy is not None and c.policy.share is not None})
 
     @property
     def names(self) -> list[str]:
@@ -164,12 +168,12 @@ def load_callers(path: str, config: Config, environ: Mapping[str, str],
                                "the same token")
         seen[caller.digest] = name
         callers.append(caller)
-    return Callers(callers, source=path)
+    return Callers(callers, source=path, held=old_shares)
 
 
 def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[str, str],
             base_env: Mapping[str, str], containment: ContainmentFactory,
-            old_shares: Mapping[str, Share | None]) -> Caller:
+            old_shares: Mapping[str, Share]) -> Caller:
     if not _NAME.fullmatch(name):
         raise StartupError(f"{where}: a name is 1-64 letters, digits, '.', '-' or '_'")
     if not isinstance(entry, dict):

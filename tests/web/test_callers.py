@@ -208,7 +208,17 @@ async def test_a_callers_share_survives_a_reload(child, callers_file):
     code, job = await call(child, "alice", "POST", "/jobs", {"args": ["sleep", "30"]})
     assert code == 202
     child.signal(signal.SIGHUP)  # the same file: alice keeps her running job's count
-    assert wait_until(lambda: "callers reloaded" in child.output())
+    assert wait_until(lambda: child.output().count("callers reloaded") == 1)
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["echo"]})
+    assert (code, body["error"]) == (429, "too_many_requests")
+    # alice left out, then named again: her job still counts
+    callers_file.write_text(CALLERS.replace("[callers.alice]", "[callers.dave]").replace(
+        sha(TOKENS["alice"]), sha(TOKENS["dave"])))
+    child.signal(signal.SIGHUP)
+    assert wait_until(lambda: child.output().count("callers reloaded") == 2)
+    callers_file.write_text(CALLERS)
+    child.signal(signal.SIGHUP)
+    assert wait_until(lambda: child.output().count("callers reloaded") == 3)
     code, body = await call(child, "alice", "POST", "/run", {"args": ["echo"]})
     assert (code, body["error"]) == (429, "too_many_requests")
     await call(child, "alice", "DELETE", f"/jobs/{job['id']}")
