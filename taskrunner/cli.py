@@ -18,6 +18,8 @@ from taskrunner.config import Config, settings
 from taskrunner.errors import StartupError
 from taskrunner.logs import setup_logging
 from taskrunner.server import Server
+from taskrunner.web.auth import check_token
+from taskrunner.web.callers import hash_token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +84,38 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+MIN_TOKEN_LENGTH = 20
+"""Below this many characters, ``hash-token`` warns that the token is weak."""
+
+
+def hash_token_command(argv: Sequence[str]) -> None:
+    """``python -m taskrunner hash-token``: read a token on stdin (one line, surrounding
+    whitespace dropped), write its SHA-256 for the callers file; exit 1 if no client could
+    send it."""
+    if argv:
+        sys.exit("usage: python -m taskrunner hash-token < TOKEN-FILE")
+    token = sys.stdin.read().strip()
+    try:
+        if not token:
+            raise StartupError("stdin: no token")
+        check_token(token, "stdin")
+    except StartupError as exc:
+        sys.exit(f"taskrunner hash-token: {exc}")
+    if len(token) < MIN_TOKEN_LENGTH:
+        # A SHA-256 is cheap to compute: a short token can be found from its hash offline.
+        sys.stderr.write(f"taskrunner hash-token: warning: the token has {len(token)} "
+                         f"characters; use {MIN_TOKEN_LENGTH} or more random ones\n")
+    sys.stdout.write(hash_token(token) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run one instance until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
-    config = parse_config(argv)
+    """Run one instance until SIGTERM or SIGINT; exit 0 after a clean shutdown.
+    ``hash-token`` as the first argument runs `hash_token_command` instead."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["hash-token"]:
+        hash_token_command(args[1:])
+        return
+    config = parse_config(args)
     setup_logging(config.log_format)
     freeze_startup_objects()
     try:

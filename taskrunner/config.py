@@ -17,6 +17,11 @@ def _setting(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+def _limit(default: Any, help: str, **extra: Any) -> Any:
+    # A setting a caller of --callers may override in its ``limits`` table.
+    return _setting(default, help, per_caller=True, **extra)
+
+
 MIB = 1024 * 1024
 EVENT_LOOPS = ("uvloop", "asyncio")
 
@@ -70,15 +75,20 @@ class Config:
         (), "a program that may run (repeatable); resolved through PATH to its real path. "
         "None given: any program may run", repeatable=True
     )
-    user: str = _setting("", "when running as root, run commands as this user (uid, gid, "
+    user: str = _limit("", "when running as root, run commands as this user (uid, gid, "
                          "supplementary groups)")
-    limit_as: int = _setting(0, "address-space limit of each command in MiB; 0: none")
-    limit_cpu: int = _setting(0, "CPU-time limit of each command in seconds; 0: none")
-    limit_nproc: int = _setting(
+    limit_as: int = _limit(0, "address-space limit of each command in MiB; 0: none")
+    limit_cpu: int = _limit(0, "CPU-time limit of each command in seconds; 0: none")
+    limit_nproc: int = _limit(
         0, "process limit (RLIMIT_NPROC, counted per user) of each command; 0: none"
     )
-    limit_fsize: int = _setting(0, "largest file each command may write, in MiB; 0: none")
-    limit_nofile: int = _setting(0, "open-file limit of each command; 0: none")
+    limit_fsize: int = _limit(0, "largest file each command may write, in MiB; 0: none")
+    limit_nofile: int = _limit(0, "open-file limit of each command; 0: none")
+    callers: str = _setting(
+        "", "TOML file naming the callers: each with a token (as its SHA-256), scopes, its "
+        "own --allow, max_running share and limits; re-read on SIGHUP. Empty: one token "
+        "(--token-file) or none"
+    )
     max_running: int = _setting(
         0, "commands running at once (/run and jobs together); 0: auto, "
         "min(256 x CPUs, (open-file limit - 256) / 4)"
@@ -136,3 +146,8 @@ class Config:
 def settings() -> list[dataclasses.Field[Any]]:
     """The fields of `Config`, in declaration order."""
     return list(dataclasses.fields(Config))
+
+
+def per_caller_settings() -> dict[str, dataclasses.Field[Any]]:
+    """The settings a caller of ``--callers`` may override (``user``, the limits), by name."""
+    return {f.name: f for f in dataclasses.fields(Config) if f.metadata.get("per_caller")}

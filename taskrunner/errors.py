@@ -10,7 +10,8 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     │   └── UnknownField                 (400, "unknown_field")
     ├── Unauthorized                     (401, "unauthorized")
     ├── Forbidden                        (403, "forbidden")
-    │   └── ProgramNotAllowed            (403, "program_not_allowed")
+    │   ├── ProgramNotAllowed            (403, "program_not_allowed")
+    │   └── MissingScope                 (403, "missing_scope")   not the caller's scope
     ├── NotFound                         (404, "not_found")
     │   └── JobNotFound                  (404, "job_not_found")
     ├── MethodNotAllowed                 (405, "method_not_allowed")
@@ -88,6 +89,12 @@ class ProgramNotAllowed(Forbidden):
     """The program is not on the instance's allowlist."""
 
     code = "program_not_allowed"
+
+
+class MissingScope(Forbidden):
+    """The caller (``--callers``) is known but its scopes do not include this route's."""
+
+    code = "missing_scope"
 
 
 class NotFound(TaskRunnerError):

@@ -63,9 +63,12 @@ class Metrics:
         self.name = name
         self.registry = CollectorRegistry()
         reg = self.registry
-        self._requests_by_status: dict[int, Any] = {}
-        self._requests = Counter("taskrunner_http_requests", "HTTP requests answered, by status",
-                                 ["status"], registry=reg)
+        self._requests_by_status: dict[tuple[int, str], Any] = {}
+        # caller: a name from --callers (or token / anonymous; "" before the token is
+        # checked): bounded by the file, never taken from the request.
+        self._requests = Counter("taskrunner_http_requests",
+                                 "HTTP requests answered, by status and caller",
+                                 ["status", "caller"], registry=reg)
         self.started = Counter("taskrunner_commands_started", "commands started", registry=reg)
         self.finished = Counter("taskrunner_commands_finished", "commands that ended",
                                 registry=reg)
@@ -139,12 +142,14 @@ class Metrics:
     # -- requests ----------------------------------------------------------------------
 
     def request_done(self, handler: RequestHandler) -> None:
-        """Count one answered request by its status."""
+        """Count one answered request by its status and caller."""
         status = handler.get_status()
-        counter = self._requests_by_status.get(status)
-        if counter is None:  # labels() sorts and looks up on every call: once per status
-            counter = self._requests.labels(status=str(status))
-            self._requests_by_status[status] = counter
+        caller = getattr(getattr(handler, "caller", None), "name", "")
+        key = (status, caller)
+        counter = self._requests_by_status.get(key)
+        if counter is None:  # labels() sorts and looks up on every call: once per pair
+            counter = self._requests.labels(status=str(status), caller=caller)
+            self._requests_by_status[key] = counter
         counter.inc()
 
     def exposition(self) -> bytes:

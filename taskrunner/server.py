@@ -3,6 +3,11 @@
 Shutdown (on SIGTERM or SIGINT): stop listening and refuse new commands, let the running
 ones finish for up to ``--grace`` seconds, SIGKILL the groups of those still running, let
 their responses go out, then close every connection.
+
+SIGHUP: with ``--callers``, re-read the callers file (requests in flight keep the caller
+they were given; a file that cannot be used keeps the old callers, and the log says why);
+without it, recycle (drain and exit 0 for the supervisor to restart: a rolling restart).
+SIGUSR2 always recycles.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from taskrunner.process.launcher import Launcher
 from taskrunner.process.watchdog import Watchdog, WatchdogError
 from taskrunner.web.app import make_app
 from taskrunner.web.auth import load_token, scrub_env
+from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.connections import CappedHTTPServer, default_max_connections
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.recycle import Recycler
@@ -55,6 +61,7 @@ class Server:
         self._should_exit = asyncio.Event()
         self.recycler: Recycler | None = None
         self.trimmer = HeapTrimmer()
+        self._base_env: dict[str, str] = {}
 
     @property
     def port(self) -> int:
@@ -86,6 +93,8 @@ class Server:
             allowlist = Allowlist(config.allow, base_env) if config.allow else None
         except SpawnError as exc:
             raise StartupError(f"--allow: {exc.message}") from None
+        self._base_env = base_env
+        callers = self._load_callers(None) if config.callers else implicit_callers(token)
         store = None
         if config.state_dir:
             # Here, not at the top: an instance without --state-dir never loads sqlite3.
@@ -130,7 +139,7 @@ class Server:
         launcher.observer = metrics
         admission.on_wait = metrics.queue_waited
         self.ctx = InstanceContext(
-            config=config, engine=engine, launcher=launcher, port=self.port, token=token,
+            config=config, engine=engine, launcher=launcher, port=self.port, callers=callers,
             instance=instance, metrics=metrics, jobs=jobs,
         )
         self.ctx.observers.append(metrics.request_done)
@@ -165,11 +174,33 @@ class Server:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_exit)
-            # SIGHUP: recycle now; a rolling restart that loses no request behind nginx.
-            loop.add_signal_handler(signal.SIGHUP, self.recycler.recycle)
+            # SIGHUP: re-read the callers file, or (without one) recycle now: a rolling
+            # restart that loses no request behind nginx.
+            loop.add_signal_handler(signal.SIGHUP, self.reload_callers if config.callers
+                                    else self.recycler.recycle)
+            # SIGUSR2: recycle now, with or without --callers.
+            loop.add_signal_handler(signal.SIGUSR2, self.recycler.recycle)
         loop_module = type(asyncio.get_running_loop()).__module__
         log.info("listening on %s:%s (pid %s, instance %s, event loop %s)", config.address,
                  self.port, self.ctx.pid, instance, loop_module.partition(".")[0])
+        if config.callers:
+            log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
+
+    def _load_callers(self, previous: Callers | None) -> Callers:
+        return load_callers(self.config.callers, self.config, os.environ, self._base_env,
+                            containment_from_config, previous)
+
+    def reload_callers(self) -> None:
+        """Re-read ``--callers`` (what SIGHUP does with it); keep the old callers if the file
+        cannot be used, and log why."""
+        assert self.ctx is not None
+        try:
+            callers = self._load_callers(self.ctx.callers)
+        except StartupError as exc:
+            log.error("callers not reloaded, the previous ones stay: %s", exc)
+            return
+        self.ctx.callers = callers  # one assignment: each request sees the old set or the new
+        log.info("callers reloaded from %s: %s", self.config.callers, ", ".join(callers.names))
 
     async def shutdown(self) -> None:
         """Stop listening, give running commands ``--grace`` seconds, then kill the rest."""
@@ -199,6 +230,6 @@ class Server:
             ctx.jobs.close()  # the final states of the jobs just killed reach the store
         if self.handle_signals:
             # We are exiting anyway: a second SIGTERM now must not turn exit 0 into a kill.
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
                 signal.signal(sig, signal.SIG_IGN)
         log.info("stopped")

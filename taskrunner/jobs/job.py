@@ -26,7 +26,9 @@ from typing import Any
 
 from taskrunner.errors import ServiceUnavailable, TaskRunnerError
 from taskrunner.jobs.schema import Chunk, JobRecord
+from taskrunner.process.admission import Share
 from taskrunner.process.engine import Command, CommandResult, CommandSpec
+from taskrunner.process.launcher import Policy
 from taskrunner.process.output import OutputCursor, OutputLog
 
 
@@ -66,9 +68,11 @@ class Job:
     """One background command: its state, its output so far, and how it ended."""
 
     def __init__(self, job_id: str, instance: str, args: list[str], limit: int,
-                 created: float | None = None) -> None:
+                 created: float | None = None, caller: str | None = None) -> None:
         self.id = job_id
         self.instance = instance
+        self.caller = caller
+        """The name of the caller (``--callers``) that submitted it; None without one."""
         self.args = args
         self.state = JobState.QUEUED
         self.created = time.time() if created is None else created
@@ -83,6 +87,8 @@ class Job:
         self.command: Command | None = None
         self.spec: CommandSpec | None = None  # while queued: what to start
         self.waiter: asyncio.Future[None] | None = None  # while queued: the admission place
+        self.policy: Policy | None = None  # until it ends: its caller's checks and wrapper
+        self.share: Share | None = None  # until it ends: the caller's share it holds
         self.flushed = OutputCursor()  # how much of the output the store was given
         self.seq = 0  # the next chunk's number in the store
         self._change: asyncio.Future[None] | None = None
@@ -168,6 +174,7 @@ class Job:
         body: dict[str, Any] = {
             "id": self.id,
             "instance": self.instance,
+            "caller": self.caller,
             "state": str(self.state),
             "args": self.args,
             "status": self.status,
@@ -192,12 +199,13 @@ class Job:
             id=self.id, instance=self.instance, state=str(self.state), args=self.args,
             status=self.status, timed_out=self.timed_out, duration=self.duration,
             stdout_truncated=self.truncated["stdout"], stderr_truncated=self.truncated["stderr"],
-            created=self.created, finished=self.finished, error=self.error)
+            created=self.created, finished=self.finished, error=self.error, caller=self.caller)
 
     @classmethod
     def from_record(cls, record: JobRecord, limit: int) -> Job:
         """A job as it was stored; its output stays in the store."""
-        job = cls(record.id, record.instance, record.args, limit, created=record.created)
+        job = cls(record.id, record.instance, record.args, limit, created=record.created,
+                  caller=record.caller)
         # Restored as stored, not transitioned: an unfinished one goes on to lost in restore().
         job.state = JobState(record.state)
         job.finished = record.finished

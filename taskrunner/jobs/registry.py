@@ -42,7 +42,7 @@ from taskrunner.process.output import OutputLog
 
 if TYPE_CHECKING:
     from taskrunner.jobs.store import JobStore
-from taskrunner.process.launcher import Launcher
+from taskrunner.process.launcher import Launcher, Policy
 
 log = logging.getLogger("taskrunner.jobs")
 
@@ -127,21 +127,40 @@ class JobRegistry:
         """The whole job object, its output included."""
         return job.to_json(await self.output(job))
 
-    async def submit(self, spec: CommandSpec) -> Job:
-        """Accept ``spec`` as a job, started now or queued for a slot; raise if it cannot be
-        (the allowlist, a missing program, no slot nor queue room, the store failing)."""
+    async def submit(self, spec: CommandSpec, policy: Policy | None = None,
+                     caller: str | None = None) -> Job:
+        """Accept ``spec`` as a job of ``caller`` under its ``policy`` (default: the
+        instance's), started now or queued for a slot; raise if it cannot be (the
+        allowlist, a missing program, the caller's share, no slot nor queue room, the store
+        failing). The job holds the caller's share from now until it ends."""
         self._make_room()
+        policy = policy or self.launcher.policy
         admission = self.launcher.admission
-        checked = self._checked(spec, queued=False)
-        place = admission.enqueue() if admission is not None else None  # else 429 now
+        checked = self._checked(spec, policy, queued=False)
+        share = policy.share
+        if share is not None:
+            share.take()  # else 429 now
+        try:
+            place = admission.enqueue() if admission is not None else None  # else 429 now
+        except BaseException:
+            if share is not None:
+                share.give()
+            raise
         if place is not None and not place.done():
             try:
-                self._checked(spec, queued=True)
+                self._checked(spec, policy, queued=True)
             except SpawnError:
                 admission.leave(place)  # type: ignore[union-attr]
+                if share is not None:
+                    share.give()
                 raise
-        job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output)
+        job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output,
+                  caller=caller)
         job.spec = checked
+        # The launcher starts it with the policy's checks done and without the share,
+        # which the job holds itself (queued included) and gives back in _release.
+        job.policy = dataclasses.replace(policy, share=None)
+        job.share = share
         # Stored as it is about to be: running if it holds a slot (if it then cannot start,
         # the row goes), else queued.
         record = job.record()
@@ -154,6 +173,7 @@ class JobRegistry:
             except BaseException:
                 if place is not None:
                     admission.leave(place)  # type: ignore[union-attr]
+                self._release(job)
                 raise
             finally:
                 self._accepting -= 1
@@ -172,7 +192,7 @@ class JobRegistry:
             log.debug("job %s queued: program %s", job.id, job.args[0])
         return job
 
-    def _checked(self, spec: CommandSpec, queued: bool) -> CommandSpec:
+    def _checked(self, spec: CommandSpec, policy: Policy, queued: bool) -> CommandSpec:
         # 403 / 422 before the job is accepted. The launcher's checks (allowlist, wrapper)
         # run on every job; when neither is in force it leaves finding the program to the
         # spawn, which is now for a job that starts at once, but later for a queued one:
@@ -180,11 +200,11 @@ class JobRegistry:
         launcher = self.launcher
         try:
             if not queued:
-                return launcher.check(spec)
-            if launcher.allowlist is None and not launcher.containment.active:
+                return launcher.check(spec, policy)
+            if policy.allowlist is None and not policy.containment.active:
                 base = launcher.engine.base_env
                 env = base if not spec.env else {**base, **spec.env}
-                launcher.containment.check(spec.args[0], env, spec.cwd)
+                policy.containment.check(spec.args[0], env, spec.cwd)
             return spec
         except SpawnError as exc:
             if launcher.observer is not None:
@@ -240,15 +260,17 @@ class JobRegistry:
         job.waiter = None
         spec = job.spec
         assert spec is not None
+        policy = job.policy
         if place is None:
-            command = self.launcher.start_now(spec, job.on_output)
+            command = self.launcher.start_now(spec, job.on_output, policy)
         else:
             error = place.exception()
             if error is not None:
                 raise error  # the instance is stopping: the line was closed
             admission = self.launcher.admission
             assert admission is not None
-            command = admission.start_with(lambda: self.launcher.start_now(spec, job.on_output))
+            command = admission.start_with(
+                lambda: self.launcher.start_now(spec, job.on_output, policy))
         assert command is not None, "a slot was held"
         job.start(command)
         pid = command.pid
@@ -262,7 +284,14 @@ class JobRegistry:
                  pid, job.status, job.duration or 0.0, job.args[0])
         self._ended(job)
 
+    def _release(self, job: Job) -> None:
+        # The job gives back its caller's share: it ended, or was refused.
+        share, job.share, job.policy = job.share, None, None
+        if share is not None:
+            share.give()
+
     def _ended(self, job: Job) -> None:
+        self._release(job)
         self._finished[job.id] = job
         if self.store is not None:
             # Its state and the rest of its output in one write; once written (_written),
@@ -297,6 +326,7 @@ class JobRegistry:
 
     def _forget(self, job: Job) -> None:
         # A job refused after its row was written: as if it had never been.
+        self._release(job)
         del self.jobs[job.id]
         if self.store is not None:
             self.store.delete(job.id)

@@ -3,7 +3,8 @@
 Version 2 (``PRAGMA user_version``): ``jobs`` holds one row per job without its output;
 ``chunks`` holds the output as written, ``(job, seq, stream, data)``, replayed in ``seq``
 order; ``meta`` holds the ``heartbeat``. Version 1 kept stdout and stderr as text columns
-of ``jobs``; `ensure_schema` moves them into chunks.
+of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added ``jobs.caller``, the
+name of the caller (``--callers``) that submitted the job; older rows have none (NULL).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 STREAMS = ("stdout", "stderr")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     stderr_truncated INTEGER NOT NULL,
     created REAL NOT NULL,
     finished REAL,
-    error TEXT
+    error TEXT,
+    caller TEXT
 );
 CREATE TABLE IF NOT EXISTS chunks (
     job TEXT NOT NULL,
@@ -44,7 +46,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
 COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "duration",
-            "stdout_truncated", "stderr_truncated", "created", "finished", "error")
+            "stdout_truncated", "stderr_truncated", "created", "finished", "error", "caller")
 
 INSERT = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -72,13 +74,14 @@ class JobRecord:
     created: float
     finished: float | None
     error: dict[str, str] | None = None
+    caller: str | None = None
 
     def row(self) -> tuple[Any, ...]:
         """The record as a row of the ``jobs`` table."""
         return (self.id, self.instance, self.state, json.dumps(self.args), self.status,
                 int(self.timed_out), self.duration, int(self.stdout_truncated),
                 int(self.stderr_truncated), self.created, self.finished,
-                None if self.error is None else json.dumps(self.error))
+                None if self.error is None else json.dumps(self.error), self.caller)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -106,13 +109,17 @@ def _migrate(db: sqlite3.Connection) -> None:
     # Version 1 kept each job's stdout and stderr as text columns of ``jobs``: move them into
     # chunks (stdout first; the interleaving was not recorded then).
     columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    if columns and "stdout" not in columns:
+        if "caller" not in columns:  # version 2
+            db.execute("ALTER TABLE jobs ADD COLUMN caller TEXT")
+        return
     if "stdout" not in columns:
         return
     db.execute("ALTER TABLE jobs RENAME TO jobs_v1")
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
-    kept = ", ".join(name for name in COLUMNS if name != "error")
+    kept = ", ".join(name for name in COLUMNS if name not in ("error", "caller"))
     db.execute(f"INSERT INTO jobs ({kept}) SELECT {kept} FROM jobs_v1")
     for seq, stream in enumerate(STREAMS):
         db.execute(f"INSERT INTO chunks SELECT id, {seq}, {seq}, CAST({stream} AS BLOB) "

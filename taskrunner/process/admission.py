@@ -152,3 +152,31 @@ class Admission:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(ServiceUnavailable())
+
+
+class Share:
+    """One caller's share of the instance (``max_running`` in ``--callers``): how many of
+    its commands may run or wait for a slot at once; beyond it, 429 at once.
+
+    A share is checked before the instance's admission, so a caller that has used its share
+    is refused while the slots it does not hold stay free for the other callers. ``limit``
+    may change (the callers file re-read); commands already holding the share keep it.
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.held = 0
+
+    def take(self) -> None:
+        """Count one more command of this caller; `TooManyRequests` if its share is used."""
+        if self.held >= self.limit:
+            raise TooManyRequests(
+                f"caller {self.name!r} has {self.held} commands running or waiting, its "
+                f"share of this instance (max_running {self.limit}); retry later",
+                retry_after=1)
+        self.held += 1
+
+    def give(self) -> None:
+        """A command of this caller ended, or never started."""
+        self.held -= 1

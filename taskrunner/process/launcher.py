@@ -6,17 +6,22 @@ the job registry never call the engine directly:
 1. the allowlist (``--allow``): 403 for any other program; the real path is what runs;
 2. containment (``--limit-*``, ``--user``): the wrapper, after checking in this process
    that the program and ``cwd`` are there, so a missing program is a clean 422;
-3. admission (``--max-running``, ``--max-queued``): wait for a slot, or 429;
-4. the engine starts the command; its slot is freed when its result is in.
+3. the caller's share (``max_running`` in ``--callers``): 429 at once beyond it;
+4. admission (``--max-running``, ``--max-queued``): wait for a slot, or 429;
+5. the engine starts the command; its slot and share are freed when its result is in.
+
+The first three are a `Policy`: the instance's by default, a caller's own when the request
+names one (built from the callers file; see `taskrunner.web.callers`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from taskrunner.errors import SpawnError, StartError
-from taskrunner.process.admission import Admission
+from taskrunner.process.admission import Admission, Share
 from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.containment import Containment
 from taskrunner.process.engine import Command, CommandSpec, OutputListener, ProcessEngine
@@ -28,6 +33,16 @@ class CommandObserver(Protocol):
     def command_started(self, command: Command) -> None: ...
 
     def spawn_failed(self, spec: CommandSpec, error: StartError) -> None: ...
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What may run and how, for the instance or for one caller: its allowlist (None: any
+    program), its wrapper, and its share of the slots (None: no share of its own)."""
+
+    allowlist: Allowlist | None = None
+    containment: Containment = field(default_factory=Containment)
+    share: Share | None = None
 
 
 class Launcher:
@@ -43,59 +58,93 @@ class Launcher:
         self.admission = admission
         self.observer = observer
 
-    async def launch(self, spec: CommandSpec, listener: OutputListener | None = None) -> Command:
-        """Start ``spec``, waiting for a slot if none is free; raise a `TaskRunnerError`
-        (e.g. `SpawnError`, `TooManyRequests`) if it may not or cannot start."""
-        spec = self._checked(spec)
-        if self.admission is not None and not self.admission.try_acquire():
-            await self.admission.acquire()
-        return self._spawn(spec, listener)
+    @property
+    def policy(self) -> Policy:
+        """The instance's own policy: what a request that names no caller gets."""
+        return Policy(self.allowlist, self.containment)
 
-    def start_now(self, spec: CommandSpec,
-                  listener: OutputListener | None = None) -> Command | None:
+    async def launch(self, spec: CommandSpec, listener: OutputListener | None = None,
+                     policy: Policy | None = None) -> Command:
+        """Start ``spec`` under ``policy`` (default: the instance's), waiting for a slot if
+        none is free; raise a `TaskRunnerError` (e.g. `SpawnError`, `TooManyRequests`) if
+        it may not or cannot start."""
+        policy = policy or self.policy
+        spec = self._checked(spec, policy)
+        share = policy.share
+        if share is not None:
+            share.take()
+        try:
+            if self.admission is not None and not self.admission.try_acquire():
+                await self.admission.acquire()
+        except BaseException:
+            if share is not None:
+                share.give()
+            raise
+        return self._spawn(spec, listener, policy)
+
+    def start_now(self, spec: CommandSpec, listener: OutputListener | None = None,
+                  policy: Policy | None = None) -> Command | None:
         """Start ``spec`` at once if a slot is free; None if it would have to wait (then
         `launch` it). The common case, without a task or an event-loop turn."""
-        spec = self._checked(spec)
+        policy = policy or self.policy
+        spec = self._checked(spec, policy)
+        share = policy.share
+        if share is not None:
+            share.take()
         if self.admission is not None and not self.admission.try_acquire():
+            if share is not None:
+                share.give()
             return None
-        return self._spawn(spec, listener)
+        return self._spawn(spec, listener, policy)
 
-    def _checked(self, spec: CommandSpec) -> CommandSpec:
+    def _checked(self, spec: CommandSpec, policy: Policy) -> CommandSpec:
         try:
-            return self.check(spec)
+            return self.check(spec, policy)
         except SpawnError as exc:
             if self.observer is not None:
                 self.observer.spawn_failed(spec, exc)
             raise
 
-    def _spawn(self, spec: CommandSpec, listener: OutputListener | None) -> Command:
-        # The caller holds a slot (when there is admission): it is freed when the command
-        # ends, or now if it cannot start.
+    def _spawn(self, spec: CommandSpec, listener: OutputListener | None,
+               policy: Policy) -> Command:
+        # The caller holds a slot (when there is admission) and its share: both are freed
+        # when the command ends, or now if it cannot start.
+        share = policy.share
         try:
-            command = self.engine.start(spec, listener, self.containment.prefix)
+            command = self.engine.start(spec, listener, policy.containment.prefix)
         except BaseException as exc:
             if self.admission is not None:
                 self.admission.release()
+            if share is not None:
+                share.give()
             if isinstance(exc, StartError) and self.observer is not None:
                 self.observer.spawn_failed(spec, exc)
             raise
         if self.admission is not None:
             admission = self.admission
             command.on_finish(lambda _result: admission.release())
+        if share is not None:
+            command.on_finish(lambda _result: share.give())
         if self.observer is not None:
             self.observer.command_started(command)
         return command
 
-    def check(self, spec: CommandSpec) -> CommandSpec:
-        """Apply the allowlist and the wrapper's checks; the spec to run, with its program
-        resolved to a real path when either is in force."""
-        if self.allowlist is None and not self.containment.active:
+    def check(self, spec: CommandSpec, policy: Policy | None = None) -> CommandSpec:
+        """Apply ``policy``'s allowlist and wrapper checks (default: the instance's); the
+        spec to run, with its program resolved to a real path when either is in force, and
+        the wrapper's environment (``--user``'s ``HOME``...) when it is not the instance's."""
+        policy = policy or self.policy
+        containment = policy.containment
+        if policy.allowlist is None and not containment.active:
             return spec  # the fast path: the engine resolves the program itself
+        if containment.env and containment.env != self.containment.env:
+            # The engine's base environment holds the instance's; the request's env wins.
+            spec = dataclasses.replace(spec, env={**containment.env, **(spec.env or {})})
         env = self.engine.base_env if not spec.env else {**self.engine.base_env, **spec.env}
         program = spec.args[0]
-        if self.allowlist is not None:
-            self.allowlist.check_env(spec.env)
-            real = self.allowlist.check(program, env, spec.cwd)
-        if self.containment.active:
-            real = self.containment.check(program, env, spec.cwd)
+        if policy.allowlist is not None:
+            policy.allowlist.check_env(spec.env)
+            real = policy.allowlist.check(program, env, spec.cwd)
+        if containment.active:
+            real = containment.check(program, env, spec.cwd)
         return dataclasses.replace(spec, args=[real, *spec.args[1:]])

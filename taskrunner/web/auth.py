@@ -2,20 +2,22 @@
 
 The token comes from ``--token-file`` (which wins) or the ``TASKRUNNER_TOKEN`` environment
 variable, surrounding whitespace stripped; an empty one stops the instance. It is never
-stored in `Config` (which is logged and shown), only in the `InstanceContext`.
-`JSONHandler.prepare` calls `check_request` first thing, so every route — including
-unknown paths, which would otherwise tell a stranger which paths exist — is covered; only
-``GET /healthz`` is public, so a load balancer can probe without a secret.
+stored in `Config` (which is logged and shown); it becomes the one implicit caller
+(`taskrunner.web.callers`). With ``--callers`` the callers file names the tokens instead,
+and a token beside it is refused at startup: an all-scope token next to scoped callers
+would make their scopes moot. `JSONHandler.prepare` identifies the caller first thing, so
+every route — including unknown paths, which would otherwise tell a stranger which paths
+exist — is covered; only ``GET /healthz`` is public, so a load balancer can probe without a
+secret.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from collections.abc import Mapping
 
 from taskrunner.config import Config
-from taskrunner.errors import StartupError, Unauthorized
+from taskrunner.errors import StartupError
 
 TOKEN_ENV = "TASKRUNNER_TOKEN"
 ENV_PREFIX = "TASKRUNNER_"
@@ -36,22 +38,28 @@ def load_token(config: Config, environ: Mapping[str, str]) -> str | None:
                                f"{getattr(exc, 'strerror', None) or exc}") from None
         if not token:
             raise StartupError(f"--token-file {config.token_file!r} is empty")
-        _check_token(token, f"--token-file {config.token_file!r}")
+        check_token(token, f"--token-file {config.token_file!r}")
     elif TOKEN_ENV in environ:
         token = environ[TOKEN_ENV].strip()
         if not token:  # e.g. TASKRUNNER_TOKEN="$(cat a-missing-file)": fail, don't open up
             raise StartupError(f"{TOKEN_ENV} is set but empty")
-        _check_token(token, TOKEN_ENV)
-    if token is None and not is_loopback(config.address):
+        check_token(token, TOKEN_ENV)
+    if token is not None and config.callers:
+        raise StartupError(
+            f"--callers and a token ({'--token-file' if config.token_file else TOKEN_ENV}) "
+            "are both set: give the token an entry of its own in the callers file "
+            "(python -m taskrunner hash-token), and drop it")
+    if token is None and not config.callers and not is_loopback(config.address):
         raise StartupError(
             f"refusing to listen on {config.address!r} without a token: anyone who can reach "
-            f"it could run commands. Set --token-file PATH or {TOKEN_ENV}, or listen on "
-            "127.0.0.1"
+            f"it could run commands. Set --callers FILE, --token-file PATH or {TOKEN_ENV}, "
+            "or listen on 127.0.0.1"
         )
     return token
 
 
-def _check_token(token: str, source: str) -> None:
+def check_token(token: str, source: str) -> None:
+    """`StartupError` if no client could send ``token`` in an ``Authorization`` header."""
     # A token no client can send would start an instance that refuses every request: an
     # Authorization header is one line, split at whitespace, and read as Latin-1 (so a
     # UTF-8 token never matches). The token itself is never shown, only where it breaks.
@@ -76,15 +84,3 @@ def is_loopback(address: str) -> bool:
 def scrub_env(environ: Mapping[str, str]) -> dict[str, str]:
     """``environ`` without any ``TASKRUNNER_*`` variable, for the commands' base environment."""
     return {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
-
-
-def check_request(authorization: str | None, token: str | None, public: bool) -> None:
-    """Raise `Unauthorized` unless the ``Authorization`` header carries the token (or none
-    is needed)."""
-    if token is None or public:
-        return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise Unauthorized("this route requires an 'Authorization: Bearer <token>' header")
-    if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
-        raise Unauthorized("the bearer token is not valid")

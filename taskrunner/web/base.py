@@ -24,6 +24,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 from taskrunner.errors import (
     BodyTimeout,
     MethodNotAllowed,
+    MissingScope,
     NotFound,
     OutOfResources,
     PayloadTooLarge,
@@ -32,7 +33,8 @@ from taskrunner.errors import (
     Unauthorized,
 )
 from taskrunner.process.engine import CommandSpec
-from taskrunner.web.auth import check_request
+from taskrunner.process.launcher import Policy
+from taskrunner.web.callers import Caller
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.validation import parse_run_request
 
@@ -48,6 +50,10 @@ class JSONHandler(RequestHandler):
     ctx: InstanceContext
     public_methods: tuple[str, ...] = ()
     """Methods served without the bearer token (only ``GET /healthz``)."""
+    scope: str | None = None
+    """The scope (``run``, ``jobs``, ``admin``) a caller needs here; None: any caller."""
+    caller: Caller | None = None
+    """Who is calling, once the token is checked (None on a public route)."""
 
     def initialize(self, ctx: InstanceContext) -> None:
         self.ctx = ctx
@@ -66,8 +72,12 @@ class JSONHandler(RequestHandler):
     def prepare(self) -> None:
         self.ctx.request_started()
         self._counted = True
-        check_request(self.request.headers.get("Authorization"), self.ctx.token,
-                      public=self.request.method in self.public_methods)
+        if self.request.method in self.public_methods:
+            return
+        # The callers as they are now: a reload (SIGHUP) swaps the whole set, and this
+        # request keeps the caller it was given.
+        self.caller = self.ctx.callers.identify(self.request.headers.get("Authorization"))
+        self.caller.require(self.scope)
 
     def answer_in_place(self, error: Exception) -> None:
         """Answer ``error`` where this request's handler method would run: after prepare()
@@ -173,13 +183,13 @@ class BodyHandler(JSONHandler):
     """
 
     _body_timer: object | None = None
-    refusal: Unauthorized | None = None
+    refusal: Unauthorized | MissingScope | None = None
     """Why the caller may not make this request; answered once the body is in."""
 
     def prepare(self) -> None:
         try:
             super().prepare()
-        except Unauthorized as refusal:
+        except (Unauthorized, MissingScope) as refusal:
             self.refusal = refusal
             self.answer_in_place(refusal)
         self.body = bytearray()
@@ -232,6 +242,11 @@ class BodyHandler(JSONHandler):
 
 class CommandHandler(BodyHandler):
     """Shared by the endpoints that start a command from a ``/run``-shaped body."""
+
+    @property
+    def policy(self) -> Policy | None:
+        """The caller's own policy (allowlist, wrapper, share); None: the instance's."""
+        return self.caller.policy if self.caller is not None else None
 
     def parse_command(self) -> CommandSpec:
         """Validate the body; refuse new commands while the instance shuts down."""

@@ -17,6 +17,7 @@ from taskrunner.config import Config
 from taskrunner.jobs.registry import JobRegistry
 from taskrunner.process.engine import ProcessEngine
 from taskrunner.process.launcher import Launcher
+from taskrunner.web.callers import Callers, implicit_callers
 
 if TYPE_CHECKING:
     from tornado.web import RequestHandler
@@ -34,7 +35,8 @@ class InstanceContext:
     jobs: JobRegistry
     metrics: Metrics
     port: int = 0
-    token: str | None = field(default=None, repr=False)  # the bearer token; never logged
+    callers: Callers = field(default_factory=lambda: implicit_callers(None), repr=False)
+    """Who may call, found by token; replaced whole when ``--callers`` is re-read."""
     instance: str = ""
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)

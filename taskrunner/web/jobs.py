@@ -19,39 +19,59 @@ from typing import Any
 import orjson
 from tornado.iostream import StreamClosedError
 
+from taskrunner.errors import JobNotFound
+from taskrunner.jobs.job import Job
 from taskrunner.process.output import OutputCursor
 from taskrunner.web.base import CommandHandler, JSONHandler
 
 log = logging.getLogger("taskrunner.jobs")
 
 
+def visible_job(handler: JSONHandler, job_id: str) -> Job:
+    """The job ``job_id`` if the handler's caller may see it; else `JobNotFound`, the same
+    answer as for a job that does not exist, so ids of other callers' jobs tell nothing."""
+    job = handler.ctx.jobs.get(job_id)
+    caller = handler.caller
+    if caller is not None and not caller.owns(job.caller):
+        raise JobNotFound(f"no job {job_id!r} on instance {handler.ctx.jobs.instance!r}")
+    return job
+
+
 class JobsHandler(CommandHandler):
-    """``POST /jobs`` starts a job from a ``/run`` body; ``GET /jobs`` lists the jobs kept."""
+    """``POST /jobs`` starts a job from a ``/run`` body; ``GET /jobs`` lists the jobs kept
+    (the caller's own, or every one for ``admin``)."""
+
+    scope = "jobs"
 
     async def post(self) -> None:
         if self._finished:
             return
         spec = self.parse_command()
         registry = self.ctx.jobs
-        job = await registry.submit(spec)
+        name = self.caller.name if self.caller is not None else None
+        job = await registry.submit(spec, self.policy, caller=name)
         self.set_header("Location", f"/jobs/{job.id}")
         self.write_json(await registry.describe(job), 202)
 
     def get(self) -> None:
-        jobs = self.ctx.jobs.newest_first()
+        caller = self.caller
+        jobs = [job for job in self.ctx.jobs.newest_first()
+                if caller is None or caller.owns(job.caller)]
         self.write_json({"jobs": [job.to_json() for job in jobs]})
 
 
 class JobHandler(JSONHandler):
     """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it."""
 
+    scope = "jobs"
+
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
-        self.write_json(await registry.describe(registry.get(job_id)))
+        self.write_json(await registry.describe(visible_job(self, job_id)))
 
     async def delete(self, job_id: str) -> None:
         registry = self.ctx.jobs
-        job = await registry.cancel(registry.get(job_id))
+        job = await registry.cancel(visible_job(self, job_id))
         self.exit_status = job.status
         body = await registry.describe(job)
         if self.request.connection is None or self._finished:
@@ -62,11 +82,12 @@ class JobHandler(JSONHandler):
 class JobOutputHandler(JSONHandler):
     """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job."""
 
+    scope = "jobs"
     _gone: asyncio.Future[None] | None = None
 
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
-        job = registry.get(job_id)
+        job = visible_job(self, job_id)
         output = await registry.output(job)  # the live log, or the stored one read back
         sse = "text/event-stream" in self.request.headers.get("Accept", "")
         self.set_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")

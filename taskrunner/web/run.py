@@ -15,6 +15,7 @@ log = logging.getLogger("taskrunner.http")
 class RunHandler(CommandHandler):
     """``POST /run``: run a command and answer with how it ended."""
 
+    scope = "run"
     command: Command | None = None
     client_gone = False
     launching: asyncio.Future[Command] | None = None
@@ -23,11 +24,12 @@ class RunHandler(CommandHandler):
         if self._finished:
             return
         spec = self.parse_command()
-        self.command = self.ctx.launcher.start_now(spec)
+        policy = self.policy
+        self.command = self.ctx.launcher.start_now(spec, policy=policy)
         if self.command is None:
             # Wait for a slot in a task, so that a caller who leaves meanwhile leaves the
             # queue (on_connection_close cancels it).
-            self.launching = asyncio.ensure_future(self.ctx.launcher.launch(spec))
+            self.launching = asyncio.ensure_future(self.ctx.launcher.launch(spec, policy=policy))
             try:
                 self.command = await self.launching
             except asyncio.CancelledError:

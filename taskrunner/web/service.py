@@ -38,6 +38,8 @@ class HealthHandler(JSONHandler):
 class MetricsHandler(JSONHandler):
     """``GET /metrics``: the instance's metrics in the Prometheus text format."""
 
+    scope = "admin"
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.ctx.metrics.exposition())

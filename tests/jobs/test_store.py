@@ -474,3 +474,41 @@ async def test_the_store_refuses_creates_and_keeps_other_writes_until_the_disk_h
         assert stored_output(str(tmpfs / "state"), "x.a")["stdout"] == b"out\n"
     finally:
         store.close()
+
+
+_SCHEMA_V2_JOBS = """CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT NULL,
+    state TEXT NOT NULL, args TEXT NOT NULL, status INTEGER, timed_out INTEGER NOT NULL,
+    duration REAL, stdout_truncated INTEGER NOT NULL, stderr_truncated INTEGER NOT NULL,
+    created REAL NOT NULL, finished REAL, error TEXT)"""
+
+
+def test_a_version_2_store_gains_the_caller_column_and_keeps_its_jobs(tmp_path):
+    from taskrunner.jobs.schema import JobRecord
+    from taskrunner.jobs.store import JobStore
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    with contextlib.closing(sqlite3.connect(state_dir / "jobs.sqlite3")) as db, db:
+        db.execute(_SCHEMA_V2_JOBS)
+        db.execute("INSERT INTO jobs VALUES ('x.a', 'x', 'exited', '[\"true\"]', 0, 0, 0.1, 0, "
+                   "0, 1.0, 1.1, NULL)")
+        db.execute("PRAGMA user_version = 2")
+    store = JobStore(str(state_dir))
+    store.open()
+    store.start()
+    try:
+        [old] = store.load()
+        assert (old.id, old.state, old.caller) == ("x.a", "exited", None)
+        store.put("x.b", JobRecord(id="x.b", instance="x", state="exited", args=["true"],
+                                   status=0, timed_out=False, duration=0.1,
+                                   stdout_truncated=False, stderr_truncated=False,
+                                   created=2.0, finished=2.1, caller="alice"))
+        assert store.flush() is True
+    finally:
+        store.close()
+    reopened = JobStore(str(state_dir))
+    reopened.open()
+    try:
+        assert {r.id: r.caller for r in reopened.load()} == {"x.a": None, "x.b": "alice"}
+    finally:
+        reopened.close()

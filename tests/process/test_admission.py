@@ -253,3 +253,35 @@ async def test_a_slot_reaching_a_place_given_up_or_not_taken_is_passed_on():
     with pytest.raises(RuntimeError):
         gate.start_with(refuse)
     assert gate.running == 0 and gate.queued == 0
+
+
+@pytest.mark.gen_test(timeout=20)
+@with_config(max_running=1, max_queued=4)
+async def test_a_callers_share_is_held_while_waiting_and_given_back_whatever_happens(
+        instance, tmp_path):
+    from taskrunner.errors import SpawnError
+    from taskrunner.process.admission import Share
+    from taskrunner.process.engine import CommandSpec
+    from taskrunner.process.launcher import Policy
+
+    launcher = instance.ctx.launcher
+    share = Share("a", 1)
+    policy = Policy(share=share)
+    blocker = await blocked(instance, tmp_path / "go")  # the instance's only slot
+    waiting = asyncio.ensure_future(launcher.launch(CommandSpec(["true"], 5.0), policy=policy))
+    await until(lambda: admission(instance).queued == 1)
+    assert share.held == 1  # waiting counts against the share
+    with pytest.raises(TooManyRequests, match="'a'"):
+        launcher.start_now(CommandSpec(["true"], 5.0), policy=policy)
+    waiting.cancel()  # its caller left the queue
+    await until(lambda: admission(instance).queued == 0)
+    assert share.held == 0
+    (tmp_path / "go").touch()
+    await blocker
+    with pytest.raises(SpawnError):
+        launcher.start_now(CommandSpec(["/nonexistent/program"], 5.0), policy=policy)
+    assert share.held == 0  # it could not start
+    command = launcher.start_now(CommandSpec(["true"], 5.0), policy=policy)
+    assert command is not None and share.held == 1
+    await command.result
+    assert share.held == 0 and admission(instance).running == 0

@@ -126,7 +126,7 @@ def test_each_instance_scraped_directly_names_itself(stack):
     assert f'taskrunner_info{{name="{port}",version=' in text
     assert "\ntaskrunner_commands_started_total " in text
     assert "\ntaskrunner_command_spawn_failures_total 1.0\n" in text
-    assert '\ntaskrunner_http_requests_total{status="422"} 1.0\n' in text
+    assert '\ntaskrunner_http_requests_total{caller="anonymous",status="422"} 1.0\n' in text
     assert "\ntaskrunner_command_duration_seconds_count " in text
 
 

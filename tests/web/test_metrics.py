@@ -51,8 +51,10 @@ async def test_metrics_count_commands_requests_timeouts_kills_and_spawn_failures
     assert sample(text, "taskrunner_command_spawn_failures_total") == 1
     assert sample(text, "taskrunner_command_duration_seconds_count") == 2
     assert sample(text, "taskrunner_commands_running") == 0
-    assert sample(text, "taskrunner_http_requests_total", status="200") == 2
-    assert sample(text, "taskrunner_http_requests_total", status="422") == 1
+    assert sample(text, "taskrunner_http_requests_total", status="200",
+                  caller="anonymous") == 2
+    assert sample(text, "taskrunner_http_requests_total", status="422",
+                  caller="anonymous") == 1
 
 
 @pytest.mark.gen_test

@@ -1,0 +1,238 @@
+"""Who is calling: the callers of ``--callers`` (or the one implicit caller), found by token.
+
+The callers file is TOML; each table under ``callers`` is one caller, by name::
+
+    [callers.ci]
+    token_sha256 = "9f86d081884c7d65..."  # python -m taskrunner hash-token < token
+    scopes = ["run", "jobs"]               # any of run, jobs, admin
+    allow = ["make", "pytest"]             # optional: replaces --allow for this caller
+    max_running = 4                        # optional: its share of the slots (running + waiting)
+    limits = { limit_as = 512, user = "ci" }  # optional: any limit flag's name (see Config)
+
+Only the SHA-256 of each token is kept, in the file and in memory. A request's token is
+hashed and compared with every caller's hash with `hmac.compare_digest`, all of them each
+time, so neither the time taken nor an early exit tells a stranger which bytes matched.
+
+A caller's limits are the instance's `Config` with its overrides put in
+(`dataclasses.replace`) and built into a wrapper by the instance's own factory, so every
+setting marked per-caller in `taskrunner.config` can be overridden and is checked the same
+way as its flag. A file that cannot be used is refused whole (`StartupError`, one line):
+at startup the instance stops; on a reload the old callers stay.
+
+Without ``--callers`` the instance has one implicit caller: ``token`` (the ``--token-file``
+or ``TASKRUNNER_TOKEN`` token) or, without a token, ``anonymous``; it has every scope and
+the instance's own policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskrunner.config import Config, per_caller_settings
+from taskrunner.errors import MissingScope, SpawnError, StartupError, Unauthorized
+from taskrunner.process.admission import Share
+from taskrunner.process.allowlist import Allowlist
+from taskrunner.process.containment import Containment
+from taskrunner.process.launcher import Policy
+
+SCOPES = ("run", "jobs", "admin")
+"""``run``: ``POST /run``; ``jobs``: the jobs routes, for its own jobs; ``admin``: every
+job, and ``/metrics``."""
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+_KEYS = {"token_sha256", "scopes", "allow", "max_running", "limits"}
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 of ``token`` in hex: what the callers file keeps instead of the token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One caller: its name, scopes and policy (allowlist, wrapper, share)."""
+
+    name: str
+    scopes: frozenset[str]
+    policy: Policy | None = None
+    """None: the instance's own policy."""
+    digest: bytes = field(default=b"", repr=False)
+
+    @property
+    def sees_all(self) -> bool:
+        """True for ``admin``: it sees, follows and cancels every job, not only its own."""
+        return "admin" in self.scopes
+
+    def require(self, scope: str | None) -> None:
+        """`MissingScope` unless this caller has ``scope`` (``admin`` covers ``jobs``)."""
+        if scope is None or scope in self.scopes or (scope == "jobs" and self.sees_all):
+            return
+        raise MissingScope(f"caller {self.name!r} lacks the {scope!r} scope this route needs "
+                           f"(it has: {', '.join(sorted(self.scopes)) or 'none'})")
+
+    def owns(self, job_caller: str | None) -> bool:
+        """May this caller see a job that ``job_caller`` submitted?"""
+        return self.sees_all or job_caller == self.name
+
+
+class Callers:
+    """The callers an instance knows now; replaced whole when the file is re-read."""
+
+    def __init__(self, callers: list[Caller], open_to: Caller | None = None,
+                 source: str = "", held: Mapping[str, Share] | None = None) -> None:
+        self.callers = callers
+        self.open_to = open_to
+        """The caller every request is, without a token (no --callers, no token)."""
+        self.source = source
+        # Shares still held by commands of callers this file no longer names (or names
+        # without max_running): kept, so a caller named again finds its count.
+        self.shares: dict[str, Share] = {
+            name: share for name, share in (held or {}).items() if share.held > 0}
+        self.shares.update({c.name: c.policy.share for c in callers
+                            if c.policy is not None and c.policy.share is not None})
+
+    @property
+    def names(self) -> list[str]:
+        """Every caller's name."""
+        return [c.name for c in self.callers] or ([self.open_to.name] if self.open_to else [])
+
+    def identify(self, authorization: str | None) -> Caller:
+        """The caller whose token the ``Authorization`` header carries; `Unauthorized` if none."""
+        if self.open_to is not None:
+            return self.open_to
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Unauthorized("this route requires an 'Authorization: Bearer <token>' header")
+        digest = hashlib.sha256(given.strip().encode("utf-8")).digest()
+        found = None
+        for caller in self.callers:  # every one, matched or not: the same work for all
+            if hmac.compare_digest(digest, caller.digest):
+                found = caller
+        if found is None:
+            raise Unauthorized("the bearer token is not valid")
+        return found
+
+
+def implicit_callers(token: str | None) -> Callers:
+    """The one implicit caller of an instance without ``--callers``: every scope, the
+    instance's policy; ``token`` when there is a token, else every request is ``anonymous``."""
+    scopes = frozenset(SCOPES)
+    if token is None:
+        return Callers([], open_to=Caller("anonymous", scopes))
+    digest = hashlib.sha256(token.encode("utf-8")).digest()
+    return Callers([Caller("token", scopes, None, digest)])
+
+
+ContainmentFactory = Callable[[Config, Mapping[str, str]], Containment]
+
+
+def load_callers(path: str, config: Config, environ: Mapping[str, str],
+                 base_env: Mapping[str, str], containment: ContainmentFactory,
+                 previous: Callers | None = None) -> Callers:
+    """Read the callers file at ``path``; `StartupError` (one line) if it cannot be used.
+
+    ``containment`` builds a caller's wrapper from its `Config`; ``base_env`` is what its
+    ``allow`` list is resolved through. A caller that ``previous`` knew keeps its `Share`
+    (with the new limit), so its commands still running count against it.
+    """
+    where = f"--callers {path!r}"
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise StartupError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise StartupError(f"{where}: not valid TOML: {str(exc).splitlines()[0]}") from None
+    if set(data) - {"callers"}:
+        raise StartupError(f"{where}: unknown top-level key(s) "
+                           f"{', '.join(sorted(set(data) - {'callers'}))}; expected [callers.NAME]")
+    table = data.get("callers")
+    if not isinstance(table, dict) or not table:
+        raise StartupError(f"{where}: no callers; expected at least one [callers.NAME] table")
+    old_shares = previous.shares if previous is not None else {}
+    callers: list[Caller] = []
+    seen: dict[bytes, str] = {}
+    for name, entry in table.items():
+        caller = _caller(name, entry, f"{where}: caller {name!r}", config, environ, base_env,
+                         containment, old_shares)
+        if caller.digest in seen:
+            raise StartupError(f"{where}: callers {seen[caller.digest]!r} and {name!r} have "
+                               "the same token")
+        seen[caller.digest] = name
+        callers.append(caller)
+    return Callers(callers, source=path, held=old_shares)
+
+
+def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[str, str],
+            base_env: Mapping[str, str], containment: ContainmentFactory,
+            old_shares: Mapping[str, Share]) -> Caller:
+    if not _NAME.fullmatch(name):
+        raise StartupError(f"{where}: a name is 1-64 letters, digits, '.', '-' or '_'")
+    if not isinstance(entry, dict):
+        raise StartupError(f"{where}: expected a table")
+    unknown = set(entry) - _KEYS
+    if unknown:
+        raise StartupError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                           f"{', '.join(sorted(_KEYS))}")
+    token_hash = entry.get("token_sha256")
+    if not isinstance(token_hash, str) or not _HEX_SHA256.fullmatch(token_hash.lower()):
+        raise StartupError(f"{where}: token_sha256 must be 64 hex digits (the SHA-256 of the "
+                           "token: python -m taskrunner hash-token)")
+    scopes = entry.get("scopes")
+    if (not isinstance(scopes, list) or not scopes
+            or not all(isinstance(s, str) and s in SCOPES for s in scopes)):
+        raise StartupError(f"{where}: scopes must be a non-empty list of {', '.join(SCOPES)}")
+    caller_config = _caller_config(entry.get("limits", {}), where, config)
+    try:
+        wrapper = containment(caller_config, environ)
+    except StartupError as exc:
+        raise StartupError(f"{where}: limits: {exc}") from None
+    env = {**base_env, **wrapper.env}
+    allowlist = None
+    allow = entry.get("allow", list(config.allow) if config.allow else None)
+    if allow is not None:
+        if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
+            raise StartupError(f"{where}: allow must be a list of program names")
+        try:
+            allowlist = Allowlist(allow, env)
+        except SpawnError as exc:
+            raise StartupError(f"{where}: allow: {exc.message}") from None
+    share = None
+    limit = entry.get("max_running")
+    if limit is not None:
+        if type(limit) is not int or limit < 1:
+            raise StartupError(f"{where}: max_running must be an integer >= 1")
+        share = old_shares.get(name) or Share(name, limit)
+        share.limit = limit
+    return Caller(name, frozenset(scopes), Policy(allowlist, wrapper, share),
+                  bytes.fromhex(token_hash))
+
+
+def _caller_config(limits: Any, where: str, config: Config) -> Config:
+    # The instance's Config with the caller's overrides, checked as the flags are.
+    if not isinstance(limits, dict):
+        raise StartupError(f"{where}: limits must be a table")
+    allowed = per_caller_settings()
+    changes = {}
+    for key, value in limits.items():
+        name = key.replace("-", "_")
+        setting = allowed.get(name)
+        if setting is None:
+            raise StartupError(f"{where}: limits: {key!r} is not a per-caller setting; "
+                               f"known: {', '.join(n.replace('_', '-') for n in allowed)}")
+        kind = type(setting.default)
+        if type(value) is not kind and not (kind is float and type(value) is int):
+            raise StartupError(f"{where}: limits: {key} must be a {kind.__name__}")
+        changes[name] = kind(value)
+    try:
+        return dataclasses.replace(config, **changes)
+    except ValueError as exc:
+        raise StartupError(f"{where}: limits: {exc}") from None

@@ -1,0 +1,334 @@
+"""--callers: per-caller tokens, scopes, allow lists, shares and limits, on real instances."""
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from conftest import PY, REPO, wait_until
+
+TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789",
+          "carol": "carol-token-0123456789", "root": "admin-token-0123456789",
+          "dave": "dave-token-0123456789"}
+
+
+def sha(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def auth(name):
+    return {"Authorization": f"Bearer {TOKENS[name]}"}
+
+
+CALLERS = f"""
+[callers.alice]
+token_sha256 = "{sha(TOKENS['alice'])}"
+scopes = ["run", "jobs"]
+allow = ["echo", "sleep", "sh"]
+max_running = 1
+
+[callers.bob]
+token_sha256 = "{sha(TOKENS['bob'])}"
+scopes = ["run", "jobs"]
+allow = ["true", "sleep", "sh"]
+limits = {{ limit-nofile = 37 }}
+
+[callers.carol]
+token_sha256 = "{sha(TOKENS['carol'])}"
+scopes = ["run"]
+
+[callers.root]
+token_sha256 = "{sha(TOKENS['root'])}"
+scopes = ["admin"]
+"""
+
+
+@pytest.fixture
+def callers_file(tmp_path):
+    path = tmp_path / "callers.toml"
+    path.write_text(CALLERS)
+    return path
+
+
+@pytest.fixture
+def child(spawn_instance, callers_file):
+    return spawn_instance("--callers", str(callers_file), "--max-running", "8")
+
+
+async def call(child, name, method, path, body=None):
+    response = await child.request(method, path, body, headers=auth(name) if name else None)
+    return response.code, json.loads(response.body) if response.body.startswith(b"{") else None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_caller_runs_only_its_own_programs(child):
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["echo", "hi"]})
+    assert (code, body["stdout"]) == (200, "hi\n")
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["true"]})
+    assert (code, body["error"]) == (403, "program_not_allowed")
+    code, body = await call(child, "bob", "POST", "/run", {"args": ["true"]})
+    assert (code, body["status"]) == (200, 0)
+    code, body = await call(child, "bob", "POST", "/run", {"args": ["echo", "hi"]})
+    assert (code, body["error"]) == (403, "program_not_allowed")
+    # carol has no allow key: the instance's own policy (no --allow: any program)
+    code, body = await call(child, "carol", "POST", "/run", {"args": ["echo", "hi"]})
+    assert (code, body["stdout"]) == (200, "hi\n")
+    # the same holds for jobs
+    code, body = await call(child, "alice", "POST", "/jobs", {"args": ["true"]})
+    assert (code, body["error"]) == (403, "program_not_allowed")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_caller_sees_follows_and_cancels_only_its_own_jobs_and_admin_all(child):
+    code, job = await call(child, "alice", "POST", "/jobs", {"args": ["sleep", "30"]})
+    assert code == 202 and job["caller"] == "alice"
+    path = f"/jobs/{job['id']}"
+    for method, route in (("GET", path), ("DELETE", path), ("GET", path + "/output")):
+        code, body = await call(child, "bob", method, route)
+        assert (code, body["error"]) == (404, "job_not_found"), (method, route)
+    code, body = await call(child, "bob", "GET", "/jobs")
+    assert (code, body["jobs"]) == (200, [])
+    code, body = await call(child, "alice", "GET", "/jobs")
+    assert [j["id"] for j in body["jobs"]] == [job["id"]]
+    code, body = await call(child, "bob", "POST", "/jobs", {"args": ["true"]})
+    assert code == 202 and body["caller"] == "bob"
+    code, body = await call(child, "root", "GET", "/jobs")
+    assert {(j["id"], j["caller"]) for j in body["jobs"]} == {
+        (job["id"], "alice"), (body["jobs"][0]["id"], "bob")}
+    code, body = await call(child, "root", "DELETE", path)
+    assert (code, body["state"], body["caller"]) == (200, "cancelled", "alice")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_caller_over_its_share_gets_429_while_another_still_gets_slots(child):
+    code, job = await call(child, "alice", "POST", "/jobs", {"args": ["sleep", "30"]})
+    assert (code, job["state"]) == (202, "running")
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["echo", "x"]})
+    assert (code, body["error"]) == (429, "too_many_requests")
+    assert "alice" in body["message"] and "max_running 1" in body["message"]
+    code, body = await call(child, "alice", "POST", "/jobs", {"args": ["echo", "x"]})
+    assert (code, body["error"]) == (429, "too_many_requests")
+    code, body = await call(child, "bob", "POST", "/run", {"args": ["true"]})
+    assert (code, body["status"]) == (200, 0)
+    code, body = await call(child, "bob", "POST", "/jobs", {"args": ["sleep", "30"]})
+    assert (code, body["state"]) == (202, "running")
+    await call(child, "bob", "DELETE", f"/jobs/{body['id']}")
+    # the share is given back when the job ends
+    code, body = await call(child, "alice", "DELETE", f"/jobs/{job['id']}")
+    assert (code, body["state"]) == (200, "cancelled")
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["echo", "x"]})
+    assert (code, body["stdout"]) == (200, "x\n")
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("name,method,path", [
+    ("carol", "POST", "/jobs"), ("carol", "GET", "/jobs"), ("carol", "GET", "/jobs/x.y"),
+    ("carol", "GET", "/metrics"), ("alice", "GET", "/metrics"), ("root", "POST", "/run"),
+])
+async def test_a_route_outside_the_callers_scopes_is_403_missing_scope(child, name, method,
+                                                                        path):
+    body = {"args": ["true"]} if method == "POST" else None
+    code, answer = await call(child, name, method, path, body)
+    assert (code, answer["error"]) == (403, "missing_scope")
+    assert name in answer["message"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_admin_reads_metrics_labelled_by_caller_and_anyone_known_reads_openapi(child):
+    await call(child, "alice", "POST", "/run", {"args": ["echo"]})
+    await call(child, None, "POST", "/run", {"args": ["echo"]})
+    response = await child.request("GET", "/metrics", headers=auth("root"))
+    assert response.code == 200
+    text = response.body.decode()
+    assert 'taskrunner_http_requests_total{caller="alice",status="200"} 1.0' in text
+    assert 'taskrunner_http_requests_total{caller="",status="401"} 1.0' in text
+    for name in ("alice", "carol"):
+        assert (await child.request("GET", "/openapi.json", headers=auth(name))).code == 200
+    code, body = await call(child, "dave", "GET", "/openapi.json")
+    assert (code, body["error"]) == (401, "unauthorized")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_callers_limits_override_the_instances(child):
+    script = {"args": ["sh", "-c", "ulimit -n"]}
+    code, body = await call(child, "bob", "POST", "/run", script)
+    assert (code, body["stdout"]) == (200, "37\n")
+    code, body = await call(child, "alice", "POST", "/run", script)
+    assert code == 200 and body["stdout"] != "37\n"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_access_log_line_names_the_caller(child):
+    await call(child, "alice", "POST", "/run", {"args": ["echo"]})
+    await call(child, "carol", "GET", "/metrics")
+    await call(child, None, "GET", "/jobs")
+    assert wait_until(lambda: "GET /jobs 401" in child.output())
+    lines = child.output().splitlines()
+    assert any("POST /run 200" in line and " caller=alice " in line for line in lines)
+    assert any("GET /metrics 403" in line and " caller=carol " in line for line in lines)
+    assert any("GET /jobs 401" in line and " caller=- " in line for line in lines)
+    assert TOKENS["alice"] not in child.output()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sighup_rereads_the_file_without_dropping_a_request(child, callers_file):
+    in_flight = asyncio.ensure_future(
+        child.request("POST", "/run", {"args": ["sleep", "1"]}, headers=auth("alice")))
+    deadline = time.monotonic() + 10
+    while (await child.request("GET", "/healthz")).body.find(b'"running":1') < 0:
+        assert time.monotonic() < deadline, "the command did not start"
+        await asyncio.sleep(0.02)  # a polling step with a deadline, not a synchronisation
+    callers_file.write_text(CALLERS.replace("[callers.alice]", "[callers.dave]").replace(
+        sha(TOKENS["alice"]), sha(TOKENS["dave"])))
+    child.signal(signal.SIGHUP)
+    assert wait_until(lambda: "callers reloaded" in child.output())
+    assert (await in_flight).code == 200  # alice's request, in flight across the reload
+    code, body = await call(child, "dave", "POST", "/run", {"args": ["echo", "new"]})
+    assert (code, body["stdout"]) == (200, "new\n")
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["echo"]})
+    assert (code, body["error"]) == (401, "unauthorized")
+    assert child.proc.poll() is None  # SIGHUP did not recycle the instance
+
+    callers_file.write_text("[callers.dave\n")  # malformed: the callers in force stay
+    child.signal(signal.SIGHUP)
+    assert wait_until(lambda: "callers not reloaded" in child.output())
+    line = next(line for line in child.output().splitlines() if "not reloaded" in line)
+    assert "not valid TOML" in line and str(callers_file) in line
+    code, body = await call(child, "dave", "POST", "/run", {"args": ["echo", "still"]})
+    assert (code, body["stdout"]) == (200, "still\n")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_callers_share_survives_a_reload(child, callers_file):
+    code, job = await call(child, "alice", "POST", "/jobs", {"args": ["sleep", "30"]})
+    assert code == 202
+    child.signal(signal.SIGHUP)  # the same file: alice keeps her running job's count
+    assert wait_until(lambda: child.output().count("callers reloaded") == 1)
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["echo"]})
+    assert (code, body["error"]) == (429, "too_many_requests")
+    # alice left out, then named again: her job still counts
+    callers_file.write_text(CALLERS.replace("[callers.alice]", "[callers.dave]").replace(
+        sha(TOKENS["alice"]), sha(TOKENS["dave"])))
+    child.signal(signal.SIGHUP)
+    assert wait_until(lambda: child.output().count("callers reloaded") == 2)
+    callers_file.write_text(CALLERS)
+    child.signal(signal.SIGHUP)
+    assert wait_until(lambda: child.output().count("callers reloaded") == 3)
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["echo"]})
+    assert (code, body["error"]) == (429, "too_many_requests")
+    await call(child, "alice", "DELETE", f"/jobs/{job['id']}")
+    code, body = await call(child, "alice", "POST", "/run", {"args": ["echo", "x"]})
+    assert (code, body["stdout"]) == (200, "x\n")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_job_store_keeps_each_jobs_caller(spawn_instance, callers_file, tmp_path):
+    args = ("--callers", str(callers_file), "--state-dir", str(tmp_path / "state"))
+    first = spawn_instance(*args)
+    code, job = await call(first, "alice", "POST", "/jobs", {"args": ["echo", "kept"]})
+    assert code == 202
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    second = spawn_instance(*args)
+    code, body = await call(second, "alice", "GET", f"/jobs/{job['id']}")
+    assert (code, body["caller"], body["stdout"]) == (200, "alice", "kept\n")
+    code, body = await call(second, "bob", "GET", f"/jobs/{job['id']}")
+    assert code == 404
+
+
+def _healthz(child):  # outside an event loop only
+    with urllib.request.urlopen(child.url + "/healthz", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _start(args, env=None):
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items()}
+    return subprocess.run([PY, "-m", "taskrunner", "--port", "0", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("content,says", [
+    ("[callers.a\n", "not valid TOML"),
+    ("", "no callers"),
+    ("[other]\n", "unknown top-level key"),
+    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["root"]\n', "scopes must be"),
+    ('[callers.a]\ntoken_sha256 = "secret"\nscopes = ["run"]\n', "64 hex digits"),
+    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\ntoken = "x"\n',
+     "unknown key(s) token"),
+    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
+     'allow = ["no-such-program-xyz"]\n', "allow: cannot start 'no-such-program-xyz'"),
+    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\nmax_running = 0\n',
+     "max_running must be"),
+    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
+     'limits = { port = 80 }\n', "'port' is not a per-caller setting"),
+    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
+     'limits = { limit-as = -1 }\n', "limit_as must be >= 0"),
+    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
+     'limits = { limit-as = "1G" }\n', "limit-as must be a int"),
+    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
+     f'[callers.b]\ntoken_sha256 = "{sha("x")}"\nscopes = ["jobs"]\n', "the same token"),
+])
+def test_a_bad_callers_file_at_startup_is_a_one_line_error(tmp_path, content, says):
+    path = tmp_path / "callers.toml"
+    path.write_text(content)
+    proc = _start(["--callers", str(path)])
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"taskrunner: --callers '{path}'") and says in lines[0], lines[0]
+
+
+def test_a_missing_callers_file_at_startup_is_a_one_line_error(tmp_path):
+    proc = _start(["--callers", str(tmp_path / "absent.toml")])
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "No such file or directory" in proc.stderr
+
+
+def test_callers_and_a_token_together_are_refused(callers_file):
+    proc = _start(["--callers", str(callers_file)], env={"TASKRUNNER_TOKEN": "tok"})
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "--callers and a token" in proc.stderr
+
+
+def test_callers_alone_allow_a_public_address(spawn_instance, callers_file):
+    child = spawn_instance("--callers", str(callers_file), "--address", "0.0.0.0")
+    assert _healthz(child)["status"] == "ok"
+
+
+def test_hash_token_prints_the_sha256_of_the_token_on_stdin():
+    proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO,
+                          input="  my-token-123\n", capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stdout) == (0, sha("my-token-123") + "\n")
+    assert "warning: the token has 12 characters" in proc.stderr
+    long_token = "x" * 20
+    proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO, input=long_token,
+                          capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, sha(long_token) + "\n", "")
+    proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO,
+                          input="two words\n", capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "whitespace" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_json_access_log_has_the_caller_as_a_key(spawn_instance, callers_file):
+    child = spawn_instance("--callers", str(callers_file), "--log-format", "json")
+    await call(child, "bob", "POST", "/run", {"args": ["true"]})
+    await call(child, "dave", "POST", "/run", {"args": ["true"]})
+    assert wait_until(lambda: child.output().count('"taskrunner.access"') >= 2)
+    lines = [json.loads(line) for line in child.output().splitlines()
+             if '"taskrunner.access"' in line]
+    assert [(line["status"], line["caller"]) for line in lines] == [(200, "bob"), (401, None)]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_single_token_is_one_implicit_caller_with_every_scope(spawn_instance):
+    child = spawn_instance(env={"TASKRUNNER_TOKEN": TOKENS["alice"]})
+    code, job = await call(child, "alice", "POST", "/jobs", {"args": ["true"]})
+    assert (code, job["caller"]) == (202, "token")
+    assert (await child.request("GET", "/metrics", headers=auth("alice"))).code == 200
+    assert wait_until(lambda: "caller=token" in child.output())
