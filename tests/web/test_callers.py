@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import PY, REPO, wait_until
+from helpers import PY, REPO, wait_until
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789",
           "carol": "carol-token-0123456789", "root": "admin-token-0123456789",
