@@ -32,6 +32,7 @@ from taskrunner.web.auth import load_token, scrub_env
 from taskrunner.web.connections import CappedHTTPServer, default_max_connections
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.recycle import Recycler
+from taskrunner.web.tls import check_protected, server_context
 
 log = logging.getLogger("taskrunner.server")
 
@@ -80,6 +81,8 @@ class Server:
         """
         config = self.config
         token = load_token(config, os.environ)
+        check_protected(config)
+        tls = server_context(config.certfile, config.keyfile) if config.certfile else None
         containment = containment_from_config(config, os.environ)
         base_env = {**scrub_env(os.environ), **containment.env}
         try:
@@ -155,6 +158,9 @@ class Server:
             # slow body by --body-timeout in BodyHandler (which ends once the body is in,
             # so a long /run is not affected).
             idle_connection_timeout=config.idle_timeout,
+            # The handshake happens on the connection's first read, so a client that
+            # never finishes it is bounded by idle_timeout like slow headers are.
+            ssl_options=tls,
         )
         self.recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
                                  config.recycle_lock)
@@ -168,8 +174,9 @@ class Server:
             # SIGHUP: recycle now; a rolling restart that loses no request behind nginx.
             loop.add_signal_handler(signal.SIGHUP, self.recycler.recycle)
         loop_module = type(asyncio.get_running_loop()).__module__
-        log.info("listening on %s:%s (pid %s, instance %s, event loop %s)", config.address,
-                 self.port, self.ctx.pid, instance, loop_module.partition(".")[0])
+        log.info("listening on %s:%s (%s, pid %s, instance %s, event loop %s)",
+                 config.address, self.port, "https" if tls else "http", self.ctx.pid,
+                 instance, loop_module.partition(".")[0])
 
     async def shutdown(self) -> None:
         """Stop listening, give running commands ``--grace`` seconds, then kill the rest."""

@@ -142,7 +142,10 @@ class CappedHTTPServer(DrainingHTTPServer):
         if sock is None:
             return True
         try:
-            return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": peer left
+            # socket.socket's recv, also for an SSLSocket (whose own refuses flags): any
+            # bytes waiting, a TLS record included, mean a request is arriving; b"", the
+            # peer left.
+            return not socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return True  # nothing waiting: idle indeed
         except OSError:
