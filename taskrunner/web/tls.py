@@ -59,6 +59,9 @@ def server_context(certfile: str, keyfile: str = "") -> ssl.SSLContext:
     _read_pem(certfile, "--certfile", b"-----BEGIN CERTIFICATE-----", "certificate")
     if keyfile:
         _read_pem(keyfile, "--keyfile", b"PRIVATE KEY-----", "private key")
+    else:
+        _read_pem(certfile, "--certfile", b"PRIVATE KEY-----", "private key (or give "
+                  "--keyfile)")
     files = f"--certfile {certfile!r}" + (f" and --keyfile {keyfile!r}" if keyfile else "")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

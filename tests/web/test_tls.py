@@ -1,0 +1,234 @@
+"""HTTPS on the instance (``--certfile``, ``--keyfile``) and protected mode's TLS half,
+with real certificates the tests make with the ``openssl`` CLI."""
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+import warnings
+
+import pytest
+from conftest import PY, REPO, Certificate, checked_fetch
+from tornado.httpclient import AsyncHTTPClient
+
+from taskrunner.config import Config
+
+TOKEN = "tls-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """The certificates and keys, good and bad, that the tests serve with."""
+    directory = str(tmp_path_factory.mktemp("certs"))
+    made = {"good": Certificate(directory, "good"), "other": Certificate(directory, "other"),
+            "small": Certificate(directory, "small", key="rsa:1024")}
+    encrypted = os.path.join(directory, "encrypted.key")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-aes-128-cbc", "-pass", "pass:secret",
+                    "-out", encrypted], check=True, capture_output=True, timeout=60)
+    garbage = os.path.join(directory, "garbage.pem")
+    with open(garbage, "w") as f:
+        f.write("not a certificate\n")
+    both = os.path.join(directory, "both.pem")  # certificate and key in one file
+    with open(both, "wb") as f:
+        for part in (made["good"].cert, made["good"].key):
+            with open(part, "rb") as source:
+                f.write(source.read())
+    return {**made, "dir": directory, "encrypted": encrypted, "garbage": garbage,
+            "both": both}
+
+
+@pytest.fixture
+def config(certs):
+    return Config(port=0, grace=2.0, certfile=certs["good"].cert, keyfile=certs["good"].key)
+
+
+def https(port, method, path, cert, body=None, headers=None, timeout=30.0):
+    """One request over HTTPS to ``localhost:port``, trusting ``cert`` only."""
+    conn = http.client.HTTPSConnection("localhost", port, context=cert.client_context(),
+                                       timeout=timeout)
+    try:
+        conn.request(method, path, None if body is None else json.dumps(body),
+                     headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def start(*args, env=None):
+    """``python -m taskrunner ARGS`` expected to refuse to start: (exit status, stderr)."""
+    environ = {k: v for k, v in os.environ.items() if k != "TASKRUNNER_TOKEN"}
+    proc = subprocess.run([PY, "-m", "taskrunner", "--port", "0", *args], cwd=REPO,
+                          env={**environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=30)
+    return proc.returncode, proc.stderr
+
+
+# -- serving HTTPS ----------------------------------------------------------------------
+
+@pytest.mark.gen_test
+async def test_run_over_https_verified_against_the_certificate(instance, certs):
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        base = f"https://localhost:{instance.port}"
+        response = await checked_fetch(client, base, "POST", "/run",
+                                       {"args": ["echo", "over tls"]},
+                                       ca_certs=certs["good"].cert)
+        assert response.code == 200
+        assert json.loads(response.body)["stdout"] == "over tls\n"
+        # A client that trusts another certificate refuses the instance's: it is checked.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await client.fetch(base + "/healthz", ca_certs=certs["other"].cert)
+    finally:
+        client.close()
+
+
+def test_tls_12_or_later_and_http_11(spawn_instance, certs):
+    good = certs["good"]
+    child = spawn_instance("--certfile", good.cert, "--keyfile", good.key)
+    context = good.client_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (socket.create_connection(("127.0.0.1", child.port), timeout=30) as raw,
+          context.wrap_socket(raw, server_hostname="localhost") as tls):
+        assert tls.version() == "TLSv1.2"
+        assert tls.selected_alpn_protocol() == "http/1.1"  # Tornado speaks no HTTP/2
+    # A TLS 1.1 client is turned away by the instance, not by its own settings.
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(good.cert)
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with warnings.catch_warnings():  # deprecated versions: being old is the point here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with (socket.create_connection(("127.0.0.1", child.port), timeout=30) as raw,
+          pytest.raises(ssl.SSLError, match=r"(?i)protocol version|alert")):
+        old.wrap_socket(raw, server_hostname="localhost")
+    assert https(child.port, "GET", "/healthz", good)[0] == 200
+
+
+def test_plain_http_to_the_https_port_fails_cleanly(spawn_instance, certs):
+    good = certs["good"]
+    child = spawn_instance("--certfile", good.cert, "--keyfile", good.key)
+    conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=30)
+    try:
+        # Closed at once (reset or EOF), not left hanging until a timeout.
+        with pytest.raises(ConnectionError):
+            conn.request("POST", "/run", json.dumps({"args": ["true"]}))
+            conn.getresponse()
+    finally:
+        conn.close()
+    assert child.proc.poll() is None
+    status, body = https(child.port, "POST", "/run", good, {"args": ["echo", "fine"]})
+    assert (status, body["stdout"]) == (200, "fine\n")
+
+
+def test_a_client_that_never_finishes_the_handshake_is_closed(spawn_instance, certs):
+    good = certs["good"]
+    child = spawn_instance("--certfile", good.cert, "--keyfile", good.key,
+                           "--idle-timeout", "1")
+    with socket.create_connection(("127.0.0.1", child.port), timeout=30) as silent:
+        # While it holds its connection, others are served.
+        assert https(child.port, "GET", "/healthz", good)[0] == 200
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):  # closed, with or without a reset
+            assert silent.recv(1) == b""
+        assert time.monotonic() - started < 25  # by --idle-timeout, not by our timeout
+
+
+def test_at_max_connections_a_new_https_caller_replaces_an_idle_one(spawn_instance, certs):
+    # The cap peeks at idle connections for arriving bytes; on a TLS socket that peek
+    # must go to the raw socket (an SSLSocket refuses recv flags).
+    good = certs["good"]
+    child = spawn_instance("--certfile", good.cert, "--keyfile", good.key,
+                           "--max-connections", "2")
+    idle = [http.client.HTTPSConnection("localhost", child.port,
+                                        context=good.client_context(), timeout=30)
+            for _ in range(2)]
+    try:
+        for conn in idle:
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read()
+        assert https(child.port, "GET", "/healthz", good, timeout=10)[0] == 200
+    finally:
+        for conn in idle:
+            conn.close()
+    assert "Traceback" not in child.output()
+
+
+def test_the_certificate_and_key_may_share_one_file(spawn_instance, certs):
+    child = spawn_instance("--certfile", certs["both"])
+    assert https(child.port, "GET", "/healthz", certs["good"])[0] == 200
+
+
+# -- unusable files: one line, exit 1 ---------------------------------------------------
+
+@pytest.mark.parametrize("cert,key,says", [
+    ("missing", "good.key", "cannot read --certfile"),
+    ("good.cert", "missing", "cannot read --keyfile"),
+    ("dir", "good.key", "cannot read --certfile"),
+    ("garbage", "good.key", "holds no PEM certificate"),
+    ("good.cert", "good.cert", "holds no PEM private key"),
+    ("good.cert", "", "holds no PEM private key"),
+    ("good.cert", "other.key", "the key does not belong to the certificate"),
+    ("good.cert", "encrypted", "the private key is encrypted"),
+    ("small.cert", "small.key", "too small"),
+])
+def test_unusable_certificate_or_key_is_a_one_line_startup_error(certs, cert, key, says):
+    def path(name):
+        if name == "missing":
+            return os.path.join(certs["dir"], "absent.pem")
+        which, _, part = name.partition(".")
+        return getattr(certs[which], part) if part else certs[which]
+
+    args = ["--certfile", path(cert)] + (["--keyfile", path(key)] if key else [])
+    status, stderr = start(*args)
+    assert status == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("taskrunner: ") and says in lines[0], lines[0]
+
+
+# -- protected mode ---------------------------------------------------------------------
+
+def test_protected_mode_refuses_a_public_address_without_tls(certs):
+    status, stderr = start("--address", "0.0.0.0", env={"TASKRUNNER_TOKEN": TOKEN})
+    assert status == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "without TLS" in lines[0]
+    assert "--certfile" in lines[0] and "--insecure-http" in lines[0]
+
+
+def test_tls_does_not_replace_the_token(certs):
+    good = certs["good"]
+    status, stderr = start("--address", "0.0.0.0", "--certfile", good.cert,
+                           "--keyfile", good.key)
+    assert status == 1
+    assert "without a token" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_public_address_with_a_token_and_tls_starts(spawn_instance, certs):
+    good = certs["good"]
+    child = spawn_instance("--address", "0.0.0.0", "--certfile", good.cert,
+                           "--keyfile", good.key, env={"TASKRUNNER_TOKEN": TOKEN})
+    assert "(https," in child.output()
+    assert https(child.port, "POST", "/run", good, {"args": ["true"]})[0] == 401
+    status, body = https(child.port, "POST", "/run", good, {"args": ["echo", "ok"]}, AUTH)
+    assert (status, body["stdout"]) == (200, "ok\n")
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--keyfile", "k.pem"], "keyfile needs certfile"),
+    (["--certfile", "c.pem", "--insecure-http"], "insecure_http contradicts certfile"),
+])
+def test_contradictory_tls_flags_are_refused(args, says):
+    status, stderr = start(*args)
+    assert status == 2
+    assert says in stderr
