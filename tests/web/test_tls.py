@@ -49,10 +49,11 @@ def config(certs):
     return Config(port=0, grace=2.0, certfile=certs["good"].cert, keyfile=certs["good"].key)
 
 
-def https(port, method, path, cert, body=None, headers=None, timeout=30.0):
-    """One request over HTTPS to ``localhost:port``, trusting ``cert`` only."""
-    conn = http.client.HTTPSConnection("localhost", port, context=cert.client_context(),
-                                       timeout=timeout)
+def https(port, method, path, cafile, body=None, headers=None, timeout=30.0):
+    """One request over HTTPS to ``localhost:port``, trusting the certificate in ``cafile``
+    only."""
+    conn = http.client.HTTPSConnection("localhost", port, timeout=timeout,
+                                       context=ssl.create_default_context(cafile=cafile))
     try:
         conn.request(method, path, None if body is None else json.dumps(body),
                      headers or {})
@@ -111,7 +112,7 @@ def test_tls_12_or_later_and_http_11(spawn_instance, certs):
     with (socket.create_connection(("127.0.0.1", child.port), timeout=30) as raw,
           pytest.raises(ssl.SSLError, match=r"(?i)protocol version|alert")):
         old.wrap_socket(raw, server_hostname="localhost")
-    assert https(child.port, "GET", "/healthz", good)[0] == 200
+    assert https(child.port, "GET", "/healthz", good.cert)[0] == 200
 
 
 @pytest.mark.parametrize("method,body", [("GET", None), ("POST", b"x" * (20 << 20))])
@@ -132,7 +133,7 @@ def test_plain_http_to_the_https_port_gets_a_json_400(spawn_instance, certs, met
     finally:
         conn.close()
     assert child.proc.poll() is None
-    status, body = https(child.port, "POST", "/run", good, {"args": ["echo", "fine"]})
+    status, body = https(child.port, "POST", "/run", good.cert, {"args": ["echo", "fine"]})
     assert (status, body["stdout"]) == (200, "fine\n")
     assert wait_until(lambda: "plain HTTP from 127.0.0.1 on the HTTPS port" in child.output())
     assert "Traceback" not in child.output()
@@ -144,7 +145,7 @@ def test_a_client_that_never_finishes_the_handshake_is_closed(spawn_instance, ce
                            "--idle-timeout", "1")
     with socket.create_connection(("127.0.0.1", child.port), timeout=30) as silent:
         # While it holds its connection, others are served.
-        assert https(child.port, "GET", "/healthz", good)[0] == 200
+        assert https(child.port, "GET", "/healthz", good.cert)[0] == 200
         started = time.monotonic()
         with contextlib.suppress(ConnectionResetError):  # closed, with or without a reset
             assert silent.recv(1) == b""
@@ -160,7 +161,7 @@ def test_shutdown_closes_connections_that_sent_nothing(spawn_instance, certs):
     good = certs["good"]
     child = spawn_instance("--certfile", good.cert, "--keyfile", good.key)
     with socket.create_connection(("127.0.0.1", child.port), timeout=30) as silent:
-        assert https(child.port, "GET", "/healthz", good)[0] == 200  # it was accepted
+        assert https(child.port, "GET", "/healthz", good.cert)[0] == 200  # it was accepted
         child.signal(signal.SIGTERM)
         assert child.wait(30) == 0
         with contextlib.suppress(ConnectionResetError):
@@ -180,7 +181,7 @@ def test_at_max_connections_a_new_https_caller_replaces_an_idle_one(spawn_instan
         for conn in idle:
             conn.request("GET", "/healthz")
             assert conn.getresponse().read()
-        assert https(child.port, "GET", "/healthz", good, timeout=10)[0] == 200
+        assert https(child.port, "GET", "/healthz", good.cert, timeout=10)[0] == 200
     finally:
         for conn in idle:
             conn.close()
@@ -189,16 +190,45 @@ def test_at_max_connections_a_new_https_caller_replaces_an_idle_one(spawn_instan
               for _ in range(3)]
     try:
         for _ in range(3):
-            assert https(child.port, "GET", "/healthz", good, timeout=10)[0] == 200
+            assert https(child.port, "GET", "/healthz", good.cert, timeout=10)[0] == 200
     finally:
         for sock in silent:
             sock.close()
     assert "Traceback" not in child.output()
 
 
+def test_a_certificate_signed_through_an_intermediate_serves_its_chain(spawn_instance,
+                                                                         tmp_path):
+    # What a real certificate looks like: the client trusts the root only, so the instance
+    # must send the intermediate after its own certificate (--certfile holds both).
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True,
+                       timeout=60)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (tmp_path / "ca.ext").write_text("basicConstraints=critical,CA:TRUE\n"
+                                     "keyUsage=critical,keyCertSign,cRLSign\n")
+    (tmp_path / "leaf.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("req", "-x509", *ec, "-keyout", "root.key", "-out", "root.crt", "-days", "2",
+            "-subj", "/CN=test root")
+    openssl("req", *ec, "-keyout", "mid.key", "-out", "mid.csr", "-subj", "/CN=test mid")
+    openssl("x509", "-req", "-in", "mid.csr", "-CA", "root.crt", "-CAkey", "root.key",
+            "-CAcreateserial", "-out", "mid.crt", "-days", "2", "-extfile", "ca.ext")
+    openssl("req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "mid.crt", "-CAkey", "mid.key",
+            "-CAcreateserial", "-out", "leaf.crt", "-days", "2", "-extfile", "leaf.ext")
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes((tmp_path / "leaf.crt").read_bytes() + (tmp_path / "mid.crt").read_bytes())
+    child = spawn_instance("--certfile", str(chain), "--keyfile", str(tmp_path / "leaf.key"))
+    # The client trusts the root only.
+    status, body = https(child.port, "POST", "/run", str(tmp_path / "root.crt"),
+                         {"args": ["echo", "chained"]})
+    assert (status, body["stdout"]) == (200, "chained\n")
+
+
 def test_the_certificate_and_key_may_share_one_file(spawn_instance, certs):
     child = spawn_instance("--certfile", certs["both"])
-    assert https(child.port, "GET", "/healthz", certs["good"])[0] == 200
+    assert https(child.port, "GET", "/healthz", certs["good"].cert)[0] == 200
 
 
 # -- unusable files: one line, exit 1 ---------------------------------------------------
@@ -253,8 +283,8 @@ def test_a_public_address_with_a_token_and_tls_starts(spawn_instance, certs):
     child = spawn_instance("--address", "0.0.0.0", "--certfile", good.cert,
                            "--keyfile", good.key, env={"TASKRUNNER_TOKEN": TOKEN})
     assert "(https," in child.output()
-    assert https(child.port, "POST", "/run", good, {"args": ["true"]})[0] == 401
-    status, body = https(child.port, "POST", "/run", good, {"args": ["echo", "ok"]}, AUTH)
+    assert https(child.port, "POST", "/run", good.cert, {"args": ["true"]})[0] == 401
+    status, body = https(child.port, "POST", "/run", good.cert, {"args": ["echo", "ok"]}, AUTH)
     assert (status, body["stdout"]) == (200, "ok\n")
 
 
