@@ -15,11 +15,14 @@ a token, is `taskrunner.web.auth.load_token`'s).
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 from taskrunner.config import Config
 from taskrunner.errors import StartupError
 from taskrunner.web.auth import is_loopback
+
+log = logging.getLogger("taskrunner.tls")
 
 ALPN = ["http/1.1"]
 
@@ -82,8 +85,12 @@ def server_context(certfile: str, keyfile: str = "") -> ssl.SSLContext:
 def check_protected(config: Config) -> None:
     """Raise `StartupError` if the instance would serve plain HTTP to other machines
     without ``--insecure-http``: its token and every command's output would cross the
-    network in clear text."""
-    if config.certfile or config.insecure_http or is_loopback(config.address):
+    network in clear text. With ``--insecure-http`` it starts, and says so in the log."""
+    if config.certfile or is_loopback(config.address):
+        return
+    if config.insecure_http:
+        log.warning("serving plain HTTP on %r (--insecure-http): tokens and outputs are "
+                    "in clear text up to the TLS proxy in front", config.address)
         return
     raise StartupError(
         f"refusing to listen on {config.address!r} without TLS: the token and every "

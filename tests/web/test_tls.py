@@ -288,6 +288,14 @@ def test_a_public_address_with_a_token_and_tls_starts(spawn_instance, certs):
     assert (status, body["stdout"]) == (200, "ok\n")
 
 
+def test_insecure_http_starts_on_a_public_address_and_says_so(spawn_instance):
+    child = spawn_instance("--address", "0.0.0.0", "--insecure-http",
+                           env={"TASKRUNNER_TOKEN": TOKEN})
+    assert "(http," in child.output()
+    assert "WARNING taskrunner.tls serving plain HTTP on '0.0.0.0' (--insecure-http)" \
+        in child.output()
+
+
 @pytest.mark.parametrize("args,says", [
     (["--keyfile", "k.pem"], "keyfile needs certfile"),
     (["--certfile", "c.pem", "--insecure-http"], "insecure_http contradicts certfile"),
