@@ -105,6 +105,15 @@ class Config:
         60.0, "seconds a connection may sit idle, or take to send its request headers"
     )
     body_timeout: float = _setting(60.0, "seconds a client may take to send a request body")
+    certfile: str = _setting(
+        "", "PEM certificate (its chain after it) to serve HTTPS with, TLS 1.2 or later; "
+        "empty: plain HTTP"
+    )
+    keyfile: str = _setting("", "PEM private key of --certfile; empty: the key is in --certfile")
+    insecure_http: bool = _setting(
+        False, "allow plain HTTP on a non-loopback --address, for a TLS proxy in front; "
+        "without it protected mode refuses to start"
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -128,6 +137,10 @@ class Config:
         for name in ("idle_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.keyfile and not self.certfile:
+            raise ValueError("keyfile needs certfile")
+        if self.insecure_http and self.certfile:
+            raise ValueError("insecure_http contradicts certfile: choose one")
         # Job ids are "<instance>.<random>" and a proxy routes on the part before the dot.
         if not re.fullmatch(r"[A-Za-z0-9_-]*", self.instance):
             raise ValueError("instance may only use letters, digits, '-' and '_'")

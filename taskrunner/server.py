@@ -38,6 +38,7 @@ from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.connections import CappedHTTPServer, default_max_connections
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.recycle import Recycler
+from taskrunner.web.tls import check_protected, server_context
 
 log = logging.getLogger("taskrunner.server")
 
@@ -87,6 +88,8 @@ class Server:
         """
         config = self.config
         token = load_token(config, os.environ)
+        check_protected(config)
+        tls = server_context(config.certfile, config.keyfile) if config.certfile else None
         containment = containment_from_config(config, os.environ)
         base_env = {**scrub_env(os.environ), **containment.env}
         try:
@@ -164,6 +167,9 @@ class Server:
             # slow body by --body-timeout in BodyHandler (which ends once the body is in,
             # so a long /run is not affected).
             idle_connection_timeout=config.idle_timeout,
+            # The handshake happens on the connection's first read, so a client that
+            # never finishes it is bounded by idle_timeout like slow headers are.
+            ssl_options=tls,
         )
         self.recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
                                  config.recycle_lock)
@@ -181,8 +187,9 @@ class Server:
             # SIGUSR2: recycle now, with or without --callers.
             loop.add_signal_handler(signal.SIGUSR2, self.recycler.recycle)
         loop_module = type(asyncio.get_running_loop()).__module__
-        log.info("listening on %s:%s (pid %s, instance %s, event loop %s)", config.address,
-                 self.port, self.ctx.pid, instance, loop_module.partition(".")[0])
+        log.info("listening on %s:%s (%s, pid %s, instance %s, event loop %s)",
+                 config.address, self.port, "https" if tls else "http", self.ctx.pid,
+                 instance, loop_module.partition(".")[0])
         if config.callers:
             log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
 

@@ -184,3 +184,24 @@ def spawn_instance() -> Iterator[Callable[..., ChildInstance]]:
     yield start
     for child in started:
         child.stop()
+
+
+class Certificate:
+    """A self-signed certificate for ``localhost`` and 127.0.0.1 and its key, in PEM files
+    made by the ``openssl`` CLI (Debian's ``openssl``, which scripts/install brings)."""
+
+    def __init__(self, directory: str, name: str = "server", key: str = "ec") -> None:
+        self.cert = os.path.join(directory, f"{name}.crt")
+        self.key = os.path.join(directory, f"{name}.key")
+        newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if key == "ec"
+                  else ["-newkey", key])
+        subprocess.run(
+            ["openssl", "req", "-x509", *newkey, "-nodes", "-keyout", self.key,
+             "-out", self.cert, "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=60)
+
+    def client_context(self) -> Any:
+        """An `ssl.SSLContext` that trusts this certificate only and checks the host name."""
+        import ssl
+        return ssl.create_default_context(cafile=self.cert)

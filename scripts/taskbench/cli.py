@@ -31,6 +31,8 @@ and CPU; median of --rounds.
   scripts/bench                                        # a running instance on :8885
   scripts/bench --cmd 'python3 -m taskrunner --port 8885' --duration 5 --rounds 1
   scripts/bench --url http://127.0.0.1:8080 --server-ports 8080,8885,8886,8887,8888
+  scripts/bench --url https://127.0.0.1:8885 --cmd 'python3 -m taskrunner --port 8885 \\
+                --certfile cert.pem --keyfile key.pem'      # wrk and the checks over TLS
   scripts/bench --cmd 'python3 -m taskrunner --port 8885' \\
                 --compare-peers tornado_seed,tornado_sub,webhook   # ../shared/bench, interleaved
 """
@@ -102,10 +104,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
     a = ap.parse_args(argv)
 
     url = urllib.parse.urlsplit(a.url.rstrip("/"))
-    if url.scheme != "http" or url.hostname not in LOOPBACK:
-        ap.error(f"--url must be http:// on the loopback ({', '.join(sorted(LOOPBACK))}); "
-                 "this benchmark only loads the local machine")
-    base = f"http://{url.netloc}{url.path.removesuffix('/run')}"
+    if url.scheme not in ("http", "https") or url.hostname not in LOOPBACK:
+        ap.error(f"--url must be http:// or https:// on the loopback "
+                 f"({', '.join(sorted(LOOPBACK))}); this benchmark only loads the local machine")
+    base = f"{url.scheme}://{url.netloc}{url.path.removesuffix('/run')}"
     names = [w.upper() for w in _csv(a.workloads)]
     if unknown := [w for w in names if w not in WORKLOADS]:
         ap.error(f"unknown workloads {unknown}; known: {', '.join(WORKLOADS)}")
@@ -117,7 +119,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         conns[name.upper()] = int(value)
     if a.duration < 1 or a.rounds < 1 or a.threads < 1 or a.warmup < 0:
         ap.error("--duration, --rounds and --threads must be >= 1, --warmup >= 0")
-    port = url.port or 80
+    port = url.port or (443 if url.scheme == "https" else 80)
     return Options(
         base=base, host=url.hostname or "127.0.0.1", port=port, workloads=names,
         duration=a.duration, rounds=a.rounds, threads=a.threads, warmup=a.warmup,

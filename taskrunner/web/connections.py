@@ -39,6 +39,7 @@ from tornado.ioloop import IOLoop
 
 from taskrunner.web.accept import add_accept_handler
 from taskrunner.web.recycle import DrainingHTTPServer
+from taskrunner.web.tlsdoor import Doorway
 
 log = logging.getLogger("taskrunner.connections")
 
@@ -77,11 +78,15 @@ class CappedHTTPServer(DrainingHTTPServer):
         self.shed_total = 0
         self._shed_unreported = 0
         self._last_warning = float("-inf")
+        # HTTPS: new connections before their first byte (taskrunner.web.tlsdoor), oldest
+        # first; bounded by the idle timeout, as slow request headers are.
+        self._doorways: dict[Doorway, None] = {}
+        self._doorway_timeout = float(kwargs.get("idle_connection_timeout") or 3600)
 
     @property
     def held_connections(self) -> int:
-        """Client connections open and not yet shed."""
-        return len(self._connections) - len(self._shed)
+        """Client connections open and not yet shed, those in the HTTPS doorway included."""
+        return len(self._connections) - len(self._shed) + len(self._doorways)
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         """Listen on ``sockets``, accepting only while under the cap."""
@@ -101,6 +106,10 @@ class CappedHTTPServer(DrainingHTTPServer):
         cap; False if every connection is busy."""
         if self.has_room():
             return True
+        if self._doorways:  # the oldest of those that have sent nothing at all
+            next(iter(self._doorways)).close()
+            self._count_shed()
+            return True
         for server_conn in list(self._idle):
             if self._quiet(server_conn):
                 self._shed_connection(server_conn)
@@ -114,6 +123,26 @@ class CappedHTTPServer(DrainingHTTPServer):
                    "busy: new connections wait in the listen backlog")
 
     # -- tracking ----------------------------------------------------------------------
+
+    def _handle_connection(self, connection: socket.socket, address: Any) -> None:
+        # Tornado's (private) entry for an accepted connection: over HTTPS, the connection
+        # waits in a doorway for its first byte before Tornado wraps it in TLS.
+        if self.ssl_options is None:
+            super()._handle_connection(connection, address)
+            return
+        doorway = Doorway(connection, address, self._doorway_timeout,
+                          super()._handle_connection, self._left_doorway)
+        self._doorways[doorway] = None
+
+    def _left_doorway(self, doorway: Doorway) -> None:
+        del self._doorways[doorway]
+        self._wake_waiters()
+
+    async def close_all_connections(self) -> None:
+        """Close the connections in the HTTPS doorway, then, as Tornado, every other one."""
+        for doorway in list(self._doorways):
+            doorway.close()
+        await super().close_all_connections()
 
     def start_request(self, server_conn: object,
                       request_conn: HTTPConnection) -> HTTPMessageDelegate:
@@ -142,7 +171,10 @@ class CappedHTTPServer(DrainingHTTPServer):
         if sock is None:
             return True
         try:
-            return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": peer left
+            # socket.socket's recv, also for an SSLSocket (whose own refuses flags): any
+            # bytes waiting, a TLS record included, mean a request is arriving; b"", the
+            # peer left.
+            return not socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return True  # nothing waiting: idle indeed
         except OSError:
@@ -152,6 +184,9 @@ class CappedHTTPServer(DrainingHTTPServer):
         del self._idle[server_conn]
         self._shed.add(server_conn)
         server_conn.stream.close()  # its serving loop ends, then on_close
+        self._count_shed()
+
+    def _count_shed(self) -> None:
         self.shed_total += 1
         self._shed_unreported += 1
         if self._warn(f"at --max-connections {self.max_connections}: closed "

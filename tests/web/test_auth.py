@@ -126,7 +126,9 @@ def test_protected_mode_refuses_a_public_address_without_a_token(address):
 
 
 def test_a_public_address_with_a_token_starts(spawn_instance):
-    child = spawn_instance("--address", "0.0.0.0", env={"TASKRUNNER_TOKEN": TOKEN})
+    # Plain HTTP, so --insecure-http: tests/web/test_tls.py has protected mode's TLS half.
+    child = spawn_instance("--address", "0.0.0.0", "--insecure-http",
+                           env={"TASKRUNNER_TOKEN": TOKEN})
     assert _get(child.url + "/healthz")[0] == 200
 
 

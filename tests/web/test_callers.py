@@ -295,8 +295,10 @@ def test_callers_and_a_token_together_are_refused(callers_file):
     assert proc.stderr.count("\n") == 1 and "--callers and a token" in proc.stderr
 
 
-def test_callers_alone_allow_a_public_address(spawn_instance, callers_file):
-    child = spawn_instance("--callers", str(callers_file), "--address", "0.0.0.0")
+def test_callers_alone_are_the_token_a_public_address_needs(spawn_instance, callers_file):
+    # Protected mode's other rule, TLS, is waived with --insecure-http (tests/web/test_tls.py).
+    child = spawn_instance("--callers", str(callers_file), "--address", "0.0.0.0",
+                           "--insecure-http")
     assert _healthz(child)["status"] == "ok"
 
 
