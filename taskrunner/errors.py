@@ -10,7 +10,8 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     │   └── UnknownField                 (400, "unknown_field")
     ├── Unauthorized                     (401, "unauthorized")
     ├── Forbidden                        (403, "forbidden")
-    │   └── ProgramNotAllowed            (403, "program_not_allowed")
+    │   ├── ProgramNotAllowed            (403, "program_not_allowed")
+    │   └── CallbackNotAllowed           (403, "callback_not_allowed")  host off --callback-allow
     ├── NotFound                         (404, "not_found")
     │   └── JobNotFound                  (404, "job_not_found")
     ├── MethodNotAllowed                 (405, "method_not_allowed")
@@ -88,6 +89,13 @@ class ProgramNotAllowed(Forbidden):
     """The program is not on the instance's allowlist."""
 
     code = "program_not_allowed"
+
+
+class CallbackNotAllowed(Forbidden):
+    """A job's ``callback_url`` names a host that is not on ``--callback-allow`` (or the
+    instance sends no callbacks): callers may not make the instance reach other hosts."""
+
+    code = "callback_not_allowed"
 
 
 class NotFound(TaskRunnerError):

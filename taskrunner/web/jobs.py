@@ -26,14 +26,15 @@ log = logging.getLogger("taskrunner.jobs")
 
 
 class JobsHandler(CommandHandler):
-    """``POST /jobs`` starts a job from a ``/run`` body; ``GET /jobs`` lists the jobs kept."""
+    """``POST /jobs`` starts a job from a ``/run`` body (and an optional ``callback_url``);
+    ``GET /jobs`` lists the jobs kept."""
 
     async def post(self) -> None:
         if self._finished:
             return
-        spec = self.parse_command()
+        spec, callback_url = self.parse_job()
         registry = self.ctx.jobs
-        job = await registry.submit(spec)
+        job = await registry.submit(spec, callback_url)
         self.set_header("Location", f"/jobs/{job.id}")
         self.write_json(await registry.describe(job), 202)
 
