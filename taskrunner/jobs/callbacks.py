@@ -133,7 +133,7 @@ class CallbackSender:
         ``saved(job)`` is called after each change of ``job.callback``. Returns at once."""
         task = asyncio.get_running_loop().create_task(self._deliver(job, body, saved))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._forget)
 
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Let pending deliveries go on for ``grace`` seconds, then stop them (each is
@@ -148,6 +148,11 @@ class CallbackSender:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # already logged by _deliver; retrieved, so asyncio stays quiet
 
     async def _deliver(self, job: Job, body: Callable[[], Awaitable[bytes]],
                        saved: Callable[[Job], None]) -> None:
@@ -184,6 +189,12 @@ class CallbackSender:
             log.warning("job %s callback to %s: %s (%s attempts)", job.id, where,
                         outcome.error, outcome.attempts)
             raise
+        except Exception:
+            # A bug of ours: say so on the job rather than leave it pending for ever.
+            log.exception("job %s callback to %s: internal error", job.id, where)
+            outcome.stopped("internal error; the instance log has the details")
+            saved(job)
+            raise
 
     async def _try(self, url: str, data: bytes, job_id: str, attempt: int) -> str | None:
         # One POST; None if the receiver answered 2xx, else what went wrong, for the job.
@@ -205,6 +216,8 @@ class CallbackSender:
             return exc.strerror or str(exc) or type(exc).__name__
         except HTTPInputError as exc:  # an answer that is not HTTP
             return f"malformed response: {exc}"
+        except ValueError as exc:  # a URL Tornado will not send (the validation let it by)
+            return f"cannot send: {exc}"
         if 200 <= response.code < 300:
             return None
         if 300 <= response.code < 400:

@@ -138,3 +138,11 @@ def test_a_new_job_links_to_polling_cancelling_and_following_it():
     assert {link["operationId"] for link in created.values()} == {
         "getJob", "cancelJob", "getJobOutput"}
     assert all(link["parameters"] == {"id": "$response.body#/id"} for link in created.values())
+
+
+def test_the_callback_url_pattern_is_the_one_the_validation_applies():
+    from taskrunner.web.validation import MAX_URL_LENGTH, URL_PATTERN
+
+    field = load_doc()["components"]["schemas"]["JobRequest"]["properties"]["callback_url"]
+    assert field["pattern"] == f"^{URL_PATTERN}$"
+    assert field["maxLength"] == MAX_URL_LENGTH
