@@ -110,7 +110,13 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 class CallbackSender:
-    """Delivers the callbacks of one instance, each as a task of its own."""
+    """Delivers the callbacks of one instance, each as a task of its own.
+
+    Without hosts or a secret every callback is refused. ``max_clients`` bounds the tries in
+    flight at once (one socket each); Tornado queues the rest, and time in that queue counts
+    against a try's timeout, so it is set to ``--max-jobs``, not to Tornado's default of 10,
+    which ten hanging receivers would fill.
+    """
 
     def __init__(self, hosts: CallbackHosts | None = None, secret: bytes | None = None,
                  *, max_clients: int = 1000) -> None:
@@ -121,16 +127,17 @@ class CallbackSender:
         self.max_clients = max_clients
         self._client: AsyncHTTPClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def pending(self) -> int:
-        """Deliveries not yet finished."""
-        return len(self._tasks)
+        self._closed = False
 
     def send(self, job: Job, body: Callable[[], Awaitable[bytes]],
              saved: Callable[[Job], None]) -> None:
         """Start delivering ``job``'s callback: ``body()`` gives the bytes to POST,
         ``saved(job)`` is called after each change of ``job.callback``. Returns at once."""
+        if self._closed:  # a job that ended after the shutdown's grace for callbacks
+            assert job.callback is not None
+            job.callback.stopped("the instance stopped before the callback was delivered")
+            saved(job)
+            return
         task = asyncio.get_running_loop().create_task(self._deliver(job, body, saved))
         self._tasks.add(task)
         task.add_done_callback(self._forget)
@@ -138,6 +145,7 @@ class CallbackSender:
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Let pending deliveries go on for ``grace`` seconds, then stop them (each is
         recorded failed) and close the HTTP client."""
+        self._closed = True
         if self._tasks:
             log.info("shutting down: waiting up to %ss for %s callbacks", grace,
                      len(self._tasks))
