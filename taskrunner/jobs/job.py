@@ -12,7 +12,9 @@ States, and every edge (all taken in `Job._transition`)::
         └────> lost         the instance died while it ran (found so in --state-dir)
 
 A job's output is an `OutputLog` while it lives in memory; ``output`` is None once the job
-store holds all of it (see `taskrunner.jobs.registry`).
+store holds all of it (see `taskrunner.jobs.registry`). A job submitted with a
+``callback_url`` carries a `CallbackOutcome` from the start (``pending``); its delivery is
+`taskrunner.jobs.callbacks`' business, not a state of the job.
 """
 
 from __future__ import annotations
