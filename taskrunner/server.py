@@ -140,6 +140,7 @@ class Server:
             job_states=lambda: (job.state for job in jobs.jobs.values()),
         )
         launcher.observer = metrics
+        metrics.watch_callbacks(callbacks)
         admission.on_wait = metrics.queue_waited
         self.ctx = InstanceContext(
             config=config, engine=engine, launcher=launcher, port=self.port, token=token,

@@ -128,11 +128,15 @@ class CallbackSender:
         self._client: AsyncHTTPClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.on_outcome: Callable[[str], None] | None = None
+        """Called with each delivery's final status (``delivered``, ``failed``,
+        ``refused``); e.g. a metric."""
 
     def send(self, job: Job, body: Callable[[], Awaitable[bytes]],
              saved: Callable[[Job], None]) -> None:
         """Start delivering ``job``'s callback: ``body()`` gives the bytes to POST,
         ``saved(job)`` is called after each change of ``job.callback``. Returns at once."""
+        saved = self._reporting(saved)
         if self._closed:  # a job that ended after the shutdown's grace for callbacks
             assert job.callback is not None
             job.callback.stopped("the instance stopped before the callback was delivered")
@@ -156,6 +160,16 @@ class CallbackSender:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def _reporting(self, saved: Callable[[Job], None]) -> Callable[[Job], None]:
+        # ``saved``, and `on_outcome` told of the final status once the outcome has one.
+        def save(job: Job) -> None:
+            saved(job)
+            assert job.callback is not None
+            if job.callback.status != "pending" and self.on_outcome is not None:
+                self.on_outcome(job.callback.status)
+
+        return save
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

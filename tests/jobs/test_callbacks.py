@@ -130,6 +130,9 @@ async def test_the_final_job_is_posted_once_and_signed(instance, receiver):
     assert sent == {**final, "callback": {"status": "pending", "attempts": 0, "error": None}}
     assert (sent["state"], sent["status"], sent["stdout"], sent["stderr"]) == \
         ("exited", 3, "out\n", "err\n")
+    metrics = (await instance.request("GET", "/metrics")).body.decode()
+    assert 'taskrunner_callbacks_total{outcome="delivered"} 1.0' in metrics
+    assert 'taskrunner_callbacks_total{outcome="failed"} 0.0' in metrics
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -169,6 +172,8 @@ async def test_a_receiver_that_never_answers_2xx_ends_failed_after_every_try(
     assert final["callback"] == {"status": "failed", "attempts": len(FAST) + 1,
                                  "error": "HTTP 404"}
     assert len(receiver.received("/gone")) == len(FAST) + 1
+    metrics = (await instance.request("GET", "/metrics")).body.decode()
+    assert 'taskrunner_callbacks_total{outcome="failed"} 1.0' in metrics
 
 
 @pytest.mark.gen_test(timeout=30)
