@@ -267,6 +267,7 @@ def test_callbacks_need_a_secret_and_a_secret_needs_callbacks(tmp_path, io_loop)
 
 @pytest.mark.gen_test(timeout=40)
 async def test_a_hanging_receiver_holds_up_no_other_job_nor_callback(instance, receiver):
+    instance.ctx.jobs.callbacks.try_timeout = 120.0  # the stuck try stays open, however slow
     receiver.hang.add("/hang")
     stuck = await submit(instance, {"args": ["true"], "callback_url": receiver.url("/hang")})
     await until(lambda: receiver.received("/hang"))  # its first try is open, unanswered
