@@ -11,6 +11,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -115,6 +116,16 @@ class Config:
         "without it protected mode refuses to start"
     )
 
+    # -- completion callbacks (see docs/api.md#completion-callbacks) ----------------------
+    callback_allow: tuple[str, ...] = _setting(
+        (), "a host (HOST or HOST:PORT; without a port, the scheme's default) that a job's "
+        "callback_url may name (repeatable). None given: no callbacks", repeatable=True
+    )
+    callback_secret_file: str = _setting(
+        "", "file holding the secret that signs callbacks (HMAC-SHA256); required with "
+        "--callback-allow"
+    )
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
@@ -152,8 +163,30 @@ class Config:
             raise ValueError("max_requests must be >= 0")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        for entry in self.callback_allow:
+            _check_callback_host(entry)
+        # An unsigned callback could be forged by anyone who reaches the receiver; a secret
+        # without hosts would sign nothing, which is a mistake worth saying.
+        if self.callback_allow and not self.callback_secret_file:
+            raise ValueError("callback_allow needs callback_secret_file: callbacks are signed")
+        if self.callback_secret_file and not self.callback_allow:
+            raise ValueError("callback_secret_file has no effect without callback_allow")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"event_loop must be uvloop or asyncio, not {self.event_loop!r}")
+
+
+def _check_callback_host(entry: str) -> None:
+    # HOST or HOST:PORT ([v6]:PORT), nothing else: a scheme, a path or user info here would
+    # be a list that never matches what the operator meant.
+    try:
+        parts = urlsplit(f"//{entry}")
+        port = parts.port
+    except ValueError:
+        port, parts = None, None
+    if (parts is None or not parts.hostname or parts.username is not None or parts.path
+            or parts.query or parts.fragment or not entry.isascii() or port == 0
+            or any(char.isspace() for char in entry)):
+        raise ValueError(f"callback_allow: {entry!r} is not HOST or HOST:PORT")
 
 
 def settings() -> list[dataclasses.Field[Any]]:

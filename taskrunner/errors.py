@@ -11,7 +11,8 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── Unauthorized                     (401, "unauthorized")
     ├── Forbidden                        (403, "forbidden")
     │   ├── ProgramNotAllowed            (403, "program_not_allowed")
-    │   └── MissingScope                 (403, "missing_scope")   not the caller's scope
+    │   ├── MissingScope                 (403, "missing_scope")   not the caller's scope
+    │   └── CallbackNotAllowed           (403, "callback_not_allowed")  host off --callback-allow
     ├── NotFound                         (404, "not_found")
     │   └── JobNotFound                  (404, "job_not_found")
     ├── MethodNotAllowed                 (405, "method_not_allowed")
@@ -95,6 +96,13 @@ class MissingScope(Forbidden):
     """The caller (``--callers``) is known but its scopes do not include this route's."""
 
     code = "missing_scope"
+
+
+class CallbackNotAllowed(Forbidden):
+    """A job's ``callback_url`` names a host that is not on ``--callback-allow`` (or the
+    instance sends no callbacks): callers may not make the instance reach other hosts."""
+
+    code = "callback_not_allowed"
 
 
 class NotFound(TaskRunnerError):

@@ -50,6 +50,12 @@ class StoreHealth(Protocol):
     on_write_failure: Any
 
 
+class CallbackOutcomes(Protocol):
+    """What the metrics set on a callback sender (`taskrunner.jobs.callbacks`)."""
+
+    on_outcome: Any
+
+
 class Metrics:
     """The counters, gauges and histograms of one instance, in a registry of their own.
 
@@ -113,6 +119,15 @@ class Metrics:
                            "job store transactions that failed (each retry counts)",
                            registry=self.registry)
         store.on_write_failure = failures.inc  # thread-safe: called by the writer thread
+
+    def watch_callbacks(self, sender: CallbackOutcomes) -> None:
+        """Count completion callbacks by how they ended."""
+        ended = Counter("taskrunner_callbacks", "completion callbacks that ended, by outcome: "
+                        "delivered, failed (every try), refused (host off --callback-allow)",
+                        ["outcome"], registry=self.registry)
+        for outcome in ("delivered", "failed", "refused"):
+            ended.labels(outcome=outcome)
+        sender.on_outcome = lambda outcome: ended.labels(outcome=outcome).inc()
 
     # -- the launcher's observer -------------------------------------------------------
 

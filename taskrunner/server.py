@@ -2,7 +2,9 @@
 
 Shutdown (on SIGTERM or SIGINT): stop listening and refuse new commands, let the running
 ones finish for up to ``--grace`` seconds, SIGKILL the groups of those still running, let
-their responses go out, then close every connection.
+their responses go out, close every connection, then give completion callbacks still
+being delivered a short grace (`taskrunner.jobs.callbacks.SHUTDOWN_GRACE`) before they are
+recorded failed.
 
 SIGHUP: with ``--callers``, re-read the callers file (requests in flight keep the caller
 they were given; a file that cannot be used keeps the old callers, and the log says why);
@@ -23,6 +25,12 @@ from tornado.netutil import bind_sockets
 
 from taskrunner.config import Config
 from taskrunner.errors import SpawnError, StartupError, StoreError
+from taskrunner.jobs.callbacks import (
+    SHUTDOWN_GRACE,
+    CallbackHosts,
+    CallbackSender,
+    load_secret,
+)
 from taskrunner.jobs.registry import JobRegistry
 from taskrunner.metrics import Metrics
 from taskrunner.process.admission import Admission
@@ -91,6 +99,10 @@ class Server:
         check_protected(config)
         tls = server_context(config.certfile, config.keyfile) if config.certfile else None
         containment = containment_from_config(config, os.environ)
+        callbacks = CallbackSender(
+            CallbackHosts(config.callback_allow),
+            load_secret(config.callback_secret_file) if config.callback_secret_file else None,
+            max_clients=config.max_jobs)
         base_env = {**scrub_env(os.environ), **containment.env}
         try:
             allowlist = Allowlist(config.allow, base_env) if config.allow else None
@@ -133,13 +145,14 @@ class Server:
         instance = config.instance or str(self.port)
         jobs = JobRegistry(
             launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
-            max_jobs=config.max_jobs, store=store,
+            max_jobs=config.max_jobs, store=store, callbacks=callbacks,
         )
         metrics = Metrics(
             instance, running=lambda: engine.running, queued=lambda: admission.queued,
             job_states=lambda: (job.state for job in jobs.jobs.values()),
         )
         launcher.observer = metrics
+        metrics.watch_callbacks(callbacks)
         admission.on_wait = metrics.queue_waited
         self.ctx = InstanceContext(
             config=config, engine=engine, launcher=launcher, port=self.port, callers=callers,
@@ -229,6 +242,8 @@ class Server:
             await engine.wait_all(5.0)
         await ctx.wait_idle(2.0)
         await self.http.close_all_connections()
+        if ctx.jobs is not None:
+            await ctx.jobs.stop_callbacks(SHUTDOWN_GRACE)
         engine.close()
         self.trimmer.close()
         if self.watchdog is not None:

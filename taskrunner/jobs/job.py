@@ -12,7 +12,9 @@ States, and every edge (all taken in `Job._transition`)::
         └────> lost         the instance died while it ran (found so in --state-dir)
 
 A job's output is an `OutputLog` while it lives in memory; ``output`` is None once the job
-store holds all of it (see `taskrunner.jobs.registry`).
+store holds all of it (see `taskrunner.jobs.registry`). A job submitted with a
+``callback_url`` carries a `CallbackOutcome` from the start (``pending``); its delivery is
+`taskrunner.jobs.callbacks`' business, not a state of the job.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import enum
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +55,41 @@ _EDGES: dict[JobState, frozenset[JobState]] = {
 }
 
 
+@dataclass
+class CallbackOutcome:
+    """Where a job's completion callback stands: ``pending`` until it ends ``delivered``,
+    ``failed`` (every try failed, or the instance stopped first) or ``refused`` (its host
+    was not on ``--callback-allow`` when it was due); ``error`` is the last try's failure."""
+
+    status: str = "pending"
+    attempts: int = 0
+    error: str | None = None
+
+    def trying(self) -> None:
+        """A try starts (``attempts`` counts tries started, the one under way included)."""
+        self.attempts += 1
+
+    def tried(self, error: str | None, final: bool) -> None:
+        """The try ended: it succeeded (``error`` None), or failed (for good if ``final``)."""
+        self.error = error
+        if error is None:
+            self.status = "delivered"
+        elif final:
+            self.status = "failed"
+
+    def refused(self, why: str) -> None:
+        """Not sent at all: its host may not be called."""
+        self.status, self.error = "refused", why
+
+    def stopped(self, why: str) -> None:
+        """Still pending when the instance stopped: failed."""
+        self.status, self.error = "failed", why
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"status", "attempts", "error"}``, as the job object and the store hold it."""
+        return {"status": self.status, "attempts": self.attempts, "error": self.error}
+
+
 def new_job_id(instance: str) -> str:
     """``<instance>.<128 random bits, URL-safe>``: unguessable, and routable by its prefix."""
     return f"{instance}.{secrets.token_urlsafe(16)}"
@@ -68,7 +106,8 @@ class Job:
     """One background command: its state, its output so far, and how it ended."""
 
     def __init__(self, job_id: str, instance: str, args: list[str], limit: int,
-                 created: float | None = None, caller: str | None = None) -> None:
+                 created: float | None = None, caller: str | None = None,
+                 callback_url: str | None = None) -> None:
         self.id = job_id
         self.instance = instance
         self.caller = caller
@@ -82,6 +121,8 @@ class Job:
         self.duration: float | None = None
         self.truncated = {"stdout": False, "stderr": False}
         self.error: dict[str, str] | None = None
+        self.callback_url = callback_url
+        self.callback = None if callback_url is None else CallbackOutcome()
         self.output: OutputLog | None = OutputLog(limit)
         """None once the output lives only in the store."""
         self.command: Command | None = None
@@ -190,6 +231,8 @@ class Job:
             "created": _iso(self.created),
             "finished": _iso(self.finished),
             "error": self.error,
+            "callback_url": self.callback_url,
+            "callback": None if self.callback is None else self.callback.to_json(),
         })
         return body
 
@@ -199,13 +242,15 @@ class Job:
             id=self.id, instance=self.instance, state=str(self.state), args=self.args,
             status=self.status, timed_out=self.timed_out, duration=self.duration,
             stdout_truncated=self.truncated["stdout"], stderr_truncated=self.truncated["stderr"],
-            created=self.created, finished=self.finished, error=self.error, caller=self.caller)
+            created=self.created, finished=self.finished, error=self.error, caller=self.caller,
+            callback_url=self.callback_url,
+            callback=None if self.callback is None else self.callback.to_json())
 
     @classmethod
     def from_record(cls, record: JobRecord, limit: int) -> Job:
         """A job as it was stored; its output stays in the store."""
         job = cls(record.id, record.instance, record.args, limit, created=record.created,
-                  caller=record.caller)
+                  caller=record.caller, callback_url=record.callback_url)
         # Restored as stored, not transitioned: an unfinished one goes on to lost in restore().
         job.state = JobState(record.state)
         job.finished = record.finished
@@ -214,5 +259,7 @@ class Job:
         job.duration = record.duration
         job.truncated = {"stdout": record.stdout_truncated, "stderr": record.stderr_truncated}
         job.error = record.error
+        if record.callback is not None:
+            job.callback = CallbackOutcome(**record.callback)
         job.output = None
         return job

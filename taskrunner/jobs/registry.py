@@ -15,6 +15,10 @@ time, so a ``lost`` job keeps what it wrote until then and ends at the last hear
 a finished job is written, its output leaves memory: it is read back from the store when
 asked for (the last few are cached), so memory holds running jobs' output (at most
 2 x ``--max-output`` each), the cache, and output still waiting to be written.
+
+A job with a ``callback_url`` hands itself to the `CallbackSender` once it has ended (and,
+found lost at a restart, once it is marked so); the outcome of each try is saved with the
+job. A callback still pending when the instance stopped is failed at the next start.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from taskrunner.errors import (
@@ -34,6 +39,7 @@ from taskrunner.errors import (
     TaskRunnerError,
     TooManyRequests,
 )
+from taskrunner.jobs.callbacks import CallbackSender
 from taskrunner.jobs.job import Job, JobState, new_job_id
 from taskrunner.jobs.output import OutputCache
 from taskrunner.jobs.schema import JobRecord
@@ -55,13 +61,15 @@ class JobRegistry:
 
     def __init__(self, launcher: Launcher, instance: str, *, max_output: int, job_ttl: float,
                  max_jobs: int, store: JobStore | None = None,
-                 heartbeat: float = 1.0) -> None:
+                 heartbeat: float = 1.0, callbacks: CallbackSender | None = None) -> None:
         self.launcher = launcher
         self.instance = instance
         self.max_output = max_output
         self.job_ttl = job_ttl
         self.max_jobs = max_jobs
         self.store = store
+        self.callbacks = callbacks or CallbackSender()
+        """Delivers completion callbacks; without one given, every callback is refused."""
         self.jobs: dict[str, Job] = {}  # in creation order
         self._finished: OrderedDict[str, Job] = OrderedDict()  # in order of finishing
         self._accepting = 0  # jobs being written to the store before they are kept
@@ -83,18 +91,24 @@ class JobRegistry:
         self.store.open()
         records = self.store.load()
         last_alive = self.store.last_heartbeat()
-        lost = []
+        lost, interrupted = [], []
         for record in records:
             job = Job.from_record(record, self.max_output)
             if not job.done:
                 job.mark_lost(last_alive)
                 lost.append(job)
+            elif job.callback is not None and job.callback.status == "pending":
+                # Its instance died delivering it (a clean stop records the failure itself).
+                job.callback.stopped("the instance stopped before the callback was delivered")
+                interrupted.append(job)
             self.jobs[job.id] = job
         for job in sorted(self.jobs.values(), key=lambda job: job.finished or 0.0):
             self._finished[job.id] = job
         self.store.start()
-        for job in lost:
+        for job in lost + interrupted:
             self.store.put(job.id, job.record())
+        for job in lost:
+            self._call_back(job)  # it ended now, as far as its caller can know
         self._heartbeat.start()
         log.info("restored %s jobs from %s (%s lost)", len(records), self.store.path, len(lost))
         self._evict()
@@ -128,11 +142,13 @@ class JobRegistry:
         return job.to_json(await self.output(job))
 
     async def submit(self, spec: CommandSpec, policy: Policy | None = None,
-                     caller: str | None = None) -> Job:
+                     caller: str | None = None, callback_url: str | None = None) -> Job:
         """Accept ``spec`` as a job of ``caller`` under its ``policy`` (default: the
         instance's), started now or queued for a slot; raise if it cannot be (the
         allowlist, a missing program, the caller's share, no slot nor queue room, the store
-        failing). The job holds the caller's share from now until it ends."""
+        failing). The job holds the caller's share from now until it ends.
+        ``callback_url`` (checked by the caller against the sender's hosts) is called once
+        the job ends."""
         self._make_room()
         policy = policy or self.launcher.policy
         admission = self.launcher.admission
@@ -155,7 +171,7 @@ class JobRegistry:
                     share.give()
                 raise
         job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output,
-                  caller=caller)
+                  caller=caller, callback_url=callback_url)
         job.spec = checked
         # The launcher starts it with the policy's checks done and without the share,
         # which the job holds itself (queued included) and gives back in _release.
@@ -233,6 +249,10 @@ class JobRegistry:
             if job.command is not None:
                 job.command.cancel()
 
+    async def stop_callbacks(self, grace: float) -> None:
+        """Give pending callbacks up to ``grace`` seconds, then record them failed."""
+        await self.callbacks.close(grace)
+
     def close(self) -> None:
         """Stop the timers and write everything still queued to the store."""
         self._heartbeat.stop()
@@ -297,7 +317,21 @@ class JobRegistry:
             # Its state and the rest of its output in one write; once written (_written),
             # the output leaves memory.
             self.store.put(job.id, job.record(), job.unflushed())
+        self._call_back(job)
         self._evict()
+
+    def _call_back(self, job: Job) -> None:
+        # The job's final JSON goes out from a task of its own; nothing here waits for it.
+        if job.callback_url is not None:
+            self.callbacks.send(job, lambda: self._final_body(job), self._callback_saved)
+
+    async def _final_body(self, job: Job) -> bytes:
+        return orjson.dumps(await self.describe(job))
+
+    def _callback_saved(self, job: Job) -> None:
+        # A job dropped meanwhile (ttl, max-jobs) stays dropped: no row comes back for it.
+        if self.jobs.get(job.id) is job:
+            self._save(job)
 
     def _written(self, records: list[JobRecord]) -> None:
         # The store wrote these records. A finished job's final record is written with the

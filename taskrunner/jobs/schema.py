@@ -3,8 +3,10 @@
 Version 2 (``PRAGMA user_version``): ``jobs`` holds one row per job without its output;
 ``chunks`` holds the output as written, ``(job, seq, stream, data)``, replayed in ``seq``
 order; ``meta`` holds the ``heartbeat``. Version 1 kept stdout and stderr as text columns
-of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added ``jobs.caller``, the
-name of the caller (``--callers``) that submitted the job; older rows have none (NULL).
+of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added the nullable columns of
+`ADDED_COLUMNS` (the caller of ``--callers`` that submitted the job, and its callback);
+`ensure_schema` adds whichever a store lacks, so a store of any earlier version opens with
+its rows as they were.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     finished REAL,
     error TEXT,
-    caller TEXT
+    caller TEXT,
+    callback_url TEXT,
+    callback TEXT
 );
 CREATE TABLE IF NOT EXISTS chunks (
     job TEXT NOT NULL,
@@ -46,7 +50,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
 COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "duration",
-            "stdout_truncated", "stderr_truncated", "created", "finished", "error", "caller")
+            "stdout_truncated", "stderr_truncated", "created", "finished", "error",
+            "caller", "callback_url", "callback")
+
+ADDED_COLUMNS = {"caller": "TEXT", "callback_url": "TEXT", "callback": "TEXT"}
+"""Columns added to ``jobs`` after version 2, with their types; NULL in older rows."""
 
 INSERT = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -75,20 +83,25 @@ class JobRecord:
     finished: float | None
     error: dict[str, str] | None = None
     caller: str | None = None
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None
+    """The callback's outcome: ``{"status", "attempts", "error"}``."""
 
     def row(self) -> tuple[Any, ...]:
         """The record as a row of the ``jobs`` table."""
         return (self.id, self.instance, self.state, json.dumps(self.args), self.status,
                 int(self.timed_out), self.duration, int(self.stdout_truncated),
                 int(self.stderr_truncated), self.created, self.finished,
-                None if self.error is None else json.dumps(self.error), self.caller)
+                None if self.error is None else json.dumps(self.error), self.caller,
+                self.callback_url, None if self.callback is None else json.dumps(self.callback))
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         """A record from a row of the ``jobs`` table."""
         values = dict(zip(COLUMNS, row, strict=True))
         values["args"] = json.loads(values["args"])
-        values["error"] = None if values["error"] is None else json.loads(values["error"])
+        for name in ("error", "callback"):
+            values[name] = None if values[name] is None else json.loads(values[name])
         for name in ("timed_out", "stdout_truncated", "stderr_truncated"):
             values[name] = bool(values[name])
         return cls(**values)
@@ -99,6 +112,7 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         _migrate(db)
+        _add_columns(db)
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
@@ -109,19 +123,25 @@ def _migrate(db: sqlite3.Connection) -> None:
     # Version 1 kept each job's stdout and stderr as text columns of ``jobs``: move them into
     # chunks (stdout first; the interleaving was not recorded then).
     columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
-    if columns and "stdout" not in columns:
-        if "caller" not in columns:  # version 2
-            db.execute("ALTER TABLE jobs ADD COLUMN caller TEXT")
-        return
     if "stdout" not in columns:
         return
     db.execute("ALTER TABLE jobs RENAME TO jobs_v1")
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
-    kept = ", ".join(name for name in COLUMNS if name not in ("error", "caller"))
+    kept = ", ".join(name for name in COLUMNS if name in columns)
     db.execute(f"INSERT INTO jobs ({kept}) SELECT {kept} FROM jobs_v1")
     for seq, stream in enumerate(STREAMS):
         db.execute(f"INSERT INTO chunks SELECT id, {seq}, {seq}, CAST({stream} AS BLOB) "
                    f"FROM jobs_v1 WHERE {stream} != ''")
     db.execute("DROP TABLE jobs_v1")
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    # A version 2 store: its rows stay, the columns added since are NULL in them.
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if not columns:
+        return  # a new store: SCHEMA creates the table whole
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in columns:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")

@@ -36,7 +36,7 @@ from taskrunner.process.engine import CommandSpec
 from taskrunner.process.launcher import Policy
 from taskrunner.web.callers import Caller
 from taskrunner.web.context import InstanceContext
-from taskrunner.web.validation import parse_run_request
+from taskrunner.web.validation import parse_job_request, parse_run_request
 
 log = logging.getLogger("taskrunner.http")
 
@@ -250,15 +250,26 @@ class CommandHandler(BodyHandler):
 
     def parse_command(self) -> CommandSpec:
         """Validate the body; refuse new commands while the instance shuts down."""
-        self.body_complete()
-        if self.refusal is not None:  # answer_in_place keeps us from here; never run one
-            raise self.refusal
-        if self.ctx.shutting_down:
-            raise ServiceUnavailable()
+        self._may_start()
         config = self.ctx.config
         spec = parse_run_request(bytes(self.body), default_timeout=config.default_timeout,
                                  max_timeout=config.max_timeout)
         self.program = spec.args[0]
         return spec
 
+    def parse_job(self) -> tuple[CommandSpec, str | None]:
+        """Validate a ``POST /jobs`` body: the command, and its ``callback_url`` if any."""
+        self._may_start()
+        config = self.ctx.config
+        spec, callback_url = parse_job_request(
+            bytes(self.body), default_timeout=config.default_timeout,
+            max_timeout=config.max_timeout, callback_hosts=self.ctx.jobs.callbacks.hosts)
+        self.program = spec.args[0]
+        return spec, callback_url
 
+    def _may_start(self) -> None:
+        self.body_complete()
+        if self.refusal is not None:  # answer_in_place keeps us from here; never run one
+            raise self.refusal
+        if self.ctx.shutting_down:
+            raise ServiceUnavailable()

@@ -38,18 +38,18 @@ def visible_job(handler: JSONHandler, job_id: str) -> Job:
 
 
 class JobsHandler(CommandHandler):
-    """``POST /jobs`` starts a job from a ``/run`` body; ``GET /jobs`` lists the jobs kept
-    (the caller's own, or every one for ``admin``)."""
+    """``POST /jobs`` starts a job from a ``/run`` body (and an optional ``callback_url``);
+    ``GET /jobs`` lists the jobs kept (the caller's own, or every one for ``admin``)."""
 
     scope = "jobs"
 
     async def post(self) -> None:
         if self._finished:
             return
-        spec = self.parse_command()
+        spec, callback_url = self.parse_job()
         registry = self.ctx.jobs
         name = self.caller.name if self.caller is not None else None
-        job = await registry.submit(spec, self.policy, caller=name)
+        job = await registry.submit(spec, self.policy, caller=name, callback_url=callback_url)
         self.set_header("Location", f"/jobs/{job.id}")
         self.write_json(await registry.describe(job), 202)
 

@@ -5,6 +5,12 @@ that says, for a person, exactly what is wrong. Strict on purpose: unknown field
 rejected (a misspelled ``timout`` must not run a command without its limit), booleans are
 not numbers, and no string may carry a NUL byte.
 
+``POST /jobs`` takes one more field, ``callback_url`` (`parse_job_request`): an absolute
+http or https URL of printable ASCII matching `URL_PATTERN`, without user info (a password
+would be kept with the job and shown with it), at most `MAX_URL_LENGTH` characters; its
+host must be on ``--callback-allow`` (403 ``callback_not_allowed``), checked after every
+field is valid.
+
 Numbers of any size are a 400, never a crash: an integer literal of more than
 `MAX_INT_DIGITS` digits is ``invalid_json`` (converting it would cost time quadratic in its
 length, which is why Python refuses such strings by default), and a number too large for
@@ -15,12 +21,26 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
-from taskrunner.errors import InvalidField, InvalidJSON, UnknownField
+from taskrunner.errors import CallbackNotAllowed, InvalidField, InvalidJSON, UnknownField
+from taskrunner.jobs.callbacks import CallbackHosts, shown_host
 from taskrunner.process.engine import CommandSpec
 
 FIELDS = ("args", "timeout", "stdin", "env", "cwd")
+JOB_FIELDS = (*FIELDS, "callback_url")
+
+MAX_URL_LENGTH = 2048
+"""Longest ``callback_url`` accepted, as browsers and most servers take."""
+
+_PORT = "[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]"
+URL_PATTERN = (r"https?://([A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])"
+               rf"(:({_PORT}))?([/?#][!-~]*)?")
+"""What a ``callback_url`` must be, whole: http(s), a host (a name, an IPv4 address, or an
+IPv6 one in brackets) with no user info, an optional port up to 65535, then any printable
+ASCII. openapi.json's pattern for it is this one, anchored: the document and the
+validation accept the same URLs, which schemathesis checks both ways."""
 
 MAX_INT_DIGITS = 4300
 """Longest integer literal accepted anywhere in a body: Python's default limit for
@@ -142,14 +162,29 @@ def _parse_env(value: object) -> dict[str, str]:
     return env
 
 
-def parse_run_request(body: bytes, *, default_timeout: float, max_timeout: float) -> CommandSpec:
-    """Validate a request body and return the command it asks for."""
+def _parse_callback_url(value: object) -> str:
+    url = _check_string("callback_url", value, allow_empty=False)
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidField(f"callback_url is longer than {MAX_URL_LENGTH} characters")
+    if not re.fullmatch(URL_PATTERN, url):
+        raise InvalidField(f"callback_url must be an http or https URL (http[s]://HOST[:PORT]"
+                           "/PATH, printable ASCII, no user info), not "
+                           f"{_shown_url(url)}")
+    return url
+
+
+def _shown_url(url: str) -> str:
+    return repr(url if len(url) <= 80 else url[:60] + "...")
+
+
+def _parse_fields(body: bytes, known: tuple[str, ...], default_timeout: float,
+                  max_timeout: float) -> tuple[dict[str, Any], CommandSpec]:
     fields = decode_json_object(body)
-    unknown = sorted(set(fields) - set(FIELDS))
+    unknown = sorted(set(fields) - set(known))
     if unknown:
         raise UnknownField(
             f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"known fields are {', '.join(FIELDS)}"
+            f"known fields are {', '.join(known)}"
         )
     if "args" not in fields:
         raise InvalidField("args is required: an array of strings naming the command")
@@ -162,4 +197,31 @@ def parse_run_request(body: bytes, *, default_timeout: float, max_timeout: float
     stdin = _check_string("stdin", given["stdin"]) if "stdin" in given else None
     env = _parse_env(given["env"]) if "env" in given else None
     cwd = _check_string("cwd", given["cwd"], allow_empty=False) if "cwd" in given else None
-    return CommandSpec(args=args, timeout=timeout, stdin=stdin, env=env, cwd=cwd)
+    return given, CommandSpec(args=args, timeout=timeout, stdin=stdin, env=env, cwd=cwd)
+
+
+def parse_run_request(body: bytes, *, default_timeout: float, max_timeout: float) -> CommandSpec:
+    """Validate a request body and return the command it asks for."""
+    _, spec = _parse_fields(body, FIELDS, default_timeout, max_timeout)
+    return spec
+
+
+def parse_job_request(body: bytes, *, default_timeout: float, max_timeout: float,
+                      callback_hosts: CallbackHosts) -> tuple[CommandSpec, str | None]:
+    """Validate a ``POST /jobs`` body: the command it asks for, and its ``callback_url``
+    (None without one); `CallbackNotAllowed` if that URL's host is off the list."""
+    given, spec = _parse_fields(body, JOB_FIELDS, default_timeout, max_timeout)
+    if "callback_url" not in given:
+        return spec, None
+    url = _parse_callback_url(given["callback_url"])
+    if not callback_hosts:
+        raise CallbackNotAllowed("this instance sends no callbacks (no --callback-allow)")
+    try:
+        permitted = callback_hosts.permits(url)
+    except ValueError:  # a bracketed host that is no IPv6 address: on no list
+        raise CallbackNotAllowed(f"callback_url host of {_shown_url(url)} is not on this "
+                                 "instance's --callback-allow") from None
+    if not permitted:
+        raise CallbackNotAllowed(f"callback_url host {shown_host(url)} is not on this "
+                                 "instance's --callback-allow")
+    return spec, url

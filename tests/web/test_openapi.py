@@ -79,3 +79,70 @@ def test_the_checker_rejects_what_the_document_does_not_promise():
     for method, path, code, headers, body in bad:
         with pytest.raises(AssertionError):
             check(method, path, code, headers, body.encode())
+
+
+def test_the_document_is_valid_openapi_3_1():
+    # schemathesis checks a document against the OpenAPI 3.1 meta-schema it ships.
+    import schemathesis
+
+    from taskrunner.web import openapi
+
+    schemathesis.openapi.from_dict(openapi.document(5)).validate()
+    broken = load_doc()
+    broken["paths"]["/jobs"]["post"]["responses"]["202"]["links"]["GetJob"]["bogus"] = 1
+    with pytest.raises(Exception, match="bogus"):
+        schemathesis.openapi.from_dict(broken).validate()
+
+
+def operations(doc):
+    """{operationId: (path item, operation)} of every operation in ``doc``."""
+    found = {}
+    for item in doc["paths"].values():
+        for method, operation in item.items():
+            if method != "parameters":
+                assert operation["operationId"] not in found, operation["operationId"]
+                found[operation["operationId"]] = (item, operation)
+    return found
+
+
+def test_every_link_names_an_operation_and_its_parameters():
+    doc = load_doc()
+    by_id = operations(doc)
+    schemas = doc["components"]["schemas"]
+    links = 0
+    for item in doc["paths"].values():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            for response in operation["responses"].values():
+                for name, link in response.get("links", {}).items():
+                    links += 1
+                    assert link["operationId"] in by_id, name
+                    target_item, target = by_id[link["operationId"]]
+                    accepted = {p["name"] for p in (target_item.get("parameters", [])
+                                                    + target.get("parameters", []))}
+                    assert link["parameters"], name
+                    for parameter, expression in link["parameters"].items():
+                        assert parameter in accepted, (name, parameter)
+                        # The value comes from a field the response always has.
+                        prefix = "$response.body#/"
+                        assert expression.startswith(prefix), (name, expression)
+                        field = expression[len(prefix):]
+                        ref = response["content"]["application/json"]["schema"]["$ref"]
+                        assert field in schemas[ref.rsplit("/", 1)[1]]["required"], name
+    assert links
+
+
+def test_a_new_job_links_to_polling_cancelling_and_following_it():
+    created = load_doc()["paths"]["/jobs"]["post"]["responses"]["202"]["links"]
+    assert {link["operationId"] for link in created.values()} == {
+        "getJob", "cancelJob", "getJobOutput"}
+    assert all(link["parameters"] == {"id": "$response.body#/id"} for link in created.values())
+
+
+def test_the_callback_url_pattern_is_the_one_the_validation_applies():
+    from taskrunner.web.validation import MAX_URL_LENGTH, URL_PATTERN
+
+    field = load_doc()["components"]["schemas"]["JobRequest"]["properties"]["callback_url"]
+    assert field["pattern"] == f"^{URL_PATTERN}$"
+    assert field["maxLength"] == MAX_URL_LENGTH

@@ -36,3 +36,45 @@ def test_every_operation_conforms_to_the_openapi_document(case, live_url):
     response = case.call(base_url=live_url, timeout=15)
     assert response.status_code < 500, response.text
     case.validate_response(response)
+
+
+def test_stateful_runs_follow_a_new_job_through_the_links(live_url):
+    """schemathesis' state machine starts jobs and, through links, polls, follows and
+    cancels the very jobs it started, not made-up ids that answer 404. (schemathesis 4.32
+    also infers these links from the ``id`` field; the document's own links, checked in
+    test_openapi.py, are what other generators and stateful testers follow.)"""
+    from schemathesis.specs.openapi.checks import negative_data_rejection, use_after_free
+
+    followed = []
+
+    class Workflow(schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"base_url": live_url, "timeout": 15}
+
+        def before_call(self, case):
+            # The stateless test above covers made-up bodies; here the jobs must start, so
+            # each runs the allowed echo (a made-up program, cwd, env or callback_url
+            # would be refused before any job exists to follow).
+            if case.method == "POST" and isinstance(case.body, dict):
+                case.body["args"] = ["echo", "followed"]
+                for field in ("cwd", "env", "callback_url"):
+                    case.body.pop(field, None)
+
+        def after_call(self, response, case):
+            super().after_call(response, case)
+            if case.operation.path.startswith("/jobs/{id}"):
+                followed.append((case.method, case.operation.path, response.status_code))
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            assert response.status_code < 500, response.text
+            # A cancelled job is kept (its id answers 200 with its final state), which
+            # schemathesis' use-after-free check takes for a resource not deleted; a body
+            # rewritten by before_call is valid, whatever it was generated as.
+            case.validate_response(response, excluded_checks=[use_after_free,
+                                                              negative_data_rejection],
+                                   transport_kwargs=kwargs or None, recorder=self.recorder)
+
+    Workflow.run(settings=settings(max_examples=15, stateful_step_count=4, deadline=None,
+                                   suppress_health_check=list(HealthCheck)))
+    assert {(method, path) for method, path, code in followed if code == 200} >= {
+        ("GET", "/jobs/{id}"), ("DELETE", "/jobs/{id}"), ("GET", "/jobs/{id}/output")}

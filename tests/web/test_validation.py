@@ -3,7 +3,7 @@
 import json
 import math
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from taskrunner.errors import RequestError
@@ -109,3 +109,41 @@ def test_replacing_one_field_never_raises_anything_else(fields, name, value):
 def test_integers_of_any_length_give_a_spec_or_a_request_error(digits, negative, template):
     number = ("-" if negative else "") + "7" * digits
     parse(template.format(n=number).encode())
+
+
+# -- callback_url (POST /jobs) -------------------------------------------------------------
+
+url_like = st.one_of(
+    st.text(),
+    st.builds(lambda scheme, rest: scheme + rest,
+              st.sampled_from(["http://", "https://", "HTTP://", "ftp://", "http:/", ""]),
+              st.text(alphabet=st.characters(codec="ascii"), max_size=40)),
+    st.from_regex(r"\Ahttps?://[a-z0-9.:\[\]@]{0,12}(/[!-~]{0,8})?\Z"),
+)
+
+
+@given(url_like)
+@example("http://h/x?a=b#c").via("the default port of http")
+@example("https://H/").via("a name is matched case aside")
+@example("http://127.0.0.1:8080").via("an address with its port")
+@example("http://[::1]:9/").via("IPv6")
+@example("http://[1]:9/").via("brackets around no IPv6 address: on no list")
+@example("http://u@h/").via("user info")
+@settings(max_examples=400)
+def test_any_callback_url_is_accepted_or_a_4xx(value):
+    from taskrunner.errors import CallbackNotAllowed
+    from taskrunner.jobs.callbacks import CallbackHosts, host_key
+    from taskrunner.web.validation import parse_job_request
+
+    hosts = CallbackHosts(("h", "127.0.0.1:8080", "[::1]:9"))
+    body = json.dumps({"args": ["true"], "callback_url": value}).encode()
+    try:
+        _, url = parse_job_request(body, callback_hosts=hosts, **LIMITS)
+    except RequestError as exc:
+        assert exc.code == "invalid_field", exc
+        return
+    except CallbackNotAllowed:
+        return
+    # Accepted: a URL of one of the listed hosts, with no user info to be kept.
+    assert url == value and "@" not in value.split("/")[2]
+    assert host_key(url) in {("h", 80), ("h", 443), ("127.0.0.1", 8080), ("::1", 9)}
