@@ -79,6 +79,20 @@ class Config:
     )
     limit_fsize: int = _setting(0, "largest file each command may write, in MiB; 0: none")
     limit_nofile: int = _setting(0, "open-file limit of each command; 0: none")
+    memory_max: int = _setting(
+        0, "memory limit of each command's whole process tree, in MiB, by a cgroup of its "
+        "own; a command it kills reports oom_killed. 0: none"
+    )
+    pids_max: int = _setting(
+        0, "most processes and threads of each command's tree at once, by its cgroup; 0: none"
+    )
+    cpu_max: float = _setting(
+        0.0, "CPUs each command's tree may use (e.g. 0.5), by its cgroup; 0: none"
+    )
+    cgroup_parent: str = _setting(
+        "", "cgroup path (e.g. /taskrunner, the same in every hierarchy) under which the "
+        "commands' cgroups are made; empty: taskrunner-<pid> under the instance's own cgroup"
+    )
     max_running: int = _setting(
         0, "commands running at once (/run and jobs together); 0: auto, "
         "min(256 x CPUs, (open-file limit - 256) / 4)"
@@ -110,9 +124,13 @@ class Config:
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
         for name in ("limit_as", "limit_cpu", "limit_nproc", "limit_fsize", "limit_nofile",
-                     "max_running", "max_connections"):
+                     "max_running", "max_connections", "memory_max", "pids_max", "cpu_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.cgroup_parent and not self.cgroup_parent.startswith("/"):
+            raise ValueError("cgroup_parent must be a cgroup path starting with /")
+        if ".." in self.cgroup_parent.split("/"):
+            raise ValueError("cgroup_parent must not contain ..")
         if self.max_queued < -1:
             raise ValueError("max_queued must be >= 0, or -1 for 2 x max_running")
         for name in ("idle_timeout", "body_timeout"):

@@ -22,6 +22,7 @@ from taskrunner.jobs.registry import JobRegistry
 from taskrunner.metrics import Metrics
 from taskrunner.process.admission import Admission
 from taskrunner.process.allowlist import Allowlist
+from taskrunner.process.cgroup_pool import cgroups_from_config
 from taskrunner.process.containment import containment_from_config
 from taskrunner.process.engine import ProcessEngine
 from taskrunner.process.heap import HeapTrimmer
@@ -109,11 +110,19 @@ class Server:
             on_large_output=self.trimmer.request,
         )
         admission = Admission.from_config(config)
+        try:
+            cgroups = cgroups_from_config(config)
+        except StartupError:
+            if self.watchdog is not None:
+                self.watchdog.close()
+            raise
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
-                            admission=admission)
+                            admission=admission, cgroups=cgroups)
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
         except OSError as exc:
+            if cgroups is not None:
+                cgroups.close()
             if self.watchdog is not None:
                 self.watchdog.close()
             raise StartupError(f"cannot listen on {config.address}:{config.port}: "
@@ -140,6 +149,8 @@ class Server:
             for sock in self.sockets:
                 sock.close()
             engine.close()
+            if cgroups is not None:
+                cgroups.close()
             if self.watchdog is not None:
                 self.watchdog.close()
             raise StartupError(str(exc)) from None
@@ -192,6 +203,8 @@ class Server:
         await ctx.wait_idle(2.0)
         await self.http.close_all_connections()
         engine.close()
+        if ctx.launcher.cgroups is not None:
+            ctx.launcher.cgroups.close()
         self.trimmer.close()
         if self.watchdog is not None:
             self.watchdog.close()

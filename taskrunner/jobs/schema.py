@@ -1,9 +1,10 @@
 """The job store's schema: its tables, `JobRecord` (one row of ``jobs``), and upgrades.
 
-Version 2 (``PRAGMA user_version``): ``jobs`` holds one row per job without its output;
+Version 3 (``PRAGMA user_version``): ``jobs`` holds one row per job without its output;
 ``chunks`` holds the output as written, ``(job, seq, stream, data)``, replayed in ``seq``
-order; ``meta`` holds the ``heartbeat``. Version 1 kept stdout and stderr as text columns
-of ``jobs``; `ensure_schema` moves them into chunks.
+order; ``meta`` holds the ``heartbeat``. Version 2 had no ``oom_killed`` column (added,
+false); version 1 kept stdout and stderr as text columns of ``jobs``; `ensure_schema`
+moves them into chunks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 STREAMS = ("stdout", "stderr")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -26,6 +27,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     args TEXT NOT NULL,
     status INTEGER,
     timed_out INTEGER NOT NULL,
+    oom_killed INTEGER NOT NULL DEFAULT 0,
     duration REAL,
     stdout_truncated INTEGER NOT NULL,
     stderr_truncated INTEGER NOT NULL,
@@ -43,7 +45,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
-COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "duration",
+COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "oom_killed", "duration",
             "stdout_truncated", "stderr_truncated", "created", "finished", "error")
 
 INSERT = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
@@ -72,12 +74,14 @@ class JobRecord:
     created: float
     finished: float | None
     error: dict[str, str] | None = None
+    oom_killed: bool = False
 
     def row(self) -> tuple[Any, ...]:
         """The record as a row of the ``jobs`` table."""
         return (self.id, self.instance, self.state, json.dumps(self.args), self.status,
-                int(self.timed_out), self.duration, int(self.stdout_truncated),
-                int(self.stderr_truncated), self.created, self.finished,
+                int(self.timed_out), int(self.oom_killed), self.duration,
+                int(self.stdout_truncated), int(self.stderr_truncated), self.created,
+                self.finished,
                 None if self.error is None else json.dumps(self.error))
 
     @classmethod
@@ -86,7 +90,7 @@ class JobRecord:
         values = dict(zip(COLUMNS, row, strict=True))
         values["args"] = json.loads(values["args"])
         values["error"] = None if values["error"] is None else json.loads(values["error"])
-        for name in ("timed_out", "stdout_truncated", "stderr_truncated"):
+        for name in ("timed_out", "oom_killed", "stdout_truncated", "stderr_truncated"):
             values[name] = bool(values[name])
         return cls(**values)
 
@@ -103,6 +107,10 @@ def ensure_schema(db: sqlite3.Connection) -> None:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
+    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    if columns and "stdout" not in columns and "oom_killed" not in columns:
+        # Version 2: no job of it was killed by a memory limit it could not have had.
+        db.execute("ALTER TABLE jobs ADD COLUMN oom_killed INTEGER NOT NULL DEFAULT 0")
     # Version 1 kept each job's stdout and stderr as text columns of ``jobs``: move them into
     # chunks (stdout first; the interleaving was not recorded then).
     columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
@@ -112,7 +120,7 @@ def _migrate(db: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
-    kept = ", ".join(name for name in COLUMNS if name != "error")
+    kept = ", ".join(name for name in COLUMNS if name not in ("error", "oom_killed"))
     db.execute(f"INSERT INTO jobs ({kept}) SELECT {kept} FROM jobs_v1")
     for seq, stream in enumerate(STREAMS):
         db.execute(f"INSERT INTO chunks SELECT id, {seq}, {seq}, CAST({stream} AS BLOB) "

@@ -7,7 +7,9 @@ the job registry never call the engine directly:
 2. containment (``--limit-*``, ``--user``): the wrapper, after checking in this process
    that the program and ``cwd`` are there, so a missing program is a clean 422;
 3. admission (``--max-running``, ``--max-queued``): wait for a slot, or 429;
-4. the engine starts the command; its slot is freed when its result is in.
+4. cgroup limits (``--memory-max``, ``--pids-max``, ``--cpu-max``): a cgroup from the pool;
+5. the engine starts the command; its slot is freed, and its cgroup given back, when its
+   result is in.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Protocol
 from taskrunner.errors import SpawnError, StartError
 from taskrunner.process.admission import Admission
 from taskrunner.process.allowlist import Allowlist
+from taskrunner.process.cgroup_pool import CgroupPool, CommandCgroup
 from taskrunner.process.containment import Containment
 from taskrunner.process.engine import Command, CommandSpec, OutputListener, ProcessEngine
 
@@ -36,10 +39,15 @@ class Launcher:
     def __init__(self, engine: ProcessEngine, allowlist: Allowlist | None = None,
                  containment: Containment | None = None,
                  admission: Admission | None = None,
-                 observer: CommandObserver | None = None) -> None:
+                 observer: CommandObserver | None = None,
+                 cgroups: CgroupPool | None = None) -> None:
         self.engine = engine
+        self.cgroups = cgroups
         self.allowlist = allowlist
         self.containment = containment or Containment()
+        # A wrapper (v2's) means the program must be resolved here, as for containment.
+        self._wrapped = self.containment.active or (
+            cgroups is not None and cgroups.hierarchy.version == 2)
         self.admission = admission
         self.observer = observer
 
@@ -71,9 +79,14 @@ class Launcher:
     def _spawn(self, spec: CommandSpec, listener: OutputListener | None) -> Command:
         # The caller holds a slot (when there is admission): it is freed when the command
         # ends, or now if it cannot start.
+        cgroup: CommandCgroup | None = None
         try:
-            command = self.engine.start(spec, listener, self.containment.prefix)
+            if self.cgroups is not None:
+                cgroup = self.cgroups.acquire()
+            command = self.engine.start(spec, listener, self.containment.prefix, cgroup)
         except BaseException as exc:
+            if cgroup is not None:
+                cgroup.close()
             if self.admission is not None:
                 self.admission.release()
             if isinstance(exc, StartError) and self.observer is not None:
@@ -89,13 +102,13 @@ class Launcher:
     def check(self, spec: CommandSpec) -> CommandSpec:
         """Apply the allowlist and the wrapper's checks; the spec to run, with its program
         resolved to a real path when either is in force."""
-        if self.allowlist is None and not self.containment.active:
+        if self.allowlist is None and not self._wrapped:
             return spec  # the fast path: the engine resolves the program itself
         env = self.engine.base_env if not spec.env else {**self.engine.base_env, **spec.env}
         program = spec.args[0]
         if self.allowlist is not None:
             self.allowlist.check_env(spec.env)
             real = self.allowlist.check(program, env, spec.cwd)
-        if self.containment.active:
+        if self._wrapped:
             real = self.containment.check(program, env, spec.cwd)
         return dataclasses.replace(spec, args=[real, *spec.args[1:]])
