@@ -22,8 +22,8 @@ from taskrunner.jobs.registry import JobRegistry
 from taskrunner.metrics import Metrics
 from taskrunner.process.admission import Admission
 from taskrunner.process.allowlist import Allowlist
-from taskrunner.process.cgroup_pool import cgroups_from_config
-from taskrunner.process.containment import containment_from_config
+from taskrunner.process.cgroup_pool import CgroupPool, cgroups_from_config
+from taskrunner.process.containment import Containment, containment_from_config
 from taskrunner.process.engine import ProcessEngine
 from taskrunner.process.heap import HeapTrimmer
 from taskrunner.process.launcher import Launcher
@@ -87,6 +87,17 @@ class Server:
             allowlist = Allowlist(config.allow, base_env) if config.allow else None
         except SpawnError as exc:
             raise StartupError(f"--allow: {exc.message}") from None
+        cgroups = cgroups_from_config(config)
+        try:
+            await self._startup(config, token, containment, base_env, allowlist, cgroups)
+        except BaseException:
+            if cgroups is not None:
+                cgroups.close()
+            raise
+
+    async def _startup(self, config: Config, token: str | None, containment: Containment,
+                       base_env: dict[str, str], allowlist: Allowlist | None,
+                       cgroups: CgroupPool | None) -> None:
         store = None
         if config.state_dir:
             # Here, not at the top: an instance without --state-dir never loads sqlite3.
@@ -110,19 +121,11 @@ class Server:
             on_large_output=self.trimmer.request,
         )
         admission = Admission.from_config(config)
-        try:
-            cgroups = cgroups_from_config(config)
-        except StartupError:
-            if self.watchdog is not None:
-                self.watchdog.close()
-            raise
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
                             admission=admission, cgroups=cgroups)
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
         except OSError as exc:
-            if cgroups is not None:
-                cgroups.close()
             if self.watchdog is not None:
                 self.watchdog.close()
             raise StartupError(f"cannot listen on {config.address}:{config.port}: "
@@ -149,8 +152,6 @@ class Server:
             for sock in self.sockets:
                 sock.close()
             engine.close()
-            if cgroups is not None:
-                cgroups.close()
             if self.watchdog is not None:
                 self.watchdog.close()
             raise StartupError(str(exc)) from None
