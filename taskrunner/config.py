@@ -84,7 +84,8 @@ class Config:
         "own; a command it kills reports oom_killed. 0: none"
     )
     pids_max: int = _setting(
-        0, "most processes and threads of each command's tree at once, by its cgroup; 0: none"
+        0, "most processes and threads of each command's tree at once, by its cgroup "
+        "(at least 2); 0: none"
     )
     cpu_max: float = _setting(
         0.0, "CPUs each command's tree may use (e.g. 0.5), by its cgroup; 0: none"
@@ -127,6 +128,9 @@ class Config:
                      "max_running", "max_connections", "memory_max", "pids_max", "cpu_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.pids_max == 1:
+            # On cgroup v1 the spawning thread is counted while it is in the cgroup.
+            raise ValueError("pids_max must be 0 or at least 2")
         if self.cgroup_parent and not self.cgroup_parent.startswith("/"):
             raise ValueError("cgroup_parent must be a cgroup path starting with /")
         if ".." in self.cgroup_parent.split("/"):

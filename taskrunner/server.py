@@ -20,7 +20,7 @@ from taskrunner.config import Config
 from taskrunner.errors import SpawnError, StartupError, StoreError
 from taskrunner.jobs.registry import JobRegistry
 from taskrunner.metrics import Metrics
-from taskrunner.process.admission import Admission
+from taskrunner.process.admission import Admission, default_max_running
 from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.cgroup_pool import CgroupPool, cgroups_from_config
 from taskrunner.process.containment import Containment, containment_from_config
@@ -87,7 +87,8 @@ class Server:
             allowlist = Allowlist(config.allow, base_env) if config.allow else None
         except SpawnError as exc:
             raise StartupError(f"--allow: {exc.message}") from None
-        cgroups = cgroups_from_config(config)
+        # Idle cgroups kept: as many as may run at once.
+        cgroups = cgroups_from_config(config, keep=config.max_running or default_max_running())
         try:
             await self._startup(config, token, containment, base_env, allowlist, cgroups)
         except BaseException:

@@ -2,12 +2,14 @@
 
 Making and removing a cgroup (a directory in each of three or four hierarchies on v1) costs
 the instance more CPU per command than the spawn itself; most commands leave their cgroup
-exactly as they found it, so the pool keeps up to ``keep`` idle cgroups and hands one out
-again. One is reused only if nothing is left in it, the memory limit killed nothing there,
-the CPU limit never throttled it (a thread moved into a throttled cgroup to spawn would
-stall), and at most `REUSE_CHARGE` bytes (page cache a command left behind) are still
-charged to it; otherwise it is removed, and a fresh one is made for a later command. A
-cgroup still busy with processes that are dying is retried on later calls and at `close`.
+exactly as they found it, so the pool keeps up to ``keep`` idle cgroups (the instance gives
+``--max-running``: a wave of commands ending together would otherwise remove and remake
+most of them) and hands one out again. One is reused only if nothing is left in it, the
+memory limit killed nothing there, the CPU limit never throttled it (a thread moved into a
+throttled cgroup to spawn would stall), and at most `REUSE_CHARGE` bytes (page cache a
+command left behind) are still charged to it; otherwise it is removed, and a fresh one is
+made for a later command. A cgroup still busy with processes that are dying is retried on
+later calls and at `close`.
 
 `CommandCgroup` is the engine's `taskrunner.process.engine.Enclosure` for one command.
 """
@@ -35,12 +37,11 @@ REUSE_CHARGE = 1024 * 1024
 class CommandCgroup:
     """The cgroup one command runs in, from its spawn until `close`."""
 
-    def __init__(self, pool: CgroupPool, cgroup: Cgroup) -> None:
+    def __init__(self, pool: CgroupPool, cgroup: Cgroup, counters: tuple[int, int]) -> None:
         self.cgroup = cgroup
         self.prefix: Sequence[str] = pool.hierarchy.wrapper(cgroup)
         self._pool = pool
-        self._oom_before = cgroup.oom_kills()
-        self._throttled_before = cgroup.throttled()
+        self._counters = counters  # (OOM kills, times throttled) before the command
         self._closed = False
 
     def spawning(self) -> AbstractContextManager[None]:
@@ -60,17 +61,19 @@ class CommandCgroup:
         a process of the command."""
         if self._closed:
             return False
-        self.kill()  # anything that survived its group and the exit
         self._closed = True
         try:
-            oom = self.cgroup.oom_kills() > self._oom_before
-            reusable = (not oom and self.cgroup.throttled() == self._throttled_before
-                        and self.cgroup.memory_charged() <= REUSE_CHARGE
-                        and not self.cgroup.procs())
+            left = self.cgroup.procs()
+            if left:  # anything that survived its group and the exit
+                self.cgroup.kill()
+            counters = (self.cgroup.oom_kills(), self.cgroup.throttled())
+            oom = counters[0] > self._counters[0]
+            reusable = (not left and not oom and counters[1] == self._counters[1]
+                        and self.cgroup.memory_charged() <= REUSE_CHARGE)
         except OSError as exc:
             log.error("%r: cannot read its state: %s", self.cgroup, exc)
-            oom, reusable = False, False
-        self._pool.give_back(self.cgroup, reusable)
+            oom, reusable, counters = False, False, self._counters
+        self._pool.give_back(self.cgroup, counters if reusable else None)
         return oom
 
 
@@ -81,7 +84,7 @@ class CgroupPool:
         self.hierarchy = hierarchy
         self.keep = keep
         self.made = 0  # cgroups made, for tests and curiosity
-        self._idle: list[Cgroup] = []
+        self._idle: list[tuple[Cgroup, tuple[int, int]]] = []  # with its counters
         self._stale: list[Cgroup] = []  # removed but still busy: retried
         self._names = (f"{os.getpid()}-{n}" for n in itertools.count())
 
@@ -90,26 +93,37 @@ class CgroupPool:
         if self._stale:
             self._retry_stale()
         if self._idle:
-            return CommandCgroup(self, self._idle.pop())
-        try:
-            cgroup = self.hierarchy.make(next(self._names))
-        except OSError as exc:
-            raise OutOfResources(f"cannot make a cgroup for the command: {exc.strerror}; "
-                                 "retry later") from None
+            return CommandCgroup(self, *self._idle.pop())
+        for _ in range(100):
+            try:
+                cgroup = self.hierarchy.make(next(self._names))
+                break
+            except FileExistsError:
+                continue  # another pool's, or left by an earlier process with this pid
+            except OSError as exc:
+                raise OutOfResources(f"cannot make a cgroup for the command: {exc.strerror}; "
+                                     "retry later") from None
+        else:
+            raise OutOfResources("cannot make a cgroup for the command: every name taken")
         self.made += 1
-        return CommandCgroup(self, cgroup)
+        try:
+            return CommandCgroup(self, cgroup, (cgroup.oom_kills(), cgroup.throttled()))
+        except OSError as exc:
+            self._remove(cgroup)
+            raise OutOfResources(f"cannot read a new cgroup: {exc.strerror}") from None
 
-    def give_back(self, cgroup: Cgroup, reusable: bool) -> None:
-        """Keep ``cgroup`` for another command, or remove it."""
-        if reusable and len(self._idle) < self.keep:
-            self._idle.append(cgroup)
+    def give_back(self, cgroup: Cgroup, counters: tuple[int, int] | None) -> None:
+        """Keep ``cgroup`` (clean, with its OOM and throttle counters now) for another
+        command, or remove it (``counters`` None)."""
+        if counters is not None and len(self._idle) < self.keep:
+            self._idle.append((cgroup, counters))
         else:
             self._remove(cgroup)
 
     def close(self, patience: float = 1.0) -> None:
         """Remove every cgroup of the pool and the parents this instance made; cgroups
         whose processes are still dying get up to ``patience`` seconds."""
-        for cgroup in self._idle:
+        for cgroup, _ in self._idle:
             self._remove(cgroup)
         self._idle.clear()
         deadline = time.monotonic() + patience
@@ -146,13 +160,13 @@ class CgroupPool:
 
 
 
-def cgroups_from_config(config: Config) -> CgroupPool | None:
-    """The pool for ``config``'s cgroup limits, or None without any; `StartupError` (one
-    line) if they cannot be applied on this machine."""
+def cgroups_from_config(config: Config, keep: int = 64) -> CgroupPool | None:
+    """The pool for ``config``'s cgroup limits, keeping up to ``keep`` idle cgroups, or
+    None without limits; `StartupError` (one line) if they cannot be applied here."""
     limits = CgroupLimits(memory_max=config.memory_max * MIB, pids_max=config.pids_max,
                           cpu_max=config.cpu_max)
     if not limits.active:
         return None
     hierarchy = detect_hierarchy(limits, config.cgroup_parent)
     log.info("cgroup limits (%s): %s", ", ".join(limits.controllers), hierarchy.describe())
-    return CgroupPool(hierarchy)
+    return CgroupPool(hierarchy, keep)

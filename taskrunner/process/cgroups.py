@@ -166,12 +166,16 @@ class Hierarchy:
     def make(self, name: str) -> Cgroup:
         """Make the cgroup ``name`` with the limits; OSError if the kernel refuses."""
         cgroup = Cgroup(self, name)
+        made: list[str] = []
         try:
             for path in cgroup.dirs.values():
                 os.mkdir(path)
+                made.append(path)
             self._set_limits(cgroup)
         except BaseException:
-            cgroup.remove()
+            for path in made:  # only ours: a name taken elsewhere is not removed
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
             raise
         return cgroup
 
