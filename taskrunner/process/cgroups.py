@@ -30,7 +30,6 @@ import errno
 import logging
 import os
 import signal
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -277,16 +276,18 @@ class V1Hierarchy(Hierarchy):
 
     @contextlib.contextmanager
     def spawning(self, cgroup: Cgroup) -> Iterator[None]:
-        tid = str(threading.get_native_id())
+        # "0" names the writing thread itself: the kernel then moves it without taking the
+        # global threadgroup lock, whose writers wait for an RCU grace period (milliseconds
+        # on a busy machine, on the event loop's thread); a tid would take it.
         moved: list[str] = []
         try:
             for key, path in cgroup.dirs.items():
-                _write(os.path.join(path, "tasks"), tid)
+                _write(os.path.join(path, "tasks"), "0")
                 moved.append(key)
             yield
         finally:
             for key in moved:
-                _write(os.path.join(self.homes[key], "tasks"), tid)
+                _write(os.path.join(self.homes[key], "tasks"), "0")
 
     def _set_limits(self, cgroup: Cgroup) -> None:
         if self.limits.memory_max:

@@ -272,3 +272,32 @@ def test_detect_refuses_what_is_not_mounted(tmp_path):
     own.write_text("0::/\n")
     with pytest.raises(StartupError, match="pids"):
         detect_hierarchy(CgroupLimits(pids_max=5), mountinfo=str(mountinfo), own=str(own))
+
+
+@needs_v1
+@pytest.mark.gen_test(timeout=60)
+async def test_a_given_parent_holds_the_commands_and_is_kept(io_loop):
+    parent = f"/taskrunner-test-{os.getpid()}"
+    hierarchy = detect_hierarchy(CgroupLimits(pids_max=10), parent)
+    pool = CgroupPool(hierarchy)
+    engine = ProcessEngine(max_output=MIB)
+    try:
+        result = await run(Launcher(engine, cgroups=pool), ["cat", "/proc/self/cgroup"])
+        assert f"pids:{parent}/{os.getpid()}-0" in result.stdout
+        pool.close()
+        # Not made by this instance for itself: kept, and empty.
+        assert os.listdir(hierarchy.parents["pids"]) and children(pool) == []
+    finally:
+        engine.close()
+        pool.close()
+        for path in hierarchy.parents.values():
+            os.rmdir(path)
+
+
+def test_bad_cgroup_settings_are_refused():
+    from taskrunner.config import Config
+
+    for bad in ({"pids_max": 1}, {"pids_max": -1}, {"memory_max": -5}, {"cpu_max": -0.5},
+                {"cgroup_parent": "relative/path"}, {"cgroup_parent": "/a/../b"}):
+        with pytest.raises(ValueError):
+            Config(**bad)
