@@ -69,6 +69,9 @@ async def main() -> None:
         "cgroup per command, fresh": (Launcher(engine, cgroups=fresh), ()),
         "cgroup per command, pooled": (Launcher(engine, cgroups=pooled), ()),
     }
+    no_cpu = CgroupPool(detect_hierarchy(CgroupLimits(memory_max=LIMITS.memory_max,
+                                                      pids_max=LIMITS.pids_max), ""))
+    variants["memory and pids only, pooled"] = (Launcher(engine, cgroups=no_cpu), ())
     if wrapped is not None:
         variants["v1 placed by a sh wrapper, pooled"] = (Launcher(engine, cgroups=wrapped), ())
     print(f"{pooled.hierarchy.describe()}", file=sys.stderr)
@@ -84,6 +87,7 @@ async def main() -> None:
         print(f"| {name} | {statistics.median(r for r, _ in runs):,.0f} | "
               f"{statistics.median(c for _, c in runs) * 1e6:,.0f} µs |")
     fresh.close()
+    no_cpu.close()
     if wrapped is not None:
         wrapped.close()
     pooled.close()
