@@ -92,8 +92,10 @@ class CgroupPool:
         """A cgroup for one command; `OutOfResources` if the kernel will not make one."""
         if self._stale:
             self._retry_stale()
-        if self._idle:
-            return CommandCgroup(self, *self._idle.pop())
+        while self._idle:
+            cgroup, counters = self._idle.pop()
+            if os.path.isdir(cgroup.dirs[self.hierarchy.main]):  # not removed by hand
+                return CommandCgroup(self, cgroup, counters)
         for _ in range(100):
             try:
                 cgroup = self.hierarchy.make(next(self._names))

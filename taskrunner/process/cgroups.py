@@ -29,6 +29,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from taskrunner.errors import StartupError
 log = logging.getLogger("taskrunner.cgroups")
 
 _CPU_PERIOD_US = 100_000  # the kernel's default CFS period
+_INSTANCE_NAME = re.compile(r"taskrunner-(\d+)")  # an instance's own parent
+_COMMAND_NAME = re.compile(r"(\d+)-\d+")  # one command's cgroup: the instance's pid, a number
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,10 @@ class Hierarchy:
         made: list[str] = []
         try:
             for path in cgroup.dirs.values():
-                os.mkdir(path)
+                try:
+                    os.mkdir(path)
+                except FileNotFoundError:  # the parent was removed by hand: make it again
+                    os.makedirs(path)
                 made.append(path)
             self._set_limits(cgroup)
         except BaseException:
@@ -376,6 +382,9 @@ def detect_hierarchy(limits: CgroupLimits, parent: str = "",
         base = _in_mount(mount, root, parent) if parent else homes[key]
         parents[key] = base if parent else os.path.join(base, name)
     hierarchy = V1Hierarchy(limits, parents, owned, homes)
+    for key in parents:
+        sweep_stale(parents[key] if parent else homes[key],
+                    _COMMAND_NAME if parent else _INSTANCE_NAME)
     _make_parents(hierarchy)
     return hierarchy
 
@@ -383,6 +392,10 @@ def detect_hierarchy(limits: CgroupLimits, parent: str = "",
 def _v2(limits: CgroupLimits, directory: str, owned: bool, wanted: Sequence[str]) -> Hierarchy:
     hierarchy = V2Hierarchy(limits, {"unified": directory}, owned,
                             os.path.realpath("/bin/sh"))
+    if owned:
+        sweep_stale(os.path.dirname(directory), _INSTANCE_NAME)
+    else:
+        sweep_stale(directory, _COMMAND_NAME)
     _make_parents(hierarchy)
     if wanted:
         try:
@@ -395,6 +408,44 @@ def _v2(limits: CgroupLimits, directory: str, owned: bool, wanted: Sequence[str]
                 f"{exc.strerror}; give --cgroup-parent a cgroup delegated to this service "
                 "with no processes of its own") from None
     return hierarchy
+
+
+def sweep_stale(directory: str, pattern: re.Pattern[str] = _INSTANCE_NAME) -> int:
+    """Remove the empty cgroups under ``directory`` that an instance no longer alive left
+    (killed before it could: the watchdog kills process groups, not cgroups); how many.
+
+    Only empty ones: a process still in one may belong to an instance of another PID
+    namespace that merely looks dead from here.
+    """
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        path = os.path.join(directory, name)
+        if pattern is _INSTANCE_NAME:
+            removed += sweep_stale(path, _COMMAND_NAME)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+            removed += 1
+    if removed and pattern is _INSTANCE_NAME:
+        log.info("removed %s cgroups left by instances no longer running under %s",
+                 removed, directory)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _make_parents(hierarchy: Hierarchy) -> None:

@@ -7,6 +7,7 @@ pool left nothing behind (no cgroup, no process), even when the test failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -301,3 +302,36 @@ def test_bad_cgroup_settings_are_refused():
                 {"cgroup_parent": "relative/path"}, {"cgroup_parent": "/a/../b"}):
         with pytest.raises(ValueError):
             Config(**bad)
+
+
+@needs_v1
+def test_empty_cgroups_of_an_instance_no_longer_running_are_swept_at_startup(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"/sys/fs/cgroup/pids/taskrunner-{dead.pid}"
+    os.makedirs(f"{stale}/{dead.pid}-0")
+    os.makedirs(f"{stale}/{dead.pid}-1")
+    try:
+        hierarchy = detect_hierarchy(CgroupLimits(pids_max=10))
+        hierarchy.close()
+        assert not os.path.exists(stale)
+    finally:
+        for path in (f"{stale}/{dead.pid}-0", f"{stale}/{dead.pid}-1", stale):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(path)
+
+
+@needs_v1
+@pytest.mark.gen_test(timeout=60)
+async def test_cgroups_removed_by_hand_are_made_again(make_launcher):
+    launcher = make_launcher(CgroupLimits(pids_max=10))
+    pool = launcher.cgroups
+    assert pool is not None
+    assert (await run(launcher, ["true"])).status == 0
+    for parent in pool.hierarchy.parents.values():  # what an operator's cleanup might do
+        for name in os.listdir(parent):
+            if os.path.isdir(os.path.join(parent, name)):
+                os.rmdir(os.path.join(parent, name))
+        os.rmdir(parent)
+    result = await run(launcher, ["cat", "/proc/self/cgroup"])
+    assert result.status == 0 and f"/taskrunner-{os.getpid()}/" in result.stdout
