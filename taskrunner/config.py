@@ -8,6 +8,7 @@ the flag table in the README, ``--help`` and this file cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,9 @@ class Config:
                      "max_running", "max_connections", "memory_max", "pids_max", "cpu_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not math.isfinite(self.cpu_max) or 0 < self.cpu_max < 0.01:
+            # The kernel's smallest CFS quota is 1 ms of a 100 ms period.
+            raise ValueError("cpu_max must be 0 or a finite number of CPUs >= 0.01")
         if self.pids_max == 1:
             # On cgroup v1 the spawning thread is counted while it is in the cgroup.
             raise ValueError("pids_max must be 0 or at least 2")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 from taskrunner.config import MIB, Config
-from taskrunner.errors import OutOfResources
+from taskrunner.errors import OutOfResources, StartupError
 from taskrunner.process.cgroups import Cgroup, CgroupLimits, Hierarchy, detect_hierarchy
 
 log = logging.getLogger("taskrunner.cgroups")
@@ -55,6 +55,11 @@ class CommandCgroup:
                 self.cgroup.kill()
             except OSError as exc:
                 log.error("%r: cannot kill its processes: %s", self.cgroup, exc)
+
+    def probe(self) -> tuple[Cgroup, tuple[int, int]]:
+        """Unused: the cgroup and its counters, to give back (a startup check)."""
+        self._closed = True
+        return self.cgroup, self._counters
 
     def close(self) -> bool:
         """The command has ended: give the cgroup back; True if the memory limit killed
@@ -170,5 +175,13 @@ def cgroups_from_config(config: Config, keep: int = 64) -> CgroupPool | None:
     if not limits.active:
         return None
     hierarchy = detect_hierarchy(limits, config.cgroup_parent)
+    pool = CgroupPool(hierarchy, keep)
+    try:
+        pool.give_back(*pool.acquire().probe())  # the limits are written once, here
+    except (OutOfResources, OSError) as exc:
+        pool.close()
+        reason = exc.message if isinstance(exc, OutOfResources) else exc.strerror
+        raise StartupError(f"cgroup limits cannot be applied under "
+                           f"{', '.join(hierarchy.parents.values())}: {reason}") from None
     log.info("cgroup limits (%s): %s", ", ".join(limits.controllers), hierarchy.describe())
-    return CgroupPool(hierarchy, keep)
+    return pool

@@ -19,7 +19,7 @@ from conftest import PY, pid_alive, wait_until
 
 from taskrunner.errors import StartupError
 from taskrunner.process.cgroup_pool import CgroupPool
-from taskrunner.process.cgroups import CgroupLimits, detect_hierarchy
+from taskrunner.process.cgroups import CgroupLimits, detect_hierarchy, sweep_stale
 from taskrunner.process.engine import CommandResult, CommandSpec, ProcessEngine
 from taskrunner.process.launcher import Launcher
 
@@ -299,6 +299,7 @@ def test_bad_cgroup_settings_are_refused():
     from taskrunner.config import Config
 
     for bad in ({"pids_max": 1}, {"pids_max": -1}, {"memory_max": -5}, {"cpu_max": -0.5},
+                {"cpu_max": float("nan")}, {"cpu_max": float("inf")}, {"cpu_max": 0.001},
                 {"cgroup_parent": "relative/path"}, {"cgroup_parent": "/a/../b"}):
         with pytest.raises(ValueError):
             Config(**bad)
@@ -335,3 +336,22 @@ async def test_cgroups_removed_by_hand_are_made_again(make_launcher):
         os.rmdir(parent)
     result = await run(launcher, ["cat", "/proc/self/cgroup"])
     assert result.status == 0 and f"/taskrunner-{os.getpid()}/" in result.stdout
+
+
+@needs_v1
+def test_a_limit_the_kernel_refuses_is_a_one_line_startup_error():
+    # A CPU quota beyond the kernel's largest: refused when written, at startup.
+    proc = subprocess.Popen([PY, "-m", "taskrunner", "--port", "0", "--cpu-max", "1e9"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # it started after all: stop it, and what it made
+            proc.kill()
+            proc.wait()
+            for key in ("cpu", "freezer"):
+                sweep_stale(f"/sys/fs/cgroup/{key}")
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "cgroup limits cannot be applied" in lines[0], err
+    assert not os.path.exists(f"/sys/fs/cgroup/cpu/taskrunner-{proc.pid}")
