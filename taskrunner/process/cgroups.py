@@ -394,6 +394,12 @@ def _v2(limits: CgroupLimits, directory: str, owned: bool, wanted: Sequence[str]
                             os.path.realpath("/bin/sh"))
     if owned:
         sweep_stale(os.path.dirname(directory), _INSTANCE_NAME)
+        if wanted:
+            # Lets the instance's own cgroup hand the controllers down; refused (EBUSY)
+            # unless it is the root or they are on already: then the error below says why.
+            with contextlib.suppress(OSError):
+                _write(os.path.join(os.path.dirname(directory), "cgroup.subtree_control"),
+                       " ".join(f"+{c}" for c in wanted))
     else:
         sweep_stale(directory, _COMMAND_NAME)
     _make_parents(hierarchy)
