@@ -17,7 +17,8 @@ import sys
 import time
 
 from taskrunner.process.cgroup_pool import CgroupPool
-from taskrunner.process.cgroups import Cgroup, CgroupLimits, V1Hierarchy, detect_hierarchy
+from taskrunner.process.cgroup_setup import detect_hierarchy
+from taskrunner.process.cgroups import Cgroup, CgroupLimits, V1Hierarchy
 from taskrunner.process.engine import CommandSpec, ProcessEngine
 from taskrunner.process.launcher import Launcher
 

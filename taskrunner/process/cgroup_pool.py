@@ -26,7 +26,8 @@ from contextlib import AbstractContextManager
 
 from taskrunner.config import MIB, Config
 from taskrunner.errors import OutOfResources, StartupError
-from taskrunner.process.cgroups import Cgroup, CgroupLimits, Hierarchy, detect_hierarchy
+from taskrunner.process.cgroup_setup import detect_hierarchy
+from taskrunner.process.cgroups import Cgroup, CgroupLimits, Hierarchy
 
 log = logging.getLogger("taskrunner.cgroups")
 

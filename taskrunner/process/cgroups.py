@@ -1,11 +1,12 @@
-"""cgroups for commands (``--memory-max``, ``--pids-max``, ``--cpu-max``): find the hierarchy,
-make, limit, kill and remove one command's cgroup.
+"""cgroups for commands (``--memory-max``, ``--pids-max``, ``--cpu-max``): make, limit, enter,
+kill and remove one command's cgroup, in either layout.
 
-Two layouts exist and both are supported, chosen once at startup by `detect_hierarchy`:
+Two layouts exist and both are supported, chosen once at startup by
+`taskrunner.process.cgroup_setup.detect_hierarchy`:
 
 * **v2** (one unified hierarchy, most hosts now): used when a cgroup2 mount offers every
   controller the limits need in the parent's ``cgroup.controllers``. A command is placed by
-  an exec wrapper (`V2Hierarchy.prefix`: ``sh -c 'echo 0 > .../cgroup.procs && exec "$@"'``,
+  an exec wrapper (`V2Hierarchy.wrapper`: ``sh -c 'echo 0 > .../cgroup.procs && exec "$@"'``,
   the command's words only ever ``"$@"``, never shell code); it is killed with
   ``cgroup.kill``; an OOM kill is counted in ``memory.events``.
 * **v1** (one hierarchy per controller, as on this project's machines, where an empty
@@ -16,31 +17,18 @@ Two layouts exist and both are supported, chosen once at startup by `detect_hier
   a child is forked into its parent thread's cgroups), spawns, and moves back
   (`V1Hierarchy.spawning`) — no wrapper exec and no ``preexec_fn``. Memory charges follow
   the thread-group leader, so the instance's own memory is never charged to a command.
-
-The parent of the per-command cgroups is ``--cgroup-parent`` (a cgroup path such as
-``/taskrunner``, the same in every hierarchy; made if missing, kept at exit), or else
-``taskrunner-<pid>`` made under the instance's own cgroup and removed at exit. A requested
-limit that cannot be applied is a `StartupError` with one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
-import re
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from taskrunner.errors import StartupError
-
-log = logging.getLogger("taskrunner.cgroups")
-
 _CPU_PERIOD_US = 100_000  # the kernel's default CFS period
-_INSTANCE_NAME = re.compile(r"taskrunner-(\d+)")  # an instance's own parent
-_COMMAND_NAME = re.compile(r"(\d+)-\d+")  # one command's cgroup: the instance's pid, a number
 
 
 @dataclass(frozen=True)
@@ -63,7 +51,8 @@ class CgroupLimits:
         return bool(self.controllers)
 
 
-def _write(path: str, text: str) -> None:
+def write(path: str, text: str) -> None:
+    """Write ``text`` to a cgroup file in one system call, as the kernel expects."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, text.encode())
@@ -71,7 +60,8 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _read(path: str) -> str:
+def read(path: str) -> str:
+    """The text of a (small) cgroup file."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.read(fd, 65536).decode()
@@ -81,7 +71,7 @@ def _read(path: str) -> str:
 
 def _counter(path: str, key: str) -> int:
     """The value of ``key`` in a flat-keyed file (``memory.events``, ``cpu.stat``); 0 if absent."""
-    for line in _read(path).splitlines():
+    for line in read(path).splitlines():
         name, _, value = line.partition(" ")
         if name == key:
             return int(value)
@@ -89,7 +79,7 @@ def _counter(path: str, key: str) -> int:
 
 
 def _pids(path: str) -> list[int]:
-    return [int(line) for line in _read(path).split()]
+    return [int(line) for line in read(path).split()]
 
 
 def _kill_pids(pids: Sequence[int]) -> None:
@@ -155,11 +145,6 @@ class Hierarchy:
         self.limits = limits
         self.parents = parents  # a key ("memory", ..., or "unified") -> the parent directory
         self.owned = owned  # made by this instance, removed at close
-
-    @property
-    def prefix(self) -> Sequence[str]:
-        """The argv prefix that places a command in ``cgroup`` (v2), or none (v1)."""
-        return ()
 
     def describe(self) -> str:
         """One phrase for the startup log line."""
@@ -235,14 +220,14 @@ class V2Hierarchy(Hierarchy):
     def _set_limits(self, cgroup: Cgroup) -> None:
         path = cgroup.dirs["unified"]
         if self.limits.memory_max:
-            _write(os.path.join(path, "memory.max"), str(self.limits.memory_max))
+            write(os.path.join(path, "memory.max"), str(self.limits.memory_max))
             with contextlib.suppress(FileNotFoundError):  # no swap accounting
-                _write(os.path.join(path, "memory.swap.max"), "0")
+                write(os.path.join(path, "memory.swap.max"), "0")
         if self.limits.pids_max:
-            _write(os.path.join(path, "pids.max"), str(self.limits.pids_max))
+            write(os.path.join(path, "pids.max"), str(self.limits.pids_max))
         if self.limits.cpu_max:
             quota = round(self.limits.cpu_max * _CPU_PERIOD_US)
-            _write(os.path.join(path, "cpu.max"), f"{quota} {_CPU_PERIOD_US}")
+            write(os.path.join(path, "cpu.max"), f"{quota} {_CPU_PERIOD_US}")
 
     def oom_kills(self, cgroup: Cgroup) -> int:
         if not self.limits.memory_max:
@@ -257,11 +242,11 @@ class V2Hierarchy(Hierarchy):
     def memory_charged(self, cgroup: Cgroup) -> int:
         if not self.limits.memory_max:
             return 0
-        return int(_read(os.path.join(cgroup.dirs["unified"], "memory.current")))
+        return int(read(os.path.join(cgroup.dirs["unified"], "memory.current")))
 
     def kill(self, cgroup: Cgroup) -> None:
         # cgroup.kill (Linux 5.14) kills the whole tree atomically, forks in flight included.
-        _write(os.path.join(cgroup.dirs["unified"], "cgroup.kill"), "1")
+        write(os.path.join(cgroup.dirs["unified"], "cgroup.kill"), "1")
 
 
 class V1Hierarchy(Hierarchy):
@@ -288,26 +273,26 @@ class V1Hierarchy(Hierarchy):
         moved: list[str] = []
         try:
             for key, path in cgroup.dirs.items():
-                _write(os.path.join(path, "tasks"), "0")
+                write(os.path.join(path, "tasks"), "0")
                 moved.append(key)
             yield
         finally:
             for key in moved:
-                _write(os.path.join(self.homes[key], "tasks"), "0")
+                write(os.path.join(self.homes[key], "tasks"), "0")
 
     def _set_limits(self, cgroup: Cgroup) -> None:
         if self.limits.memory_max:
             path = cgroup.dirs["memory"]
-            _write(os.path.join(path, "memory.limit_in_bytes"), str(self.limits.memory_max))
+            write(os.path.join(path, "memory.limit_in_bytes"), str(self.limits.memory_max))
             with contextlib.suppress(FileNotFoundError):  # no swap accounting
-                _write(os.path.join(path, "memory.memsw.limit_in_bytes"),
+                write(os.path.join(path, "memory.memsw.limit_in_bytes"),
                        str(self.limits.memory_max))
         if self.limits.pids_max:
-            _write(os.path.join(cgroup.dirs["pids"], "pids.max"), str(self.limits.pids_max))
+            write(os.path.join(cgroup.dirs["pids"], "pids.max"), str(self.limits.pids_max))
         if self.limits.cpu_max:
             path = cgroup.dirs["cpu"]
-            _write(os.path.join(path, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
-            _write(os.path.join(path, "cpu.cfs_quota_us"),
+            write(os.path.join(path, "cpu.cfs_period_us"), str(_CPU_PERIOD_US))
+            write(os.path.join(path, "cpu.cfs_quota_us"),
                    str(round(self.limits.cpu_max * _CPU_PERIOD_US)))
 
     def oom_kills(self, cgroup: Cgroup) -> int:
@@ -323,7 +308,7 @@ class V1Hierarchy(Hierarchy):
     def memory_charged(self, cgroup: Cgroup) -> int:
         if not self.limits.memory_max:
             return 0
-        return int(_read(os.path.join(cgroup.dirs["memory"], "memory.usage_in_bytes")))
+        return int(read(os.path.join(cgroup.dirs["memory"], "memory.usage_in_bytes")))
 
     def kill(self, cgroup: Cgroup) -> None:
         procs = os.path.join(cgroup.dirs[self.main], "cgroup.procs")
@@ -339,165 +324,14 @@ class V1Hierarchy(Hierarchy):
                     return
             return
         state = os.path.join(cgroup.dirs["freezer"], "freezer.state")
-        _write(state, "FROZEN")
+        write(state, "FROZEN")
         try:
             # While FREEZING a task may still fork: kill what is listed until all is frozen.
             for _ in range(1000):
                 _kill_pids(pids)
-                if _read(state).strip() == "FROZEN":
+                if read(state).strip() == "FROZEN":
                     _kill_pids(_pids(procs))
                     break
                 pids = _pids(procs)
         finally:
-            _write(state, "THAWED")  # the SIGKILLs are delivered as the tasks thaw
-
-
-def detect_hierarchy(limits: CgroupLimits, parent: str = "",
-                     mountinfo: str = "/proc/self/mountinfo",
-                     own: str = "/proc/self/cgroup") -> Hierarchy:
-    """Find where ``limits`` can be applied (v2 first, then v1) and make the parent cgroup;
-    `StartupError` with one line if they cannot be."""
-    mounts = _cgroup_mounts(_read(mountinfo))
-    memberships = _memberships(_read(own))
-    wanted = limits.controllers
-    owned = not parent
-    name = f"taskrunner-{os.getpid()}"
-    for mount, root in mounts.get("cgroup2", []):
-        base = _in_mount(mount, root, parent or memberships.get("", "/"))
-        available = _controllers(base)
-        if set(wanted) <= available:
-            directory = base if parent else os.path.join(base, name)
-            return _v2(limits, directory, owned, wanted)
-    missing = [c for c in wanted if c not in mounts]
-    if missing:
-        raise StartupError(f"cgroup limits need the {', '.join(missing)} controller(s), found "
-                           "neither in cgroup v2 nor mounted as cgroup v1")
-    parents: dict[str, str] = {}
-    homes: dict[str, str] = {}
-    for key in (*wanted, "freezer"):
-        if key not in mounts:
-            continue  # only the freezer is optional
-        mount, root = mounts[key][0]
-        homes[key] = _in_mount(mount, root, memberships.get(key, "/"))
-        base = _in_mount(mount, root, parent) if parent else homes[key]
-        parents[key] = base if parent else os.path.join(base, name)
-    hierarchy = V1Hierarchy(limits, parents, owned, homes)
-    for key in parents:
-        sweep_stale(parents[key] if parent else homes[key],
-                    _COMMAND_NAME if parent else _INSTANCE_NAME)
-    _make_parents(hierarchy)
-    return hierarchy
-
-
-def _v2(limits: CgroupLimits, directory: str, owned: bool, wanted: Sequence[str]) -> Hierarchy:
-    hierarchy = V2Hierarchy(limits, {"unified": directory}, owned,
-                            os.path.realpath("/bin/sh"))
-    if owned:
-        sweep_stale(os.path.dirname(directory), _INSTANCE_NAME)
-        if wanted:
-            # Lets the instance's own cgroup hand the controllers down; refused (EBUSY)
-            # unless it is the root or they are on already: then the error below says why.
-            with contextlib.suppress(OSError):
-                _write(os.path.join(os.path.dirname(directory), "cgroup.subtree_control"),
-                       " ".join(f"+{c}" for c in wanted))
-    else:
-        sweep_stale(directory, _COMMAND_NAME)
-    _make_parents(hierarchy)
-    if wanted:
-        try:
-            _write(os.path.join(directory, "cgroup.subtree_control"),
-                   " ".join(f"+{c}" for c in wanted))
-        except OSError as exc:
-            hierarchy.close()
-            raise StartupError(
-                f"cgroup v2: cannot enable {', '.join(wanted)} for commands under {directory}: "
-                f"{exc.strerror}; give --cgroup-parent a cgroup delegated to this service "
-                "with no processes of its own") from None
-    return hierarchy
-
-
-def sweep_stale(directory: str, pattern: re.Pattern[str] = _INSTANCE_NAME) -> int:
-    """Remove the empty cgroups under ``directory`` that an instance no longer alive left
-    (killed before it could: the watchdog kills process groups, not cgroups); how many.
-
-    Only empty ones: a process still in one may belong to an instance of another PID
-    namespace that merely looks dead from here.
-    """
-    removed = 0
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return 0
-    for name in names:
-        match = pattern.fullmatch(name)
-        if match is None or _alive(int(match.group(1))):
-            continue
-        path = os.path.join(directory, name)
-        if pattern is _INSTANCE_NAME:
-            removed += sweep_stale(path, _COMMAND_NAME)
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-            removed += 1
-    if removed and pattern is _INSTANCE_NAME:
-        log.info("removed %s cgroups left by instances no longer running under %s",
-                 removed, directory)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _make_parents(hierarchy: Hierarchy) -> None:
-    for path in hierarchy.parents.values():
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as exc:
-            hierarchy.close()
-            raise StartupError(f"cannot make the cgroup {path}: {exc.strerror}") from None
-
-
-def _cgroup_mounts(mountinfo: str) -> dict[str, list[tuple[str, str]]]:
-    """Controller (or "cgroup2") -> [(mount point, root within the hierarchy)]."""
-    found: dict[str, list[tuple[str, str]]] = {}
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        sep = fields.index("-")
-        fstype, options = fields[sep + 1], fields[sep + 3]
-        root, point = fields[3], fields[4]
-        if fstype == "cgroup2":
-            found.setdefault("cgroup2", []).append((point, root))
-        elif fstype == "cgroup":
-            for option in options.split(","):
-                if option in ("memory", "pids", "cpu", "freezer"):
-                    found.setdefault(option, []).append((point, root))
-    return found
-
-
-def _memberships(text: str) -> dict[str, str]:
-    """Controller ("" for v2) -> this process's cgroup path in that hierarchy."""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else [""]:
-            found[controller] = path
-    return found
-
-
-def _in_mount(mount: str, root: str, path: str) -> str:
-    if root != "/" and (path == root or path.startswith(root + "/")):
-        path = path[len(root):]
-    return os.path.join(mount, path.lstrip("/"))
-
-
-def _controllers(directory: str) -> set[str]:
-    try:
-        return set(_read(os.path.join(directory, "cgroup.controllers")).split())
-    except OSError:
-        return set()
+            write(state, "THAWED")  # the SIGKILLs are delivered as the tasks thaw

@@ -19,7 +19,8 @@ from conftest import PY, pid_alive, wait_until
 
 from taskrunner.errors import StartupError
 from taskrunner.process.cgroup_pool import CgroupPool
-from taskrunner.process.cgroups import CgroupLimits, detect_hierarchy, sweep_stale
+from taskrunner.process.cgroup_setup import detect_hierarchy, sweep_stale
+from taskrunner.process.cgroups import CgroupLimits
 from taskrunner.process.engine import CommandResult, CommandSpec, ProcessEngine
 from taskrunner.process.launcher import Launcher
 
