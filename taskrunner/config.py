@@ -8,6 +8,7 @@ the flag table in the README, ``--help`` and this file cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,21 @@ class Config:
         "own --allow, max_running share and limits; re-read on SIGHUP. Empty: one token "
         "(--token-file) or none"
     )
+    memory_max: int = _setting(
+        0, "memory limit of each command's whole process tree, in MiB, by a cgroup of its "
+        "own; a command it kills reports oom_killed. 0: none"
+    )
+    pids_max: int = _setting(
+        0, "most processes and threads of each command's tree at once, by its cgroup "
+        "(at least 2); 0: none"
+    )
+    cpu_max: float = _setting(
+        0.0, "CPUs each command's tree may use (e.g. 0.5), by its cgroup; 0: none"
+    )
+    cgroup_parent: str = _setting(
+        "", "cgroup path (e.g. /taskrunner, the same in every hierarchy) under which the "
+        "commands' cgroups are made; empty: taskrunner-<pid> under the instance's own cgroup"
+    )
     max_running: int = _setting(
         0, "commands running at once (/run and jobs together); 0: auto, "
         "min(256 x CPUs, (open-file limit - 256) / 4)"
@@ -140,9 +156,19 @@ class Config:
         if self.grace < 0:
             raise ValueError("grace must be >= 0")
         for name in ("limit_as", "limit_cpu", "limit_nproc", "limit_fsize", "limit_nofile",
-                     "max_running", "max_connections"):
+                     "max_running", "max_connections", "memory_max", "pids_max", "cpu_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not math.isfinite(self.cpu_max) or 0 < self.cpu_max < 0.01:
+            # The kernel's smallest CFS quota is 1 ms of a 100 ms period.
+            raise ValueError("cpu_max must be 0 or a finite number of CPUs >= 0.01")
+        if self.pids_max == 1:
+            # On cgroup v1 the spawning thread is counted while it is in the cgroup.
+            raise ValueError("pids_max must be 0 or at least 2")
+        if self.cgroup_parent and not self.cgroup_parent.startswith("/"):
+            raise ValueError("cgroup_parent must be a cgroup path starting with /")
+        if ".." in self.cgroup_parent.split("/"):
+            raise ValueError("cgroup_parent must not contain ..")
         if self.max_queued < -1:
             raise ValueError("max_queued must be >= 0, or -1 for 2 x max_running")
         for name in ("idle_timeout", "body_timeout"):

@@ -84,6 +84,9 @@ class Metrics:
         self.kills = Counter("taskrunner_command_kills",
                              "commands ended by SIGKILL: timeout, cancel, client gone, "
                              "shutdown, or killed from outside", registry=reg)
+        self.oom_kills = Counter("taskrunner_command_oom_kills",
+                                 "commands a process of which the memory limit "
+                                 "(--memory-max) killed", registry=reg)
         self.spawn_failures = Counter("taskrunner_command_spawn_failures",
                                       "commands that could not be started (422)", registry=reg)
         self.duration = Histogram("taskrunner_command_duration_seconds",
@@ -147,6 +150,8 @@ class Metrics:
             self.timeouts.inc()
         if result.timed_out or result.cancelled or result.status == -signal.SIGKILL:
             self.kills.inc()
+        if result.oom_killed:
+            self.oom_kills.inc()
 
     # -- admission ---------------------------------------------------------------------
 

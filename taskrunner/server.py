@@ -33,9 +33,10 @@ from taskrunner.jobs.callbacks import (
 )
 from taskrunner.jobs.registry import JobRegistry
 from taskrunner.metrics import Metrics
-from taskrunner.process.admission import Admission
+from taskrunner.process.admission import Admission, default_max_running
 from taskrunner.process.allowlist import Allowlist
-from taskrunner.process.containment import containment_from_config
+from taskrunner.process.cgroup_pool import CgroupPool, cgroups_from_config
+from taskrunner.process.containment import Containment, containment_from_config
 from taskrunner.process.engine import ProcessEngine
 from taskrunner.process.heap import HeapTrimmer
 from taskrunner.process.launcher import Launcher
@@ -97,17 +98,29 @@ class Server:
         config = self.config
         token = load_token(config, os.environ)
         check_protected(config)
-        tls = server_context(config.certfile, config.keyfile) if config.certfile else None
         containment = containment_from_config(config, os.environ)
-        callbacks = CallbackSender(
-            CallbackHosts(config.callback_allow),
-            load_secret(config.callback_secret_file) if config.callback_secret_file else None,
-            max_clients=config.max_jobs)
         base_env = {**scrub_env(os.environ), **containment.env}
         try:
             allowlist = Allowlist(config.allow, base_env) if config.allow else None
         except SpawnError as exc:
             raise StartupError(f"--allow: {exc.message}") from None
+        # Idle cgroups kept: as many as may run at once.
+        cgroups = cgroups_from_config(config, keep=config.max_running or default_max_running())
+        try:
+            await self._startup(config, token, containment, base_env, allowlist, cgroups)
+        except BaseException:
+            if cgroups is not None:
+                cgroups.close()
+            raise
+
+    async def _startup(self, config: Config, token: str | None, containment: Containment,
+                       base_env: dict[str, str], allowlist: Allowlist | None,
+                       cgroups: CgroupPool | None) -> None:
+        tls = server_context(config.certfile, config.keyfile) if config.certfile else None
+        callbacks = CallbackSender(
+            CallbackHosts(config.callback_allow),
+            load_secret(config.callback_secret_file) if config.callback_secret_file else None,
+            max_clients=config.max_jobs)
         self._base_env = base_env
         callers = self._load_callers(None) if config.callers else implicit_callers(token)
         store = None
@@ -134,7 +147,7 @@ class Server:
         )
         admission = Admission.from_config(config)
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
-                            admission=admission)
+                            admission=admission, cgroups=cgroups)
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
         except OSError as exc:
@@ -245,6 +258,8 @@ class Server:
         if ctx.jobs is not None:
             await ctx.jobs.stop_callbacks(SHUTDOWN_GRACE)
         engine.close()
+        if ctx.launcher.cgroups is not None:
+            ctx.launcher.cgroups.close()
         self.trimmer.close()
         if self.watchdog is not None:
             self.watchdog.close()

@@ -118,6 +118,7 @@ class Job:
         self.finished: float | None = None
         self.status: int | None = None
         self.timed_out = False
+        self.oom_killed = False
         self.duration: float | None = None
         self.truncated = {"stdout": False, "stderr": False}
         self.error: dict[str, str] | None = None
@@ -173,6 +174,7 @@ class Job:
         """Record how the command ended and move to the state that says so."""
         self.status = result.status
         self.timed_out = result.timed_out
+        self.oom_killed = result.oom_killed
         self.duration = result.duration
         self.truncated = {"stdout": result.stdout_truncated, "stderr": result.stderr_truncated}
         self.command = None
@@ -225,6 +227,7 @@ class Job:
             body["stderr"] = output.text("stderr")
         body.update({
             "timed_out": self.timed_out,
+            "oom_killed": self.oom_killed,
             "duration": None if self.duration is None else round(self.duration, 6),
             "stdout_truncated": self.truncated["stdout"],
             "stderr_truncated": self.truncated["stderr"],
@@ -240,7 +243,8 @@ class Job:
         """The job as the store keeps it (its output goes in chunks)."""
         return JobRecord(
             id=self.id, instance=self.instance, state=str(self.state), args=self.args,
-            status=self.status, timed_out=self.timed_out, duration=self.duration,
+            status=self.status, timed_out=self.timed_out, oom_killed=self.oom_killed,
+            duration=self.duration,
             stdout_truncated=self.truncated["stdout"], stderr_truncated=self.truncated["stderr"],
             created=self.created, finished=self.finished, error=self.error, caller=self.caller,
             callback_url=self.callback_url,
@@ -256,6 +260,7 @@ class Job:
         job.finished = record.finished
         job.status = record.status
         job.timed_out = record.timed_out
+        job.oom_killed = record.oom_killed
         job.duration = record.duration
         job.truncated = {"stdout": record.stdout_truncated, "stderr": record.stderr_truncated}
         job.error = record.error

@@ -1,12 +1,12 @@
 """The job store's schema: its tables, `JobRecord` (one row of ``jobs``), and upgrades.
 
-Version 2 (``PRAGMA user_version``): ``jobs`` holds one row per job without its output;
+Version 3 (``PRAGMA user_version``): ``jobs`` holds one row per job without its output;
 ``chunks`` holds the output as written, ``(job, seq, stream, data)``, replayed in ``seq``
 order; ``meta`` holds the ``heartbeat``. Version 1 kept stdout and stderr as text columns
-of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added the nullable columns of
-`ADDED_COLUMNS` (the caller of ``--callers`` that submitted the job, and its callback);
-`ensure_schema` adds whichever a store lacks, so a store of any earlier version opens with
-its rows as they were.
+of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added the columns of
+`ADDED_COLUMNS` (``oom_killed``; the caller of ``--callers`` that submitted the job; its
+callback); `ensure_schema` adds whichever a store lacks, so a store of any earlier version
+opens with its rows as they were (``oom_killed`` false, the others NULL).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     args TEXT NOT NULL,
     status INTEGER,
     timed_out INTEGER NOT NULL,
+    oom_killed INTEGER NOT NULL DEFAULT 0,
     duration REAL,
     stdout_truncated INTEGER NOT NULL,
     stderr_truncated INTEGER NOT NULL,
@@ -49,12 +50,13 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
-COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "duration",
+COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "oom_killed", "duration",
             "stdout_truncated", "stderr_truncated", "created", "finished", "error",
             "caller", "callback_url", "callback")
 
-ADDED_COLUMNS = {"caller": "TEXT", "callback_url": "TEXT", "callback": "TEXT"}
-"""Columns added to ``jobs`` after version 2, with their types; NULL in older rows."""
+ADDED_COLUMNS = {"oom_killed": "INTEGER NOT NULL DEFAULT 0", "caller": "TEXT",
+                 "callback_url": "TEXT", "callback": "TEXT"}
+"""Columns added to ``jobs`` after version 2, with their types; in older rows, the default."""
 
 INSERT = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -82,6 +84,7 @@ class JobRecord:
     created: float
     finished: float | None
     error: dict[str, str] | None = None
+    oom_killed: bool = False
     caller: str | None = None
     callback_url: str | None = None
     callback: dict[str, Any] | None = None
@@ -90,8 +93,9 @@ class JobRecord:
     def row(self) -> tuple[Any, ...]:
         """The record as a row of the ``jobs`` table."""
         return (self.id, self.instance, self.state, json.dumps(self.args), self.status,
-                int(self.timed_out), self.duration, int(self.stdout_truncated),
-                int(self.stderr_truncated), self.created, self.finished,
+                int(self.timed_out), int(self.oom_killed), self.duration,
+                int(self.stdout_truncated), int(self.stderr_truncated), self.created,
+                self.finished,
                 None if self.error is None else json.dumps(self.error), self.caller,
                 self.callback_url, None if self.callback is None else json.dumps(self.callback))
 
@@ -102,7 +106,7 @@ class JobRecord:
         values["args"] = json.loads(values["args"])
         for name in ("error", "callback"):
             values[name] = None if values[name] is None else json.loads(values[name])
-        for name in ("timed_out", "stdout_truncated", "stderr_truncated"):
+        for name in ("timed_out", "oom_killed", "stdout_truncated", "stderr_truncated"):
             values[name] = bool(values[name])
         return cls(**values)
 
@@ -138,7 +142,7 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
-    # A version 2 store: its rows stay, the columns added since are NULL in them.
+    # A version 2 store: its rows stay, with the added columns' defaults.
     columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     if not columns:
         return  # a new store: SCHEMA creates the table whole

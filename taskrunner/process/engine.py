@@ -34,7 +34,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 from tornado.ioloop import IOLoop
 
@@ -75,6 +77,7 @@ class CommandResult:
     timed_out: bool
     cancelled: bool
     duration: float
+    oom_killed: bool = False  # the memory limit (--memory-max) killed one of its processes
 
     @property
     def stdout(self) -> str:
@@ -95,6 +98,23 @@ class CommandResult:
     def stderr_truncated(self) -> bool:
         """More than ``max_output`` bytes were written to stderr."""
         return self.output.truncated("stderr")
+
+class Enclosure(Protocol):
+    """What holds a command's whole process tree beyond its process group (its cgroup:
+    `taskrunner.process.cgroup_pool.CommandCgroup`), so that a ``setsid`` escapee dies too."""
+
+    prefix: Sequence[str]
+    """Put before the command's argument list (e.g. a wrapper that enters the cgroup)."""
+
+    def spawning(self) -> AbstractContextManager[None]:
+        """The block the spawn happens in."""
+
+    def kill(self) -> None:
+        """SIGKILL every process of the command."""
+
+    def close(self) -> bool:
+        """The command has ended: let go; True if the memory limit killed one of its
+        processes."""
 
 
 SpawnHook = Callable[[int], None]
@@ -141,14 +161,19 @@ class ProcessEngine:
         spec: CommandSpec,
         listener: OutputListener | None = None,
         argv_prefix: Sequence[str] = (),
+        enclosure: Enclosure | None = None,
     ) -> Command:
         """Spawn ``spec`` now; raise `SpawnError` if it cannot start, `OutOfResources` if
         this process is out of fds or processes (nothing is left running or open then).
 
-        ``argv_prefix`` (e.g. a ``prlimit`` wrapper) is put before ``spec.args``.
+        ``argv_prefix`` (e.g. a ``prlimit`` wrapper) is put before ``spec.args``, and before
+        it ``enclosure``'s own; the command owns ``enclosure`` once it has started (the
+        caller closes it if this raises).
         """
         env = self.base_env if not spec.env else {**self.base_env, **spec.env}
         argv = [*argv_prefix, *spec.args]
+        if enclosure is not None and enclosure.prefix:
+            argv = [*enclosure.prefix, *argv]
         opened: list[int] = []  # every fd made here; the parent's are closed on failure
         try:
             out_r, out_w = _pipe(opened)
@@ -159,8 +184,9 @@ class ProcessEngine:
             raise _spawn_error(spec, exc) from None
         stdin = in_r if in_r >= 0 else self._devnull
         try:
-            pid, reap = spawn_child(argv, env, stdin, out_w, err_w, cwd=spec.cwd,
-                                    own_path=bool(spec.env and "PATH" in spec.env))
+            with nullcontext() if enclosure is None else enclosure.spawning():
+                pid, reap = spawn_child(argv, env, stdin, out_w, err_w, cwd=spec.cwd,
+                                        own_path=bool(spec.env and "PATH" in spec.env))
         except OSError as exc:
             _close_all(opened)
             raise _spawn_error(spec, exc) from None
@@ -168,11 +194,14 @@ class ProcessEngine:
         pidfd = -1
         try:
             pidfd = os.pidfd_open(pid)
-            command = Command(self, spec, pid, reap, pidfd, out_r, err_r, in_w, listener)
+            command = Command(self, spec, pid, reap, pidfd, out_r, err_r, in_w, listener,
+                              enclosure)
         except OSError as exc:
             # Its exit would go unnoticed (no pidfd, or the epoll set is full): end it now
             # rather than lose it.
             kill_group(pid)
+            if enclosure is not None:
+                enclosure.kill()
             _reap_now(reap)
             for fd in (out_r, err_r, in_w, pidfd):
                 if fd >= 0:
@@ -270,8 +299,10 @@ class Command:
         stderr_fd: int,
         stdin_fd: int,
         listener: OutputListener | None,
+        enclosure: Enclosure | None = None,
     ) -> None:
         self.spec = spec
+        self.enclosure = enclosure
         self.pid = pid
         self.returncode: int | None = None
         self.started = time.monotonic()
@@ -329,9 +360,15 @@ class Command:
         self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the command's process group, unless it was already reaped."""
+        """SIGKILL the command's process group (and its cgroup), unless it was already
+        reaped."""
         if not self._exited:
-            kill_group(self.pid)
+            self._kill_tree()
+
+    def _kill_tree(self) -> None:
+        kill_group(self.pid)
+        if self.enclosure is not None:
+            self.enclosure.kill()
 
     # -- stdin ---------------------------------------------------------------------------
 
@@ -401,12 +438,13 @@ class Command:
         if not self._exited:
             self.timed_out = True
             log.info("pid %s: timed out after %ss, killing its group", self.pid, self.spec.timeout)
-            kill_group(self.pid)
+            self._kill_tree()
 
     def _on_exit(self, fd: int, events: int) -> None:
         # The main process is a zombie now: its pid (the group id) cannot be reused until we
-        # reap it, so this kill reaches only what it left behind in its group.
-        kill_group(self.pid)
+        # reap it, so this kill reaches only what it left behind in its group (and, with a
+        # cgroup, whatever it left anywhere).
+        self._kill_tree()
         self.returncode = self._reap()
         if self.returncode is None:
             return
@@ -437,12 +475,14 @@ class Command:
             self._drain_timer = None
         self._engine._finished(self)
         assert self.returncode is not None
+        oom_killed = self.enclosure.close() if self.enclosure is not None else False
         result = CommandResult(
             status=self.returncode,
             output=self.output,
             timed_out=self.timed_out,
             cancelled=self.cancelled,
             duration=time.monotonic() - self.started,
+            oom_killed=oom_killed,
         )
         if self._engine.on_large_output is not None and self.output.size >= LARGE_OUTPUT:
             self._engine.on_large_output()

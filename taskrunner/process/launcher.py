@@ -8,7 +8,10 @@ the job registry never call the engine directly:
    that the program and ``cwd`` are there, so a missing program is a clean 422;
 3. the caller's share (``max_running`` in ``--callers``): 429 at once beyond it;
 4. admission (``--max-running``, ``--max-queued``): wait for a slot, or 429;
-5. the engine starts the command; its slot and share are freed when its result is in.
+5. cgroup limits (``--memory-max``, ``--pids-max``, ``--cpu-max``): a cgroup from the pool,
+   the same for every caller;
+6. the engine starts the command; its slot and share are freed, and its cgroup given back,
+   when its result is in.
 
 The first three are a `Policy`: the instance's by default, a caller's own when the request
 names one (built from the callers file; see `taskrunner.web.callers`).
@@ -23,6 +26,7 @@ from typing import Protocol
 from taskrunner.errors import SpawnError, StartError
 from taskrunner.process.admission import Admission, Share
 from taskrunner.process.allowlist import Allowlist
+from taskrunner.process.cgroup_pool import CgroupPool, CommandCgroup
 from taskrunner.process.containment import Containment
 from taskrunner.process.engine import Command, CommandSpec, OutputListener, ProcessEngine
 
@@ -51,10 +55,15 @@ class Launcher:
     def __init__(self, engine: ProcessEngine, allowlist: Allowlist | None = None,
                  containment: Containment | None = None,
                  admission: Admission | None = None,
-                 observer: CommandObserver | None = None) -> None:
+                 observer: CommandObserver | None = None,
+                 cgroups: CgroupPool | None = None) -> None:
         self.engine = engine
+        self.cgroups = cgroups
         self.allowlist = allowlist
         self.containment = containment or Containment()
+        # cgroup v2 enters the cgroup through a wrapper: then the program must be resolved
+        # here, as for containment's wrappers.
+        self._cgroup_wrapped = cgroups is not None and cgroups.hierarchy.version == 2
         self.admission = admission
         self.observer = observer
 
@@ -110,9 +119,14 @@ class Launcher:
         # The caller holds a slot (when there is admission) and its share: both are freed
         # when the command ends, or now if it cannot start.
         share = policy.share
+        cgroup: CommandCgroup | None = None
         try:
-            command = self.engine.start(spec, listener, policy.containment.prefix)
+            if self.cgroups is not None:
+                cgroup = self.cgroups.acquire()
+            command = self.engine.start(spec, listener, policy.containment.prefix, cgroup)
         except BaseException as exc:
+            if cgroup is not None:
+                cgroup.close()
             if self.admission is not None:
                 self.admission.release()
             if share is not None:
@@ -135,7 +149,8 @@ class Launcher:
         the wrapper's environment (``--user``'s ``HOME``...) when it is not the instance's."""
         policy = policy or self.policy
         containment = policy.containment
-        if policy.allowlist is None and not containment.active:
+        wrapped = containment.active or self._cgroup_wrapped
+        if policy.allowlist is None and not wrapped:
             return spec  # the fast path: the engine resolves the program itself
         if containment.env and containment.env != self.containment.env:
             # The engine's base environment holds the instance's; the request's env wins.
@@ -145,6 +160,6 @@ class Launcher:
         if policy.allowlist is not None:
             policy.allowlist.check_env(spec.env)
             real = policy.allowlist.check(program, env, spec.cwd)
-        if containment.active:
+        if wrapped:
             real = containment.check(program, env, spec.cwd)
         return dataclasses.replace(spec, args=[real, *spec.args[1:]])

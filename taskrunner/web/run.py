@@ -64,6 +64,7 @@ def result_body(result: CommandResult) -> dict[str, Any]:
         "stdout": result.stdout,
         "stderr": result.stderr,
         "timed_out": result.timed_out,
+        "oom_killed": result.oom_killed,
         "duration": round(result.duration, 6),
         "stdout_truncated": result.stdout_truncated,
         "stderr_truncated": result.stderr_truncated,
