@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, action="append", default=list(default),
                                 help=setting.metadata["help"], metavar=setting.name.upper())
             continue
+        if isinstance(setting.default, bool):  # a switch: --flag turns it on
+            parser.add_argument(flag, action="store_true", default=setting.default,
+                                help=setting.metadata["help"])
+            continue
         kind: Any = type(setting.default)
         parser.add_argument(flag, type=kind, default=setting.default,
                             help=setting.metadata["help"], metavar=setting.name.upper())

@@ -22,7 +22,7 @@ from taskrunner.jobs.registry import JobRegistry
 from taskrunner.metrics import Metrics
 from taskrunner.process.admission import Admission
 from taskrunner.process.allowlist import Allowlist
-from taskrunner.process.containment import containment_from_config
+from taskrunner.process.containment import Containment, containment_from_config
 from taskrunner.process.engine import ProcessEngine
 from taskrunner.process.heap import HeapTrimmer
 from taskrunner.process.launcher import Launcher
@@ -81,6 +81,14 @@ class Server:
         config = self.config
         token = load_token(config, os.environ)
         containment = containment_from_config(config, os.environ)
+        try:
+            await self._startup(token, containment)
+        except BaseException:
+            containment.close()
+            raise
+
+    async def _startup(self, token: str | None, containment: Containment) -> None:
+        config = self.config
         base_env = {**scrub_env(os.environ), **containment.env}
         try:
             allowlist = Allowlist(config.allow, base_env) if config.allow else None
@@ -192,6 +200,7 @@ class Server:
         await ctx.wait_idle(2.0)
         await self.http.close_all_connections()
         engine.close()
+        ctx.launcher.containment.close()
         self.trimmer.close()
         if self.watchdog is not None:
             self.watchdog.close()

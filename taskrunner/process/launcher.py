@@ -4,8 +4,10 @@ Policy that applies to every command lives here, in this order, so the HTTP hand
 the job registry never call the engine directly:
 
 1. the allowlist (``--allow``): 403 for any other program; the real path is what runs;
-2. containment (``--limit-*``, ``--user``): the wrapper, after checking in this process
-   that the program and ``cwd`` are there, so a missing program is a clean 422;
+2. containment (``--limit-*``, ``--user``, ``--sandbox``): the wrapper, after checking in
+   this process that the program and ``cwd`` are there (and, in a sandbox, seen the same
+   inside), so a missing program is a clean 422; a sandbox's work directory is made
+   before the spawn and removed when the command has ended;
 3. admission (``--max-running``, ``--max-queued``): wait for a slot, or 429;
 4. the engine starts the command; its slot is freed when its result is in.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
-from taskrunner.errors import SpawnError, StartError
+from taskrunner.errors import OutOfResources, SpawnError, StartError
 from taskrunner.process.admission import Admission
 from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.containment import Containment
@@ -71,14 +73,29 @@ class Launcher:
     def _spawn(self, spec: CommandSpec, listener: OutputListener | None) -> Command:
         # The caller holds a slot (when there is admission): it is freed when the command
         # ends, or now if it cannot start.
+        containment = self.containment
+        work: str | None = None
         try:
-            command = self.engine.start(spec, listener, self.containment.prefix)
+            if containment.sandbox is None:
+                command = self.engine.start(spec, listener, containment.prefix)
+            else:
+                try:
+                    prefix, work = containment.enter(spec.cwd)
+                except OSError as exc:
+                    raise OutOfResources(f"cannot start {spec.args[0]!r} now: its sandbox's "
+                                         f"work directory: {exc.strerror or exc}") from None
+                # The sandbox changes directory itself (--chdir): the engine must not.
+                command = self.engine.start(dataclasses.replace(spec, cwd=None), listener,
+                                            prefix)
         except BaseException as exc:
+            containment.leave(work)
             if self.admission is not None:
                 self.admission.release()
             if isinstance(exc, StartError) and self.observer is not None:
                 self.observer.spawn_failed(spec, exc)
             raise
+        if work is not None:
+            command.on_finish(lambda _result: containment.leave(work))
         if self.admission is not None:
             admission = self.admission
             command.on_finish(lambda _result: admission.release())

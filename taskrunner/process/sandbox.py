@@ -1,0 +1,224 @@
+"""``--sandbox``: every command under bubblewrap, in namespaces of its own.
+
+`sandbox_from_config` builds one `Sandbox` from a `Config`: the ``bwrap`` options, fixed at
+startup, and a work root on the host. For each command, `Sandbox.enter` makes a fresh work
+directory and returns the argument-list prefix that runs the command in it; `Sandbox.leave`
+removes the directory when the command has ended. It is an exec wrapper like ``prlimit`` and
+``setpriv`` (`taskrunner.process.containment`), so the engine's spawn path is unchanged.
+
+What a command sees (the order of the mounts matters; each shadows what is under it):
+
+* the host's root, bound read-only (and ``nosuid``, as every bubblewrap bind); the program
+  the allowlist resolved is the same file inside, which `Sandbox.check` makes sure of;
+* a fresh ``/proc`` of a new PID namespace: only the command's own processes;
+* a minimal ``/dev`` (null, zero, random, tty, ...), read-only, with a ``/dev/shm`` and a
+  ``/tmp`` that are private tmpfs of ``--sandbox-tmp-size`` MiB each;
+* empty, read-only ``/run`` and ``/var/tmp``: no host daemon's socket under ``/run`` (a
+  read-only bind does not stop ``connect`` on a Unix socket) and no other command's work;
+* ``--sandbox-bind-ro`` and ``--sandbox-bind`` paths, at the same place;
+* its work directory, writable, at the same path as on the host (under ``/var/tmp``): the
+  default ``cwd``.
+
+New IPC and UTS namespaces, and a new network namespace (loopback only) unless
+``--sandbox-net``. No capability is kept, except ``CAP_SETUID``/``CAP_SETGID`` for the
+``setpriv`` of ``--user``, which runs inside and drops them with the uid.
+
+The sandbox dies with its command. bubblewrap's own PID 1 exits when the command's main
+process does, and the kernel then kills every process left in the namespace, ``setsid``
+and double-fork escapees included; a timeout or cancel kills the command's group, which
+holds bubblewrap's two processes, with the same effect. ``--die-with-parent`` (a
+parent-death signal) and the watchdog cover a killed instance. No ``--new-session``: it
+would move the sandbox out of the group the engine kills (the command has no terminal to
+fake input into anyway).
+
+Run as root, bubblewrap makes the namespaces itself; as another user it makes a user
+namespace first, where the kernel allows it. At startup, `sandbox_from_config` runs one
+sandbox with the full set of options and raises `StartupError` if it fails: an instance
+never runs commands unsandboxed because ``--sandbox`` did not work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from taskrunner.config import MIB, Config
+from taskrunner.errors import SpawnError, StartupError
+
+log = logging.getLogger("taskrunner.sandbox")
+
+WORK_PARENT = "/var/tmp"
+"""Where the work roots live on the host: on disk (unlike ``/tmp`` on many hosts), and
+hidden inside every sandbox by an empty tmpfs."""
+
+_SHADOWED = ("/dev", "/proc", "/tmp", "/run", WORK_PARENT)
+"""Host paths a sandbox does not see (fresh mounts lie over them)."""
+
+_PROBE_TIMEOUT = 30.0
+
+
+class Sandbox:
+    """The bubblewrap options of one instance, and the work directories of its commands."""
+
+    def __init__(self, bwrap: str, options: Sequence[str], work_root: str,
+                 visible: Sequence[str] = (), owner: tuple[int, int] | None = None) -> None:
+        self.bwrap = bwrap
+        self.options = tuple(options)
+        self.work_root = work_root
+        self.visible = tuple(visible)
+        self.owner = owner
+        self._names = itertools.count(1)
+        # Trees left behind are removed off the event loop: a command that leaves a million
+        # files must not stall every other request while they go.
+        self._remover: ThreadPoolExecutor | None = None
+
+    def check(self, path: str, what: str, program: str) -> None:
+        """`SpawnError` if the host path ``path`` (a program or a ``cwd``) is not the same
+        inside the sandbox: under ``/tmp``, ``/dev``, ... and not re-bound by a flag."""
+        if not sees(path, _SHADOWED, self.visible):
+            raise SpawnError(f"cannot start {program!r}: {what} {path!r} is not visible inside "
+                             "the sandbox (bind it with --sandbox-bind-ro or --sandbox-bind)")
+
+    def enter(self, cwd: str | None) -> tuple[list[str], str]:
+        """A new work directory, and the prefix that runs a command in the sandbox there
+        (or in ``cwd``). Raise OSError if the directory cannot be made."""
+        work = os.path.join(self.work_root, str(next(self._names)))
+        os.mkdir(work, 0o700)
+        if self.owner is not None:
+            try:
+                os.chown(work, *self.owner)
+            except OSError:
+                os.rmdir(work)
+                raise
+        return [self.bwrap, *self.options, "--bind", work, work,
+                "--remount-ro", WORK_PARENT, "--chdir", cwd or work, "--"], work
+
+    def leave(self, work: str) -> None:
+        """Remove a command's work directory and all it left there."""
+        try:
+            os.rmdir(work)  # the common case: nothing left behind, no tree walk
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if self._remover is None:
+                self._remover = ThreadPoolExecutor(1, thread_name_prefix="sandbox-remove")
+            self._remover.submit(_remove_tree, work)
+
+    def close(self) -> None:
+        """Finish the removals under way and remove the work root (call when no command
+        runs any more)."""
+        if self._remover is not None:
+            self._remover.shutdown(wait=True)
+            self._remover = None
+        _remove_tree(self.work_root)
+
+
+def sees(path: str, shadowed: Sequence[str], visible: Sequence[str]) -> bool:
+    """Whether ``path`` reaches the host's file through the sandbox's mounts: the deepest
+    mount point above it is the root or a bind, not a fresh mount."""
+    def depth(points: Sequence[str]) -> int:
+        return max((len(p) for p in points if path == p or path.startswith(p.rstrip("/") + "/")),
+                   default=-1)
+    return depth(visible) >= depth(shadowed)
+
+
+def sandbox_from_config(config: Config, environ: Mapping[str, str],
+                        owner: tuple[int, int] | None = None) -> Sandbox:
+    """The sandbox ``config`` asks for, tried once; `StartupError` if bubblewrap is missing
+    or does not work here. ``owner`` (uid, gid) owns the work directories (``--user``)."""
+    bwrap = shutil.which("bwrap", path=environ.get("PATH", os.defpath))
+    if bwrap is None:
+        raise StartupError("--sandbox needs bubblewrap (bwrap, Debian's package 'bubblewrap'), "
+                           "which is not on PATH")
+    bwrap = os.path.realpath(bwrap)
+    binds: list[str] = []
+    for flag, option, paths in (("--sandbox-bind-ro", "--ro-bind", config.sandbox_bind_ro),
+                                ("--sandbox-bind", "--bind", config.sandbox_bind)):
+        for path in paths:
+            if not os.path.exists(path):
+                raise StartupError(f"{flag} {path!r}: No such file or directory")
+            binds += [option, path, path]
+    tmp_size = str(config.sandbox_tmp_size * MIB)
+    options = [
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        *([] if config.sandbox_net else ["--unshare-net"]),
+        "--hostname", "sandbox", "--die-with-parent",
+        "--ro-bind", "/", "/",
+        "--dev", "/dev",
+        "--perms", "1777", "--size", tmp_size, "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",
+        "--proc", "/proc",
+        "--perms", "1777", "--size", tmp_size, "--tmpfs", "/tmp",
+        "--tmpfs", "/run", "--remount-ro", "/run",
+        "--tmpfs", WORK_PARENT,
+        *binds,
+    ]
+    if os.geteuid() == 0:
+        # As root bubblewrap keeps every capability unless told; the command must not be
+        # able to remount the root read-write. setpriv (--user) needs these two to drop.
+        options += ["--cap-drop", "ALL"]
+        if owner is not None:
+            options += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    try:
+        root = tempfile.mkdtemp(prefix="taskrunner-sandbox-", dir=WORK_PARENT)
+    except OSError as exc:
+        raise StartupError(f"--sandbox: cannot make a work root in {WORK_PARENT}: "
+                           f"{exc.strerror or exc}") from None
+    # The work root is bound along the way to each work directory: it must be traversable
+    # by --user (its contents are hidden in the sandbox by the empty tmpfs anyway).
+    os.chmod(root, 0o711)
+    sandbox = Sandbox(bwrap, [*options, "--perms", "0711", "--dir", root], root,
+                      visible=[p for p in (*config.sandbox_bind_ro, *config.sandbox_bind)],
+                      owner=owner)
+    try:
+        _probe(sandbox, environ)
+    except BaseException:
+        sandbox.close()
+        raise
+    return sandbox
+
+
+def _probe(sandbox: Sandbox, environ: Mapping[str, str]) -> None:
+    true = shutil.which("true", path=environ.get("PATH", os.defpath)) or "/bin/true"
+    prefix, work = sandbox.enter(None)
+    try:
+        proc = subprocess.run([*prefix, os.path.realpath(true)], env=dict(environ),
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=_PROBE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StartupError(f"--sandbox: bubblewrap does not work here: {exc}") from None
+    finally:
+        sandbox.leave(work)
+    if proc.returncode != 0:
+        reason = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise StartupError("--sandbox: bubblewrap does not work here, refusing to run "
+                           f"commands unsandboxed: {reason[-1] if reason else proc.returncode}")
+
+
+def _remove_tree(path: str) -> None:
+    def writable(function: object, name: str, exc: BaseException) -> None:
+        # A command may have left a directory without write or search permission.
+        if isinstance(exc, FileNotFoundError):
+            return
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+            os.chmod(name, 0o700)
+        try:
+            if os.path.isdir(name) and not os.path.islink(name):
+                shutil.rmtree(name)
+            else:
+                os.unlink(name)
+        except FileNotFoundError:
+            pass
+        except OSError as again:
+            log.warning("cannot remove %s from a sandbox's work directory: %s", name, again)
+
+    shutil.rmtree(path, onerror=lambda f, n, e: writable(f, n, e[1]))
