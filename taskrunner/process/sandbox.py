@@ -20,8 +20,9 @@ What a command sees (the order of the mounts matters; each shadows what is under
   default ``cwd``.
 
 New IPC and UTS namespaces, and a new network namespace (loopback only) unless
-``--sandbox-net``. No capability is kept, except ``CAP_SETUID``/``CAP_SETGID`` for the
-``setpriv`` of ``--user``, which runs inside and drops them with the uid.
+``--sandbox-net``. No capability is kept, except those the ``setpriv`` of ``--user`` needs
+to drop to the user and to enter its work directory: it runs inside, and the uid change
+clears them before the command runs.
 
 The sandbox dies with its command. bubblewrap's own PID 1 exits when the command's main
 process does, and the kernel then kills every process left in the namespace, ``setsid``
@@ -163,10 +164,13 @@ def sandbox_from_config(config: Config, environ: Mapping[str, str],
     ]
     if os.geteuid() == 0:
         # As root bubblewrap keeps every capability unless told; the command must not be
-        # able to remount the root read-write. setpriv (--user) needs these two to drop.
+        # able to remount the root read-write. setpriv (--user) needs the first two to
+        # drop, bubblewrap the third to enter the user's private work directory; the uid
+        # change clears all three before the command runs.
         options += ["--cap-drop", "ALL"]
         if owner is not None:
-            options += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+            options += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+                        "--cap-add", "CAP_DAC_READ_SEARCH"]
     try:
         root = tempfile.mkdtemp(prefix="taskrunner-sandbox-", dir=WORK_PARENT)
     except OSError as exc:
