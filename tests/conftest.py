@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -218,3 +219,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+def unique_sleep() -> str:
+    """A `sleep` argument no other process on this machine has, to find it in /proc by."""
+    return f"{1000 + uuid.uuid4().int % 100000}.{uuid.uuid4().int % 10**6:06d}"
+
+
+def processes_with(text: str) -> list[int]:
+    """The pids whose command line contains ``text`` (seen from the host's PID namespace)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(name))
+            except OSError:
+                continue  # gone meanwhile
+    return found

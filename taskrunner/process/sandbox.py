@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -70,12 +71,14 @@ class Sandbox:
     """The bubblewrap options of one instance, and the work directories of its commands."""
 
     def __init__(self, bwrap: str, options: Sequence[str], work_root: str,
-                 visible: Sequence[str] = (), owner: tuple[int, int] | None = None) -> None:
+                 visible: Sequence[str] = (), owner: tuple[int, int] | None = None,
+                 lock: int = -1) -> None:
         self.bwrap = bwrap
         self.options = tuple(options)
         self.work_root = work_root
         self.visible = tuple(visible)
         self.owner = owner
+        self._lock = lock
         self._names = itertools.count(1)
         # Trees left behind are removed off the event loop: a command that leaves a million
         # files must not stall every other request while they go.
@@ -120,6 +123,9 @@ class Sandbox:
             self._remover.shutdown(wait=True)
             self._remover = None
         _remove_tree(self.work_root)
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
 
 def sees(path: str, shadowed: Sequence[str], visible: Sequence[str]) -> bool:
@@ -171,23 +177,61 @@ def sandbox_from_config(config: Config, environ: Mapping[str, str],
         if owner is not None:
             options += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
                         "--cap-add", "CAP_DAC_READ_SEARCH"]
+    _sweep_stale_roots()
     try:
-        root = tempfile.mkdtemp(prefix="taskrunner-sandbox-", dir=WORK_PARENT)
+        root, lock = _make_work_root()
     except OSError as exc:
         raise StartupError(f"--sandbox: cannot make a work root in {WORK_PARENT}: "
                            f"{exc.strerror or exc}") from None
-    # The work root is bound along the way to each work directory: it must be traversable
-    # by --user (its contents are hidden in the sandbox by the empty tmpfs anyway).
-    os.chmod(root, 0o711)
     sandbox = Sandbox(bwrap, [*options, "--perms", "0711", "--dir", root], root,
                       visible=[p for p in (*config.sandbox_bind_ro, *config.sandbox_bind)],
-                      owner=owner)
+                      owner=owner, lock=lock)
     try:
         _probe(sandbox, environ)
     except BaseException:
         sandbox.close()
         raise
     return sandbox
+
+
+_ROOT_PREFIX = "taskrunner-sandbox-"
+_NEW_PREFIX = ".taskrunner-new-"
+
+
+def _make_work_root() -> tuple[str, int]:
+    """A private work root and an fd holding a lock on it for as long as the instance
+    lives: an instance killed with ``kill -9`` cannot remove its root, so the next one
+    removes every root whose lock nobody holds (`_sweep_stale_roots`)."""
+    made = tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=WORK_PARENT)
+    lock = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    # Named for the sweep only once locked, so that no sweep takes a root being made. The
+    # root is bound along the way to each work directory: --user must traverse it.
+    root = os.path.join(WORK_PARENT,
+                        _ROOT_PREFIX + os.path.basename(made).removeprefix(_NEW_PREFIX))
+    os.rename(made, root)
+    os.chmod(root, 0o711)
+    return root, lock
+
+
+def _sweep_stale_roots() -> None:
+    with os.scandir(WORK_PARENT) as entries:
+        stale = [entry.path for entry in entries if entry.name.startswith(_ROOT_PREFIX)
+                 and entry.is_dir(follow_symlinks=False)
+                 and entry.stat(follow_symlinks=False).st_uid == os.geteuid()]
+    for path in stale:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live instance's
+        finally:
+            os.close(fd)
+        log.info("--sandbox: removing %s, left by an instance that did not shut down", path)
+        _remove_tree(path)
 
 
 def _probe(sandbox: Sandbox, environ: Mapping[str, str]) -> None:

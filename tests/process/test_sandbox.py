@@ -10,7 +10,7 @@ import subprocess
 import uuid
 
 import pytest
-from conftest import PY, REPO, wait_until
+from conftest import PY, REPO, processes_with, unique_sleep, wait_until
 
 from taskrunner.config import Config
 from taskrunner.errors import SpawnError, StartupError
@@ -61,24 +61,6 @@ def sandboxed():
     for box in made:
         box.close()
         assert not os.path.exists(box.work_root)
-
-
-def marked():
-    """A `sleep` argument no other process on this machine has: found in /proc by it."""
-    return f"{1000 + uuid.uuid4().int % 100000}.{uuid.uuid4().int % 10**6:06d}"
-
-
-def processes_with(text):
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if text.encode() in f.read():
-                        found.append(int(name))
-            except OSError:
-                continue
-    return found
 
 
 @pytest.mark.gen_test
@@ -148,7 +130,7 @@ async def test_a_local_listener_is_reachable_only_with_sandbox_net(sandboxed, ne
 @pytest.mark.gen_test
 async def test_setsid_and_double_fork_escapees_die_with_the_command(sandboxed):
     box = sandboxed()
-    single, double = marked(), marked()
+    single, double = unique_sleep(), unique_sleep()
     result = await box.run("sh", "-c", f"setsid sleep {single} & "
                            f"(setsid sh -c 'sleep {double} &' &); exit 0")
     assert result.status == 0
@@ -159,11 +141,11 @@ async def test_setsid_and_double_fork_escapees_die_with_the_command(sandboxed):
 @pytest.mark.gen_test
 async def test_on_timeout_and_cancel_the_whole_sandbox_dies(sandboxed):
     box = sandboxed()
-    escapee, main = marked(), marked()
+    escapee, main = unique_sleep(), unique_sleep()
     result = await box.run("sh", "-c", f"setsid sleep {escapee} & sleep {main}", timeout=0.5)
     assert result.timed_out
     assert wait_until(lambda: not processes_with(escapee) and not processes_with(main), 5)
-    escapee = marked()
+    escapee = unique_sleep()
     command = await box.launcher.launch(CommandSpec(
         ["sh", "-c", f"setsid sleep {escapee} & echo started; wait"], 60))
     assert wait_until(lambda: processes_with(escapee), 5)
@@ -199,7 +181,7 @@ async def test_a_program_or_cwd_the_sandbox_does_not_see_is_refused(sandboxed, t
     box = sandboxed()
     with pytest.raises(SpawnError, match="not visible inside the sandbox"):
         await box.run(str(script))
-    with pytest.raises(SpawnError, match="working directory .* not visible"):
+    with pytest.raises(SpawnError, match=r"working directory .* not visible"):
         await box.run("true", cwd=str(tmp_path))
     box = sandboxed(sandbox_bind_ro=(str(tmp_path),))
     result = await box.run(str(script))
