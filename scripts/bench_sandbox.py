@@ -3,7 +3,12 @@ namespace or mount costs what. Measures the kernel set-up alone, without taskrun
 variants are interleaved, round after round, and the median of the rounds is printed, so
 that a change in the machine's load hits every variant alike.
 
+With ``--in-flight N``, instead: N ``sleep 0.5`` kept running at once, plain and under the
+full ``--sandbox`` option set, interleaved: completions per second and the p50 latency
+(W2 without taskrunner).
+
 Usage: python3 scripts/bench_sandbox.py [SECONDS [ROUNDS]]   (default 3 s, 3 rounds; needs bwrap)
+       python3 scripts/bench_sandbox.py --in-flight 200 [SECONDS [ROUNDS]]
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+ARGS = sys.argv[1:]
+IN_FLIGHT = int(ARGS[1]) if ARGS[:1] == ["--in-flight"] else 0
+ARGS = ARGS[2:] if IN_FLIGHT else ARGS
+SECONDS = float(ARGS[0]) if ARGS else 3.0
+ROUNDS = int(ARGS[1]) if len(ARGS) > 1 else 3
 PARALLEL = 4
 TRUE = "/bin/true"
 ROOT = ["--ro-bind", "/", "/"]
@@ -53,6 +61,37 @@ def worker(prefix: list[str], deadline: float) -> int:
     return count
 
 
+def in_flight(prefix: list[str], count: int) -> tuple[float, float]:
+    running: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    latencies: list[float] = []
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline:
+        while len(running) < count:
+            process = subprocess.Popen([*prefix, "/bin/sleep", "0.5"])
+            running[process.pid] = (process, time.monotonic())
+        pid, _ = os.wait()
+        if pid in running:
+            latencies.append(time.monotonic() - running.pop(pid)[1])
+    for process, _ in running.values():
+        process.kill()
+        process.wait()
+    return len(latencies) / SECONDS, statistics.median(latencies)
+
+
+def main_in_flight(count: int) -> None:
+    print(f"# {count} sleep 0.5 in flight, {SECONDS:g} s each, {ROUNDS} rounds, "
+          f"loadavg {os.getloadavg()[0]:.2f}")
+    variants = {"plain": [], "--sandbox": VARIANTS["+ net ns (= --sandbox)"]}
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(ROUNDS):
+        for name, prefix in variants.items():
+            rates[name].append(in_flight(prefix, count))
+    for name, values in rates.items():
+        print(f"{name:12s} {statistics.median(r for r, _ in values):6.0f}/s  "
+              f"p50 {statistics.median(lat for _, lat in values) * 1000:5.0f} ms")
+    print(f"# loadavg at the end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     print(f"# {PARALLEL} at a time, {SECONDS:g} s each, {ROUNDS} rounds, uid {os.geteuid()}, "
           f"loadavg {os.getloadavg()[0]:.2f}")
@@ -61,7 +100,7 @@ def main() -> None:
         for name, prefix in VARIANTS.items():
             deadline = time.monotonic() + SECONDS
             with ThreadPoolExecutor(PARALLEL) as pool:
-                results = list(pool.map(lambda _: worker(prefix, deadline), range(PARALLEL)))
+                results = list(pool.map(worker, [prefix] * PARALLEL, [deadline] * PARALLEL))
             rates[name].append(sum(results) / SECONDS)
     plain = statistics.median(rates["plain /bin/true"])
     for name, values in rates.items():
@@ -72,4 +111,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if IN_FLIGHT:
+        main_in_flight(IN_FLIGHT)
+    else:
+        main()

@@ -156,6 +156,15 @@ async def test_on_timeout_and_cancel_the_whole_sandbox_dies(sandboxed):
 
 
 @pytest.mark.gen_test
+async def test_a_signal_inside_is_reported_as_a_shell_would_and_a_timeout_as_before(sandboxed):
+    box = sandboxed()
+    result = await box.run("sh", "-c", "kill -USR1 $$")
+    assert result.status == 128 + 10  # bubblewrap's status, 128 + SIGUSR1
+    result = await box.run("sleep", "30", timeout=0.2)
+    assert result.timed_out and result.status == -9
+
+
+@pytest.mark.gen_test
 async def test_binds_at_the_same_path_read_only_or_writable(sandboxed, tmp_path):
     ro, rw = tmp_path / "ro", tmp_path / "rw"
     ro.mkdir()
