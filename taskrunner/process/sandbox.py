@@ -50,10 +50,13 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from taskrunner.config import MIB, Config
 from taskrunner.errors import SpawnError, StartupError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("taskrunner.sandbox")
 
@@ -113,6 +116,10 @@ class Sandbox:
             if exc.errno == errno.ENOENT:
                 return
             if self._remover is None:
+                # Here, not at the top: an instance whose commands leave nothing behind (or
+                # that has no sandbox) never loads the thread pool.
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._remover = ThreadPoolExecutor(1, thread_name_prefix="sandbox-remove")
             self._remover.submit(_remove_tree, work)
 
