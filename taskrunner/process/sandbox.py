@@ -40,13 +40,13 @@ never runs commands unsandboxed because ``--sandbox`` did not work.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import itertools
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -258,22 +258,42 @@ def _probe(sandbox: Sandbox, environ: Mapping[str, str]) -> None:
                            f"commands unsandboxed: {reason[-1] if reason else proc.returncode}")
 
 
-def _remove_tree(path: str) -> None:
-    def writable(function: object, name: str, exc: BaseException) -> None:
-        # A command may have left a directory without write or search permission.
+def _remove_tree(path: str, depth: int = 0) -> None:
+    def unlock(function: object, name: str, exc_info: tuple[type, BaseException, object]) -> None:
+        exc = exc_info[1]
         if isinstance(exc, FileNotFoundError):
             return
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(name), 0o700)
-            os.chmod(name, 0o700)
-        try:
-            if os.path.isdir(name) and not os.path.islink(name):
-                shutil.rmtree(name)
-            else:
-                os.unlink(name)
-        except FileNotFoundError:
-            pass
-        except OSError as again:
-            log.warning("cannot remove %s from a sandbox's work directory: %s", name, again)
+        # A command may have left directories without read, write or search permission
+        # (an instance that is not root has no capability to override them): open them up,
+        # never through a symlink, and remove what is there.
+        if isinstance(exc, PermissionError) and depth < _MAX_DEPTH:
+            _searchable(os.path.dirname(name))
+            is_dir = _searchable(name)
+            try:
+                if is_dir:
+                    _remove_tree(name, depth + 1)
+                else:
+                    os.unlink(name)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as again:
+                exc = again
+        log.warning("cannot remove %s from a sandbox's work directory: %s", name, exc)
 
-    shutil.rmtree(path, onerror=lambda f, n, e: writable(f, n, e[1]))
+    shutil.rmtree(path, onerror=unlock)
+
+
+_MAX_DEPTH = 64
+
+
+def _searchable(path: str) -> bool:
+    """Give the owner every permission on the directory ``path`` (not on what a symlink
+    there names); whether it is a directory."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        os.chmod(path, 0o700)
+    except OSError:
+        return False
+    return True

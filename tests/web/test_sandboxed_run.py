@@ -127,10 +127,13 @@ def test_an_unprivileged_instance_sandboxes_through_a_user_namespace(spawn_insta
         "setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"])
     try:
         code, body = post_run_blocking(child.port, {"args": [
-            "sh", "-c", "id -u; ps -e -o comm= | wc -l; touch /usr/x; echo > ./ok && echo wrote"]})
+            "sh", "-c", "id -u; ps -e -o comm= | wc -l; touch /usr/x; echo > ./ok && echo wrote; "
+            "mkdir -p locked/deep && touch locked/deep/f && chmod 000 locked/deep locked; pwd"]})
         assert code == 200, body
-        uid, count, wrote = body["stdout"].split()
+        uid, count, wrote, work = body["stdout"].split()
         assert int(uid) == nobody.pw_uid and int(count) <= 5 and wrote == "wrote"
         assert "Read-only file system" in body["stderr"]
+        # What it left, unreadable directories included, is removed by the instance.
+        assert wait_until(lambda: not os.path.exists(work), 10)
     finally:
         stop_cleanly(child)
