@@ -165,6 +165,15 @@ async def test_a_signal_inside_is_reported_as_a_shell_would_and_a_timeout_as_bef
 
 
 @pytest.mark.gen_test
+async def test_the_limits_still_bind_inside_the_sandbox(sandboxed):
+    box = sandboxed(limit_as=128, limit_fsize=1)
+    result = await box.run(PYTHON, "-c", "x = bytearray(1 << 30)")
+    assert result.status == 1 and "MemoryError" in result.stderr
+    result = await box.run("dd", "if=/dev/zero", "of=big", "bs=1M", "count=4")
+    assert result.status == 128 + 25  # SIGXFSZ, as bubblewrap reports a signal
+
+
+@pytest.mark.gen_test
 async def test_binds_at_the_same_path_read_only_or_writable(sandboxed, tmp_path):
     ro, rw = tmp_path / "ro", tmp_path / "rw"
     ro.mkdir()
