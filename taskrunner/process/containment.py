@@ -81,7 +81,8 @@ class Containment:
         made."""
         if self.sandbox is None:
             return list(self.prefix), None
-        sandboxed, work = self.sandbox.enter(cwd)
+        # A relative cwd is relative to the instance's, as without a sandbox.
+        sandboxed, work = self.sandbox.enter(os.path.abspath(cwd) if cwd else None)
         return [*self.prefix, *sandboxed, *self.inner], work
 
     def leave(self, work: str | None) -> None:
@@ -126,6 +127,7 @@ def containment_from_config(config: Config, environ: Mapping[str, str]) -> Conta
     if not config.sandbox:
         return Containment((*prefix, *inner), env)
     sandbox = sandbox_from_config(config, environ, owner)
+    env["TMPDIR"] = "/tmp"  # the private one; the instance's TMPDIR may be hidden inside
     log.info("--sandbox: commands run under %s (work directories in %s%s)", sandbox.bwrap,
              sandbox.work_root, "" if config.sandbox_net else ", no network")
     return Containment(tuple(prefix), env, sandbox, tuple(inner))

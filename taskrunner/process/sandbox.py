@@ -245,7 +245,8 @@ def _probe(sandbox: Sandbox, environ: Mapping[str, str]) -> None:
     true = shutil.which("true", path=environ.get("PATH", os.defpath)) or "/bin/true"
     prefix, work = sandbox.enter(None)
     try:
-        proc = subprocess.run([*prefix, os.path.realpath(true)], env=dict(environ),
+        proc = subprocess.run([*prefix, os.path.realpath(true)],
+                              env={"PATH": environ.get("PATH", os.defpath)},
                               stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=_PROBE_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -33,7 +33,8 @@ class Sandboxed:
     def __init__(self, **changes):
         self.config = dataclasses.replace(Config(port=0), sandbox=True, **changes)
         self.containment = containment_from_config(self.config, os.environ)
-        self.engine = ProcessEngine(max_output=1 << 20, base_env=dict(os.environ))
+        self.engine = ProcessEngine(max_output=1 << 20,
+                                    base_env={**os.environ, **self.containment.env})
         self.launcher = Launcher(self.engine, containment=self.containment)
 
     @property
@@ -93,6 +94,8 @@ async def test_tmp_is_empty_private_and_bounded(sandboxed):
     assert not os.path.exists(f"/tmp/{name}")  # not on the host
     result = await box.run("ls", "-A", "/tmp")
     assert (result.status, result.stdout) == (0, "")  # nor seen by the next command
+    result = await box.run("sh", "-c", "echo $TMPDIR")
+    assert result.stdout == "/tmp\n"  # whatever the instance's is: that one is hidden
     result = await box.run("sh", "-c", "head -c 2097152 /dev/zero > /tmp/big; "
                            "head -c 2097152 /dev/zero > /dev/shm/big")
     assert result.stderr.count("No space left on device") == 2, result.stderr
@@ -188,6 +191,8 @@ async def test_binds_at_the_same_path_read_only_or_writable(sandboxed, tmp_path)
     # The rest of /tmp stays hidden: only the bound paths are there.
     assert sorted(result.stdout.split()[1:]) == ["ro", "rw"]
     result = await box.run("pwd", cwd=str(rw))
+    assert result.stdout == f"{rw}\n"
+    result = await box.run("pwd", cwd=os.path.relpath(rw))  # relative to the instance's
     assert result.stdout == f"{rw}\n"
 
 
