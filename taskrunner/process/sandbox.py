@@ -184,7 +184,7 @@ def sandbox_from_config(config: Config, environ: Mapping[str, str],
         if owner is not None:
             options += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
                         "--cap-add", "CAP_DAC_READ_SEARCH"]
-    _sweep_stale_roots()
+    sweep_stale_roots()
     try:
         root, lock = _make_work_root()
     except OSError as exc:
@@ -208,7 +208,7 @@ _NEW_PREFIX = ".taskrunner-new-"
 def _make_work_root() -> tuple[str, int]:
     """A private work root and an fd holding a lock on it for as long as the instance
     lives: an instance killed with ``kill -9`` cannot remove its root, so the next one
-    removes every root whose lock nobody holds (`_sweep_stale_roots`)."""
+    removes every root whose lock nobody holds (`sweep_stale_roots`)."""
     made = tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=WORK_PARENT)
     lock = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -221,11 +221,14 @@ def _make_work_root() -> tuple[str, int]:
     return root, lock
 
 
-def _sweep_stale_roots() -> None:
+def sweep_stale_roots() -> None:
+    """Remove the work roots no live instance holds (root removes anyone's, another user
+    its own)."""
+    me = os.geteuid()
     with os.scandir(WORK_PARENT) as entries:
         stale = [entry.path for entry in entries if entry.name.startswith(_ROOT_PREFIX)
                  and entry.is_dir(follow_symlinks=False)
-                 and entry.stat(follow_symlinks=False).st_uid == os.geteuid()]
+                 and me in (0, entry.stat(follow_symlinks=False).st_uid)]
     for path in stale:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

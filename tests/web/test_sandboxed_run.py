@@ -18,10 +18,20 @@ from conftest import (
     with_config,
 )
 
+from taskrunner.process.sandbox import sweep_stale_roots
+
 BWRAP = shutil.which("bwrap")
 pytestmark = pytest.mark.skipif(BWRAP is None and not os.environ.get("CI"),
                                 reason="bubblewrap (bwrap) is not installed: scripts/install")
 is_root = os.geteuid() == 0
+
+
+@pytest.fixture(autouse=True)
+def no_work_root_left():
+    """An instance a failing test left to the fixture's SIGKILL keeps its work root: remove
+    the roots no live instance holds, as the next instance would."""
+    yield
+    sweep_stale_roots()
 
 
 def work_root(output):
