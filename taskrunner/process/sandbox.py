@@ -184,8 +184,8 @@ def sandbox_from_config(config: Config, environ: Mapping[str, str],
         if owner is not None:
             options += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
                         "--cap-add", "CAP_DAC_READ_SEARCH"]
-    sweep_stale_roots()
     try:
+        sweep_stale_roots()
         root, lock = _make_work_root()
     except OSError as exc:
         raise StartupError(f"--sandbox: cannot make a work root in {WORK_PARENT}: "
