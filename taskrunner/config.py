@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,26 @@ class Config:
         "--callback-allow"
     )
 
+    # -- the sandbox (see docs/security.md, "The sandbox") ------------------------------
+    sandbox: bool = _setting(
+        False, "run every command under bubblewrap: new PID, mount, IPC, UTS and network "
+        "namespaces, the root read-only, a private /tmp, a work directory of its own"
+    )
+    sandbox_tmp_size: int = _setting(
+        64, "size of a sandbox's private /tmp, and of its /dev/shm, in MiB each"
+    )
+    sandbox_bind_ro: tuple[str, ...] = _setting(
+        (), "a host path a sandbox sees read-only at the same place over what hides it "
+        "(repeatable)", repeatable=True
+    )
+    sandbox_bind: tuple[str, ...] = _setting(
+        (), "a host path a sandbox may write, at the same place (repeatable)", repeatable=True
+    )
+    sandbox_net: bool = _setting(
+        False, "let sandboxed commands use the host's network (default: none but their own "
+        "loopback)"
+    )
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, not {self.port}")
@@ -178,6 +199,14 @@ class Config:
             raise ValueError("keyfile needs certfile")
         if self.insecure_http and self.certfile:
             raise ValueError("insecure_http contradicts certfile: choose one")
+        if self.sandbox_tmp_size < 1:
+            raise ValueError("sandbox_tmp_size must be >= 1")
+        for path in (*self.sandbox_bind_ro, *self.sandbox_bind):
+            if not path.startswith("/") or path == "/" or os.path.normpath(path) != path:
+                raise ValueError(f"a sandbox bind must be a normalised absolute path other "
+                                 f"than /, not {path!r}")
+        if not self.sandbox and (self.sandbox_net or self.sandbox_bind_ro or self.sandbox_bind):
+            raise ValueError("sandbox_net, sandbox_bind and sandbox_bind_ro need sandbox")
         # Job ids are "<instance>.<random>" and a proxy routes on the part before the dot.
         if not re.fullmatch(r"[A-Za-z0-9_-]*", self.instance):
             raise ValueError("instance may only use letters, digits, '-' and '_'")

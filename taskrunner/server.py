@@ -15,6 +15,7 @@ SIGUSR2 always recycles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -98,20 +99,22 @@ class Server:
         config = self.config
         token = load_token(config, os.environ)
         check_protected(config)
-        containment = containment_from_config(config, os.environ)
-        base_env = {**scrub_env(os.environ), **containment.env}
-        try:
-            allowlist = Allowlist(config.allow, base_env) if config.allow else None
-        except SpawnError as exc:
-            raise StartupError(f"--allow: {exc.message}") from None
-        # Idle cgroups kept: as many as may run at once.
-        cgroups = cgroups_from_config(config, keep=config.max_running or default_max_running())
-        try:
-            await self._startup(config, token, containment, base_env, allowlist, cgroups)
-        except BaseException:
+        # What is made before _startup is undone if anything after it fails.
+        with contextlib.ExitStack() as undo:
+            containment = containment_from_config(config, os.environ)
+            undo.callback(containment.close)
+            base_env = {**scrub_env(os.environ), **containment.env}
+            try:
+                allowlist = Allowlist(config.allow, base_env) if config.allow else None
+            except SpawnError as exc:
+                raise StartupError(f"--allow: {exc.message}") from None
+            # Idle cgroups kept: as many as may run at once.
+            cgroups = cgroups_from_config(config,
+                                          keep=config.max_running or default_max_running())
             if cgroups is not None:
-                cgroups.close()
-            raise
+                undo.callback(cgroups.close)
+            await self._startup(config, token, containment, base_env, allowlist, cgroups)
+            undo.pop_all()
 
     async def _startup(self, config: Config, token: str | None, containment: Containment,
                        base_env: dict[str, str], allowlist: Allowlist | None,
@@ -260,6 +263,7 @@ class Server:
         engine.close()
         if ctx.launcher.cgroups is not None:
             ctx.launcher.cgroups.close()
+        ctx.launcher.containment.close()
         self.trimmer.close()
         if self.watchdog is not None:
             self.watchdog.close()

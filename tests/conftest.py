@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -205,3 +206,22 @@ class Certificate:
         """An `ssl.SSLContext` that trusts this certificate only and checks the host name."""
         import ssl
         return ssl.create_default_context(cafile=self.cert)
+
+
+def unique_sleep() -> str:
+    """A `sleep` argument no other process on this machine has, to find it in /proc by."""
+    return f"{1000 + uuid.uuid4().int % 100000}.{uuid.uuid4().int % 10**6:06d}"
+
+
+def processes_with(text: str) -> list[int]:
+    """The pids whose command line contains ``text`` (seen from the host's PID namespace)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(name))
+            except OSError:
+                continue  # gone meanwhile
+    return found

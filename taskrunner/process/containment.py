@@ -1,4 +1,4 @@
-"""Boxing each command in: resource limits (``--limit-*``) and ``--user``.
+"""Boxing each command in: resource limits (``--limit-*``), ``--user`` and ``--sandbox``.
 
 Both are applied by exec wrappers from util-linux put before the command's argument list —
 ``prlimit --as=N:N ... --`` sets the limits, soft equal to hard so the command cannot raise
@@ -13,6 +13,10 @@ first resolves the program and checks ``cwd`` in this process: a missing program
 gets a clean 422, not the wrapper's exit status. The limits are per process (RLIMIT_*),
 except ``--limit-nproc``, which the kernel counts per real user over all of that user's
 processes and does not enforce for root — pair it with ``--user``.
+
+With ``--sandbox`` (`taskrunner.process.sandbox`) the wrappers nest: ``prlimit``, then
+``bwrap``, then ``setpriv`` inside the sandbox (bubblewrap makes its namespaces as root
+when the service runs as root, and needs no user namespace then).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from taskrunner.config import MIB, Config
 from taskrunner.errors import SpawnError, StartupError
 from taskrunner.process.allowlist import resolve
+from taskrunner.process.sandbox import Sandbox, sandbox_from_config
 
 log = logging.getLogger("taskrunner.limits")
 
@@ -42,28 +47,61 @@ _LIMITS = (
 
 @dataclass(frozen=True)
 class Containment:
-    """The wrapper put before every command, and what ``--user`` changes in its env."""
+    """The wrapper put before every command, and what ``--user`` changes in its env.
+
+    ``prefix`` is the whole wrapper without a sandbox; with one, what runs before
+    ``bwrap``, and ``inner`` what runs inside it.
+    """
 
     prefix: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    sandbox: Sandbox | None = None
+    inner: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
         """True when commands run through a wrapper."""
-        return bool(self.prefix)
+        return bool(self.prefix) or self.sandbox is not None
 
     def check(self, program: str, env: Mapping[str, str], cwd: str | None) -> str:
         """Resolve ``program`` and check ``cwd`` as the engine would; `SpawnError` if not."""
         if cwd is not None and not os.path.isdir(cwd):
             reason = "Not a directory" if os.path.exists(cwd) else "No such file or directory"
             raise SpawnError(f"cannot start {program!r}: working directory {cwd!r}: {reason}")
-        return resolve(program, env, cwd)
+        real = resolve(program, env, cwd)
+        if self.sandbox is not None:
+            self.sandbox.check(real, "program", program)
+            if cwd is not None:
+                self.sandbox.check(os.path.realpath(cwd), "working directory", program)
+        return real
+
+    def enter(self, cwd: str | None) -> tuple[list[str], str | None]:
+        """The prefix for one command, and its sandbox work directory (None without a
+        sandbox; give it to `leave` when the command has ended). OSError if it cannot be
+        made."""
+        if self.sandbox is None:
+            return list(self.prefix), None
+        # A relative cwd is relative to the instance's, as without a sandbox.
+        sandboxed, work = self.sandbox.enter(os.path.abspath(cwd) if cwd else None)
+        return [*self.prefix, *sandboxed, *self.inner], work
+
+    def leave(self, work: str | None) -> None:
+        """Remove what `enter` made for a command that has ended (or never started)."""
+        if work is not None and self.sandbox is not None:
+            self.sandbox.leave(work)
+
+    def close(self) -> None:
+        """Release what the wrappers hold (the sandbox's work root)."""
+        if self.sandbox is not None:
+            self.sandbox.close()
 
 
 def containment_from_config(config: Config, environ: Mapping[str, str]) -> Containment:
     """Build the wrapper for ``config``; raise `StartupError` if it cannot be applied."""
     prefix: list[str] = []
+    inner: list[str] = []
     env: dict[str, str] = {}
+    owner: tuple[int, int] | None = None  # who the work directories belong to (--user)
     dropped = False  # do commands run as someone other than root?
     limits = [f"--{option}={getattr(config, name) * unit}:{getattr(config, name) * unit}"
               for name, option, unit in _LIMITS if getattr(config, name)]
@@ -80,12 +118,19 @@ def containment_from_config(config: Config, environ: Mapping[str, str]) -> Conta
                 raise StartupError(f"--user {config.user!r} needs the service to run as root")
             # Numeric ids and the group list resolved once here: no NSS lookup per spawn.
             groups = ",".join(str(g) for g in os.getgrouplist(user.pw_name, user.pw_gid))
-            prefix += [_tool("setpriv", environ), f"--reuid={user.pw_uid}",
-                       f"--regid={user.pw_gid}", f"--groups={groups}", "--"]
+            inner += [_tool("setpriv", environ), f"--reuid={user.pw_uid}",
+                      f"--regid={user.pw_gid}", f"--groups={groups}", "--"]
+            owner = (user.pw_uid, user.pw_gid)
             dropped = True
     if config.limit_nproc and os.geteuid() == 0 and not dropped:
         log.warning("--limit-nproc does not bind commands that run as root; add --user")
-    return Containment(tuple(prefix), env)
+    if not config.sandbox:
+        return Containment((*prefix, *inner), env)
+    sandbox = sandbox_from_config(config, environ, owner)
+    env["TMPDIR"] = "/tmp"  # the private one; the instance's TMPDIR may be hidden inside
+    log.info("--sandbox: commands run under %s (work directories in %s%s)", sandbox.bwrap,
+             sandbox.work_root, "" if config.sandbox_net else ", no network")
+    return Containment(tuple(prefix), env, sandbox, tuple(inner))
 
 
 def _tool(name: str, environ: Mapping[str, str]) -> str:

@@ -4,14 +4,16 @@ Policy that applies to every command lives here, in this order, so the HTTP hand
 the job registry never call the engine directly:
 
 1. the allowlist (``--allow``): 403 for any other program; the real path is what runs;
-2. containment (``--limit-*``, ``--user``): the wrapper, after checking in this process
-   that the program and ``cwd`` are there, so a missing program is a clean 422;
+2. containment (``--limit-*``, ``--user``, ``--sandbox``): the wrapper, after checking in
+   this process that the program and ``cwd`` are there (and, in a sandbox, seen the same
+   inside), so a missing program is a clean 422; a sandbox's work directory is made
+   before the spawn and removed when the command has ended;
 3. the caller's share (``max_running`` in ``--callers``): 429 at once beyond it;
 4. admission (``--max-running``, ``--max-queued``): wait for a slot, or 429;
 5. cgroup limits (``--memory-max``, ``--pids-max``, ``--cpu-max``): a cgroup from the pool,
-   the same for every caller;
-6. the engine starts the command; its slot and share are freed, and its cgroup given back,
-   when its result is in.
+   the same for every caller; it holds the whole command, its sandbox included;
+6. the engine starts the command; its slot and share are freed, its work directory
+   removed and its cgroup given back, when its result is in.
 
 The first three are a `Policy`: the instance's by default, a caller's own when the request
 names one (built from the callers file; see `taskrunner.web.callers`).
@@ -23,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from taskrunner.errors import SpawnError, StartError
+from taskrunner.errors import OutOfResources, SpawnError, StartError
 from taskrunner.process.admission import Admission, Share
 from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.cgroup_pool import CgroupPool, CommandCgroup
@@ -119,12 +121,25 @@ class Launcher:
         # The caller holds a slot (when there is admission) and its share: both are freed
         # when the command ends, or now if it cannot start.
         share = policy.share
+        containment = policy.containment
+        work: str | None = None
         cgroup: CommandCgroup | None = None
         try:
             if self.cgroups is not None:
                 cgroup = self.cgroups.acquire()
-            command = self.engine.start(spec, listener, policy.containment.prefix, cgroup)
+            if containment.sandbox is None:
+                command = self.engine.start(spec, listener, containment.prefix, cgroup)
+            else:
+                try:
+                    prefix, work = containment.enter(spec.cwd)
+                except OSError as exc:
+                    raise OutOfResources(f"cannot start {spec.args[0]!r} now: its sandbox's "
+                                         f"work directory: {exc.strerror or exc}") from None
+                # The sandbox changes directory itself (--chdir): the engine must not.
+                command = self.engine.start(dataclasses.replace(spec, cwd=None), listener,
+                                            prefix, cgroup)
         except BaseException as exc:
+            containment.leave(work)
             if cgroup is not None:
                 cgroup.close()
             if self.admission is not None:
@@ -134,6 +149,8 @@ class Launcher:
             if isinstance(exc, StartError) and self.observer is not None:
                 self.observer.spawn_failed(spec, exc)
             raise
+        if work is not None:
+            command.on_finish(lambda _result: containment.leave(work))
         if self.admission is not None:
             admission = self.admission
             command.on_finish(lambda _result: admission.release())
