@@ -19,6 +19,8 @@ from taskrunner.client.protocol import Request, Response
 
 #: Seconds to wait for a connection to be made.
 CONNECT_TIMEOUT = 10.0
+#: Seconds to send a request, or to wait for a pooled connection.
+WRITE_TIMEOUT = 30.0
 
 
 def base_url(url: str) -> str:
@@ -43,11 +45,9 @@ def options(request: Request) -> dict[str, object]:
     return {
         "json": request.body,
         "headers": {"Accept": request.accept},
-        "timeout": httpx.Timeout(SHORTEST, connect=CONNECT_TIMEOUT, read=request.read_timeout),
+        "timeout": httpx.Timeout(WRITE_TIMEOUT, connect=CONNECT_TIMEOUT,
+                                 read=request.read_timeout),
     }
-
-
-SHORTEST = 30.0  # write and pool timeouts
 
 
 def response(answer: httpx.Response) -> Response:
@@ -73,9 +73,11 @@ def translated(url: str) -> Iterator[None]:
 
 
 def _reason(error: Exception) -> str:
-    # httpx wraps the OS error; its text ("[Errno 111] Connection refused") says the most.
-    cause = error.__context__ or error.__cause__
-    while cause is not None and cause.__context__ is not None and not str(cause):
-        cause = cause.__context__
-    text = str(error) or str(cause) or type(error).__name__
-    return text
+    # httpx wraps the OS error, and anyio wraps it once more ("All connection attempts
+    # failed"): the innermost OSError with a strerror ("Connection refused") says the most.
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return str(error) or type(error).__name__
