@@ -7,12 +7,13 @@ differ in ``await`` alone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
 
 from taskrunner.client import protocol, transport
+from taskrunner.client.errors import ServiceError
 from taskrunner.client.models import Chunk, JobInfo, RunResult
 
 T = TypeVar("T")
@@ -21,9 +22,11 @@ T = TypeVar("T")
 class AsyncClient:
     """`taskrunner.client.Client` for asyncio: the same arguments and methods, awaited."""
 
-    def __init__(self, url: str, token: str | None = None, *, retries: int = 0) -> None:
+    def __init__(self, url: str, token: str | None = None, *, retries: int = 0,
+                 on_retry: Callable[[ServiceError, float], None] | None = None) -> None:
         self.url = transport.base_url(url)
         self.retries = retries
+        self.on_retry = on_retry
         self._http = httpx.AsyncClient(base_url=self.url, headers=transport.headers(token))
 
     async def __aenter__(self) -> AsyncClient:
@@ -69,6 +72,8 @@ class AsyncClient:
             while True:
                 step = operation.send(reply)
                 if isinstance(step, protocol.Sleep):
+                    if self.on_retry is not None:
+                        self.on_retry(step.after, step.seconds)
                     await asyncio.sleep(step.seconds)
                     reply = None
                 else:

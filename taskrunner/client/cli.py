@@ -111,7 +111,8 @@ class UsageError(Exception):
 
 async def _with_client(handler: Command, url: str, token: str | None,
                        args: argparse.Namespace) -> int:
-    async with AsyncClient(url, token, retries=getattr(args, "retry", 0)) as client:
+    async with AsyncClient(url, token, retries=getattr(args, "retry", 0),
+                           on_retry=_retrying) as client:
         return await handler(client, args)
 
 
@@ -132,6 +133,10 @@ def explain(error: errors.ClientError, url: str) -> str:
     if isinstance(error, errors.ProtocolError):
         return f"{url} {error}"
     return str(error)
+
+
+def _retrying(error: errors.ServiceError, seconds: float) -> None:
+    _say(f"{error.message} ({error.status} {error.code}): trying again in {seconds:g} s")
 
 
 def _say(text: str) -> None:

@@ -48,9 +48,11 @@ class Response:
 
 @dataclass(frozen=True)
 class Sleep:
-    """Wait this many seconds before the next step (a retry honouring ``Retry-After``)."""
+    """Wait this many seconds before the next step: a retry of the refusal ``after``,
+    honouring its ``Retry-After``."""
 
     seconds: float
+    after: ServiceError
 
 
 Step = Request | Sleep
@@ -119,7 +121,7 @@ def call(request: Request, retries: int = 0) -> Operation[Any]:
             if e.retry_after is None or attempt >= retries:
                 raise
             attempt += 1
-            yield Sleep(min(e.retry_after, MAX_RETRY_WAIT))
+            yield Sleep(min(e.retry_after, MAX_RETRY_WAIT), e)
 
 
 def run(body: dict[str, Any], retries: int) -> Operation[RunResult]:

@@ -6,12 +6,13 @@ Only drives the operations of protocol.py; the async twin is aio.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
 
 from taskrunner.client import protocol, transport
+from taskrunner.client.errors import ServiceError
 from taskrunner.client.models import Chunk, JobInfo, RunResult
 
 T = TypeVar("T")
@@ -22,13 +23,16 @@ class Client:
     with its bearer ``token`` if it wants one.
 
     ``retries``: how many times a refused request (429, 503 with ``Retry-After``: nothing
-    ran) is sent again, after the wait the service asks for. Use it as a context manager,
+    ran) is sent again, after the wait the service asks for; ``on_retry(error, seconds)`` is
+    told before each such wait. Use it as a context manager,
     or call `close`, to release its connections.
     """
 
-    def __init__(self, url: str, token: str | None = None, *, retries: int = 0) -> None:
+    def __init__(self, url: str, token: str | None = None, *, retries: int = 0,
+                 on_retry: Callable[[ServiceError, float], None] | None = None) -> None:
         self.url = transport.base_url(url)
         self.retries = retries
+        self.on_retry = on_retry
         self._http = httpx.Client(base_url=self.url, headers=transport.headers(token))
 
     def __enter__(self) -> Client:
@@ -75,6 +79,8 @@ class Client:
             while True:
                 step = operation.send(reply)
                 if isinstance(step, protocol.Sleep):
+                    if self.on_retry is not None:
+                        self.on_retry(step.after, step.seconds)
                     time.sleep(step.seconds)
                     reply = None
                 else:

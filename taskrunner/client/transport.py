@@ -3,6 +3,7 @@ timeouts, and httpx's exceptions turned into this package's (errors.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -74,10 +75,10 @@ def translated(url: str) -> Iterator[None]:
 
 def _reason(error: Exception) -> str:
     # httpx wraps the OS error, and anyio wraps it once more ("All connection attempts
-    # failed"): the innermost OSError with a strerror ("Connection refused") says the most.
+    # failed"): the OS's text for the innermost errno ("Connection refused") says the most.
     cause: BaseException | None = error
     while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
         cause = cause.__cause__ or cause.__context__
     return str(error) or type(error).__name__
