@@ -5,6 +5,7 @@ the service's code; the output decoder reads NDJSON and SSE split anywhere."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -31,7 +32,7 @@ WAITS = ["sh", "-c", "echo $$; exec sleep 60"]
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 @pytest.fixture
