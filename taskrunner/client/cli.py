@@ -94,6 +94,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     token = os.environ.get("TASKRUNNER_TOKEN") or None
     handler: Command = args.handler
     try:
+        # Before the event loop: asyncio's own SIGINT handler cannot interrupt a blocking
+        # read, so a Ctrl-C while a terminal is read would wait for its end of file.
+        args.stdin_text = _stdin(args.stdin) if args.action == "run" else None
         return asyncio.run(_with_client(handler, url, token, args))
     except errors.ClientError as e:
         _say(explain(e, url))
@@ -190,7 +193,7 @@ async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("run: no command given (trun run -- PROGRAM ARGS...)")
     body = {"timeout": args.timeout, "env": _environment(args.env), "cwd": args.cwd,
-            "stdin": _stdin(args.stdin)}
+            "stdin": args.stdin_text}
     try:
         job = await client.submit(command, **body)
     except (errors.CannotStart, errors.Forbidden) as e:
