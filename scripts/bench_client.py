@@ -13,8 +13,8 @@ Usage: python3 scripts/bench_client.py [RUNS]      (default 50)
 from __future__ import annotations
 
 import os
-import resource
 import re
+import resource
 import signal
 import statistics
 import subprocess
