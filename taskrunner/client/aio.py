@@ -7,6 +7,7 @@ differ in ``await`` alone.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -23,11 +24,13 @@ class AsyncClient:
     """`taskrunner.client.Client` for asyncio: the same arguments and methods, awaited."""
 
     def __init__(self, url: str, token: str | None = None, *, retries: int = 0,
-                 on_retry: Callable[[ServiceError, float], None] | None = None) -> None:
+                 on_retry: Callable[[ServiceError, float], None] | None = None,
+                 verify: ssl.SSLContext | str | bool = True) -> None:
         self.url = transport.base_url(url)
         self.retries = retries
         self.on_retry = on_retry
-        self._http = httpx.AsyncClient(base_url=self.url, headers=transport.headers(token))
+        self._http = httpx.AsyncClient(base_url=self.url, headers=transport.headers(token),
+                                 verify=transport.verify(self.url, verify))
 
     async def __aenter__(self) -> AsyncClient:
         return self

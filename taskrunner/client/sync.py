@@ -5,6 +5,7 @@ Only drives the operations of protocol.py; the async twin is aio.py.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -24,16 +25,19 @@ class Client:
 
     ``retries``: how many times a refused request (429, 503 with ``Retry-After``: nothing
     ran) is sent again, after the wait the service asks for; ``on_retry(error, seconds)`` is
-    told before each such wait. Use it as a context manager,
+    told before each such wait. ``verify``: for https, as httpx takes it (False, a CA
+    bundle's path, an ``ssl.SSLContext``). Use it as a context manager,
     or call `close`, to release its connections.
     """
 
     def __init__(self, url: str, token: str | None = None, *, retries: int = 0,
-                 on_retry: Callable[[ServiceError, float], None] | None = None) -> None:
+                 on_retry: Callable[[ServiceError, float], None] | None = None,
+                 verify: ssl.SSLContext | str | bool = True) -> None:
         self.url = transport.base_url(url)
         self.retries = retries
         self.on_retry = on_retry
-        self._http = httpx.Client(base_url=self.url, headers=transport.headers(token))
+        self._http = httpx.Client(base_url=self.url, headers=transport.headers(token),
+                                 verify=transport.verify(self.url, verify))
 
     def __enter__(self) -> Client:
         return self

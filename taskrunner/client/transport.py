@@ -4,6 +4,7 @@ timeouts, and httpx's exceptions turned into this package's (errors.py)."""
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,6 +35,14 @@ def base_url(url: str) -> str:
         raise InvalidURL(f"{url!r} is not an http:// or https:// URL with a host "
                          "(e.g. http://127.0.0.1:8885)")
     return url.rstrip("/")
+
+
+def verify(url: str, verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | str | bool:
+    """httpx's ``verify`` for a client of ``url``: as given for https; for http, no TLS
+    context at all. Such a client never makes a TLS connection (it sends relative paths
+    only and follows no redirect), and loading the CA bundle would cost a short command
+    more than the rest of the client's start."""
+    return verify if httpx.URL(url).scheme == "https" else False
 
 
 def headers(token: str | None) -> dict[str, str]:
