@@ -106,6 +106,16 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # a Ctrl-C before a job existed: nothing to cancel
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout's reader left (trun ps | head -1)
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _quiet_stdout() -> None:
+    # What is still buffered for the closed pipe would fail again at exit, with a message.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class UsageError(Exception):
@@ -206,6 +216,7 @@ async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
     attached = Attached(job, out, err)
     info = await attached.run()
     if attached.broken_pipe:
+        _quiet_stdout()
         return EXIT_BROKEN_PIPE
     if info is None or attached.interrupts:
         return EXIT_INTERRUPTED
