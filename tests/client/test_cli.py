@@ -172,3 +172,20 @@ def test_busy_is_one_line_and_retry_honours_retry_after(spawn_instance, tmp_path
         patient.kill()
         patient.communicate()
     assert (patient.returncode, out) == (0, b"hi\n")
+
+
+def test_a_closed_stdout_cancels_the_job_and_exits_141(url):
+    proc = subprocess.Popen([*TRUN, "run", "--", "sh", "-c", "while :; do echo y; sleep 0.1; done"],
+                            env=trun_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"y\n"
+        proc.stdout.close()  # as `| head -1` does
+        assert proc.wait(60) == 141
+        assert proc.stderr.read() == b""
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    with Client(url) as client:
+        (job,) = client.jobs()
+        assert job.info.state == "cancelled"
