@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import httpx
@@ -90,7 +91,8 @@ class AsyncClient:
                                               **transport.options(request))  # type: ignore[arg-type]
             return transport.response(answer)
 
-    async def _stream(self, request: protocol.Request) -> AsyncIterator[Chunk | JobInfo]:
+    async def _stream(self, request: protocol.Request
+                      ) -> AsyncGenerator[Chunk | JobInfo, None]:
         with transport.translated(self.url):
             async with self._http.stream(request.method, request.path,
                                          **transport.options(request)  # type: ignore[arg-type]
@@ -124,11 +126,13 @@ class AsyncJob:
     async def follow(self) -> AsyncIterator[Chunk]:
         """The job's output from its beginning, each chunk as soon as the command wrote it;
         ends when the job does, with ``info`` then its final state."""
-        async for event in self.client._stream(protocol.output_request(self.id)):
-            if isinstance(event, Chunk):
-                yield event
-            else:
-                self.info = event
+        # aclosing(): a caller who stops early closes the stream's connection at once.
+        async with aclosing(self.client._stream(protocol.output_request(self.id))) as events:
+            async for event in events:
+                if isinstance(event, Chunk):
+                    yield event
+                else:
+                    self.info = event
 
     async def wait(self) -> JobInfo:
         """Wait until the job has ended and return its final state (reads the output

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing
 from typing import Any, TypeVar
 
 import httpx
@@ -98,7 +99,7 @@ class Client:
                                         **transport.options(request))  # type: ignore[arg-type]
             return transport.response(answer)
 
-    def _stream(self, request: protocol.Request) -> Iterator[Chunk | JobInfo]:
+    def _stream(self, request: protocol.Request) -> Generator[Chunk | JobInfo, None, None]:
         with transport.translated(self.url), self._http.stream(
                 request.method, request.path, **transport.options(request)  # type: ignore[arg-type]
         ) as answer:
@@ -130,11 +131,13 @@ class Job:
     def follow(self) -> Iterator[Chunk]:
         """The job's output from its beginning, each chunk as soon as the command wrote it;
         ends when the job does, with ``info`` then its final state."""
-        for event in self.client._stream(protocol.output_request(self.id)):
-            if isinstance(event, Chunk):
-                yield event
-            else:
-                self.info = event
+        # closing(): a caller who stops early closes the stream's connection at once.
+        with closing(self.client._stream(protocol.output_request(self.id))) as events:
+            for event in events:
+                if isinstance(event, Chunk):
+                    yield event
+                else:
+                    self.info = event
 
     def wait(self) -> JobInfo:
         """Block until the job has ended and return its final state (no polling: this
