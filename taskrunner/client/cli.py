@@ -153,6 +153,7 @@ def _retrying(error: errors.ServiceError, seconds: float) -> None:
 
 
 def _say(text: str) -> None:
+    text = " ".join(text.splitlines())  # one line, whatever a message holds
     sys.stderr.write(f"trun: {text}\n")
     sys.stderr.flush()
 
