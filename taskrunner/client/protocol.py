@@ -193,7 +193,10 @@ class OutputDecoder:
     def close(self) -> JobInfo:
         """The final job; raises `ProtocolError` if the stream ended before it."""
         if self._buffer.strip():
-            self.feed(b"\n")
+            try:  # a last line without its newline
+                self.feed(b"\n")
+            except ProtocolError as e:  # cut in the middle
+                raise ProtocolError("the output stream ended before the job did") from e
         if self.final is None:
             raise ProtocolError("the output stream ended before the job did")
         return self.final
