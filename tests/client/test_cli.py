@@ -5,6 +5,8 @@ wait, stdin from a file, the job commands, and one-line errors with exit status 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -189,3 +191,15 @@ def test_a_closed_stdout_cancels_the_job_and_exits_141(url):
     with Client(url) as client:
         (job,) = client.jobs()
         assert job.info.state == "cancelled"
+
+
+def test_a_command_killed_from_outside_is_128_plus_9(url):
+    proc = subprocess.Popen([*TRUN, "run", "--", "sh", "-c", "echo $$; exec sleep 60"],
+                            env=trun_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        pid = int(proc.stdout.readline())
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(60) == 128 + signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.communicate()
