@@ -203,3 +203,20 @@ def test_a_command_killed_from_outside_is_128_plus_9(url):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_a_queued_job_that_cannot_start_is_126_with_its_reason(spawn_instance, tmp_path):
+    child = spawn_instance("--max-running", "1")
+    gate, program = tmp_path / "gate", tmp_path / "program"
+    program.write_text("#!/bin/sh\necho never\n")
+    program.chmod(0o755)
+    assert trun(child.url, "run", "-d", "--", "sh", "-c", wait_for(gate)).returncode == 0
+    queued = trun(child.url, "run", "-d", "--", str(program)).stdout.decode().strip()
+    with Client(child.url) as client:
+        assert client.job(queued).info.state == "queued"
+    program.unlink()  # gone when its turn comes
+    gate.touch()
+    done = trun(child.url, "wait", queued)
+    assert done.returncode == 126, done.stderr
+    assert done.stderr.startswith(f"trun: job {queued} failed: ".encode())
+    assert done.stderr.count(b"\n") == 1
