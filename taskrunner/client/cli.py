@@ -152,6 +152,11 @@ def _retrying(error: errors.ServiceError, seconds: float) -> None:
     _say(f"{error.message} ({error.status} {error.code}): trying again in {seconds:g} s")
 
 
+def _show(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def _say(text: str) -> None:
     text = " ".join(text.splitlines())  # one line, whatever a message holds
     sys.stderr.write(f"trun: {text}\n")
@@ -211,7 +216,7 @@ async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
         _say(str(e))
         return EXIT_CANNOT_START
     if args.detach:
-        print(job.id, flush=True)
+        _show(job.id)
         return 0
     out, err = stdio()
     attached = Attached(job, out, err)
@@ -227,9 +232,9 @@ async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
 async def do_ps(client: AsyncClient, args: argparse.Namespace) -> int:
     jobs = await client.jobs(state=args.state)
     if args.json:
-        print(json.dumps({"jobs": [job.info.raw for job in jobs]}, indent=2))
+        _show(json.dumps({"jobs": [job.info.raw for job in jobs]}, indent=2))
     else:
-        print(job_table([job.info for job in jobs]))
+        _show(job_table([job.info for job in jobs]))
     return 0
 
 
@@ -258,7 +263,7 @@ async def do_cancel(client: AsyncClient, args: argparse.Namespace) -> int:
     job = await client.job(args.id)
     was_done = job.info.done
     info = await job.cancel()
-    print(f"{info.id} {'had already ended: ' if was_done else ''}{info.state}"
+    _show(f"{info.id} {'had already ended: ' if was_done else ''}{info.state}"
           + ("" if info.status is None else f" (status {info.status})"))
     return 0
 
@@ -266,8 +271,8 @@ async def do_cancel(client: AsyncClient, args: argparse.Namespace) -> int:
 async def do_health(client: AsyncClient, args: argparse.Namespace) -> int:
     body = await client.health()
     if args.json:
-        print(json.dumps(body, indent=2))
+        _show(json.dumps(body, indent=2))
     else:
-        print(" ".join(f"{key} {body[key]}" for key in
+        _show(" ".join(f"{key} {body[key]}" for key in
                        ("status", "instance", "running", "version") if key in body))
     return 0 if body.get("status") == "ok" else EXIT_DEGRADED
