@@ -57,10 +57,6 @@ class Attached:
                 self._cancel.cancel()
         return self.job.info
 
-    def interrupt(self) -> None:
-        """What a Ctrl-C does (the signal handler; a test may call it too)."""
-        self._interrupted()
-
     async def _copy_output(self) -> None:
         async for chunk in self.job.follow():
             data = chunk.data.encode()
