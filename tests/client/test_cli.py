@@ -220,3 +220,10 @@ def test_a_queued_job_that_cannot_start_is_126_with_its_reason(spawn_instance, t
     assert done.returncode == 126, done.stderr
     assert done.stderr.startswith(f"trun: job {queued} failed: ".encode())
     assert done.stderr.count(b"\n") == 1
+
+
+def test_the_console_script_is_trun(url):
+    trun_script = os.path.join(os.path.dirname(PY), "trun")  # installed with the package
+    done = subprocess.run([trun_script, "health"], env=trun_env(url), capture_output=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout.split()[:2]) == (0, [b"status", b"ok"])
