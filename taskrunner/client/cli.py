@@ -1,0 +1,278 @@
+"""``trun``: taskrunner from the command line, as if the command ran here.
+
+Only builds requests from the arguments and shows the answers; the work is the library's
+(aio.py) and attach.py's. Reads ``TASKRUNNER_URL`` and ``TASKRUNNER_TOKEN``. Every failure
+is one line on stderr, never a traceback; the exit statuses are `EXIT_*` below and in
+docs/client.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from taskrunner.client import errors
+from taskrunner.client.aio import AsyncClient
+from taskrunner.client.attach import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, Attached, stdio
+from taskrunner.client.models import JobInfo
+from taskrunner.client.views import job_table
+
+DEFAULT_URL = "http://127.0.0.1:8885"
+#: trun itself failed: no instance there, a bad URL or token, the request refused.
+EXIT_FAILED = 125
+#: The command could not start: not found, not executable, not allowed, a job ``failed``.
+EXIT_CANNOT_START = 126
+#: ``health``: the instance answers but is degraded.
+EXIT_DEGRADED = 1
+
+Command = Callable[[AsyncClient, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's grammar."""
+    top = argparse.ArgumentParser(
+        prog="trun", description="Run commands on a taskrunner instance as if they ran here.",
+        epilog=f"TASKRUNNER_URL (default {DEFAULT_URL}) and TASKRUNNER_TOKEN say where and as "
+        "whom.")
+    top.add_argument("--url", default=None,
+                     help=f"the instance (default: $TASKRUNNER_URL, else {DEFAULT_URL})")
+    sub = top.add_subparsers(dest="action", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a command, its output live, its exit status ours")
+    run.add_argument("--timeout", type=float, metavar="S", help="seconds before it is killed")
+    run.add_argument("--env", action="append", default=[], metavar="K=V",
+                     help="an environment variable for the command (repeatable)")
+    run.add_argument("--cwd", metavar="DIR", help="its working directory, on the instance")
+    run.add_argument("--stdin", metavar="FILE", help="send FILE (- for this stdin) as its stdin")
+    run.add_argument("--detach", "-d", action="store_true",
+                     help="print the job id and return at once")
+    run.add_argument("--retry", type=int, nargs="?", const=10, default=0, metavar="N",
+                     help="when the instance is busy (429), try again after the Retry-After "
+                          "it asks for, up to N times (default 10)")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS...")
+    run.set_defaults(handler=do_run)
+
+    for name in ("ps", "jobs"):
+        ps = sub.add_parser(name, help="list the jobs, newest first")
+        ps.add_argument("--json", action="store_true", help="JSON for scripts")
+        ps.add_argument("--state", help="only jobs in this state")
+        ps.set_defaults(handler=do_ps)
+
+    logs = sub.add_parser("logs", help="a job's output")
+    logs.add_argument("-f", "--follow", action="store_true", help="live, until the job ends")
+    logs.add_argument("id")
+    logs.set_defaults(handler=do_logs)
+
+    wait = sub.add_parser("wait", help="wait for a job; its exit status is ours")
+    wait.add_argument("id")
+    wait.set_defaults(handler=do_wait)
+
+    cancel = sub.add_parser("cancel", help="kill a job's command")
+    cancel.add_argument("id")
+    cancel.set_defaults(handler=do_cancel)
+
+    health = sub.add_parser("health", help="is the instance up?")
+    health.add_argument("--json", action="store_true", help="its whole /healthz answer")
+    health.set_defaults(handler=do_health)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script: parse, run one command, exit with its status."""
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    """Run ``trun ARGV`` and return its exit status."""
+    args = parser().parse_args(argv)
+    url = args.url or os.environ.get("TASKRUNNER_URL") or DEFAULT_URL
+    token = os.environ.get("TASKRUNNER_TOKEN") or None
+    handler: Command = args.handler
+    try:
+        # Before the event loop: asyncio's own SIGINT handler cannot interrupt a blocking
+        # read, so a Ctrl-C while a terminal is read would wait for its end of file.
+        args.stdin_text = _stdin(args.stdin) if args.action == "run" else None
+        return asyncio.run(_with_client(handler, url, token, args))
+    except errors.ClientError as e:
+        _say(explain(e, url))
+        return EXIT_FAILED
+    except UsageError as e:
+        _say(str(e))
+        return 2
+    except KeyboardInterrupt:  # a Ctrl-C before a job existed: nothing to cancel
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout's reader left (trun ps | head -1)
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _quiet_stdout() -> None:
+    # What is still buffered for the closed pipe would fail again at exit, with a message.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class UsageError(Exception):
+    """Arguments that parse but cannot be used (a bad K=V, an unreadable stdin file)."""
+
+
+async def _with_client(handler: Command, url: str, token: str | None,
+                       args: argparse.Namespace) -> int:
+    async with AsyncClient(url, token, retries=getattr(args, "retry", 0),
+                           on_retry=_retrying) as client:
+        return await handler(client, args)
+
+
+def explain(error: errors.ClientError, url: str) -> str:
+    """One line for a person: what failed and what to check."""
+    if isinstance(error, errors.InvalidURL):
+        return f"TASKRUNNER_URL: {error}"
+    if isinstance(error, errors.ConnectFailed):
+        return f"{error} (is the instance running there? TASKRUNNER_URL={url})"
+    if isinstance(error, errors.Unauthorized):
+        return (f"{url} refused the token ({error.status} {error.code}): set "
+                "TASKRUNNER_TOKEN to the instance's token")
+    if isinstance(error, errors.TooManyRequests):
+        wait = f"; it asks to retry after {error.retry_after:g} s" if error.retry_after else ""
+        return f"{url} is busy ({error.status} {error.code}){wait}: try again, or use --retry"
+    if isinstance(error, errors.NotFound) and error.code == "not_found":
+        return f"{error.message} at {url} ({error.status} {error.code}): is TASKRUNNER_URL right?"
+    if isinstance(error, errors.ProtocolError):
+        return f"{url} {error}"
+    return str(error)
+
+
+def _retrying(error: errors.ServiceError, seconds: float) -> None:
+    _say(f"{error.message} ({error.status} {error.code}): trying again in {seconds:g} s")
+
+
+def _show(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _say(text: str) -> None:
+    text = " ".join(text.splitlines())  # one line, whatever a message holds
+    sys.stderr.write(f"trun: {text}\n")
+    sys.stderr.flush()
+
+
+def _environment(pairs: list[str]) -> dict[str, str] | None:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--env {pair!r}: expected NAME=VALUE")
+        env[name] = value
+    return env or None
+
+
+def _stdin(source: str | None) -> str | None:
+    if source is None:
+        return None
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as f:
+                data = f.read()
+        return data.decode()
+    except OSError as e:
+        raise UsageError(f"--stdin {source}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--stdin {source}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                         "the API sends stdin as text") from e
+
+
+def ended(info: JobInfo) -> int:
+    """The exit status a job's end stands for (`run` and `wait`), saying why when it is not
+    the command's own."""
+    if info.state == "failed":
+        reason = (info.error or {}).get("message", "it could not start")
+        _say(f"job {info.id} failed: {reason}")
+        return EXIT_CANNOT_START
+    if info.state == "lost":
+        _say(f"job {info.id} was lost: its instance died while it ran")
+        return EXIT_FAILED
+    code = info.exit_code
+    return EXIT_FAILED if code is None else code
+
+
+async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("run: no command given (trun run -- PROGRAM ARGS...)")
+    body = {"timeout": args.timeout, "env": _environment(args.env), "cwd": args.cwd,
+            "stdin": args.stdin_text}
+    try:
+        job = await client.submit(command, **body)
+    except (errors.CannotStart, errors.Forbidden) as e:
+        _say(str(e))
+        return EXIT_CANNOT_START
+    if args.detach:
+        _show(job.id)
+        return 0
+    out, err = stdio()
+    attached = Attached(job, out, err)
+    info = await attached.run()
+    if attached.broken_pipe:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    if info is None or attached.interrupts:
+        return EXIT_INTERRUPTED
+    return ended(info)
+
+
+async def do_ps(client: AsyncClient, args: argparse.Namespace) -> int:
+    jobs = await client.jobs(state=args.state)
+    if args.json:
+        _show(json.dumps({"jobs": [job.info.raw for job in jobs]}, indent=2))
+    else:
+        _show(job_table([job.info for job in jobs]))
+    return 0
+
+
+async def do_logs(client: AsyncClient, args: argparse.Namespace) -> int:
+    out, err = stdio()
+    job = await client.job(args.id)
+    if not args.follow:
+        out.write(job.info.stdout.encode())
+        out.flush()
+        err.write(job.info.stderr.encode())
+        err.flush()
+        return 0
+    async for chunk in job.follow():
+        stream = err if chunk.stream == "stderr" else out
+        stream.write(chunk.data.encode())
+        stream.flush()
+    return 0
+
+
+async def do_wait(client: AsyncClient, args: argparse.Namespace) -> int:
+    job = await client.job(args.id)
+    return ended(await job.wait())
+
+
+async def do_cancel(client: AsyncClient, args: argparse.Namespace) -> int:
+    job = await client.job(args.id)
+    was_done = job.info.done
+    info = await job.cancel()
+    _show(f"{info.id} {'had already ended: ' if was_done else ''}{info.state}"
+          + ("" if info.status is None else f" (status {info.status})"))
+    return 0
+
+
+async def do_health(client: AsyncClient, args: argparse.Namespace) -> int:
+    body = await client.health()
+    if args.json:
+        _show(json.dumps(body, indent=2))
+    else:
+        _show(" ".join(f"{key} {body[key]}" for key in
+                       ("status", "instance", "running", "version") if key in body))
+    return 0 if body.get("status") == "ok" else EXIT_DEGRADED
