@@ -1,0 +1,604 @@
+// The taskrunner page: the jobs as a live table, a job's output live, a form to start one.
+// Plain DOM, no build step. Command output only ever reaches the page as text nodes
+// (textContent / appendData), never as markup: the ANSI parser below picks out colours and
+// turns them into class names; every other byte is shown as the text it is.
+"use strict";
+
+const TOKEN_KEY = "taskrunner.token";  // sessionStorage: this tab only
+const POLL_MS = 1500;  // GET /jobs while the list is shown (the API has no list stream)
+
+const $ = (id) => document.getElementById(id);
+
+// ---- the API: every call carries the token; errors become ApiError with the API's code
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+  describe() {
+    return this.status ? `${this.status} ${this.code}: ${this.message}` : this.message;
+  }
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function headers(extra) {
+  const h = Object.assign({}, extra);
+  const t = token();
+  if (t) h.Authorization = `Bearer ${t}`;
+  return h;
+}
+
+async function api(method, path, body, extra, signal) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: headers(Object.assign(body === undefined ? {} : {"Content-Type": "application/json"}, extra)),
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-cache",  // revalidate: GET /jobs answers 304 while nothing changed
+      signal,
+    });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError(0, "unreachable", `cannot reach the instance (${err.message})`);
+  }
+  if (response.ok) return response;
+  throw await errorOf(response);
+}
+
+async function errorOf(response) {
+  let code = "error";
+  let message = response.statusText || "the request failed";
+  try {
+    const body = await response.json();
+    if (body && typeof body.error === "string") {
+      code = body.error;
+      message = String(body.message || message);
+    }
+  } catch (err) {
+    // not the JSON error shape (e.g. a proxy's page): keep the status text
+  }
+  return new ApiError(response.status, code, message);
+}
+
+// ---- small views of a job's fields
+
+function show(el, on) {
+  el.hidden = !on;
+}
+
+function showError(el, err) {
+  el.textContent = err instanceof ApiError ? err.describe() : String(err);
+  show(el, true);
+}
+
+function clearError(el) {
+  el.textContent = "";
+  show(el, false);
+}
+
+function program(job) {
+  return job.args.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(" ");
+}
+
+function caller(job) {
+  const c = job.caller;
+  if (c === undefined || c === null) return "";
+  if (typeof c === "string") return c;
+  return c.name || c.id || JSON.stringify(c);
+}
+
+function started(job) {
+  const d = new Date(job.created);
+  if (isNaN(d)) return "";
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+function seconds(s) {
+  if (s < 10) return `${s.toFixed(2)} s`;
+  if (s < 120) return `${s.toFixed(1)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 120) return `${m} min ${Math.round(s - m * 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function duration(job) {
+  if (job.duration !== null && job.duration !== undefined) return seconds(job.duration);
+  if (job.state === "running") {
+    // Elapsed on this browser's clock since the instance's start time: a live estimate.
+    return `${seconds(Math.max(0, (Date.now() - Date.parse(job.created)) / 1000))}…`;
+  }
+  return "";
+}
+
+const SIGNALS = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM"};
+
+function exit(job) {
+  if (job.status === null || job.status === undefined) return job.error ? job.error.error : "";
+  const how = job.status < 0 ? `${SIGNALS[-job.status] || "signal " + -job.status} (${job.status})` : String(job.status);
+  return job.timed_out ? `${how}, timed out` : how;
+}
+
+function stateClass(job) {
+  return `state ${job.state}${job.state === "exited" && job.status !== 0 ? " nonzero" : ""}`;
+}
+
+function done(job) {
+  return job.state !== "queued" && job.state !== "running";
+}
+
+// ---- views: #/ is the list, #/jobs/<id> one job
+
+let view = null;  // {stop()} of the view shown
+
+function route() {
+  if (view) view.stop();
+  view = null;
+  clearError($("error"));
+  const match = /^#\/jobs\/(.+)$/.exec(location.hash);
+  show($("list"), !match);
+  show($("job"), Boolean(match));
+  view = match ? jobView(decodeURIComponent(match[1])) : listView();
+}
+
+function needToken(why) {
+  // The instance wants a token, or refused the one given: ask for it, saying why.
+  if (view) view.stop();
+  view = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  show($("list"), false);
+  show($("job"), false);
+  show($("forget"), false);
+  show($("login"), true);
+  if (why) showError($("login-error"), why);
+  else clearError($("login-error"));
+  $("token").focus();
+}
+
+// A 401: ask for the token (the view is left); true if that is what happened.
+function failed(err) {
+  if (!(err instanceof ApiError && err.status === 401)) return false;
+  needToken(token() === null ? null
+    : new ApiError(401, err.code, `the token was refused: ${err.message}`));
+  return true;
+}
+
+// ---- the list
+
+function listView() {
+  let timer = null;
+  let stopped = false;
+  let first = true;
+  const rows = new Map();  // job id -> <tr>
+  const tbody = $("job-rows");
+
+  function cell(tr, i, text, cls) {
+    const td = tr.cells[i];
+    if (td.textContent !== text) td.textContent = text;
+    if (cls !== undefined && td.className !== cls) td.className = cls;
+  }
+
+  function row(job) {
+    let tr = rows.get(job.id);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.id = job.id;
+      for (const label of ["State", "Command", "Caller", "Started", "Duration", "Exit"]) {
+        const td = tr.insertCell();
+        td.dataset.label = label;
+      }
+      tr.cells[1].className = "cmd";
+      tr.cells[2].className = "caller";
+      const state = document.createElement("span");
+      tr.cells[0].append(state);
+      const link = document.createElement("a");
+      link.href = `#/jobs/${encodeURIComponent(job.id)}`;
+      tr.cells[1].append(link);
+      rows.set(job.id, tr);
+    }
+    const state = tr.cells[0].firstChild;
+    if (state.textContent !== job.state) state.textContent = job.state;
+    if (state.className !== stateClass(job)) state.className = stateClass(job);
+    const link = tr.cells[1].firstChild;
+    const cmd = program(job);
+    if (link.textContent !== cmd) link.textContent = cmd;
+    cell(tr, 2, caller(job));
+    cell(tr, 3, started(job));
+    cell(tr, 4, duration(job));
+    cell(tr, 5, exit(job));
+    return tr;
+  }
+
+  function render(jobs) {
+    const seen = new Set();
+    let hasCaller = false;
+    jobs.forEach((job, i) => {
+      seen.add(job.id);
+      hasCaller = hasCaller || caller(job) !== "";
+      const tr = row(job);
+      // Newest first; a row already in place is left alone, so keyboard focus stays on it.
+      if (tbody.rows[i] !== tr) tbody.insertBefore(tr, tbody.rows[i] || null);
+    });
+    for (const [id, tr] of rows) {
+      if (!seen.has(id)) {
+        tr.remove();
+        rows.delete(id);
+      }
+    }
+    document.body.classList.toggle("has-callers", hasCaller);
+    $("jobs-count").textContent = jobs.length ? `(${jobs.length})` : "";
+    show($("jobs-empty"), jobs.length === 0);
+    if (first) {
+      first = false;
+      performance.mark("taskrunner:jobs-rendered", {detail: {rows: jobs.length}});
+    }
+  }
+
+  async function poll() {
+    timer = null;
+    try {
+      const body = await (await api("GET", "/jobs")).json();
+      if (stopped) return;
+      show($("forget"), token() !== null);
+      show($("login"), false);
+      clearError($("error"));
+      render(body.jobs);
+    } catch (err) {
+      if (stopped || failed(err)) return;
+      showError($("error"), err);
+    }
+    if (!stopped) timer = setTimeout(poll, POLL_MS);
+  }
+
+  poll();
+  return {
+    refresh() {
+      if (timer !== null) clearTimeout(timer);
+      poll();
+    },
+    stop() {
+      stopped = true;
+      if (timer !== null) clearTimeout(timer);
+    },
+  };
+}
+
+// ---- the form
+
+function parseArgs(text) {
+  const trimmed = text.trim();
+  if (trimmed.startsWith("[")) {
+    let args;
+    try {
+      args = JSON.parse(trimmed);
+    } catch (err) {
+      throw new Error(`the arguments are not a valid JSON array: ${err.message}`);
+    }
+    if (!Array.isArray(args) || !args.every((a) => typeof a === "string")) {
+      throw new Error("the arguments must be a JSON array of strings");
+    }
+    return args;
+  }
+  // One argument per line, kept as typed (spaces included); blank lines are skipped.
+  return text.split(/\r?\n/).filter((line) => line !== "");
+}
+
+function parseEnv(text) {
+  const env = {};
+  for (const line of text.split(/\r?\n/)) {
+    if (line.trim() === "") continue;
+    const eq = line.indexOf("=");
+    if (eq <= 0) throw new Error(`environment line ${JSON.stringify(line)} is not NAME=value`);
+    env[line.slice(0, eq)] = line.slice(eq + 1);
+  }
+  return env;
+}
+
+async function startJob(event) {
+  event.preventDefault();
+  const error = $("start-error");
+  const status = $("start-status");
+  clearError(error);
+  status.textContent = "";
+  let body;
+  try {
+    body = {args: parseArgs($("args").value)};
+    const timeout = $("timeout").value.trim();
+    if (timeout !== "") body.timeout = Number(timeout);
+    const env = parseEnv($("env").value);
+    if (Object.keys(env).length) body.env = env;
+  } catch (err) {
+    showError(error, err.message);
+    return;
+  }
+  const button = event.submitter || $("start-form").querySelector("button");
+  button.disabled = true;
+  try {
+    const job = await (await api("POST", "/jobs", body)).json();
+    status.textContent = "";
+    const link = document.createElement("a");
+    link.href = `#/jobs/${encodeURIComponent(job.id)}`;
+    link.textContent = `${job.id} (${job.state})`;
+    status.append("Started ", link);
+    if (view && view.refresh) view.refresh();
+  } catch (err) {
+    if (!failed(err)) showError(error, err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- ANSI SGR: colours and bold; every other escape sequence is dropped
+
+// CSI (ESC [ params intermediates final), OSC (ESC ] ... BEL or ESC \), or any other ESC x.
+const ESCAPE = /\x1b(?:\[([0-?]*)[ -\/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -\/]*[0-~])/g;
+// An escape cut off at the end of a chunk: kept until the next chunk of its stream.
+const PARTIAL = /\x1b(?:\[[0-?]*[ -\/]*|\][^\x07\x1b]*|[ -\/]*)$/;
+
+class Ansi {
+  constructor() {
+    this.fg = null;
+    this.bg = null;
+    this.bold = false;
+    this.dim = false;
+    this.italic = false;
+    this.underline = false;
+    this.rgb = null;  // 256-colour and true-colour foregrounds, as a CSS colour
+    this.rest = "";
+  }
+
+  sgr(params) {
+    const p = params === "" ? [0] : params.split(/[;:]/).map((n) => parseInt(n || "0", 10));
+    for (let i = 0; i < p.length; i++) {
+      const n = p[i];
+      if (n === 0) Object.assign(this, {fg: null, bg: null, bold: false, dim: false, italic: false, underline: false, rgb: null});
+      else if (n === 1) this.bold = true;
+      else if (n === 2) this.dim = true;
+      else if (n === 3) this.italic = true;
+      else if (n === 4) this.underline = true;
+      else if (n === 22) this.bold = this.dim = false;
+      else if (n === 23) this.italic = false;
+      else if (n === 24) this.underline = false;
+      else if (n >= 30 && n <= 37) Object.assign(this, {fg: n - 30, rgb: null});
+      else if (n >= 90 && n <= 97) Object.assign(this, {fg: n - 90 + 8, rgb: null});
+      else if (n === 39) Object.assign(this, {fg: null, rgb: null});
+      else if (n >= 40 && n <= 47) this.bg = n - 40;
+      else if (n >= 100 && n <= 107) this.bg = n - 100 + 8;
+      else if (n === 49) this.bg = null;
+      else if (n === 38 || n === 48) {
+        // 38;5;N (256 colours) or 38;2;R;G;B: foregrounds kept, backgrounds skipped.
+        if (p[i + 1] === 5) {
+          const c = p[i + 2];
+          if (n === 38 && c < 16) Object.assign(this, {fg: c, rgb: null});
+          else if (n === 38 && c >= 16 && c < 256) Object.assign(this, {fg: null, rgb: xterm256(c)});
+          i += 2;
+        } else if (p[i + 1] === 2) {
+          if (n === 38 && p.slice(i + 2, i + 5).every((v) => v >= 0 && v < 256)) {
+            Object.assign(this, {fg: null, rgb: `rgb(${p[i + 2]}, ${p[i + 3]}, ${p[i + 4]})`});
+          }
+          i += 4;
+        }
+      }
+    }
+  }
+
+  classes() {
+    const c = [];
+    if (this.fg !== null) c.push(`fg${this.bold && this.fg < 8 ? this.fg + 8 : this.fg}`);
+    if (this.bg !== null) c.push(`bg${this.bg}`);
+    if (this.bold) c.push("b");
+    if (this.dim) c.push("dim");
+    if (this.italic) c.push("i");
+    if (this.underline) c.push("u");
+    return c.join(" ");
+  }
+
+  // The chunk as [text, classes, rgb] pieces, its escapes applied to the state.
+  feed(chunk) {
+    let text = this.rest + chunk;
+    this.rest = "";
+    const partial = PARTIAL.exec(text);
+    if (partial && partial[0].length < 4096) {  // an endless "escape" is shown as text
+      this.rest = partial[0];
+      text = text.slice(0, partial.index);
+    }
+    const pieces = [];
+    let at = 0;
+    ESCAPE.lastIndex = 0;
+    for (let m; (m = ESCAPE.exec(text)) !== null;) {
+      if (m.index > at) pieces.push([text.slice(at, m.index), this.classes(), this.rgb]);
+      if (m[2] === "m") this.sgr(m[1]);
+      at = ESCAPE.lastIndex;
+    }
+    if (at < text.length) pieces.push([text.slice(at), this.classes(), this.rgb]);
+    return pieces;
+  }
+}
+
+function xterm256(c) {
+  if (c >= 232) {
+    const v = 8 + (c - 232) * 10;
+    return `rgb(${v}, ${v}, ${v})`;
+  }
+  const i = c - 16;
+  const level = (v) => (v === 0 ? 0 : 55 + v * 40);
+  return `rgb(${level(Math.floor(i / 36))}, ${level(Math.floor(i / 6) % 6)}, ${level(i % 6)})`;
+}
+
+// ---- one job: its facts, its output live, Cancel
+
+function jobView(id) {
+  const controller = new AbortController();
+  let stopped = false;
+  let current = null;
+  let ticker = null;
+  const out = $("output");
+  const ansi = {stdout: new Ansi(), stderr: new Ansi()};
+  let last = null;  // the last <span> written, and how it looked
+  let follow = true;  // keep the newest output in view until the reader scrolls up
+
+  out.textContent = "";
+  $("output-note").textContent = "";
+  $("job-id").textContent = id;
+  for (const f of ["job-args", "job-state", "job-caller", "job-started", "job-duration", "job-exit"]) {
+    $(f).textContent = "";
+  }
+  $("job-state").className = "state";
+  clearError($("job-error"));
+  $("cancel").disabled = true;
+  show($("follow"), false);
+  $("job-title").focus();
+
+  function facts(job) {
+    current = job;
+    $("job-args").textContent = program(job);
+    $("job-state").textContent = job.state;
+    $("job-state").className = stateClass(job);
+    $("job-caller").textContent = caller(job);
+    document.body.classList.toggle("has-callers", caller(job) !== "");
+    $("job-started").textContent = started(job);
+    $("job-duration").textContent = duration(job);
+    $("job-exit").textContent = exit(job);
+    if (job.error) $("output-note").textContent = `${job.error.error}: ${job.error.message}`;
+    const cancel = $("cancel");
+    const wasFocused = document.activeElement === cancel;
+    cancel.disabled = done(job);
+    if (wasFocused && cancel.disabled) $("job-title").focus();
+  }
+
+  function atBottom() {
+    return out.scrollHeight - out.scrollTop - out.clientHeight < 4;
+  }
+
+  function onScroll() {
+    follow = atBottom();
+    show($("follow"), !follow);
+  }
+  out.addEventListener("scroll", onScroll);
+
+  function append(stream, data) {
+    for (const [text, cls, rgb] of ansi[stream].feed(data)) {
+      const look = `${stream}|${cls}|${rgb}`;
+      if (last && last.look === look && last.span.parentNode === out) {
+        last.span.firstChild.appendData(text);
+        continue;
+      }
+      const span = document.createElement("span");
+      span.className = `chunk ${stream}${cls ? " " + cls : ""}`;
+      if (rgb) span.style.color = rgb;
+      span.append(document.createTextNode(text));
+      out.append(span);
+      last = {span, look};
+    }
+    if (follow) out.scrollTop = out.scrollHeight;
+  }
+
+  async function stream() {
+    const response = await api("GET", `/jobs/${encodeURIComponent(id)}/output`, undefined,
+                               {Accept: "text/event-stream"}, controller.signal);
+    // Server-Sent Events read with fetch: EventSource cannot send the Authorization header.
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let ended = false;
+    for (;;) {
+      const {value, done: eof} = await reader.read();
+      if (eof) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const data = event.split("\n").filter((l) => l.startsWith("data:"))
+          .map((l) => l.slice(l.startsWith("data: ") ? 6 : 5)).join("\n");
+        if (!data) continue;
+        const item = JSON.parse(data);
+        if (typeof item.stream === "string") {
+          append(item.stream, item.data);
+        } else {
+          ended = true;
+          facts(item);
+        }
+      }
+    }
+    if (!ended && !stopped) throw new ApiError(0, "stream_ended", "the output stream ended before the job did; reload to reconnect");
+  }
+
+  async function start() {
+    try {
+      facts(await (await api("GET", `/jobs/${encodeURIComponent(id)}`, undefined, {},
+                             controller.signal)).json());
+      show($("forget"), token() !== null);
+      ticker = setInterval(() => {
+        if (current && current.state === "running") $("job-duration").textContent = duration(current);
+      }, 1000);
+      await stream();
+      if (!stopped && out.childNodes.length === 0) $("output-note").textContent = "No output.";
+    } catch (err) {
+      if (stopped || err.name === "AbortError") return;
+      if (!failed(err)) showError($("job-error"), err);
+    }
+  }
+
+  start();
+  return {
+    current: () => current,
+    stop() {
+      stopped = true;
+      controller.abort();
+      if (ticker !== null) clearInterval(ticker);
+      out.removeEventListener("scroll", onScroll);
+    },
+    async cancel() {
+      const button = $("cancel");
+      button.disabled = true;
+      clearError($("job-error"));
+      try {
+        facts(await (await api("DELETE", `/jobs/${encodeURIComponent(id)}`)).json());
+      } catch (err) {
+        if (!failed(err)) {
+          showError($("job-error"), err);
+          button.disabled = current ? done(current) : false;
+        }
+      }
+    },
+    follow() {
+      follow = true;
+      show($("follow"), false);
+      out.scrollTop = out.scrollHeight;
+    },
+  };
+}
+
+// ---- wiring
+
+function init() {
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = $("token").value.trim();
+    if (!value) return;
+    sessionStorage.setItem(TOKEN_KEY, value);
+    $("token").value = "";
+    clearError($("login-error"));
+    show($("login"), false);
+    route();
+  });
+  $("forget").addEventListener("click", () => {
+    needToken(null);
+  });
+  $("start-form").addEventListener("submit", startJob);
+  $("cancel").addEventListener("click", () => view && view.cancel && view.cancel());
+  $("follow").addEventListener("click", () => view && view.follow && view.follow());
+  window.addEventListener("hashchange", route);
+  fetch("/healthz", {cache: "no-cache"}).then((r) => r.json()).then((h) => {
+    $("instance").textContent = `instance ${h.instance} · ${h.version}`;
+  }).catch(() => {});
+  route();
+}
+
+init();
