@@ -93,9 +93,11 @@ def _chromium_missing() -> str | None:
     return ", ".join(missing) or None
 
 
-@pytest.fixture
-def browser(request: pytest.FixtureRequest) -> Iterator[WebDriver]:
-    """Headless Chromium in a fresh profile; a screenshot if the test fails."""
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[WebDriver]:
+    """One headless Chromium for the module, in a fresh profile, quit at its end. Each test
+    talks to an instance of its own on a port of its own: another origin, so nothing the
+    page kept (the token in sessionStorage) carries over from the test before."""
     missing = _chromium_missing()
     if missing:
         why = f"{missing} not installed (scripts/install installs chromium, chromium-driver)"
@@ -111,18 +113,25 @@ def browser(request: pytest.FixtureRequest) -> Iterator[WebDriver]:
                 f"--user-data-dir={profile}"):
         options.add_argument(arg)
     driver: WebDriver | None = None
-    failed_before = request.session.testsfailed
     try:
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER),
                                   options=options)
         yield driver
-        # The test's outcome is reported before its fixtures are torn down.
-        if request.session.testsfailed > failed_before:
-            _screenshot(driver, request)
     finally:
         if driver is not None:
             driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(chromium: WebDriver, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+    """The module's Chromium for one test; a screenshot of the page if the test fails."""
+    failed_before = request.session.testsfailed
+    yield chromium
+    # The test's outcome is counted before its fixtures are torn down.
+    if request.session.testsfailed > failed_before:
+        _screenshot(chromium, request)
+    chromium.get("about:blank")  # leave the page: its streams and polls end here
 
 
 def _screenshot(driver: WebDriver, request: pytest.FixtureRequest) -> None:
