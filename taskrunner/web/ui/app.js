@@ -6,6 +6,10 @@
 
 const TOKEN_KEY = "taskrunner.token";  // sessionStorage: this tab only
 const POLL_MS = 1500;  // GET /jobs while the list is shown (the API has no list stream)
+// Behind the stack's nginx each GET /jobs is answered by any one instance, with its own jobs:
+// the table keeps each instance's latest list, and forgets an instance not heard from for
+// this long (one that stopped, or whose jobs all expired).
+const INSTANCE_MS = 20000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -248,6 +252,26 @@ function listView() {
 
   let lastText = null;
   let live = false;  // a job is queued or running: its duration ticks
+  const instances = new Map();  // instance -> {jobs, at}: its latest list
+
+  function merge(answer) {
+    const now = Date.now();
+    const groups = new Map();
+    for (const job of answer) {
+      if (!groups.has(job.instance)) groups.set(job.instance, []);
+      groups.get(job.instance).push(job);
+    }
+    if (answer.length === 0 && instances.size <= 1) instances.clear();  // one instance: all gone
+    for (const [name, jobs] of groups) instances.set(name, {jobs, at: now});
+    for (const [name, kept] of instances) {
+      if (now - kept.at > INSTANCE_MS) instances.delete(name);
+    }
+    if (instances.size <= 1) return answer.length ? answer : [];
+    const all = [].concat(...[...instances.values()].map((kept) => kept.jobs));
+    // Newest first, as each instance lists them (the ISO times sort as text).
+    return all.sort((a, b) => (a.created < b.created ? 1 : a.created > b.created ? -1
+      : a.id < b.id ? 1 : -1));
+  }
 
   async function poll() {
     timer = null;
@@ -257,9 +281,9 @@ function listView() {
       show($("forget"), token() !== null);
       show($("login"), false);
       clearError($("error"));
-      if (text !== lastText || live) {  // unchanged (a 304 most often): nothing to redo
+      if (text !== lastText || live || instances.size > 1) {  // else nothing to redo
         lastText = text;
-        const jobs = JSON.parse(text).jobs;
+        const jobs = merge(JSON.parse(text).jobs);
         live = jobs.some((job) => !done(job));
         render(jobs);
       }
