@@ -29,6 +29,7 @@ from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
@@ -205,12 +206,69 @@ def test_a_job_started_from_the_form_appears_in_the_table(page):
     job_id = link.text.split()[0]
     row = page.until(lambda: page.shown(f'#job-rows tr[data-id="{job_id}"]'),
                      "the job is not in the table")
-    assert row.find_element(By.CSS_SELECTOR, "td.cmd").text == 'sh -c "echo from the form"'
+    assert row.find_element(By.CSS_SELECTOR, "td.cmd").text == "sh -c 'echo from the form'"
     # The table follows the job without a reload, to its end.
     page.until(lambda: row.find_element(By.CSS_SELECTOR, "td").text == "exited",
                "the table did not show the job exited")
     assert row.find_elements(By.CSS_SELECTOR, "td")[5].text == "0"
     assert page.api("GET", f"/jobs/{job_id}")["stdout"] == "from the form\n"
+
+
+def test_the_table_lists_each_job_once_after_a_job_page(page):
+    ids = [page.api("POST", "/jobs", {"args": ["sh", "-c", f"echo {i}"]})["id"]
+           for i in range(3)]
+    page.open()
+    page.log_in()
+    rows = "#job-rows tr"
+    page.until(lambda: len(page.driver.find_elements(By.CSS_SELECTOR, rows)) == 3)
+    page.find(f'#job-rows tr[data-id="{ids[1]}"] a').click()
+    page.until(lambda: page.find("#job-id").text == ids[1], "the link did not open the job")
+    page.until(lambda: page.find("#job-state").text == "exited")
+    page.driver.back()
+    page.until(lambda: page.shown("#jobs"), "back did not show the list")
+    newest_first = [e.get_attribute("data-id")
+                    for e in page.driver.find_elements(By.CSS_SELECTOR, rows)]
+    assert newest_first == ids[::-1]
+
+
+def test_the_form_is_used_with_the_keyboard_alone(page):
+    page.open()
+    page.log_in()
+    args = page.until(lambda: page.shown("#args"))
+    args.click()
+    args.send_keys("sh\n-c\necho typed")
+    # Tab through the form in reading order, to the Start button, and press it with Space.
+    active = page.driver.switch_to.active_element
+    order = []
+    for _ in range(3):
+        active.send_keys(Keys.TAB)
+        active = page.driver.switch_to.active_element
+        order.append(active.get_attribute("id") or active.text)
+    assert order == ["timeout", "env", "Start"], order
+    active.send_keys(Keys.SPACE)
+    link = page.until(lambda: page.shown("#start-status a"), "Space on Start started nothing")
+    job_id = link.text.split()[0]
+    link.send_keys(Keys.ENTER)  # the link to the job, followed from the keyboard
+    page.until(lambda: "typed" in page.output_text(), "the job's page did not open")
+    assert page.find("#job-id").text == job_id
+
+
+def test_the_page_fits_a_phone_screen(page):
+    page.api("POST", "/jobs", {"args": ["sh", "-c", "echo " + "a-long-argument " * 20]})
+    driver = page.driver
+    size = driver.get_window_size()
+    try:
+        driver.set_window_size(390, 844)
+        page.open()
+        page.log_in()
+        page.until(lambda: page.shown("#job-rows tr"), "no job listed")
+        width = driver.execute_script("return window.innerWidth")
+        # Nothing wider than the screen: no sideways scrolling to read the page.
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+        cells = page.find("#job-rows tr").find_elements(By.CSS_SELECTOR, "td")
+        assert all(cell.rect["x"] + cell.rect["width"] <= width for cell in cells)
+    finally:
+        driver.set_window_size(size["width"], size["height"])
 
 
 def test_a_program_off_the_allow_list_is_refused_with_the_api_error(page):

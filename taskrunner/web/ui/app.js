@@ -86,8 +86,10 @@ function clearError(el) {
   show(el, false);
 }
 
+// The command as a shell would take it back (for reading only: no shell ever runs it).
 function program(job) {
-  return job.args.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(" ");
+  return job.args.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`))
+    .join(" ");
 }
 
 function caller(job) {
@@ -187,6 +189,7 @@ function listView() {
   let first = true;
   const rows = new Map();  // job id -> <tr>
   const tbody = $("job-rows");
+  tbody.textContent = "";  // the rows of the list shown before, which this view does not know
 
   function cell(tr, i, text, cls) {
     const td = tr.cells[i];
