@@ -278,6 +278,11 @@ function listView() {
 
   async function poll() {
     timer = null;
+    if (stopped) return;
+    if (document.hidden) {  // a tab in the background asks for nothing; back, it polls at once
+      document.addEventListener("visibilitychange", poll, {once: true});
+      return;
+    }
     try {
       const text = await (await api("GET", "/jobs")).text();
       if (stopped) return;
