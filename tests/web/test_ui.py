@@ -293,6 +293,33 @@ def test_a_wrong_token_shows_an_error_not_a_blank_page(page):
     assert page.shown("#login-error") is None
 
 
+def test_the_token_is_asked_once_and_kept_for_the_tab_only(page):
+    page.open()
+    page.log_in()
+    page.until(lambda: page.shown("#jobs"))
+    page.driver.refresh()  # the same tab: not asked again
+    page.until(lambda: page.shown("#jobs"), "the tab forgot its token")
+    assert page.shown("#token") is None
+    stored = page.driver.execute_script(
+        "return [localStorage.length, document.cookie, sessionStorage.length]")
+    assert stored == [0, "", 1]  # nothing kept beyond the tab
+    first = page.driver.current_window_handle
+    page.driver.switch_to.new_window("tab")
+    try:
+        page.open()
+        page.until(lambda: page.shown("#token"), "another tab was not asked for the token")
+    finally:
+        page.driver.close()
+        page.driver.switch_to.window(first)
+
+
+def test_a_job_that_is_not_there_says_so(page):
+    page.open(f"#/jobs/{page.url.rsplit(':', 1)[1]}.nosuchjob")
+    page.log_in()
+    error = page.until(lambda: page.shown("#job-error"), "no error for an unknown job")
+    assert error.text.startswith("404 job_not_found"), error.text
+
+
 def test_output_shows_each_line_as_it_is_printed(page, tmp_path):
     gate = tmp_path / "gate"
     job = page.api("POST", "/jobs", {"args": [
