@@ -1,8 +1,9 @@
 """The wheel built from the repo installs into a clean virtual environment and serves.
 
-Catches a module or data file (openapi.json, watchdog.sh, the page's ui/ files) that works from the checkout but
-is missing from the wheel. The build runs on a copy of the repo's files (tracked, or new and
-not ignored), so no stale ``build/`` directory of the checkout can add to the wheel.
+Catches a module or data file (openapi.json, watchdog.sh, the page's ui/ files) that works
+from the checkout but is missing from the wheel. The build runs on a copy of the repo's files
+(tracked, or new and not ignored), so no stale ``build/`` directory of the checkout can add
+to the wheel.
 """
 
 import contextlib

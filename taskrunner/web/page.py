@@ -5,7 +5,7 @@ call it makes carries the token its reader typed. The files are read once per pr
 answered from memory, each with an ETag (a hash of its content, so the same on every
 instance behind nginx; Tornado answers a matching ``If-None-Match`` with 304). The page
 itself is revalidated on every load (``no-cache``), so an upgrade shows at once; it names
-its script and style sheet with their hash (``ui/app.js?v=<hash>``), and those are cached
+its scripts and style sheet with their hash (``ui/app.js?v=<hash>``), and those are cached
 for a year and never asked for again until they change.
 """
 

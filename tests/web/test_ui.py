@@ -68,7 +68,7 @@ def test_the_page_and_its_files_are_served_with_caching_headers_and_no_token(spa
     assert (status, body) == (304, b"")
     # The page names its files with their version; asked for so, they are cached a year.
     refs = dict(re.findall(rb'(?:src|href)="ui/([\w.-]+)\?v=(\w+)"', page))
-    assert set(refs) == {b"app.js", b"ui.css"}, refs
+    assert set(refs) == {b"app.js", b"ansi.js", b"ui.css"}, refs
     for name, version in refs.items():
         url = f"{child.url}/ui/{name.decode()}"
         status, headers, body = http(f"{url}?v={version.decode()}")
