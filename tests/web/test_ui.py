@@ -125,8 +125,13 @@ def chromium() -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def browser(chromium: WebDriver, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
-    """The module's Chromium for one test; a screenshot of the page if the test fails."""
+def browser(chromium: WebDriver, spawn_instance: Any,
+            request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+    """The module's Chromium for one test; a screenshot of the page if the test fails.
+
+    It asks for `spawn_instance` so that the test's instances are stopped after the
+    screenshot, which shows the page as the test saw it, not after its instance went away.
+    """
     failed_before = request.session.testsfailed
     yield chromium
     # The test's outcome is counted before its fixtures are torn down.
@@ -393,3 +398,21 @@ def test_auto_scroll_follows_the_output_until_the_reader_scrolls_up(page, tmp_pa
     assert driver.execute_script("return arguments[0].scrollTop", out) == 0  # left where read
     page.find("#follow").click()
     assert driver.execute_script(at_bottom, out)
+
+
+def test_a_queued_job_is_shown_running_once_it_starts(browser, spawn_instance, tmp_path):
+    child = spawn_instance("--max-running", "1", env={"TASKRUNNER_TOKEN": TOKEN})
+    page = Page(browser, child.url)
+    first, second = tmp_path / "first", tmp_path / "second"
+    blocker = page.api("POST", "/jobs", {"args": ["sh", "-c", wait_for(first)]})
+    job = page.api("POST", "/jobs", {"args": ["sh", "-c", f"echo started; {wait_for(second)}"]})
+    assert (blocker["state"], job["state"]) == ("running", "queued")
+    page.open(f"#/jobs/{job['id']}")
+    page.log_in()
+    page.until(lambda: page.find("#job-state").text == "queued", "not shown queued")
+    assert page.find("#cancel").is_enabled()  # a queued job can be cancelled too
+    first.touch()  # the slot frees, the job starts
+    page.until(lambda: page.find("#job-state").text == "running", "not shown running")
+    page.until(lambda: "started" in page.output_text())
+    second.touch()
+    page.until(lambda: page.find("#job-state").text == "exited")

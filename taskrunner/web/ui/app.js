@@ -485,6 +485,13 @@ function jobView(id) {
       show($("forget"), token() !== null);
       ticker = setInterval(() => {
         if (current && current.state === "running") $("job-duration").textContent = duration(current);
+        // The stream says nothing of a start: a queued job is asked after until it runs.
+        if (current && current.state === "queued") {
+          api("GET", `/jobs/${encodeURIComponent(id)}`, undefined, {}, controller.signal)
+            .then((r) => r.json())
+            .then((job) => { if (!stopped && current.state === "queued") facts(job); })
+            .catch(() => {});  // the stream, still open, reports what matters
+        }
       }, 1000);
       await stream();
       if (!stopped && out.childNodes.length === 0) $("output-note").textContent = "No output.";
