@@ -7,7 +7,7 @@ they fail instead, so a machine without the browser cannot pass for a green run.
 browser test saves a screenshot when it fails (the path is printed), and quits its
 Chromium whatever happens. Every wait is a `WebDriverWait` with a deadline.
 
-The caching headers of the page's files are checked over plain HTTP, without a browser.
+The files themselves and their caching headers: tests/web/test_page.py, without a browser.
 """
 
 from __future__ import annotations
@@ -51,42 +51,6 @@ def http(url: str, headers: dict[str, str] | None = None,
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
-
-
-# ---- the files, over plain HTTP
-
-
-def test_the_page_and_its_files_are_served_with_caching_headers_and_no_token(spawn_instance):
-    child = spawn_instance(env={"TASKRUNNER_TOKEN": TOKEN})
-    status, headers, page = http(child.url + "/ui")
-    assert status == 200
-    assert headers["Content-Type"] == "text/html; charset=utf-8"
-    assert headers["Cache-Control"] == "no-cache"  # revalidated: an upgrade shows at once
-    assert "script-src 'self'" in headers["Content-Security-Policy"]
-    etag = headers["ETag"]
-    status, headers, body = http(child.url + "/ui", {"If-None-Match": etag})
-    assert (status, body) == (304, b"")
-    # The page names its files with their version; asked for so, they are cached a year.
-    refs = dict(re.findall(rb'(?:src|href)="ui/([\w.-]+)\?v=(\w+)"', page))
-    assert set(refs) == {b"app.js", b"ansi.js", b"ui.css"}, refs
-    for name, version in refs.items():
-        url = f"{child.url}/ui/{name.decode()}"
-        status, headers, body = http(f"{url}?v={version.decode()}")
-        assert status == 200 and body
-        assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
-        assert headers["Content-Type"].startswith(
-            "text/javascript" if name.endswith(b".js") else "text/css")
-        assert headers["ETag"] == f'"{version.decode()}"'
-        status, headers, _ = http(url)  # without the version: revalidated every time
-        assert (status, headers["Cache-Control"]) == (200, "no-cache")
-        assert http(url, {"If-None-Match": headers["ETag"]})[0] == 304
-    # Only the page is public: its unknown files are a JSON 404, the API still wants the token.
-    status, _, body = http(child.url + "/ui/nothing.js")
-    assert (status, json.loads(body)["error"]) == (404, "not_found")
-    assert http(child.url + "/jobs")[0] == 401
-
-
-# ---- in the browser
 
 
 def _chromium_missing() -> str | None:
