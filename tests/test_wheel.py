@@ -1,8 +1,9 @@
 """The wheel built from the repo installs into a clean virtual environment and serves.
 
-Catches a module or data file (openapi.json, watchdog.sh) that works from the checkout but
-is missing from the wheel. The build runs on a copy of the repo's files (tracked, or new and
-not ignored), so no stale ``build/`` directory of the checkout can add to the wheel.
+Catches a module or data file (openapi.json, watchdog.sh, the page's ui/ files) that works
+from the checkout but is missing from the wheel. The build runs on a copy of the repo's files
+(tracked, or new and not ignored), so no stale ``build/`` directory of the checkout can add
+to the wheel.
 """
 
 import contextlib
@@ -84,6 +85,11 @@ def test_the_wheel_installs_into_a_clean_venv_and_serves():
                                         timeout=30) as response:
                 assert response.status == 200
                 assert b'"openapi"' in response.read()
+            for path, text in (("/ui", b"<!doctype html>"), ("/ui/app.js", b"use strict"),
+                               ("/ui/ui.css", b":root")):  # the page's files are in the wheel
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}",
+                                            timeout=30) as response:
+                    assert response.status == 200 and text in response.read(), path
             status, body = post_run_blocking(port, {"args": ["echo", "from the wheel"]})
             assert (status, body["stdout"]) == (200, "from the wheel\n")
             proc.send_signal(signal.SIGTERM)

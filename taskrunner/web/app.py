@@ -10,6 +10,7 @@ from taskrunner.web.access import RequestIdTransform, log_request
 from taskrunner.web.base import NotFoundHandler
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.jobs import JobHandler, JobOutputHandler, JobsHandler
+from taskrunner.web.page import PageHandler
 from taskrunner.web.recycle import drain_transform
 from taskrunner.web.run import RunHandler
 from taskrunner.web.service import HealthHandler, MetricsHandler, OpenAPIHandler
@@ -25,6 +26,8 @@ def make_app(ctx: InstanceContext, **settings: Any) -> Application:
         (r"/jobs/([^/]+)", JobHandler, {"ctx": ctx}),
         (r"/jobs/([^/]+)/output", JobOutputHandler, {"ctx": ctx}),
         (r"/openapi.json", OpenAPIHandler, {"ctx": ctx}),
+        (r"/ui", PageHandler, {"ctx": ctx}),
+        (r"/ui/([^/]+)", PageHandler, {"ctx": ctx}),
     ]
 
     def request_done(handler: RequestHandler) -> None:

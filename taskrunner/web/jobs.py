@@ -101,6 +101,10 @@ class JobOutputHandler(JSONHandler):
             # Ask for the next change before sending, so nothing written meanwhile is missed.
             change = job.changed()
             done = job.done
+            if job.output is not None and job.output is not output:
+                # A queued job's log is a placeholder, empty, until its command starts with
+                # a log of its own (Job.start): follow that one from its beginning.
+                output, cursor = job.output, OutputCursor()
             for stream, data in output.read(cursor):
                 text = decoders[stream].decode(data)
                 if text:

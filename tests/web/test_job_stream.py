@@ -10,6 +10,7 @@ import json
 import time
 
 import pytest
+from conftest import with_config
 from helpers import PY, get_job, submit, wait_done
 
 
@@ -153,3 +154,33 @@ async def test_a_stream_client_that_leaves_does_not_affect_the_job(instance, tmp
     done = await wait_done(instance, job["id"])
     assert done["state"] == "exited" and done["status"] == 0
     assert done["stdout"] == "first\nsecond\n"
+
+
+@with_config(max_running=1, max_queued=2)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_stream_opened_while_the_job_is_queued_gets_its_output(instance, tmp_path):
+    # The stream used to keep the queued job's placeholder log: no chunk at all, and a final
+    # job with empty stdout, though the command wrote.
+    blocker = await submit(instance, {"args": [PY, "-c", gated((1, "a"), (1, "b")),
+                                               str(tmp_path)]})
+    job = await submit(instance, {"args": ["sh", "-c", "echo started; echo oops >&2"]})
+    assert (blocker["state"], job["state"]) == ("running", "queued")
+    items = []
+    answered = asyncio.get_running_loop().create_future()
+
+    def header(line):
+        if line == "\r\n" and not answered.done():
+            answered.set_result(None)
+
+    streaming = asyncio.ensure_future(instance.request(
+        "GET", f"/jobs/{job['id']}/output", streaming_callback=items.append,
+        header_callback=header))
+    await answered  # the stream has begun while the job still waits for its slot
+    assert (await get_job(instance, job["id"]))["state"] == "queued"
+    (tmp_path / "gate1").touch()  # the blocker ends, the queued job starts
+    response = await streaming
+    assert response.code == 200
+    lines = ndjson(b"".join(items))
+    assert lines[:-1] == [{"stream": "stdout", "data": "started\n"},
+                          {"stream": "stderr", "data": "oops\n"}]
+    assert lines[-1]["stdout"] == "started\n" and lines[-1]["state"] == "exited"

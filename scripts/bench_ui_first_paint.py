@@ -1,0 +1,170 @@
+"""The /ui page with many jobs listed: first paint and the time until the table is built.
+
+Starts ``python -m taskrunner`` from SOURCE (a checkout) with a token and ``--max-jobs``
+above N, makes N quick jobs (``true``, four at a time, each polled until it ended), then
+loads ``/ui`` ROUNDS times in headless Chromium (Debian's, through /usr/bin/chromedriver)
+with the token already in the tab's sessionStorage, as after the reader typed it:
+
+* cold: the browser's cache emptied first (the page, its script and style sheet fetched);
+* warm: a reload (the page revalidated, 304; its script and style sheet from the cache).
+
+Each load reports the Performance API's ``first-contentful-paint``, the page's own mark
+``taskrunner:jobs-rendered`` (the table built from the first ``GET /jobs``, its rows
+counted), ``largest-contentful-paint``, and the ``GET /jobs`` fetch (end and size).
+Prints one line per load and the medians.
+
+Usage: python3 scripts/bench_ui_first_paint.py [SOURCE] [N] [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import WebDriverWait
+
+TOKEN = "bench-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+MEASURE = """
+const done = arguments[arguments.length - 1];
+const lcp = [];
+new PerformanceObserver((list) => lcp.push(...list.getEntries()))
+  .observe({type: "largest-contentful-paint", buffered: true});
+setTimeout(() => {
+  const fcp = performance.getEntriesByName("first-contentful-paint")[0];
+  const mark = performance.getEntriesByName("taskrunner:jobs-rendered")[0];
+  const jobs = performance.getEntriesByType("resource").filter((e) => /\\/jobs$/.test(e.name))[0];
+  done({
+    fcp: fcp ? fcp.startTime : null,
+    rendered: mark ? mark.startTime : null,
+    rows: document.querySelectorAll("#job-rows tr").length,
+    lcp: lcp.length ? lcp[lcp.length - 1].startTime : null,
+    jobs_end: jobs ? jobs.responseEnd : null,
+    jobs_bytes: jobs ? jobs.encodedBodySize : null,
+  });
+}, 100);
+"""
+
+
+def start(source: str, log_path: str, n: int) -> tuple[subprocess.Popen[bytes], int]:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskrunner", "--port", "0", "--max-jobs", str(n + 100)],
+            cwd=source, stdout=log, stderr=log, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": source, "TASKRUNNER_TOKEN": TOKEN})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(log_path) as f:
+            match = re.search(r"listening on \S+:(\d+)", f.read())
+        if match:
+            return proc, int(match.group(1))
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the instance did not start")
+
+
+def call(conn: http.client.HTTPConnection, method: str, path: str,
+         body: Any = None) -> tuple[int, Any]:
+    conn.request(method, path, None if body is None else json.dumps(body), AUTH)
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def make_jobs(port: int, n: int) -> None:
+    def one(_: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        status, job = call(conn, "POST", "/jobs", {"args": ["true"]})
+        while status == 429:  # every slot and the queue busy: try again
+            time.sleep(0.05)
+            status, job = call(conn, "POST", "/jobs", {"args": ["true"]})
+        assert status == 202, job
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.02)
+            _, job = call(conn, "GET", f"/jobs/{job['id']}")
+        conn.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, range(n)))
+
+
+def browser(profile: str) -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"),
+                            options=options)
+
+
+def load(driver: webdriver.Chrome, n: int, reload: bool) -> dict[str, Any]:
+    if reload:
+        driver.refresh()
+    else:
+        driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+        driver.get(driver.current_url)
+    WebDriverWait(driver, 60).until(
+        lambda d: d.execute_script("return document.querySelectorAll('#job-rows tr').length")
+        >= n)
+    result: dict[str, Any] = driver.execute_async_script(MEASURE)
+    assert result["rows"] == n, result
+    return result
+
+
+def main() -> None:
+    source = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 7
+    tmp = tempfile.mkdtemp(prefix="taskrunner-bench-ui-")
+    proc, port = start(source, os.path.join(tmp, "log"), n)
+    driver = None
+    try:
+        began = time.monotonic()
+        make_jobs(port, n)
+        print(f"{n} jobs made in {time.monotonic() - began:.1f} s")
+        driver = browser(os.path.join(tmp, "profile"))
+        url = f"http://127.0.0.1:{port}/ui"
+        driver.get(url)
+        driver.execute_script(f"sessionStorage.setItem('taskrunner.token', '{TOKEN}')")
+        results: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
+        for _ in range(rounds):
+            for kind in ("cold", "warm"):
+                r = load(driver, n, reload=kind == "warm")
+                results[kind].append(r)
+                print(f"{kind}: FCP {r['fcp']:.0f} ms, GET /jobs done {r['jobs_end']:.0f} ms "
+                      f"({r['jobs_bytes']} bytes), table of {r['rows']} rows built at "
+                      f"{r['rendered']:.0f} ms (+{r['rendered'] - r['jobs_end']:.0f}), "
+                      f"LCP {r['lcp']:.0f} ms")
+        for kind, runs in results.items():
+            for r in runs:
+                r["build"] = r["rendered"] - r["jobs_end"]
+            med = {k: statistics.median(r[k] for r in runs)
+                   for k in ("fcp", "jobs_end", "rendered", "build", "lcp")}
+            print(f"median {kind} of {rounds}: FCP {med['fcp']:.0f} ms, GET /jobs done "
+                  f"{med['jobs_end']:.0f} ms, table built {med['rendered']:.0f} ms "
+                  f"(building it: {med['build']:.0f} ms), LCP {med['lcp']:.0f} ms")
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
