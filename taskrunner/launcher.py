@@ -3,7 +3,8 @@
 Policy that applies to every command lives here, in this order, so the HTTP handlers and
 the job registry never call the engine directly:
 
-1. the allowlist (``--allow``): 403 for any other program; the real path is what runs;
+1. the allowlist (``--allow``): 403 for any other program; the real path it checked is
+   what runs, through the wrapper too, with no second lookup of the name;
 2. containment (``--limit-*``, ``--user``): the wrapper, after checking in this process
    that the program and ``cwd`` are there, so a missing program is a clean 422;
 3. admission (``--max-running``, ``--max-queued``): wait for a slot, or 429;
@@ -88,7 +89,12 @@ class Launcher:
 
     def check(self, spec: CommandSpec) -> CommandSpec:
         """Apply the allowlist and the wrapper's checks; the spec to run, with its program
-        resolved to a real path when either is in force."""
+        resolved to a real path when either is in force.
+
+        The program is resolved once, here, and that path is what runs: the allowlist's
+        answer is never followed by a second lookup (the wrapper's or the engine's) that
+        could find another file (see `taskrunner.allowlist` for why a path and not an fd).
+        """
         if self.allowlist is None and not self.containment.active:
             return spec  # the fast path: the engine resolves the program itself
         env = self.engine.base_env if not spec.env else {**self.engine.base_env, **spec.env}
@@ -96,6 +102,7 @@ class Launcher:
         if self.allowlist is not None:
             self.allowlist.check_env(spec.env)
             real = self.allowlist.check(program, env, spec.cwd)
-        if self.containment.active:
+            self.containment.check_cwd(program, spec.cwd)
+        else:
             real = self.containment.check(program, env, spec.cwd)
         return dataclasses.replace(spec, args=[real, *spec.args[1:]])

@@ -71,11 +71,18 @@ class Containment:
         return bool(self.prefix)
 
     def check(self, program: str, env: Mapping[str, str], cwd: str | None) -> str:
-        """Resolve ``program`` and check ``cwd`` as the engine would; `SpawnError` if not."""
+        """Check ``cwd`` and resolve ``program`` as the engine would: the real path to
+        run; `SpawnError` if either is missing."""
+        self.check_cwd(program, cwd)
+        return resolve(program, env, cwd)
+
+    def check_cwd(self, program: str, cwd: str | None) -> None:
+        """`SpawnError` unless ``cwd`` is None or a directory, so that the wrapper's failure
+        to change into it is a clean 422 (for a program resolved elsewhere, by the
+        allowlist)."""
         if cwd is not None and not os.path.isdir(cwd):
             reason = "Not a directory" if os.path.exists(cwd) else "No such file or directory"
             raise SpawnError(f"cannot start {program!r}: working directory {cwd!r}: {reason}")
-        return resolve(program, env, cwd)
 
 
 def containment_from_config(config: Config, environ: Mapping[str, str]) -> Containment:

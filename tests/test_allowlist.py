@@ -1,11 +1,18 @@
 """--allow: only the listed programs run, by their real path; tricks get a 403."""
 
+import collections
+import concurrent.futures
+import contextlib
+import itertools
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
+import time
 
 import pytest
-from conftest import PY, REPO
+from conftest import PY, REPO, post_run_blocking
 
 from taskrunner.config import Config
 
@@ -105,3 +112,75 @@ async def test_loader_variables_cannot_load_code_into_an_allowed_program(instanc
     assert code == 403 and name in body["message"]
     code, _ = await instance.run({"args": ["echo"], "env": {"LANG": "C"}})
     assert code == 200
+
+
+# -- the symlink flip: what was checked is what runs -----------------------------------------
+
+DASH = os.path.realpath(shutil.which("dash") or shutil.which("sh"))
+# dash prints PWNED; echo prints its arguments, in which the word is split.
+FLIP_ARGS = ["-c", "printf '%s%s\\n' PW NED"]
+
+
+@contextlib.contextmanager
+def flipping_symlink(first, second):
+    """A world-readable directory whose ``prog`` a thread renames, in a loop, between a
+    symlink to ``first`` and one to ``second`` (atomically: it always exists)."""
+    directory = tempfile.mkdtemp(prefix="taskrunner-flip-")
+    os.chmod(directory, 0o755)  # so that --user nobody could follow it too
+    prog = os.path.join(directory, "prog")
+    os.symlink(first, prog)
+    stop = threading.Event()
+    flips = 0
+
+    def flip():
+        nonlocal flips
+        targets = itertools.cycle((second, first))
+        while not stop.is_set():
+            temporary = os.path.join(directory, "next")
+            os.symlink(next(targets), temporary)
+            os.rename(temporary, prog)
+            flips += 1
+
+    thread = threading.Thread(target=flip, daemon=True)
+    thread.start()
+    try:
+        yield prog, lambda: flips
+    finally:
+        stop.set()
+        thread.join(10)
+        shutil.rmtree(directory)
+
+
+def race(port, prog, requests=400, seconds=30.0, threads=8):
+    """Send up to ``requests`` POST /run of ``prog`` (within ``seconds``); the outcomes."""
+    deadline = time.monotonic() + seconds
+    body = {"args": [prog, *FLIP_ARGS]}
+
+    def one(_):
+        if time.monotonic() > deadline:
+            return None
+        code, answer = post_run_blocking(port, body)
+        if code == 200:
+            return "PWNED" if "PWNED" in answer["stdout"] else "echo"
+        return code
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return collections.Counter(pool.map(one, range(requests)))
+
+
+@pytest.mark.parametrize("flags", [
+    ["--limit-nofile", "1024"],
+    pytest.param(["--user", "nobody"], marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="--user needs root")),
+    [],
+], ids=["limits", "user", "allow-only"])
+def test_a_symlink_flipped_between_check_and_exec_never_runs_the_forbidden_program(
+        spawn_instance, flags):
+    child = spawn_instance("--allow", "echo", *flags)
+    with flipping_symlink(ECHO, DASH) as (prog, flips):
+        outcomes = race(child.port, prog)
+    assert outcomes["PWNED"] == 0, outcomes
+    # The race was run: both programs were seen at check time (echo ran, dash got a 403).
+    assert outcomes["echo"] > 0 and outcomes[403] > 0, outcomes
+    assert set(outcomes) <= {"echo", 403, None}, outcomes
+    assert flips() > 100
