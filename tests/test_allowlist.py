@@ -1,9 +1,11 @@
 """--allow: only the listed programs run, by their real path; tricks get a 403."""
 
+import asyncio
 import collections
 import concurrent.futures
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -12,11 +14,14 @@ import threading
 import time
 
 import pytest
-from conftest import PY, REPO, post_run_blocking
+from conftest import PY, REPO, post_run_blocking, with_config
 
 from taskrunner.config import Config
 
 ECHO = os.path.realpath(shutil.which("echo"))
+DASH = os.path.realpath(shutil.which("dash") or shutil.which("sh"))
+# dash prints PWNED; echo prints its arguments, in which the word is split.
+FLIP_ARGS = ["-c", "printf '%s%s\\n' PW NED"]
 
 
 @pytest.fixture
@@ -84,12 +89,78 @@ async def test_a_program_that_does_not_exist_is_not_allowed(instance):
     assert code == 403
 
 
+# What the kernel was asked to execute: argv[0] (the file it names is /proc/self/exe, which
+# is the real file whatever name led to it).
+SHOW_EXEC = ("import os; print(os.readlink('/proc/self/exe')); "
+             "print(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[0].decode())")
+
+
 @pytest.mark.gen_test
-async def test_the_real_path_is_what_runs(instance):
-    code, body = await instance.run({"args": [PY, "-c",
-                                              "import os; print(os.readlink('/proc/self/exe'))"]})
-    assert code == 200
-    assert body["stdout"].strip() == os.path.realpath(PY)
+async def test_the_real_path_is_what_runs(instance, tmp_path):
+    (tmp_path / "py").symlink_to(PY)
+    for program in (PY, str(tmp_path / "py")):
+        code, body = await instance.run({"args": [program, "-c", SHOW_EXEC]})
+        assert code == 200, body
+        assert body["stdout"].splitlines() == [os.path.realpath(PY)] * 2
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("config", [
+    Config(port=0, grace=2.0, allow=(PY,), limit_nofile=1024),
+    *([Config(port=0, grace=2.0, allow=(PY,), user="nobody")] if os.geteuid() == 0 else []),
+], ids=lambda config: "user" if config.user else "limits")
+async def test_through_the_wrappers_the_real_path_is_what_runs(instance, tmp_path):
+    tmp_path.chmod(0o755)
+    (tmp_path / "py").symlink_to(PY)
+    code, body = await instance.run({"args": [str(tmp_path / "py"), "-c", SHOW_EXEC]})
+    assert code == 200, body
+    assert body["stdout"].splitlines() == [os.path.realpath(PY)] * 2
+
+
+@pytest.mark.gen_test(timeout=30)
+@with_config(allow=("echo", "sleep"), max_running=1)
+async def test_a_queued_run_runs_the_file_checked_before_it_waited(instance, tmp_path):
+    """The name is not looked up again when the slot comes: a symlink flipped meanwhile
+    from an allowed program to a forbidden one changes nothing."""
+    prog = tmp_path / "prog"
+    prog.symlink_to(ECHO)
+    blocker = await instance.request("POST", "/jobs", {"args": ["sleep", "30"]})
+    assert blocker.code == 202, blocker.body
+    queued = asyncio.ensure_future(instance.run({"args": [str(prog), *FLIP_ARGS]}))
+    await until(lambda: instance.ctx.launcher.admission.queued == 1)
+    (tmp_path / "next").symlink_to(DASH)
+    (tmp_path / "next").rename(prog)
+    job_id = json.loads(blocker.body)["id"]
+    assert (await instance.request("DELETE", f"/jobs/{job_id}")).code == 200
+    code, body = await queued
+    assert "PWNED" not in body.get("stdout", ""), body
+    assert (code, body["stdout"]) == (200, "-c printf '%s%s\\n' PW NED\n")
+
+
+@pytest.mark.gen_test(timeout=30)
+@with_config(allow=("echo", "sleep"), max_running=1)
+async def test_a_forbidden_program_is_403_at_once_even_when_it_would_queue(instance):
+    blocker = asyncio.ensure_future(instance.run({"args": ["sleep", "30"]}))
+    await until(lambda: instance.ctx.engine.running == 1)
+    code, body = await instance.run({"args": ["ls", "/"]}, timeout=10)
+    assert (code, body["error"]) == (403, "program_not_allowed")
+    assert not blocker.done()  # it was refused while the slot was still taken
+    instance.ctx.engine.kill_all()
+    assert (await blocker)[0] == 200
+
+
+@pytest.mark.gen_test
+async def test_a_forbidden_program_is_403_as_a_job_and_no_job_is_made(instance):
+    for args in (["ls", "/"], ["sh", "-c", "echo hi"]):
+        response = await instance.request("POST", "/jobs", {"args": args})
+        assert response.code == 403, response.body
+        assert json.loads(response.body)["error"] == "program_not_allowed"
+    response = await instance.request("POST", "/jobs", {"args": ["echo"],
+                                                        "env": {"LD_PRELOAD": "/x.so"}})
+    assert response.code == 403
+    listed = await instance.request("GET", "/jobs")
+    assert json.loads(listed.body)["jobs"] == []
+    assert instance.ctx.engine.running == 0
 
 
 def test_an_allow_entry_that_resolves_to_nothing_stops_startup():
@@ -114,11 +185,14 @@ async def test_loader_variables_cannot_load_code_into_an_allowed_program(instanc
     assert code == 200
 
 
-# -- the symlink flip: what was checked is what runs -----------------------------------------
+async def until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
-DASH = os.path.realpath(shutil.which("dash") or shutil.which("sh"))
-# dash prints PWNED; echo prints its arguments, in which the word is split.
-FLIP_ARGS = ["-c", "printf '%s%s\\n' PW NED"]
+
+# -- the symlink flip: what was checked is what runs -----------------------------------------
 
 
 @contextlib.contextmanager

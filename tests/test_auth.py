@@ -156,3 +156,28 @@ def test_an_empty_token_variable_is_refused_even_on_loopback():
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert proc.stderr.strip() == "taskrunner: TASKRUNNER_TOKEN is set but empty"
+
+
+JOBS_ROUTES = [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/x"), ("DELETE", "/jobs/x"),
+               ("GET", "/jobs/x/output")]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("method,path", JOBS_ROUTES)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong"], ids=["none", "wrong"])
+async def test_every_jobs_route_requires_the_token(instance, method, path, authorization):
+    # A real job, so that a route that forgot the token would have something to show or end.
+    created = await instance.request("POST", "/jobs", {"args": ["sleep", "30"]}, headers=AUTH)
+    assert created.code == 202, created.body
+    job_id = json.loads(created.body)["id"]
+    path = path.replace("/x", f"/{job_id}")
+    headers = {"Authorization": authorization} if authorization else None
+    body = {"args": ["true"]} if method == "POST" else None
+    response = await instance.request(method, path, body, headers=headers, timeout=10)
+    assert response.code == 401, response.body
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert json.loads(response.body)["error"] == "unauthorized"
+    # Nothing was started, listed or cancelled for the stranger.
+    listed = json.loads((await instance.request("GET", "/jobs", headers=AUTH)).body)["jobs"]
+    assert [(job["id"], job["state"]) for job in listed] == [(job_id, "running")]
+    assert instance.ctx.engine.running == 1
