@@ -64,6 +64,9 @@ async def test_the_right_token_runs_the_command(instance):
     code, body = await instance.run({"args": ["echo", "hi"]},
                                     headers={"Authorization": f"bearer {TOKEN}"})
     assert code == 200  # the scheme is case-insensitive (RFC 7235)
+    code, body = await instance.run({"args": ["echo", "hi"]},
+                                    headers={"Authorization": f"Bearer   {TOKEN}"})
+    assert code == 200  # and may be followed by more than one space (1*SP)
 
 
 @pytest.mark.gen_test
