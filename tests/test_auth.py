@@ -184,3 +184,29 @@ async def test_every_jobs_route_requires_the_token(instance, method, path, autho
     listed = json.loads((await instance.request("GET", "/jobs", headers=AUTH)).body)["jobs"]
     assert [(job["id"], job["state"]) for job in listed] == [(job_id, "running")]
     assert instance.ctx.engine.running == 1
+
+
+@pytest.mark.gen_test
+async def test_a_401_says_what_is_missing_or_wrong(instance):
+    response = await instance.request("POST", "/run", {"args": ["true"]})
+    assert json.loads(response.body)["message"].startswith(
+        "this route requires an 'Authorization: Bearer <token>' header")
+    response = await instance.request("POST", "/run", {"args": ["true"]},
+                                      headers={"Authorization": "Bearer wrong"})
+    assert json.loads(response.body)["message"].startswith("the bearer token is not valid")
+
+
+def test_load_token_decides_who_may_call(tmp_path):
+    from taskrunner.auth import StartupError, load_token
+    # On loopback no token is needed, and none is asked for.
+    assert load_token(Config(address="127.0.0.1"), {}) is None
+    assert load_token(Config(address="127.0.0.1"), {"TASKRUNNER_TOKEN": " t0k "}) == "t0k"
+    # Beyond it, the refusal tells the operator the ways out.
+    with pytest.raises(StartupError, match=r"--token-file PATH or TASKRUNNER_TOKEN, or "
+                                           r"listen on 127\.0\.0\.1$"):
+        load_token(Config(address="0.0.0.0"), {})
+    # An unreadable file: the reason in words, as the operator would read it from ls.
+    with pytest.raises(StartupError) as refused:
+        load_token(Config(token_file=str(tmp_path / "absent")), {})
+    assert str(refused.value) == (f"cannot read --token-file {str(tmp_path / 'absent')!r}: "
+                                  "No such file or directory")
