@@ -26,7 +26,7 @@ from mutmut.utils.format_utils import mangled_name_from_mutant_name
 # mutant-name glob -> the test files that should kill its mutants
 GUARDS: dict[str, tuple[str, ...]] = {
     "taskrunner.auth.*": ("tests/test_auth.py",),
-    "taskrunner.allowlist.*": ("tests/test_allowlist.py",),
+    "taskrunner.allowlist.*": ("tests/test_allowlist.py", "tests/test_limits.py"),
     "taskrunner.launcher.*": ("tests/test_allowlist.py", "tests/test_limits.py",
                               "tests/test_admission.py", "tests/test_resources.py"),
     "taskrunner.limits.*": ("tests/test_limits.py", "tests/test_allowlist.py"),

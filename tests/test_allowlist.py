@@ -84,6 +84,15 @@ async def test_a_callers_path_cannot_smuggle_a_program_in(instance, tmp_path):
 
 
 @pytest.mark.gen_test
+async def test_a_relative_path_entry_is_relative_to_the_commands_cwd(instance, tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "say").symlink_to(ECHO)
+    code, body = await instance.run({"args": ["say", "here"], "cwd": str(tmp_path),
+                                     "env": {"PATH": "bin"}})
+    assert (code, body.get("stdout")) == (200, "here\n"), body
+
+
+@pytest.mark.gen_test
 async def test_a_program_that_does_not_exist_is_not_allowed(instance):
     code, _ = await instance.run({"args": ["no-such-program-xyz"]})
     assert code == 403
