@@ -46,6 +46,16 @@ async def test_another_program_gets_403_naming_it(instance):
 
 
 @pytest.mark.gen_test
+async def test_the_403_says_what_a_name_resolves_to_only_when_it_differs(instance):
+    ls = os.path.realpath(shutil.which("ls"))
+    code, body = await instance.run({"args": [ls]})
+    assert (code, body["message"]) == (403, f"program {ls!r} is not allowed on this instance")
+    code, body = await instance.run({"args": ["ls"]})
+    assert body["message"] == f"program 'ls' is not allowed on this instance " \
+                              f"(it resolves to {ls!r})"
+
+
+@pytest.mark.gen_test
 async def test_sh_c_does_not_get_around_it(instance):
     code, body = await instance.run({"args": ["sh", "-c", "echo hi"]})
     assert code == 403 and "'sh'" in body["message"]
@@ -190,6 +200,7 @@ def test_allow_is_repeatable_on_the_command_line():
 async def test_loader_variables_cannot_load_code_into_an_allowed_program(instance, name):
     code, body = await instance.run({"args": ["echo"], "env": {name: "/tmp/evil.so"}})
     assert code == 403 and name in body["message"]
+    assert body["message"].endswith("it could load other code into an allowed program")
     code, _ = await instance.run({"args": ["echo"], "env": {"LANG": "C"}})
     assert code == 200
 
