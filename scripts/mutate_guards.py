@@ -1,7 +1,8 @@
 """Run mutmut 3 over the guard functions, each mutant against the test files that guard it.
 
 Run by scripts/mutate inside its scratch copy of the repository (cwd), with mutmut
-installed; arguments: the number of workers, then mutant-name globs (default: `GUARDS`).
+installed; arguments: the number of workers, then mutant names or globs (default: the
+keys of `GUARDS`; a mutant outside them has no tests).
 
 mutmut picks a mutant's tests from a first run that records which test calls which
 function, in its own process only: a test that starts the instance as a child process
@@ -51,20 +52,23 @@ def collect_tests(files: set[str]) -> list[str]:
     return [line for line in listing.splitlines() if "::" in line]
 
 
+def guard_files(mutant: str) -> set[str]:
+    return {f for pattern, files in GUARDS.items() if fnmatch.fnmatch(mutant, pattern)
+            for f in files}
+
+
 def with_test_files(globs: list[str]) -> None:
     original = mutmut_main.collect_or_load_stats
 
     def collect_or_load_stats(runner, **kwargs):  # type: ignore[no-untyped-def]
         original(runner, **kwargs)
-        files = {f for pattern in globs for f in GUARDS.get(pattern, ())}
-        tests = collect_tests(files)
         mutants, _ = mutmut_main.collect_source_file_mutation_data(mutant_names=globs)
-        functions = {mangled_name_from_mutant_name(name) for _, name, _ in mutants}
+        guarding = {mangled_name_from_mutant_name(name): guard_files(name)
+                    for _, name, _ in mutants}
+        tests = collect_tests(set().union(*guarding.values()))
         st = state()
-        for function in functions:
-            guarding = {f for pattern, fs in GUARDS.items() for f in fs
-                        if fnmatch.fnmatch(function + "__mutmut_1", pattern)}
-            chosen = {test for test in tests if test.split("::")[0] in guarding}
+        for function, files in guarding.items():
+            chosen = {test for test in tests if test.split("::")[0] in files}
             st.tests_by_mangled_function_name[function] = chosen
             for test in chosen:
                 st.duration_by_test.setdefault(test, UNKNOWN_DURATION)
