@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,3 +101,31 @@ def test_valid_bodies_round_trip(fields, ascii_only):
        json_values)
 def test_replacing_one_field_never_raises_anything_else(fields, name, value):
     parse(json.dumps({**fields, name: value}).encode())
+
+
+# -- what a refusal says (each names the field and what was sent instead) --------------------
+
+@pytest.mark.parametrize("body,message", [
+    (b"[]", "body must be a JSON object, not an array"),
+    (b"[" * 100_000 + b"]" * 100_000, "body is nested too deeply"),
+    (b'{"args": null}', "args must be an array of strings, not null"),
+    (b'{"args": true}', "args must be an array of strings, not a boolean"),
+    (b'{"args": 1.5}', "args must be an array of strings, not a number"),
+    (b'{"args": "ls"}', "args must be an array of strings, not a string"),
+    (b'{"args": {}}', "args must be an array of strings, not an object"),
+    (b'{"args": []}', "args must not be empty: it names the program to run"),
+    (b'{"args": [""]}', "args[0] must not be empty: it names the program to run"),
+    (b'{"args": ["true"], "timeout": "1"}', "timeout must be a number of seconds, not a string"),
+    (b'{"args": ["true"], "env": []}', "env must be an object of strings, not an array"),
+    (b'{"args": ["true"], "stdin": 1}', "stdin must be a string, not a number"),
+])
+def test_a_refusal_says_what_is_wrong(body, message):
+    error = parse(body)
+    assert isinstance(error, RequestError)
+    assert error.message == message
+
+
+def test_the_maximum_timeout_itself_is_accepted():
+    spec = parse(b'{"args": ["true"], "timeout": 3600}')
+    assert isinstance(spec, CommandSpec) and spec.timeout == 3600.0
+    assert isinstance(parse(b'{"args": ["true"], "timeout": 3600.001}'), RequestError)
