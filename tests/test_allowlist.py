@@ -136,6 +136,15 @@ async def test_through_the_wrappers_the_real_path_is_what_runs(instance, tmp_pat
     assert body["stdout"].splitlines() == [os.path.realpath(PY)] * 2
 
 
+@pytest.mark.gen_test
+@with_config(allow=("echo",), limit_as=512)
+async def test_with_a_wrapper_a_missing_cwd_is_a_422_naming_the_program(instance, tmp_path):
+    code, body = await instance.run({"args": ["echo"], "cwd": str(tmp_path / "absent")})
+    assert (code, body["message"]) == (
+        422, f"cannot start 'echo': working directory {str(tmp_path / 'absent')!r}: "
+             "No such file or directory")
+
+
 @pytest.mark.gen_test(timeout=30)
 @with_config(allow=("echo", "sleep"), max_running=1)
 async def test_a_queued_run_runs_the_file_checked_before_it_waited(instance, tmp_path):

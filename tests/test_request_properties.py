@@ -118,6 +118,13 @@ def test_replacing_one_field_never_raises_anything_else(fields, name, value):
     (b'{"args": ["true"], "timeout": "1"}', "timeout must be a number of seconds, not a string"),
     (b'{"args": ["true"], "env": []}', "env must be an object of strings, not an array"),
     (b'{"args": ["true"], "stdin": 1}', "stdin must be a string, not a number"),
+    (b'{"args": ["true"], "cwd": ""}', "cwd must not be empty"),
+    (b'{"args": ["true"], "env": {"": "x"}}', "env key must not be empty"),
+    (b'{"args": ["true"], "timout": 1}',
+     "unknown field 'timout'; known fields are args, timeout, stdin, env, cwd"),
+    (b'{"args": ["true"], "b": 1, "a": 2}',
+     "unknown fields 'a', 'b'; known fields are args, timeout, stdin, env, cwd"),
+    (b'{"timeout": 1}', "args is required: an array of strings naming the command"),
 ])
 def test_a_refusal_says_what_is_wrong(body, message):
     error = parse(body)
