@@ -210,3 +210,11 @@ def test_load_token_decides_who_may_call(tmp_path):
         load_token(Config(token_file=str(tmp_path / "absent")), {})
     assert str(refused.value) == (f"cannot read --token-file {str(tmp_path / 'absent')!r}: "
                                   "No such file or directory")
+
+
+def test_a_token_file_that_is_not_utf8_is_a_one_line_refusal(tmp_path):
+    from taskrunner.auth import StartupError, load_token
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"s3cret\xff\n")
+    with pytest.raises(StartupError, match=r"^cannot read --token-file .*: 'utf-8' codec"):
+        load_token(Config(token_file=str(token_file)), {})
