@@ -10,6 +10,18 @@ path that is executed, so the file that was checked is the file that runs. Hence
 get around the list: only the real file counts. A request's ``PATH`` may still pick *which*
 allowed program a bare name means, which grants nothing the list does not.
 
+Resolved once, executed as checked. The name is looked up exactly once per command; the
+absolute, symlink-free path that was compared is handed to the engine and through the
+``--limit-*``/``--user`` wrappers as is (an ``execvp`` of a name with a slash searches
+nothing), so a symlink renamed between check and exec changes nothing. What the path names
+can change after the check only if the allowed file or one of its directories is
+replaced, which takes write access to them, and with that the file could be replaced
+before the check as well: no race is left that the list could close. Why not an fd
+(``execveat``/``/proc/self/fd/N``), or a check of (st_dev, st_ino)? posix_spawn and the
+wrappers take a path; an fd passed through a wrapper stays open in the command, and breaks
+``#!`` scripts; and an inode check without fd execution still leaves the window open, while
+it would refuse an allowed program upgraded in place.
+
 With an allowlist, a request's ``env`` may not set the dynamic loader's variables
 (``LD_*``, ``GCONV_PATH``): ``LD_PRELOAD`` would load any library into an allowed program.
 

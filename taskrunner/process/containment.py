@@ -64,11 +64,25 @@ class Containment:
         return bool(self.prefix) or self.sandbox is not None
 
     def check(self, program: str, env: Mapping[str, str], cwd: str | None) -> str:
-        """Resolve ``program`` and check ``cwd`` as the engine would; `SpawnError` if not."""
+        """Check ``cwd`` and resolve ``program`` as the engine would: the real path to
+        run; `SpawnError` if either is missing (or, sandboxed, not visible inside)."""
+        self.check_cwd(program, cwd)
+        return self._visible(resolve(program, env, cwd), program, cwd)
+
+    def check_resolved(self, real: str, program: str, cwd: str | None) -> str:
+        """The same checks for a program already resolved to ``real`` (by the allowlist),
+        which is what runs: nothing looks the name up again."""
+        self.check_cwd(program, cwd)
+        return self._visible(real, program, cwd)
+
+    def check_cwd(self, program: str, cwd: str | None) -> None:
+        """`SpawnError` unless ``cwd`` is None or a directory, so that the wrapper's failure
+        to change into it is a clean 422."""
         if cwd is not None and not os.path.isdir(cwd):
             reason = "Not a directory" if os.path.exists(cwd) else "No such file or directory"
             raise SpawnError(f"cannot start {program!r}: working directory {cwd!r}: {reason}")
-        real = resolve(program, env, cwd)
+
+    def _visible(self, real: str, program: str, cwd: str | None) -> str:
         if self.sandbox is not None:
             self.sandbox.check(real, "program", program)
             if cwd is not None:

@@ -196,9 +196,9 @@ class ProcessEngine:
             pidfd = os.pidfd_open(pid)
             command = Command(self, spec, pid, reap, pidfd, out_r, err_r, in_w, listener,
                               enclosure)
-        except OSError as exc:
-            # Its exit would go unnoticed (no pidfd, or the epoll set is full): end it now
-            # rather than lose it.
+        except BaseException as exc:
+            # Its exit would go unnoticed (no pidfd, the epoll set full, or any other
+            # failure half-way): end it now rather than lose it, then re-raise.
             kill_group(pid)
             if enclosure is not None:
                 enclosure.kill()
@@ -207,7 +207,9 @@ class ProcessEngine:
                 if fd >= 0:
                     self.fd_watcher().unwatch(fd)
                     os.close(fd)
-            raise _spawn_error(spec, exc) from None
+            if isinstance(exc, OSError):
+                raise _spawn_error(spec, exc) from None
+            raise
         self.commands.add(command)
         if self.on_spawn is not None:
             self.on_spawn(pid)
@@ -328,7 +330,6 @@ class Command:
             self._fds.watch(fd, READ, self._on_readable)
         self._pidfd = pidfd
         self._fds.watch(self._pidfd, READ, self._on_exit)
-        self._deadline = self._loop.call_later(spec.timeout, self._on_timeout)
         self._drain_timer: object | None = None
         if stdin_fd >= 0:
             assert spec.stdin is not None
@@ -336,6 +337,9 @@ class Command:
             self._stdin_data = spec.stdin.encode("utf-8")
             os.set_blocking(stdin_fd, False)
             self._write_stdin()
+        # Last: if anything above raised, the engine reaps the child, and no timer may be
+        # left to kill its group id later (by then, perhaps, someone else's).
+        self._deadline = self._loop.call_later(spec.timeout, self._on_timeout)
 
     def __repr__(self) -> str:
         return f"<Command pid={self.pid} args={list(self.spec.args)!r}>"

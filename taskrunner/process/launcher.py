@@ -3,7 +3,8 @@
 Policy that applies to every command lives here, in this order, so the HTTP handlers and
 the job registry never call the engine directly:
 
-1. the allowlist (``--allow``): 403 for any other program; the real path is what runs;
+1. the allowlist (``--allow``): 403 for any other program; the real path it checked is
+   what runs, through the wrappers too, with no second lookup of the name;
 2. containment (``--limit-*``, ``--user``, ``--sandbox``): the wrapper, after checking in
    this process that the program and ``cwd`` are there (and, in a sandbox, seen the same
    inside), so a missing program is a clean 422; a sandbox's work directory is made
@@ -175,8 +176,12 @@ class Launcher:
         env = self.engine.base_env if not spec.env else {**self.engine.base_env, **spec.env}
         program = spec.args[0]
         if policy.allowlist is not None:
+            # Resolved once: the allowlist's answer is what runs, through the wrappers too;
+            # no second lookup of the name could find another file.
             policy.allowlist.check_env(spec.env)
             real = policy.allowlist.check(program, env, spec.cwd)
-        if wrapped:
+            if wrapped:
+                real = containment.check_resolved(real, program, spec.cwd)
+        else:
             real = containment.check(program, env, spec.cwd)
         return dataclasses.replace(spec, args=[real, *spec.args[1:]])

@@ -1,7 +1,9 @@
 """--limit-* and --user: each command is boxed in, and fails the way the OS makes it fail."""
 
+import logging
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 
@@ -69,12 +71,12 @@ async def test_too_many_open_files(instance):
 async def test_under_a_wrapper_a_missing_program_or_cwd_is_still_a_clean_422(instance, tmp_path):
     code, body = await instance.run({"args": ["no-such-program-xyz"]})
     assert code == 422 and body["error"] == "spawn_failed"
-    assert "'no-such-program-xyz'" in body["message"]
+    assert body["message"] == "cannot start 'no-such-program-xyz': No such file or directory"
     code, body = await instance.run({"args": ["true"], "cwd": str(tmp_path / "absent")})
     assert code == 422 and "working directory" in body["message"]
     (tmp_path / "script").write_text("#!/bin/sh\necho hi\n")
     code, body = await instance.run({"args": [str(tmp_path / "script")]})
-    assert code == 422 and "Permission denied" in body["message"]
+    assert code == 422 and body["message"].endswith(": Permission denied")
     code, body = await instance.run({"args": ["./x"], "cwd": str(tmp_path)})
     assert code == 422
     code, body = await instance.run({"args": ["pwd"], "cwd": str(tmp_path)})
@@ -115,3 +117,46 @@ def test_an_unknown_user_stops_startup():
     proc = subprocess.run([PY, "-m", "taskrunner", "--port", "0", "--user", "no-such-user-x"],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "no such user" in proc.stderr
+
+
+@pytest.mark.gen_test
+@with_config(limit_as=512)
+async def test_under_a_wrapper_cwd_errors_name_the_program_and_the_reason(instance, tmp_path):
+    absent, a_file = tmp_path / "absent", tmp_path / "file"
+    a_file.write_text("")
+    for cwd, reason in ((absent, "No such file or directory"), (a_file, "Not a directory")):
+        code, body = await instance.run({"args": ["true"], "cwd": str(cwd)})
+        assert (code, body["message"]) == (
+            422, f"cannot start 'true': working directory {str(cwd)!r}: {reason}")
+    # A program given relative to the cwd is found there, not in the service's own cwd.
+    (tmp_path / "hello").write_text("#!/bin/sh\necho hello from \"$PWD\"\n")
+    (tmp_path / "hello").chmod(0o755)
+    code, body = await instance.run({"args": ["./hello"], "cwd": str(tmp_path)})
+    assert (code, body["stdout"]) == (200, f"hello from {tmp_path}\n")
+
+
+def test_the_wrappers_tools_are_found_on_the_given_path(tmp_path):
+    from taskrunner.errors import StartupError
+    from taskrunner.process.containment import _tool
+    with pytest.raises(StartupError, match=r"^prlimit \(util-linux\) is needed for the "
+                                           r"configured limits or --user and is not on PATH$"):
+        _tool("prlimit", {"PATH": str(tmp_path)})
+    (tmp_path / "prlimit").symlink_to(shutil.which("prlimit"))
+    assert _tool("prlimit", {"PATH": str(tmp_path)}) == os.path.realpath(shutil.which("prlimit"))
+
+
+@pytest.mark.skipif(not is_root, reason="--user needs root")
+def test_limit_nproc_warns_when_commands_run_as_root_only(caplog):
+    from taskrunner.config import Config
+    from taskrunner.process.containment import containment_from_config
+    warning = "--limit-nproc does not bind commands that run as root; add --user"
+    with caplog.at_level(logging.WARNING, logger="taskrunner.limits"):
+        containment_from_config(Config(limit_nproc=100), os.environ)
+    assert [r.getMessage() for r in caplog.records] == [warning]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="taskrunner.limits"):
+        boxed = containment_from_config(Config(limit_nproc=100, user="nobody"), os.environ)
+        containment_from_config(Config(limit_as=100), os.environ)
+    assert caplog.records == []
+    nobody = pwd.getpwnam("nobody")
+    assert dict(boxed.env) == {"HOME": nobody.pw_dir, "USER": "nobody", "LOGNAME": "nobody"}

@@ -78,6 +78,9 @@ async def test_the_right_token_runs_the_command(instance):
     code, body = await instance.run({"args": ["echo", "hi"]},
                                     headers={"Authorization": f"bearer {TOKEN}"})
     assert code == 200  # the scheme is case-insensitive (RFC 7235)
+    code, body = await instance.run({"args": ["echo", "hi"]},
+                                    headers={"Authorization": f"Bearer   {TOKEN}"})
+    assert code == 200  # and may be followed by more than one space (1*SP)
 
 
 @pytest.mark.gen_test
@@ -285,3 +288,64 @@ def test_a_token_file_with_a_trailing_newline_and_spaces_starts(spawn_instance, 
                                      headers=AUTH, method="POST")
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
+
+
+JOBS_ROUTES = [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/x"), ("DELETE", "/jobs/x"),
+               ("GET", "/jobs/x/output")]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("method,path", JOBS_ROUTES)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong"], ids=["none", "wrong"])
+async def test_every_jobs_route_requires_the_token(instance, method, path, authorization):
+    # A real job, so that a route that forgot the token would have something to show or end.
+    created = await instance.request("POST", "/jobs", {"args": ["sleep", "30"]}, headers=AUTH)
+    assert created.code == 202, created.body
+    job_id = json.loads(created.body)["id"]
+    path = path.replace("/x", f"/{job_id}")
+    headers = {"Authorization": authorization} if authorization else None
+    body = {"args": ["true"]} if method == "POST" else None
+    response = await instance.request(method, path, body, headers=headers, timeout=10)
+    assert response.code == 401, response.body
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert json.loads(response.body)["error"] == "unauthorized"
+    # Nothing was started, listed or cancelled for the stranger.
+    listed = json.loads((await instance.request("GET", "/jobs", headers=AUTH)).body)["jobs"]
+    assert [(job["id"], job["state"]) for job in listed] == [(job_id, "running")]
+    assert instance.ctx.engine.running == 1
+
+
+@pytest.mark.gen_test
+async def test_a_401_says_what_is_missing_or_wrong(instance):
+    response = await instance.request("POST", "/run", {"args": ["true"]})
+    assert json.loads(response.body)["message"].startswith(
+        "this route requires an 'Authorization: Bearer <token>' header")
+    response = await instance.request("POST", "/run", {"args": ["true"]},
+                                      headers={"Authorization": "Bearer wrong"})
+    assert json.loads(response.body)["message"].startswith("the bearer token is not valid")
+
+
+def test_load_token_decides_who_may_call(tmp_path):
+    from taskrunner.errors import StartupError
+    from taskrunner.web.auth import load_token
+    # On loopback no token is needed, and none is asked for.
+    assert load_token(Config(address="127.0.0.1"), {}) is None
+    assert load_token(Config(address="127.0.0.1"), {"TASKRUNNER_TOKEN": " t0k "}) == "t0k"
+    # Beyond it, the refusal tells the operator the ways out.
+    with pytest.raises(StartupError, match=r"--token-file PATH or TASKRUNNER_TOKEN, or "
+                                           r"listen on 127\.0\.0\.1$"):
+        load_token(Config(address="0.0.0.0"), {})
+    # An unreadable file: the reason in words, as the operator would read it from ls.
+    with pytest.raises(StartupError) as refused:
+        load_token(Config(token_file=str(tmp_path / "absent")), {})
+    assert str(refused.value) == (f"cannot read --token-file {str(tmp_path / 'absent')!r}: "
+                                  "No such file or directory")
+
+
+def test_a_token_file_that_is_not_utf8_is_a_one_line_refusal(tmp_path):
+    from taskrunner.errors import StartupError
+    from taskrunner.web.auth import load_token
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"s3cret\xff\n")
+    with pytest.raises(StartupError, match=r"^cannot read --token-file .*: 'utf-8' codec"):
+        load_token(Config(token_file=str(token_file)), {})

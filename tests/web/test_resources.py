@@ -4,6 +4,8 @@ idle connections cannot make an instance unreachable."""
 
 import asyncio
 import contextlib
+import errno
+import http.client
 import json
 import os
 import resource
@@ -11,10 +13,11 @@ import socket
 import threading
 import time
 
+import deny_syscall
 import pytest
 from conftest import with_config
+from helpers import PY, wait_until
 from helpers import post_run_blocking as post
-from helpers import wait_until
 
 
 def processes_running(argument: str) -> list[int]:
@@ -240,3 +243,64 @@ def test_max_connections_defaults_to_what_the_descriptors_leave_for_connections(
     with pytest.raises(SystemExit):
         parse_config(["--max-connections", "-1"])
     assert "max_connections must be >= 0" in capsys.readouterr().err
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every process whose parent is ``pid``, zombies included."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append((int(name), fields[0]))
+    return found
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.skipif(not deny_syscall.supported(), reason="the seccomp filter knows x86-64 "
+                    "and arm64 only")
+def test_a_spawn_that_fails_after_the_child_exists_kills_reaps_and_closes(spawn_instance):
+    # pidfd_open answers EMFILE, as it does when another thread took the fds the spawn
+    # freed: the child runs by then, and its exit could not be watched.
+    child = spawn_instance(wrapper=[PY, deny_syscall.__file__, str(deny_syscall.PIDFD_OPEN),
+                                    str(errno.EMFILE), "--"])
+    pid = child.proc.pid
+    duration = f"30.{time.time_ns() % 10**9:09d}"  # a `sleep` argument only this test uses
+    requests = [
+        ("/run", {"args": ["sleep", duration]}),                 # posix_spawn
+        ("/run", {"args": ["sleep", duration], "cwd": "/"}),     # Popen
+        ("/run", {"args": ["sleep", duration], "stdin": "x"}),   # a stdin pipe too
+        ("/jobs", {"args": ["sleep", duration]}),
+    ]
+
+    def refused(path, body):
+        conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=30)
+        try:
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+        finally:
+            conn.close()
+        assert response.status == 503, answer
+        assert answer["error"] == "out_of_resources" and "'sleep'" in answer["message"]
+        assert response.getheader("Retry-After") == "1"
+        # Killed and reaped before the answer: nothing of it runs, no zombie is left.
+        assert processes_running(duration) == []
+        assert [state for _, state in children(pid) if state == "Z"] == []
+
+    refused(*requests[0])  # the first failure makes what stays (the epoll set)
+    baseline = open_fds(pid)
+    for _ in range(5):
+        for path, body in requests:
+            refused(path, body)
+    # Every pipe and pidfd of the twenty children was closed (the connections close soon).
+    assert wait_until(lambda: open_fds(pid) <= baseline), (open_fds(pid), baseline)
+    assert "Traceback" not in child.output() and "not reaped" not in child.output()

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -131,8 +132,9 @@ url_like = st.one_of(
 @example("http://u@h/").via("user info")
 @settings(max_examples=400)
 def test_any_callback_url_is_accepted_or_a_4xx(value):
+    from taskrunner.jobs.registry.callbacks import CallbackHosts, host_key
+
     from taskrunner.errors import CallbackNotAllowed
-    from taskrunner.jobs.callbacks import CallbackHosts, host_key
     from taskrunner.web.validation import parse_job_request
 
     hosts = CallbackHosts(("h", "127.0.0.1:8080", "[::1]:9"))
@@ -147,3 +149,38 @@ def test_any_callback_url_is_accepted_or_a_4xx(value):
     # Accepted: a URL of one of the listed hosts, with no user info to be kept.
     assert url == value and "@" not in value.split("/")[2]
     assert host_key(url) in {("h", 80), ("h", 443), ("127.0.0.1", 8080), ("::1", 9)}
+
+
+# -- what a refusal says (each names the field and what was sent instead) --------------------
+
+@pytest.mark.parametrize("body,message", [
+    (b"[]", "body must be a JSON object, not an array"),
+    (b"[" * 100_000 + b"]" * 100_000, "body is nested too deeply"),
+    (b'{"args": null}', "args must be an array of strings, not null"),
+    (b'{"args": true}', "args must be an array of strings, not a boolean"),
+    (b'{"args": 1.5}', "args must be an array of strings, not a number"),
+    (b'{"args": "ls"}', "args must be an array of strings, not a string"),
+    (b'{"args": {}}', "args must be an array of strings, not an object"),
+    (b'{"args": []}', "args must not be empty: it names the program to run"),
+    (b'{"args": [""]}', "args[0] must not be empty: it names the program to run"),
+    (b'{"args": ["true"], "timeout": "1"}', "timeout must be a number of seconds, not a string"),
+    (b'{"args": ["true"], "env": []}', "env must be an object of strings, not an array"),
+    (b'{"args": ["true"], "stdin": 1}', "stdin must be a string, not a number"),
+    (b'{"args": ["true"], "cwd": ""}', "cwd must not be empty"),
+    (b'{"args": ["true"], "env": {"": "x"}}', "env key must not be empty"),
+    (b'{"args": ["true"], "timout": 1}',
+     "unknown field 'timout'; known fields are args, timeout, stdin, env, cwd"),
+    (b'{"args": ["true"], "b": 1, "a": 2}',
+     "unknown fields 'a', 'b'; known fields are args, timeout, stdin, env, cwd"),
+    (b'{"timeout": 1}', "args is required: an array of strings naming the command"),
+])
+def test_a_refusal_says_what_is_wrong(body, message):
+    error = parse(body)
+    assert isinstance(error, RequestError)
+    assert error.message == message
+
+
+def test_the_maximum_timeout_itself_is_accepted():
+    spec = parse(b'{"args": ["true"], "timeout": 3600}')
+    assert isinstance(spec, CommandSpec) and spec.timeout == 3600.0
+    assert isinstance(parse(b'{"args": ["true"], "timeout": 3600.001}'), RequestError)
