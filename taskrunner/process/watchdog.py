@@ -116,7 +116,13 @@ class Watchdog:
         """From now on, replace the watchdog at once if it dies (someone kills it): the new
         one reads the same table. Call from the running IOLoop that will serve."""
         self._loop = IOLoop.current()
-        self._pidfd = os.pidfd_open(self.process.pid)
+        try:
+            self._pidfd = os.pidfd_open(self.process.pid)
+        except OSError as exc:
+            # The watchdog still guards the commands; only its own death would go unseen.
+            log.warning("cannot watch the watchdog (pid %s): %s; if it is killed it will not "
+                        "be replaced", self.process.pid, exc.strerror or exc)
+            return
         self._loop.add_handler(self._pidfd, self._on_exit, IOLoop.READ)
 
     def _on_exit(self, fd: int, events: int) -> None:

@@ -132,9 +132,8 @@ url_like = st.one_of(
 @example("http://u@h/").via("user info")
 @settings(max_examples=400)
 def test_any_callback_url_is_accepted_or_a_4xx(value):
-    from taskrunner.jobs.registry.callbacks import CallbackHosts, host_key
-
     from taskrunner.errors import CallbackNotAllowed
+    from taskrunner.jobs.callbacks import CallbackHosts, host_key
     from taskrunner.web.validation import parse_job_request
 
     hosts = CallbackHosts(("h", "127.0.0.1:8080", "[::1]:9"))
