@@ -13,7 +13,6 @@ Usage: python3 scripts/bench_client.py [RUNS]      (default 50)
 from __future__ import annotations
 
 import os
-import re
 import resource
 import signal
 import statistics
@@ -22,24 +21,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def start(log_path: str) -> tuple[subprocess.Popen[bytes], str]:
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "taskrunner", "--port", "0"], cwd=REPO,
-                                stdout=log, stderr=log, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with open(log_path) as f:
-            match = re.search(r"listening on \S+:(\d+)", f.read())
-        if match:
-            return proc, f"http://127.0.0.1:{match.group(1)}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"the instance did not start; see {log_path}")
+from benchutil import start_instance
 
 
 def timed(argv: list[str], expect: bytes, env: dict[str, str]) -> tuple[float, float]:
@@ -67,7 +49,8 @@ def summary(name: str, samples: list[tuple[float, float]]) -> str:
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
-        proc, url = start(os.path.join(tmp, "instance.log"))
+        proc, port = start_instance([], os.path.join(tmp, "instance.log"))
+        url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "TASKRUNNER_URL": url}
         env.pop("TASKRUNNER_TOKEN", None)
         commands = {

@@ -19,32 +19,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from benchutil import start_instance
+
 MIB2 = 2 << 20
-
-
-def start(source: str, state: str) -> tuple[subprocess.Popen[bytes], int]:
-    log_path = os.path.join(state, "log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taskrunner", "--port", "0", "--state-dir",
-             os.path.join(state, "store"), "--max-output", str(MIB2), "--max-jobs", "100000"],
-            cwd=source, env={**os.environ, "PYTHONPATH": source}, stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with open(log_path) as f:
-            match = re.search(r"listening on \S+:(\d+)", f.read())
-        if match:
-            return proc, int(match.group(1))
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the instance did not start")
 
 
 def call(conn: http.client.HTTPConnection, method: str, path: str,
@@ -105,7 +88,9 @@ def posts(port: int, n: int, c: int) -> str:
 def main() -> None:
     source, mode, *numbers = sys.argv[1:]
     state = tempfile.mkdtemp(prefix="bench-job-store-")
-    proc, port = start(source, state)
+    proc, port = start_instance(
+        ["--state-dir", os.path.join(state, "store"), "--max-output", str(MIB2),
+         "--max-jobs", "100000"], os.path.join(state, "log"), source)
     try:
         if mode == "rss":
             print(finished_jobs(port, int(numbers[0]), proc.pid))

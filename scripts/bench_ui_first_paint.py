@@ -21,16 +21,15 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from benchutil import start_instance
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
@@ -57,23 +56,6 @@ setTimeout(() => {
   });
 }, 100);
 """
-
-
-def start(source: str, log_path: str, n: int) -> tuple[subprocess.Popen[bytes], int]:
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taskrunner", "--port", "0", "--max-jobs", str(n + 100)],
-            cwd=source, stdout=log, stderr=log, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": source, "TASKRUNNER_TOKEN": TOKEN})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with open(log_path) as f:
-            match = re.search(r"listening on \S+:(\d+)", f.read())
-        if match:
-            return proc, int(match.group(1))
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the instance did not start")
 
 
 def call(conn: http.client.HTTPConnection, method: str, path: str,
@@ -131,7 +113,8 @@ def main() -> None:
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 7
     tmp = tempfile.mkdtemp(prefix="taskrunner-bench-ui-")
-    proc, port = start(source, os.path.join(tmp, "log"), n)
+    proc, port = start_instance(["--max-jobs", str(n + 100)], os.path.join(tmp, "log"), source,
+                                {"TASKRUNNER_TOKEN": TOKEN})
     driver = None
     try:
         began = time.monotonic()
