@@ -49,8 +49,8 @@ def _lock(name: str) -> tuple[dict[str, str], dict[str, set[str]]]:
     return pins, via
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("test.txt", ["test", "stack"]),
-                                              ("serve.txt", [])])
+@pytest.mark.parametrize(("lock", "extras"), [("test.txt", ["test", "stack", "postgresql"]),
+                                              ("serve.txt", ["postgresql"])])
 def test_the_lock_pins_exactly_what_pyproject_declares(lock: str, extras: list[str]) -> None:
     pins, via = _lock(lock)
     declared = {canonicalize_name(r.name): r for r in _declared(extras)}
