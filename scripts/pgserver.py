@@ -70,7 +70,8 @@ class PgServer:
         if not os.path.exists(marker):
             self._run(account, os.path.join(_bindir(), "createdb"), "-h", self.directory,
                       "-p", str(self.port), "-U", USER, DATABASE)
-            open(marker, "w").close()
+            with open(marker, "w"):
+                pass
         return self.url
 
     def stop(self, immediate: bool = False) -> None:
@@ -103,7 +104,10 @@ class PgServer:
                                 stdin=subprocess.DEVNULL, cwd="/", check=False)
         if result.returncode != 0:
             log = os.path.join(self.directory, "postgres.log")
-            tail = open(log).read()[-2000:] if os.path.exists(log) else ""
+            tail = ""
+            if os.path.exists(log):
+                with open(log) as file:
+                    tail = file.read()[-2000:]
             raise RuntimeError(f"{os.path.basename(command[0])} failed "
                                f"({result.returncode}): {result.stderr.strip()}\n{tail}")
 
