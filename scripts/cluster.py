@@ -1,0 +1,372 @@
+"""scripts/cluster: taskrunner on several hosts behind one front, on this machine (each host a
+network namespace), and the print commands that render a real cluster's configs.
+
+    scripts/cluster up [--hosts 2] [--instances 2]   PostgreSQL, the hosts, the front on
+                                                     127.0.0.1:8090; exit 0 when all are
+                                                     healthy (or 1, having stopped them)
+    scripts/cluster status [--json]                  each part; exit 0 only if all are up
+    scripts/cluster stop-host NAME                   SIGKILL everything of host NAME at once
+    scripts/cluster start-host NAME                  start it again; it rejoins by itself
+    scripts/cluster add-host                         one more host: made, started, put in
+                                                     the inventory, nginx reloaded
+    scripts/cluster down                             nothing left: no process, namespace,
+                                                     veth, address or port
+    scripts/cluster print-front --inventory FILE [--whole --run-dir DIR]
+    scripts/cluster print-host NAME --inventory FILE [--python P] [--run-dir D] [--log-dir D]
+
+``up``, ``status``, ``stop-host``, ``start-host`` and ``down`` run as root (namespaces); the
+print commands run anywhere. The cluster's files are under ``--run-dir`` (default
+``run/cluster`` in the repository): the inventory it made (``cluster.toml``), the token of
+its instances (``token``), the PostgreSQL directory (``pg``), each host's and the front's
+configs and logs. ``up``'s settings are kept in ``cluster.json`` for the other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import sys
+import tomllib
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import cluster_parts as parts
+import inventory as inv
+import render
+from netns import Net, NetError, available
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Instances of a local cluster listen on their namespace's address, which only this machine
+# reaches: plain HTTP there, the front being the one door (see docs/deploy.md).
+INSTANCE_ARGS = ("--insecure-http",)
+
+
+class UsageError(Exception):
+    """A mistake of the caller's; one line, exit 2 (an error while running: exit 1)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``up`` was told; kept in the run directory for the other commands."""
+
+    hosts: int = 2
+    instances: int = 2
+    front_port: int = 8090
+    first_port: int = 8885
+    pg_port: int = 55432
+    prefix: str = "trc"
+    subnet: str = "10.77.0.0/16"
+    lost_after: float = 15.0
+
+    def inventory(self, layout: parts.Layout, net: Net) -> inv.Inventory:
+        """The inventory of this cluster (what ``up`` writes to ``cluster.toml``)."""
+        hosts = tuple(inv.Host(f"h{n}", net.host_address(n), self.first_port, self.instances)
+                      for n in range(1, self.hosts + 1))
+        front = inv.Front(listen=f"127.0.0.1:{self.front_port}",
+                          access_log=os.path.join(layout.front, "log", "nginx-access.log"))
+        url = parts.index_server(layout, net, self.pg_port).url
+        return inv.Inventory(front, url, hosts, self.lost_after, layout.token, INSTANCE_ARGS)
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(f"cluster: {line}\n")
+
+
+def _load(layout: parts.Layout) -> tuple[Settings, Net, inv.Inventory]:
+    try:
+        with open(layout.state) as f:
+            settings = Settings(**json.load(f))
+    except FileNotFoundError:
+        raise UsageError(f"no cluster in {layout.run_dir} (no cluster.json): "
+                         "'scripts/cluster up' first, or give its --run-dir") from None
+    net = Net(settings.prefix, settings.subnet)
+    return settings, net, inv.load(layout.inventory)
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def up(layout: parts.Layout, settings: Settings) -> int:
+    net = Net(settings.prefix, settings.subnet)
+    if os.path.exists(layout.state):
+        raise UsageError(f"a cluster is already in {layout.run_dir} (cluster.json): "
+                         "'scripts/cluster down' first")
+    if not 1 <= settings.hosts <= 250:
+        raise UsageError("--hosts: from 1 to 250")
+    net.check_free()
+    if not _port_free("127.0.0.1", settings.front_port):
+        raise UsageError(f"port {settings.front_port} (the front) is already in use")
+    if not _port_free("127.0.0.1", settings.pg_port):
+        raise UsageError(f"port {settings.pg_port} (PostgreSQL) is already in use")
+    inventory = settings.inventory(layout, net)
+    text = inv.dump(inventory)
+    inv.parse(tomllib.loads(text), "the inventory of these settings")
+    os.makedirs(layout.run_dir, exist_ok=True)
+    with open(layout.inventory, "w") as f:
+        f.write(text)
+    with open(layout.state, "w") as f:
+        json.dump(asdict(settings), f, indent=1)
+    try:
+        with open(os.open(layout.token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                  "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+        net.create_index()
+        parts.index_server(layout, net, settings.pg_port).start()
+        python = sys.executable
+        for number, host in enumerate(inventory.hosts, 1):
+            net.create_host(number, host.name)
+            parts.host_conf(layout, inventory, host, python)
+            parts.start_host(net, layout, host, python)
+        pending = parts.wait_healthy(inventory.instances, 60)
+        if pending:
+            raise RuntimeError("not healthy after 60s: "
+                               + ", ".join(i.name for i in pending)
+                               + f" (logs: {layout.run_dir}/hosts/*/log)")
+        # nginx starts once every instance listens: else it would mark them down.
+        parts.start_front(layout, inventory)
+        front = inv.Instance("front", "127.0.0.1", settings.front_port)
+        if parts.wait_healthy([front], 10):
+            raise RuntimeError(f"the front on {inventory.front.listen} does not answer "
+                               f"(log: {layout.front}/log/nginx-error.log)")
+    except (RuntimeError, NetError, OSError) as exc:
+        _err(f"up failed: {exc}")
+        down(layout)
+        return 1
+    _out(f"cluster: up: front on http://{inventory.front.listen}, "
+         f"{len(inventory.hosts)} hosts, {len(inventory.instances)} instances, index "
+         f"{inventory.state_url} (run dir {layout.run_dir})")
+    return 0
+
+
+def down(layout: parts.Layout) -> int:
+    settings, net, inventory = _load(layout)
+    left: list[str] = []
+    parts.stop_front(layout, inventory)
+    if parts.front_pid(layout, inventory) is not None:
+        left.append("nginx")
+    for host in inventory.hosts:
+        parts.stop_host(net, host)
+    net.remove()
+    server = parts.index_server(layout, net, settings.pg_port)
+    try:
+        server.remove()
+    except RuntimeError as exc:
+        left.append(f"PostgreSQL ({exc})")
+    left += net.namespaces() + net.devices() + net.addresses()
+    if left:
+        _err(f"could not stop everything: {', '.join(left)}")
+        return 1
+    os.unlink(layout.state)
+    _out(f"cluster: down (run dir {layout.run_dir})")
+    return 0
+
+
+def status(layout: parts.Layout, as_json: bool) -> int:
+    settings, net, inventory = _load(layout)
+    server = parts.index_server(layout, net, settings.pg_port)
+    report: dict[str, Any] = {
+        "front": {"listen": inventory.front.listen,
+                  "pid": parts.front_pid(layout, inventory),
+                  "ok": parts.health(inv.Instance("front", "127.0.0.1",
+                                                  settings.front_port)) is not None},
+        "index": {"url": inventory.state_url, "ok": parts.index_up(server)},
+        "token_file": inventory.token_file,
+        "hosts": [],
+    }
+    for host in inventory.hosts:
+        instances = []
+        for instance in host.members:
+            seen = parts.health(instance)
+            instances.append({"name": instance.name, "address": instance.endpoint,
+                              "pid": seen["pid"] if seen else None, "ok": seen is not None})
+        report["hosts"].append({
+            "name": host.name, "namespace": net.namespace(host.name),
+            "address": host.address, "supervisord_pid": parts.supervisord_pid(net, host),
+            "instances": instances, "ok": all(i["ok"] for i in instances)})
+    ok = report["front"]["ok"] and report["index"]["ok"] and all(
+        h["ok"] for h in report["hosts"])
+    if as_json:
+        _out(json.dumps({**report, "ok": ok}, indent=1))
+        return 0 if ok else 1
+
+    def state(up: bool) -> str:
+        return "up" if up else "DOWN"
+
+    front = report["front"]
+    _out(f"front  {state(front['ok']):4}  http://{front['listen']}  nginx pid {front['pid']}")
+    _out(f"index  {state(report['index']['ok']):4}  {report['index']['url']}")
+    for host in report["hosts"]:
+        _out(f"host   {state(host['ok']):4}  {host['name']} ({host['namespace']}, "
+             f"supervisord pid {host['supervisord_pid']})")
+        for i in host["instances"]:
+            _out(f"  {state(i['ok']):4}  {i['name']}  http://{i['address']}  pid {i['pid']}")
+    return 0 if ok else 1
+
+
+def stop_host(layout: parts.Layout, name: str) -> int:
+    _, net, inventory = _load(layout)
+    host = _host(inventory, name)
+    killed = net.kill_all(host.name)
+    _out(f"cluster: host {name} stopped: SIGKILL to {killed} processes")
+    return 0
+
+
+def start_host(layout: parts.Layout, name: str) -> int:
+    _, net, inventory = _load(layout)
+    host = _host(inventory, name)
+    if net.pids(host.name):
+        raise UsageError(f"host {name} is running ('scripts/cluster stop-host {name}' first)")
+    parts.start_host(net, layout, host, sys.executable)
+    pending = parts.wait_healthy(host.members, 60)
+    if pending:
+        _err(f"host {name}: not healthy after 60s: {', '.join(i.name for i in pending)}")
+        return 1
+    _out(f"cluster: host {name} up: {', '.join(i.endpoint for i in host.members)}")
+    return 0
+
+
+def add_host(layout: parts.Layout) -> int:
+    """A host more: its namespace and instances first, then the re-rendered front, which
+    nginx takes on with a reload (its old workers finish what they carry)."""
+    settings, net, _ = _load(layout)
+    settings = replace(settings, hosts=settings.hosts + 1)
+    inventory = settings.inventory(layout, net)
+    host = inventory.hosts[-1]
+    net.create_host(settings.hosts, host.name)
+    parts.host_conf(layout, inventory, host, sys.executable)
+    parts.start_host(net, layout, host, sys.executable)
+    pending = parts.wait_healthy(host.members, 60)
+    if pending:
+        _err(f"host {host.name}: not healthy after 60s: {', '.join(i.name for i in pending)}"
+             f" (it stays in the namespace {net.namespace(host.name)}; 'down' removes it)")
+        return 1
+    with open(layout.inventory, "w") as f:
+        f.write(inv.dump(inventory))
+    with open(layout.state, "w") as f:
+        json.dump(asdict(settings), f, indent=1)
+    parts.write_front_conf(layout, inventory)
+    parts.reload_front(layout)
+    _out(f"cluster: host {host.name} added: {', '.join(i.endpoint for i in host.members)}; "
+         "the front reloaded")
+    return 0
+
+
+def _host(inventory: inv.Inventory, name: str) -> inv.Host:
+    try:
+        return inventory.host(name)
+    except inv.InventoryError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def print_front(path: str, whole: bool, run_dir: str | None) -> int:
+    inventory = inv.load(path)
+    if whole:
+        if not run_dir:
+            raise UsageError("print-front --whole needs --run-dir (nginx's files go there)")
+        sys.stdout.write(render.nginx_conf(inventory.instances, inventory.front, run_dir))
+    else:
+        sys.stdout.write(render.http_snippet(inventory.instances, inventory.front))
+    return 0
+
+
+def print_host(path: str, name: str, python: str, run_dir: str, log_dir: str) -> int:
+    inventory = inv.load(path)
+    sys.stdout.write(render.supervisord_program(_host(inventory, name), inventory, python,
+                                                run_dir, log_dir))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scripts/cluster", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run_dir = os.path.join(REPO, "run", "cluster")
+    defaults = Settings()
+    commands = {name: sub.add_parser(name) for name in
+                ("up", "down", "status", "stop-host", "start-host", "add-host")}
+    for command in commands.values():
+        command.add_argument("--run-dir", default=run_dir,
+                             help="the cluster's files (default: run/cluster)")
+    u = commands["up"]
+    u.add_argument("--hosts", type=int, default=defaults.hosts, help="hosts (namespaces)")
+    u.add_argument("--instances", type=int, default=defaults.instances,
+                   help="instances on each host")
+    u.add_argument("--port", type=int, default=defaults.front_port,
+                   help="the front's port on 127.0.0.1")
+    u.add_argument("--first-port", type=int, default=defaults.first_port,
+                   help="first instance port of every host")
+    u.add_argument("--pg-port", type=int, default=defaults.pg_port,
+                   help="PostgreSQL's port")
+    u.add_argument("--prefix", default=defaults.prefix,
+                   help="names of the namespaces and devices: PREFIX-...")
+    u.add_argument("--subnet", default=defaults.subnet, help="an IPv4 /16 for the hosts")
+    u.add_argument("--lost-after", type=float, default=defaults.lost_after,
+                   help="--lost-after of every instance (seconds)")
+    commands["status"].add_argument("--json", action="store_true")
+    for name in ("stop-host", "start-host"):
+        commands[name].add_argument("name", help="a host of the inventory, e.g. h1")
+    f = sub.add_parser("print-front", help="nginx's http-context part for a conf.d")
+    f.add_argument("--inventory", required=True)
+    f.add_argument("--whole", action="store_true", help="the whole nginx.conf instead")
+    f.add_argument("--run-dir", help="with --whole: where nginx's files go")
+    h = sub.add_parser("print-host", help="a host's supervisord program section")
+    h.add_argument("name")
+    h.add_argument("--inventory", required=True)
+    h.add_argument("--python", default="/usr/bin/python3",
+                   help="the interpreter with taskrunner installed")
+    h.add_argument("--run-dir", default="/run/taskrunner", help="the recycle lock's directory")
+    h.add_argument("--log-dir", default="/var/log/taskrunner")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "print-front":
+            return print_front(args.inventory, args.whole, args.run_dir)
+        if args.command == "print-host":
+            return print_host(args.inventory, args.name, args.python, args.run_dir,
+                              args.log_dir)
+        why = available()
+        if why:
+            raise UsageError(why)
+        layout = parts.Layout(os.path.abspath(args.run_dir))
+        if args.command == "up":
+            settings = replace(Settings(), hosts=args.hosts, instances=args.instances,
+                               front_port=args.port, first_port=args.first_port,
+                               pg_port=args.pg_port, prefix=args.prefix, subnet=args.subnet,
+                               lost_after=args.lost_after)
+            return up(layout, settings)
+        if args.command == "down":
+            return down(layout)
+        if args.command == "status":
+            return status(layout, args.json)
+        if args.command == "stop-host":
+            return stop_host(layout, args.name)
+        if args.command == "add-host":
+            return add_host(layout)
+        return start_host(layout, args.name)
+    except (UsageError, inv.InventoryError, NetError) as exc:
+        _err(str(exc))
+        return 2 if isinstance(exc, UsageError) else 1
+    except RuntimeError as exc:
+        _err(str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

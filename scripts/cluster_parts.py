@@ -1,0 +1,233 @@
+"""The parts of a local cluster (scripts/cluster) and their lifecycles: a host (its
+supervisord and instances, inside the host's network namespace), the front (nginx in the
+root namespace) and the job index (PostgreSQL, scripts/pgserver.py).
+
+Every file of a cluster is under its run directory (`Layout`). Processes are found by what
+they are, never by a pid file alone: a host's are the processes of its namespace
+(``ip netns pids``), the front's are the nginx whose command line names the front's config
+(scripts/stack_procs.py), the index's is what pg_ctl knows of its data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import render
+import stack_procs
+from inventory import Host, Instance, Inventory
+from netns import Net
+from pgserver import PgServer
+
+# glibc keeps nginx's freed proxy buffers (see scripts/stack, where the figure is).
+NGINX_MALLOC = "glibc.malloc.trim_threshold=33554432:glibc.malloc.mmap_threshold=4194304"
+HOST_STOP = 40.0
+"""Seconds for a host's supervisord to stop its instances (stopwaitsecs=30, and a margin)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the files of the cluster in ``run_dir`` are."""
+
+    run_dir: str
+
+    @property
+    def state(self) -> str:
+        return os.path.join(self.run_dir, "cluster.json")
+
+    @property
+    def inventory(self) -> str:
+        return os.path.join(self.run_dir, "cluster.toml")
+
+    @property
+    def token(self) -> str:
+        return os.path.join(self.run_dir, "token")
+
+    @property
+    def pg(self) -> str:
+        return os.path.join(self.run_dir, "pg")
+
+    @property
+    def front(self) -> str:
+        return os.path.join(self.run_dir, "front")
+
+    def host(self, name: str) -> str:
+        return os.path.join(self.run_dir, "hosts", name)
+
+
+def get(address: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, Any]:
+    """``GET path`` of ``address:port``: status and decoded JSON body."""
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def health(instance: Instance) -> dict[str, Any] | None:
+    """The instance's ``/healthz``, or None if it does not answer 200."""
+    try:
+        status, body = get(instance.address, instance.port, "/healthz")
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    return body if status == 200 and isinstance(body, dict) else None
+
+
+def wait_healthy(instances: list[Instance], timeout: float) -> list[Instance]:
+    """Wait until every instance answers ``/healthz``; the ones that did not in time."""
+    deadline = time.monotonic() + timeout
+    pending = list(instances)
+    while pending and time.monotonic() < deadline:
+        pending = [i for i in pending if health(i) is None]
+        if pending:
+            time.sleep(0.1)
+    return pending
+
+
+# -- a host ------------------------------------------------------------------------------
+
+
+def host_conf(layout: Layout, inventory: Inventory, host: Host, python: str) -> str:
+    """Write host ``host``'s supervisord.conf (the renderer's program section and the
+    supervisord settings around it, everything under the host's directory); its path."""
+    directory = layout.host(host.name)
+    os.makedirs(os.path.join(directory, "log"), exist_ok=True)
+    program = render.supervisord_program(host, inventory, python, directory,
+                                         os.path.join(directory, "log"))
+    path = os.path.join(directory, "supervisord.conf")
+    with open(path, "w") as f:
+        f.write("\n".join([
+            f"; Host {host.name} of the cluster in {layout.run_dir}, made by scripts/cluster.",
+            "[unix_http_server]", f"file={directory}/supervisor.sock", "chmod=0700",
+            "[supervisord]", f"pidfile={directory}/supervisord.pid",
+            f"logfile={directory}/log/supervisord.log", f"childlogdir={directory}/log",
+            f"directory={directory}",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "[supervisorctl]", f"serverurl=unix://{directory}/supervisor.sock", "",
+            program]))
+    return path
+
+
+def start_host(net: Net, layout: Layout, host: Host, python: str) -> None:
+    """Start the host's supervisord in its namespace (it starts the instances and
+    daemonizes); `RuntimeError` if it would not start."""
+    conf = os.path.join(layout.host(host.name), "supervisord.conf")
+    done = subprocess.run(
+        ["ip", "netns", "exec", net.namespace(host.name), python, "-m",
+         "supervisor.supervisord", "-c", conf],
+        capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"supervisord of host {host.name} did not start: "
+                           f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+
+
+def supervisord_pid(net: Net, host: Host) -> int | None:
+    """The pid of the host's supervisord, if one runs in its namespace."""
+    for pid in net.pids(host.name):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"supervisor.supervisord" in f.read():
+                return pid
+    return None
+
+
+def stop_host(net: Net, host: Host) -> None:
+    """Stop the host in order: supervisord TERMs its instances (each drains), then exits;
+    whatever is left in the namespace after `HOST_STOP` seconds is killed."""
+    pid = supervisord_pid(net, host)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + HOST_STOP
+        while net.pids(host.name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    net.kill_all(host.name)
+
+
+# -- the front ---------------------------------------------------------------------------
+
+
+def front_port(inventory: Inventory) -> int:
+    return int(inventory.front.listen.rpartition(":")[2])
+
+
+def start_front(layout: Layout, inventory: Inventory) -> None:
+    """Render the whole nginx.conf of the front and start nginx (it daemonizes)."""
+    directory = layout.front
+    for sub in ("log", "nginx/client_body", "nginx/proxy", "nginx/fastcgi", "nginx/uwsgi",
+                "nginx/scgi"):
+        os.makedirs(os.path.join(directory, sub), exist_ok=True)
+    if os.geteuid() == 0:  # the workers run as nobody and write their temp files there
+        for root, dirs, _ in os.walk(os.path.join(directory, "nginx")):
+            for name in [root, *(os.path.join(root, d) for d in dirs)]:
+                os.chown(name, 65534, -1)
+    write_front_conf(layout, inventory)
+    env = {**os.environ, "GLIBC_TUNABLES": NGINX_MALLOC + (
+        ":" + os.environ["GLIBC_TUNABLES"] if os.environ.get("GLIBC_TUNABLES") else "")}
+    done = subprocess.run([*nginx_command(layout)], env=env, capture_output=True, text=True,
+                          check=False, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"nginx did not start: {done.stderr.strip()}")
+
+
+def write_front_conf(layout: Layout, inventory: Inventory) -> None:
+    path = os.path.join(layout.front, "nginx.conf")
+    with open(path + ".new", "w") as f:
+        f.write(render.nginx_conf(inventory.instances, inventory.front, layout.front))
+    os.replace(path + ".new", path)
+
+
+def reload_front(layout: Layout) -> None:
+    """``nginx -s reload``: new workers with the new config; the old ones finish the
+    requests they carry, so none is dropped."""
+    done = subprocess.run(nginx_command(layout, "-s", "reload"), capture_output=True,
+                          text=True, check=False, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"nginx -s reload: {done.stderr.strip()}")
+
+
+def nginx_command(layout: Layout, *args: str) -> list[str]:
+    nginx = os.environ.get("NGINX") or "nginx"
+    return [nginx, "-p", os.path.join(layout.front, "nginx"), "-e",
+            os.path.join(layout.front, "log", "nginx-error.log"), "-c",
+            os.path.join(layout.front, "nginx.conf"), *args]
+
+
+def front_pid(layout: Layout, inventory: Inventory) -> int | None:
+    masters = stack_procs.find(layout.front, front_port(inventory))["nginx"]
+    return masters[0].pid if masters else None
+
+
+def stop_front(layout: Layout, inventory: Inventory) -> None:
+    """nginx finishes the answers it carries (QUIT), then is made to stop."""
+    roles = stack_procs.find(layout.front, front_port(inventory))
+    handles = [stack_procs.Handle(p) for p in roles["nginx"] + roles["nginx-worker"]]
+    try:
+        stack_procs.stop(handles, signal.SIGQUIT, stack_procs.NGINX_STOP, "nginx")
+    finally:
+        for h in handles:
+            h.close()
+
+
+# -- the index ---------------------------------------------------------------------------
+
+
+def index_server(layout: Layout, net: Net, port: int) -> PgServer:
+    """The cluster's PostgreSQL, on the index address every host reaches."""
+    return PgServer(layout.pg, port, net.index_address)
+
+
+def index_up(server: PgServer) -> bool:
+    import socket
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((server.listen.split(",")[0], server.port)) == 0
