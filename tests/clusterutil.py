@@ -28,6 +28,7 @@ from stackutil import REPO, nginx_available, supervisor_available
 CLUSTER = os.path.join(REPO, "scripts", "cluster")
 sys.path.append(os.path.join(REPO, "scripts"))
 from netns import Net, available  # noqa: E402  (scripts/ is not a package)
+from pgserver import PgServer  # noqa: E402
 
 FRONT_PORT = 19690
 FIRST_PORT = 18900
@@ -73,6 +74,13 @@ class Cluster:
                         "--pg-port", str(pg_port), "--prefix", self.net.prefix,
                         "--subnet", self.net.subnet, "--lost-after", f"{lost_after:g}"]
         self.token = ""
+        self.pg_port = pg_port
+
+    @property
+    def index(self) -> PgServer:
+        """The cluster's PostgreSQL, to stop and start it."""
+        return PgServer(os.path.join(self.run_dir, "pg"), self.pg_port,
+                        self.net.index_address)
 
     def script(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHON": sys.executable}
@@ -130,9 +138,8 @@ class Cluster:
         directory."""
         with contextlib.suppress(Exception):
             self.net.remove()
-        from pgserver import PgServer
         with contextlib.suppress(Exception):
-            PgServer(os.path.join(self.run_dir, "pg")).stop(immediate=True)
+            self.index.stop(immediate=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
