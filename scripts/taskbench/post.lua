@@ -4,6 +4,8 @@
 wrk.method = "POST"
 wrk.body = os.getenv("WRK_BODY") or '{"args": ["true"], "timeout": 3}'
 wrk.headers["Content-Type"] = "application/json"
+-- $WRK_AUTH, when set, is the Authorization header (a cluster's instances want a token).
+if os.getenv("WRK_AUTH") then wrk.headers["Authorization"] = os.getenv("WRK_AUTH") end
 
 function done(summary, latency, requests)
   local e = summary.errors
