@@ -363,7 +363,7 @@ def main(argv: list[str]) -> int:
     except (UsageError, inv.InventoryError, NetError) as exc:
         _err(str(exc))
         return 2 if isinstance(exc, UsageError) else 1
-    except RuntimeError as exc:
+    except (RuntimeError, OSError, ValueError) as exc:
         _err(str(exc))
         return 1
 

@@ -71,6 +71,21 @@ def test_up_reports_every_part(cluster):
     assert done.stdout.startswith(f"front  up    http://127.0.0.1:{FRONT_PORT}  nginx pid ")
 
 
+def test_mistakes_are_one_line_errors(cluster):
+    done = cluster.script("up", *cluster.up_args)
+    assert done.returncode == 2
+    assert done.stderr == (f"cluster: a cluster is already in {cluster.run_dir} "
+                           "(cluster.json): 'scripts/cluster down' first\n")
+    for command in ("stop-host", "start-host"):
+        done = cluster.script(command, "h9")
+        assert done.returncode == 2
+        assert done.stderr == "cluster: no host 'h9' in the inventory (hosts: h1, h2)\n"
+    done = cluster.script("start-host", "h1")
+    assert (done.returncode, done.stderr) == (
+        2, "cluster: host h1 is running ('scripts/cluster stop-host h1' first)\n")
+    assert cluster.status()["ok"]
+
+
 def test_the_hosts_run_what_print_host_prints(cluster):
     for host in ("h1", "h2"):
         directory = os.path.join(cluster.run_dir, "hosts", host)
