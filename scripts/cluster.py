@@ -24,12 +24,13 @@ configs and logs. ``up``'s settings are kept in ``cluster.json`` for the other c
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import secrets
-import socket
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -91,14 +92,16 @@ def _load(layout: parts.Layout) -> tuple[Settings, Net, inv.Inventory]:
     return settings, net, inv.load(layout.inventory)
 
 
-def _port_free(address: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
+def _listening(port: int) -> bool:
+    # Something listens on the port, on any address. (A test bind would also fail on a
+    # connection of another program that has the port as its ephemeral port.)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
 
 
 def up(layout: parts.Layout, settings: Settings) -> int:
@@ -109,9 +112,9 @@ def up(layout: parts.Layout, settings: Settings) -> int:
     if not 1 <= settings.hosts <= 250:
         raise UsageError("--hosts: from 1 to 250")
     net.check_free()
-    if not _port_free("127.0.0.1", settings.front_port):
+    if _listening(settings.front_port):
         raise UsageError(f"port {settings.front_port} (the front) is already in use")
-    if not _port_free("127.0.0.1", settings.pg_port):
+    if _listening(settings.pg_port):
         raise UsageError(f"port {settings.pg_port} (PostgreSQL) is already in use")
     inventory = settings.inventory(layout, net)
     text = inv.dump(inventory)
@@ -156,17 +159,21 @@ def up(layout: parts.Layout, settings: Settings) -> int:
 def down(layout: parts.Layout) -> int:
     settings, net, inventory = _load(layout)
     left: list[str] = []
-    parts.stop_front(layout, inventory)
+    # Every step is tried, whatever the one before it left: the front, the hosts (in
+    # order, then whatever is in the namespaces), the network, the index.
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("nginx", functools.partial(parts.stop_front, layout, inventory))]
+    steps += [(f"host {host.name}", functools.partial(parts.stop_host, net, host))
+              for host in inventory.hosts]
+    steps += [("the network", net.remove),
+              ("PostgreSQL", parts.index_server(layout, net, settings.pg_port).remove)]
+    for what, step in steps:
+        try:
+            step()
+        except (RuntimeError, OSError) as exc:
+            left.append(f"{what} ({exc})")
     if parts.front_pid(layout, inventory) is not None:
         left.append("nginx")
-    for host in inventory.hosts:
-        parts.stop_host(net, host)
-    net.remove()
-    server = parts.index_server(layout, net, settings.pg_port)
-    try:
-        server.remove()
-    except RuntimeError as exc:
-        left.append(f"PostgreSQL ({exc})")
     left += net.namespaces() + net.devices() + net.addresses()
     if left:
         _err(f"could not stop everything: {', '.join(left)}")

@@ -223,7 +223,7 @@ def stop_front(layout: Layout, inventory: Inventory) -> None:
 
 def index_server(layout: Layout, net: Net, port: int) -> PgServer:
     """The cluster's PostgreSQL, on the index address every host reaches."""
-    return PgServer(layout.pg, port, net.index_address)
+    return PgServer(layout.pg, port, net.index_address, allow=net.subnet)
 
 
 def index_up(server: PgServer) -> bool:

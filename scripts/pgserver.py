@@ -3,12 +3,15 @@ programs (package ``postgresql``, see scripts/install), a data directory of its 
 by an unprivileged user, stopped and removed by whoever started it.
 
     python3 scripts/pgserver.py start DIR [--port 55432] [--listen 127.0.0.1,10.77.0.1]
+                                          [--allow 10.77.0.0/16]
     python3 scripts/pgserver.py stop DIR [--immediate]
     python3 scripts/pgserver.py url DIR
 
 ``start`` creates ``DIR/data`` on first use (initdb; a superuser ``taskrunner`` and a
 database ``taskrunner``; password-less ``trust`` logins, which is only fit for a server on
 addresses of its own machine, as here), starts the server with pg_ctl and prints its URL.
+Clients connect from loopback, and from the networks of ``--allow`` (a cluster's hosts:
+pg_hba.conf is given a line for each, rewritten at every start).
 ``stop`` stops it (``--immediate``: at once, as a crash would). DIR's parents must be
 traversable by the server's user: as root that is ``postgres`` (or ``nobody``), and
 pytest's own temporary directories (mode 0700) are not, so callers make DIR under /tmp.
@@ -26,6 +29,7 @@ import sys
 from dataclasses import dataclass
 
 USER = "taskrunner"
+_ALLOW_MARK = "# Below: the networks of scripts/pgserver.py --allow.\n"
 DATABASE = "taskrunner"
 
 
@@ -45,6 +49,8 @@ class PgServer:
     directory: str
     port: int = 55432
     listen: str = "127.0.0.1"
+    allow: str = ""
+    """Networks (CIDR, comma-separated) that may connect besides loopback."""
 
     @property
     def data(self) -> str:
@@ -62,6 +68,7 @@ class PgServer:
         account = _account()
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
             self._initdb(account)
+        self._allow()
         self._pg_ctl(account, "start", "-w", "-t", str(int(timeout)),
                      "-l", os.path.join(self.directory, "postgres.log"), "-o",
                      f"-p {self.port} -c listen_addresses='{self.listen}' "
@@ -84,6 +91,15 @@ class PgServer:
         """Stop the server and delete its directory."""
         self.stop(immediate=True)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _allow(self) -> None:
+        path = os.path.join(self.data, "pg_hba.conf")
+        with open(path) as file:
+            kept = file.read().split(_ALLOW_MARK, 1)[0]
+        lines = [f"host all all {net.strip()} trust" for net in self.allow.split(",")
+                 if net.strip()]
+        with open(path, "w") as file:  # an existing file: its owner and mode stay
+            file.write(kept + _ALLOW_MARK + "".join(f"{line}\n" for line in lines))
 
     def _initdb(self, account: pwd.struct_passwd | None) -> None:
         os.makedirs(self.data, mode=0o700, exist_ok=True)
@@ -130,9 +146,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("directory")
     parser.add_argument("--port", type=int, default=55432)
     parser.add_argument("--listen", default="127.0.0.1")
+    parser.add_argument("--allow", default="", help="networks that may connect (CIDR, ...)")
     parser.add_argument("--immediate", action="store_true")
     args = parser.parse_args(argv)
-    server = PgServer(os.path.abspath(args.directory), args.port, args.listen)
+    server = PgServer(os.path.abspath(args.directory), args.port, args.listen, args.allow)
     try:
         if args.command == "start":
             print(server.start())

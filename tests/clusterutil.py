@@ -80,7 +80,7 @@ class Cluster:
     def index(self) -> PgServer:
         """The cluster's PostgreSQL, to stop and start it."""
         return PgServer(os.path.join(self.run_dir, "pg"), self.pg_port,
-                        self.net.index_address)
+                        self.net.index_address, allow=self.net.subnet)
 
     def script(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHON": sys.executable}

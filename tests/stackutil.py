@@ -159,10 +159,12 @@ class Outcome:
 
 class Load:
     """``workers`` threads, each sending ``POST /run`` with ``body`` back to back over one
-    keep-alive connection to nginx, until `stop`."""
+    keep-alive connection to nginx (``fresh``: a new connection for each), until `stop`."""
 
     def __init__(self, port: int, body: dict[str, Any], workers: int = 8,
-                 name: str = "load", headers: dict[str, str] | None = None) -> None:
+                 name: str = "load", headers: dict[str, str] | None = None,
+                 fresh: bool = False) -> None:
+        self.fresh = fresh
         self.port = port
         self.payload = json.dumps(body).encode()
         self.headers = {"Content-Type": "application/json", **(headers or {})}
@@ -206,6 +208,9 @@ class Load:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
             with self._lock:
                 self.outcomes.append(Outcome(rid, start, time.monotonic(), status, body))
+            if self.fresh:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         conn.close()
 
 
