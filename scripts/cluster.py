@@ -137,8 +137,11 @@ def up(layout: parts.Layout, settings: Settings) -> int:
             parts.start_host(net, layout, host, python)
         pending = parts.wait_healthy(inventory.instances, 60)
         if pending:
-            raise RuntimeError("not healthy after 60s: "
-                               + ", ".join(i.name for i in pending)
+            first = pending[0]
+            host = inventory.host(first.name.split("-", 1)[0])
+            raise RuntimeError("not healthy after 60s: " + ", ".join(i.name for i in pending)
+                               + f"; {first.name} said: "
+                               + (parts.last_words(layout, first, host) or "nothing")
                                + f" (logs: {layout.run_dir}/hosts/*/log)")
         # nginx starts once every instance listens: else it would mark them down.
         parts.start_front(layout, inventory)

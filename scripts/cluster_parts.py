@@ -93,6 +93,17 @@ def wait_healthy(instances: list[Instance], timeout: float) -> list[Instance]:
     return pending
 
 
+def last_words(layout: Layout, instance: Instance, host: Host) -> str:
+    """The last line the instance wrote to its log (why it did not start), or ''."""
+    path = os.path.join(layout.host(host.name), "log", f"taskrunner_{instance.name}.log")
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.read().strip().splitlines()
+    except FileNotFoundError:
+        return ""
+    return lines[-1] if lines else ""
+
+
 # -- a host ------------------------------------------------------------------------------
 
 
