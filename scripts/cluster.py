@@ -135,11 +135,11 @@ def up(layout: parts.Layout, settings: Settings) -> int:
             net.create_host(number, host.name)
             parts.host_conf(layout, inventory, host, python)
             parts.start_host(net, layout, host, python)
-        pending = parts.wait_healthy(inventory.instances, 60)
+        pending = parts.wait_healthy(inventory.instances, 60, layout)
         if pending:
             first = pending[0]
             host = inventory.host(first.name.split("-", 1)[0])
-            raise RuntimeError("not healthy after 60s: " + ", ".join(i.name for i in pending)
+            raise RuntimeError("not healthy: " + ", ".join(i.name for i in pending)
                                + f"; {first.name} said: "
                                + (parts.last_words(layout, first, host) or "nothing")
                                + f" (logs: {layout.run_dir}/hosts/*/log)")
@@ -242,9 +242,10 @@ def start_host(layout: parts.Layout, name: str) -> int:
     if net.pids(host.name):
         raise UsageError(f"host {name} is running ('scripts/cluster stop-host {name}' first)")
     parts.start_host(net, layout, host, sys.executable)
-    pending = parts.wait_healthy(host.members, 60)
+    pending = parts.wait_healthy(host.members, 60, layout)
     if pending:
-        _err(f"host {name}: not healthy after 60s: {', '.join(i.name for i in pending)}")
+        _err(f"host {name}: not healthy: {', '.join(i.name for i in pending)}; "
+             f"{pending[0].name} said: {parts.last_words(layout, pending[0], host) or 'nothing'}")
         return 1
     _out(f"cluster: host {name} up: {', '.join(i.endpoint for i in host.members)}")
     return 0
@@ -260,9 +261,9 @@ def add_host(layout: parts.Layout) -> int:
     net.create_host(settings.hosts, host.name)
     parts.host_conf(layout, inventory, host, sys.executable)
     parts.start_host(net, layout, host, sys.executable)
-    pending = parts.wait_healthy(host.members, 60)
+    pending = parts.wait_healthy(host.members, 60, layout)
     if pending:
-        _err(f"host {host.name}: not healthy after 60s: {', '.join(i.name for i in pending)}"
+        _err(f"host {host.name}: not healthy: {', '.join(i.name for i in pending)}"
              f" (it stays in the namespace {net.namespace(host.name)}; 'down' removes it)")
         return 1
     with open(layout.inventory, "w") as f:

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,15 +83,35 @@ def health(instance: Instance) -> dict[str, Any] | None:
     return body if status == 200 and isinstance(body, dict) else None
 
 
-def wait_healthy(instances: list[Instance], timeout: float) -> list[Instance]:
-    """Wait until every instance answers ``/healthz``; the ones that did not in time."""
+def wait_healthy(instances: list[Instance], timeout: float,
+                 layout: Layout | None = None) -> list[Instance]:
+    """Wait until every instance answers ``/healthz``; the ones that did not in time. With
+    the cluster's ``layout``, stop waiting early once supervisord has given an instance up
+    (FATAL: it kept exiting at startup)."""
     deadline = time.monotonic() + timeout
     pending = list(instances)
+    next_look = time.monotonic() + 2
     while pending and time.monotonic() < deadline:
         pending = [i for i in pending if health(i) is None]
+        if pending and layout is not None and time.monotonic() > next_look:
+            next_look = time.monotonic() + 1
+            if given_up(layout, pending):
+                break
         if pending:
             time.sleep(0.1)
     return pending
+
+
+def given_up(layout: Layout, instances: list[Instance]) -> bool:
+    """Whether supervisord has given up one of ``instances`` (FATAL)."""
+    for host in {i.name.split("-", 1)[0] for i in instances}:
+        conf = os.path.join(layout.host(host), "supervisord.conf")
+        done = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", conf,
+                               "status"], capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL)
+        if any(" FATAL " in f" {line} " for line in done.stdout.splitlines()):
+            return True
+    return False
 
 
 def last_words(layout: Layout, instance: Instance, host: Host) -> str:
