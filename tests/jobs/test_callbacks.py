@@ -403,8 +403,9 @@ _SCHEMA_V2 = """CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT NULL,
 
 
 def test_a_store_of_version_2_opens_with_its_jobs_and_keeps_callbacks_after(tmp_path):
-    from taskrunner.jobs.schema import JobRecord
     from helpers import sqlite_store
+
+    from taskrunner.jobs.schema import JobRecord
 
     path = tmp_path / "jobs.sqlite3"
     now = time.time()

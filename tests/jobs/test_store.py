@@ -444,9 +444,10 @@ async def test_a_store_of_the_previous_version_keeps_its_jobs_and_their_output(
 
 @pytest.mark.gen_test(timeout=60)
 async def test_the_store_refuses_creates_and_keeps_other_writes_until_the_disk_has_room(tmpfs):
+    from helpers import sqlite_store
+
     from taskrunner.errors import StoreUnavailable
     from taskrunner.jobs.schema import JobRecord
-    from helpers import sqlite_store
 
     def record(job_id, state, finished=None):
         return JobRecord(id=job_id, instance="x", state=state, args=["true"], status=None,
@@ -483,8 +484,9 @@ _SCHEMA_V2_JOBS = """CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT N
 
 
 def test_a_version_2_store_gains_the_caller_column_and_keeps_its_jobs(tmp_path):
-    from taskrunner.jobs.schema import JobRecord
     from helpers import sqlite_store
+
+    from taskrunner.jobs.schema import JobRecord
 
     state_dir = tmp_path / "state"
     state_dir.mkdir()

@@ -111,6 +111,8 @@ class PostgresIndex:
                               "ORDER BY created", (instance,)).fetchall()
             beat = db.execute("SELECT heartbeat FROM instances WHERE name = %s",
                               (instance,)).fetchone()
+            # Alive from now: an instance that dies before its first beat is still seen so.
+            db.execute(_HEARTBEAT, (instance,))
         except psycopg.Error as exc:
             self.close()
             raise StoreError(f"--state-url: cannot use {self.where}: "

@@ -99,6 +99,11 @@ class SQLiteIndex:
                               "ORDER BY created", (instance,)).fetchall()
             beat = db.execute("SELECT heartbeat FROM instances WHERE name = ?",
                               (instance,)).fetchone()
+            # Alive from now: an instance that dies before its first beat is still seen so.
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?)",
+                           (instance, time.time()))
         except BaseException:
             db.close()
             raise
