@@ -17,6 +17,7 @@ jobs, and its heartbeat (the ``instances`` table). Any instance reads them all:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,17 +49,18 @@ def cursor(record_created: float, job_id: str) -> str:
     return f"{record_created!r}~{job_id}"
 
 
+CURSOR_PATTERN = r"^[0-9]{1,17}(\.[0-9]{1,17})?~[A-Za-z0-9_-]*\.[A-Za-z0-9_-]{1,64}$"
+"""What `cursor` makes (a Unix time is printed without an exponent), in the OpenAPI document
+too."""
+
+
 def parse_cursor(text: str) -> tuple[float, str]:
     """A ``before`` value back into (created, id); `InvalidField` if it is not one."""
-    created, sep, job_id = text.partition("~")
-    try:
-        value = float(created)
-    except ValueError:
-        value = float("nan")
-    if not sep or not job_id or value != value or value in (float("inf"), float("-inf")):
+    if not re.match(CURSOR_PATTERN, text):
         raise InvalidField("'before' is not a cursor of this API: pass the 'next' value of "
                            "the previous page as it was")
-    return value, job_id
+    created, _, job_id = text.partition("~")
+    return float(created), job_id
 
 
 def present(record: JobRecord, lost_owners: Mapping[str, float]) -> JobRecord:
