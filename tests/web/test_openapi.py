@@ -152,6 +152,8 @@ def test_the_documented_cursor_and_page_size_are_the_ones_the_code_checks():
     from taskrunner.jobs.index import CURSOR_PATTERN, DEFAULT_PAGE, MAX_PAGE
     from taskrunner.web.openapi import document
 
-    parameters = {p["name"]: p["schema"] for p in document(60)["paths"]["/jobs"]["get"]["parameters"]}
+    listing = document(60)["paths"]["/jobs"]["get"]
+    parameters = {p["name"]: p["schema"] for p in listing["parameters"]}
     assert parameters["before"]["pattern"] == CURSOR_PATTERN
-    assert (parameters["limit"]["default"], parameters["limit"]["maximum"]) == (DEFAULT_PAGE, MAX_PAGE)
+    limit = parameters["limit"]
+    assert (limit["default"], limit["maximum"]) == (DEFAULT_PAGE, MAX_PAGE)
