@@ -53,7 +53,16 @@ class Config:
     job_ttl: float = _setting(3600.0, "seconds a finished job is kept")
     max_jobs: int = _setting(1000, "most jobs kept; the oldest finished ones are dropped first")
     state_dir: str = _setting(
-        "", "directory of the SQLite job store; empty: jobs live in memory only"
+        "", "directory of the SQLite job index, which the instances of one host may share "
+        "(each with its own --instance); empty: jobs live in memory only"
+    )
+    state_url: str = _setting(
+        "", "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE: the job index in "
+        "PostgreSQL, shared by the hosts of a cluster (instead of --state-dir)"
+    )
+    lost_after: float = _setting(
+        15.0, "seconds without a heartbeat after which another instance's unfinished jobs "
+        "are reported lost (with a shared index)"
     )
     max_requests: int = _setting(
         0, "after this many requests, stop accepting, drain and exit 0 so a supervisor starts "
@@ -212,6 +221,13 @@ class Config:
             raise ValueError("instance may only use letters, digits, '-' and '_'")
         if not self.job_ttl > 0:
             raise ValueError("job_ttl must be > 0")
+        if self.state_url and self.state_dir:
+            raise ValueError("state_url and state_dir are two job indexes: choose one")
+        if self.state_url and not re.match(r"postgres(ql)?://", self.state_url):
+            raise ValueError("state_url must be a postgresql:// URL")
+        if not (math.isfinite(self.lost_after) and self.lost_after >= 2):
+            # Instances heartbeat every second: fewer than 2 would call a live one lost.
+            raise ValueError("lost_after must be at least 2 seconds")
         if self.max_jobs < 1:
             raise ValueError("max_jobs must be >= 1")
         if self.max_requests < 0:

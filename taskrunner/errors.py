@@ -22,7 +22,8 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── TooManyRequests                  (429, "too_many_requests")
     ├── OutOfResources                   (503, "out_of_resources")  no fds or processes left
     ├── ServiceUnavailable               (503, "shutting_down")
-    └── StoreUnavailable                 (503, "store_unavailable")  --state-dir cannot be written
+    ├── StoreUnavailable                 (503, "store_unavailable")  the job index cannot be used
+    └── OwnerUnreachable                 (503, "owner_unreachable")  a job runs elsewhere
 
     StartError = SpawnError | OutOfResources   what starting a command can raise
 
@@ -180,7 +181,7 @@ class ServiceUnavailable(TaskRunnerError):
 
 
 class StoreUnavailable(TaskRunnerError):
-    """The job store (``--state-dir``) cannot record a job, or cannot be read.
+    """The job index (``--state-dir``, ``--state-url``) cannot record a job, or be read.
 
     A job refused so was not started; the caller may retry (``Retry-After``), here once the
     store recovers, or on another instance.
@@ -188,6 +189,16 @@ class StoreUnavailable(TaskRunnerError):
 
     status = 503
     code = "store_unavailable"
+    retry_after = 5
+
+
+class OwnerUnreachable(TaskRunnerError):
+    """A job still running on another instance was asked for its live output or a cancel,
+    which only its owner can give: the request reached this instance because the owner did
+    not answer (or was asked of this one directly)."""
+
+    status = 503
+    code = "owner_unreachable"
     retry_after = 5
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -49,6 +50,10 @@ from taskrunner.web.connections import CappedHTTPServer, default_max_connections
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.recycle import Recycler
 from taskrunner.web.tls import check_protected, server_context
+
+if TYPE_CHECKING:
+    from taskrunner.jobs.index import Backend
+    from taskrunner.jobs.store import JobStore
 
 log = logging.getLogger("taskrunner.server")
 
@@ -126,22 +131,27 @@ class Server:
             max_clients=config.max_jobs)
         self._base_env = base_env
         callers = self._load_callers(None) if config.callers else implicit_callers(token)
-        store = None
-        if config.state_dir:
-            # Here, not at the top: an instance without --state-dir never loads sqlite3.
-            from taskrunner.jobs.store import JobStore
-
-            store = JobStore(config.state_dir)
-            try:
-                store.open()
-            except StoreError as exc:
-                raise StartupError(str(exc)) from None
-        if self.use_watchdog:
-            try:
-                self.watchdog = Watchdog()
-            except WatchdogError as exc:
-                raise StartupError(str(exc)) from None
-            self.watchdog.watch()
+        try:
+            self.sockets = bind_sockets(config.port, config.address, backlog=2048)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {config.address}:{config.port}: "
+                               f"{exc.strerror or exc}") from None
+        instance = config.instance or str(self.port)
+        try:
+            # The job index before anything is started that would then need stopping.
+            store = _job_store(config, instance)
+            if self.use_watchdog:
+                try:
+                    self.watchdog = Watchdog()
+                except WatchdogError as exc:
+                    if store is not None:
+                        store.close()
+                    raise StartupError(str(exc)) from None
+                self.watchdog.watch()
+        except StartupError:
+            for sock in self.sockets:
+                sock.close()
+            raise
         engine = ProcessEngine(
             max_output=config.max_output, base_env=base_env,
             on_spawn=self.watchdog.spawned if self.watchdog else None,
@@ -151,14 +161,6 @@ class Server:
         admission = Admission.from_config(config)
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
                             admission=admission, cgroups=cgroups)
-        try:
-            self.sockets = bind_sockets(config.port, config.address, backlog=2048)
-        except OSError as exc:
-            if self.watchdog is not None:
-                self.watchdog.close()
-            raise StartupError(f"cannot listen on {config.address}:{config.port}: "
-                               f"{exc.strerror or exc}") from None
-        instance = config.instance or str(self.port)
         jobs = JobRegistry(
             launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
             max_jobs=config.max_jobs, store=store, callbacks=callbacks,
@@ -268,9 +270,37 @@ class Server:
         if self.watchdog is not None:
             self.watchdog.close()
         if ctx.jobs is not None:
+            await ctx.jobs.close_reads()
             ctx.jobs.close()  # the final states of the jobs just killed reach the store
         if self.handle_signals:
             # We are exiting anyway: a second SIGTERM now must not turn exit 0 into a kill.
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
                 signal.signal(sig, signal.SIG_IGN)
         log.info("stopped")
+
+
+def _job_store(config: Config, instance: str) -> JobStore | None:
+    # The job index of --state-dir or --state-url, opened; imported here, not at the top:
+    # an instance without one never loads sqlite3 or psycopg.
+    if not (config.state_dir or config.state_url):
+        return None
+    from taskrunner.jobs.store import JobStore
+
+    backend: Backend
+    if config.state_url:
+        try:
+            from taskrunner.jobs.backends.postgresql import PostgresIndex
+        except ImportError as exc:
+            raise StartupError(f"--state-url needs psycopg ({exc}): install taskrunner with "
+                               "its postgresql extra, or requirements/serve.txt") from None
+        backend = PostgresIndex(config.state_url)
+    else:
+        from taskrunner.jobs.backends.sqlite import SQLiteIndex
+
+        backend = SQLiteIndex(config.state_dir)
+    store = JobStore(backend, instance, lost_after=config.lost_after)
+    try:
+        store.open()
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    return store

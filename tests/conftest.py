@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -225,3 +226,56 @@ def processes_with(text: str) -> list[int]:
             except OSError:
                 continue  # gone meanwhile
     return found
+
+
+def _pgserver_module() -> Any:
+    # scripts/pgserver.py, the same throwaway server scripts/cluster runs.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pgserver", os.path.join(REPO, "scripts", "pgserver.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server (Debian's, brought by scripts/install) for this test session,
+    in a throwaway directory under /tmp, removed at the end even if tests failed."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="taskrunner-pg-", dir="/tmp")
+    os.chmod(directory, 0o755)  # the server's own user must reach its data directory
+    port = 55400 + os.getpid() % 100
+    server = _pgserver_module().PgServer(os.path.join(directory, "pg"), port=port)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+        os.rmdir(directory)
+
+
+@pytest.fixture
+def state_url(postgres: Any) -> Iterator[str]:
+    """The URL of a new, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield postgres.url.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_index(request: pytest.FixtureRequest, tmp_path: Any) -> list[str]:
+    """The flags of a job index that several instances share: one SQLite file, or a
+    PostgreSQL database."""
+    if request.param == "sqlite":
+        return ["--state-dir", str(tmp_path / "state")]
+    return ["--state-url", request.getfixturevalue("state_url")]

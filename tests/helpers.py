@@ -115,3 +115,11 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+def sqlite_store(state_dir: str, instance: str, **settings):
+    """The `JobStore` of ``instance`` over the SQLite index in ``state_dir`` (not opened)."""
+    from taskrunner.jobs.backends.sqlite import SQLiteIndex
+    from taskrunner.jobs.store import JobStore
+
+    return JobStore(SQLiteIndex(state_dir), instance, **settings)

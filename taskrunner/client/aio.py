@@ -62,9 +62,10 @@ class AsyncClient:
         return AsyncJob(self, await self._drive(protocol.get_job(job_id)))
 
     async def jobs(self, state: str | None = None) -> list[AsyncJob]:
-        """The jobs the instance keeps, newest first, in ``state`` if given."""
-        infos = await self._drive(protocol.list_jobs())
-        return [AsyncJob(self, info) for info in infos if state in (None, info.state)]
+        """The newest 100 jobs, in ``state`` if given: every instance's with a shared job
+        index, else the instance's own."""
+        infos = await self._drive(protocol.list_jobs(state))
+        return [AsyncJob(self, info) for info in infos]
 
     async def health(self) -> dict[str, Any]:
         """The instance's ``/healthz`` answer."""

@@ -13,7 +13,7 @@ import json
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from taskrunner.client.errors import ProtocolError, ServiceError, service_error
 from taskrunner.client.models import Chunk, JobInfo, RunResult, job_info, run_result
@@ -145,9 +145,11 @@ def cancel(job_id: str) -> Operation[JobInfo]:
     return job_info((yield from call(Request("DELETE", job_path(job_id)))))
 
 
-def list_jobs() -> Operation[list[JobInfo]]:
-    """``GET /jobs``: summaries, newest first."""
-    body = yield from call(Request("GET", "/jobs"))
+def list_jobs(state: str | None = None, limit: int = 100) -> Operation[list[JobInfo]]:
+    """``GET /jobs``: the newest ``limit`` summaries (at most 1000), in ``state`` if given;
+    with a shared job index, every instance's."""
+    query = urlencode({"limit": limit, **({"state": state} if state else {})})
+    body = yield from call(Request("GET", f"/jobs?{query}"))
     if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
         raise ProtocolError(f"not a job list: {body!r:.200}")
     return [job_info(item) for item in body["jobs"]]

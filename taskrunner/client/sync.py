@@ -69,10 +69,10 @@ class Client:
         return Job(self, self._drive(protocol.get_job(job_id)))
 
     def jobs(self, state: str | None = None) -> list[Job]:
-        """The jobs the instance keeps, newest first, in ``state`` if given (``GET /jobs``);
-        their ``info`` is a summary, without output."""
-        infos = self._drive(protocol.list_jobs())
-        return [Job(self, info) for info in infos if state in (None, info.state)]
+        """The newest 100 jobs, in ``state`` if given (``GET /jobs``): every instance's with
+        a shared job index, else the instance's own; their ``info`` is a summary."""
+        infos = self._drive(protocol.list_jobs(state))
+        return [Job(self, info) for info in infos]
 
     def health(self) -> dict[str, Any]:
         """The instance's ``/healthz`` answer."""

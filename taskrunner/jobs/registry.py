@@ -16,6 +16,11 @@ a finished job is written, its output leaves memory: it is read back from the st
 asked for (the last few are cached), so memory holds running jobs' output (at most
 2 x ``--max-output`` each), the cache, and output still waiting to be written.
 
+With a store, the index holds the jobs of every instance that shares it (the instances of
+a host in SQLite, of a cluster in PostgreSQL): `page` pages through all of them, and `find`
+answers for a job of another instance from its row (a *detached* job: read-only, its
+output in the store). This instance's own jobs always come from memory.
+
 A job with a ``callback_url`` hands itself to the `CallbackSender` once it has ended (and,
 found lost at a restart, once it is marked so); the outcome of each try is saved with the
 job. A callback still pending when the instance stopped is failed at the next start.
@@ -40,6 +45,7 @@ from taskrunner.errors import (
     TooManyRequests,
 )
 from taskrunner.jobs.callbacks import CallbackSender
+from taskrunner.jobs.index import JobQuery, cursor
 from taskrunner.jobs.job import Job, JobState, new_job_id
 from taskrunner.jobs.output import OutputCache
 from taskrunner.jobs.schema import JobRecord
@@ -110,7 +116,7 @@ class JobRegistry:
         for job in lost:
             self._call_back(job)  # it ended now, as far as its caller can know
         self._heartbeat.start()
-        log.info("restored %s jobs from %s (%s lost)", len(records), self.store.path, len(lost))
+        log.info("restored %s jobs from %s (%s lost)", len(records), self.store.where, len(lost))
         self._evict()
 
     def get(self, job_id: str) -> Job:
@@ -120,9 +126,50 @@ class JobRegistry:
             raise JobNotFound(f"no job {job_id!r} on instance {self.instance!r}")
         return job
 
-    def newest_first(self) -> list[Job]:
-        """Every job kept, newest first."""
-        return list(reversed(self.jobs.values()))
+    async def find(self, job_id: str) -> Job:
+        """The job ``job_id``: this instance's own, or another's from the index (detached:
+        read-only, ``job.instance`` names its owner); `JobNotFound` if neither has it."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job
+        if self.store is not None:
+            record = await self.store.get(job_id)
+            if record is not None and record.instance != self.instance:
+                return Job.from_record(record, self.max_output)
+        raise JobNotFound(f"no job {job_id!r}")
+
+    def owns(self, job: Job) -> bool:
+        """True for a job of this instance, False for one of another read from the index."""
+        return self.jobs.get(job.id) is job
+
+    async def page(self, query: JobQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of jobs (summaries), newest first: the whole index's with a store, else
+        this instance's; and the ``before`` cursor of the next page (None on the last)."""
+        wanted = dataclasses.replace(query, limit=query.limit + 1)
+        if self.store is None:
+            page = [(job.created, job.id, job) for job in self._matching(wanted)]
+        else:
+            records = await self.store.find(wanted)
+            # This instance's own jobs as they are now (the index may be a batch behind).
+            page = [(record.created, record.id,
+                     self.jobs.get(record.id) or Job.from_record(record, self.max_output))
+                    for record in records]
+            page = [entry for entry in page
+                    if query.state is None or entry[2].state == query.state]
+        more = len(page) > query.limit
+        page = page[:query.limit]
+        jobs = [job.to_json() for _, _, job in page]
+        return jobs, cursor(page[-1][0], page[-1][1]) if more else None
+
+    def _matching(self, query: JobQuery) -> list[Job]:
+        # This instance's jobs for a listing without an index.
+        jobs = [job for job in self.jobs.values()
+                if (query.state is None or job.state == query.state)
+                and (query.instance is None or job.instance == query.instance)
+                and (query.caller is None or job.caller == query.caller)
+                and (query.before is None or (job.created, job.id) < query.before)]
+        jobs.sort(key=lambda job: (job.created, job.id), reverse=True)
+        return jobs[:query.limit]
 
     async def output(self, job: Job) -> OutputLog:
         """The job's output: in memory while it runs, else read back from the store."""
@@ -252,6 +299,11 @@ class JobRegistry:
     async def stop_callbacks(self, grace: float) -> None:
         """Give pending callbacks up to ``grace`` seconds, then record them failed."""
         await self.callbacks.close(grace)
+
+    async def close_reads(self) -> None:
+        """Release what the store's reads hold (before `close`)."""
+        if self.store is not None:
+            await self.store.close_reads()
 
     def close(self) -> None:
         """Stop the timers and write everything still queued to the store."""

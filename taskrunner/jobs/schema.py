@@ -1,12 +1,15 @@
 """The job store's schema: its tables, `JobRecord` (one row of ``jobs``), and upgrades.
 
-Version 3 (``PRAGMA user_version``): ``jobs`` holds one row per job without its output;
+Version 4 (``PRAGMA user_version`` in SQLite; the PostgreSQL backend has the same tables):
+``jobs`` holds one row per job without its output, with the instance that owns it;
 ``chunks`` holds the output as written, ``(job, seq, stream, data)``, replayed in ``seq``
-order; ``meta`` holds the ``heartbeat``. Version 1 kept stdout and stderr as text columns
-of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added the columns of
-`ADDED_COLUMNS` (``oom_killed``; the caller of ``--callers`` that submitted the job; its
-callback); `ensure_schema` adds whichever a store lacks, so a store of any earlier version
-opens with its rows as they were (``oom_killed`` false, the others NULL).
+order; ``instances`` holds each instance's ``heartbeat``, so that the instances sharing
+one index tell a sibling that died from one that lives. Version 1 kept stdout and stderr as
+text columns of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added the
+columns of `ADDED_COLUMNS` (``oom_killed``; the caller of ``--callers`` that submitted the
+job; its callback); `ensure_schema` adds whichever a store lacks, so a store of any earlier
+version opens with its rows as they were (``oom_killed`` false, the others NULL). Version
+4 moved the one heartbeat of ``meta`` into ``instances``, for the instances of the rows.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ if TYPE_CHECKING:
 
 STREAMS = ("stdout", "stderr")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -48,6 +51,13 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (job, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS instances (
+    name TEXT PRIMARY KEY,
+    heartbeat REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created, id);
+CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, created, id);
 """
 
 COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "oom_killed", "duration",
@@ -120,7 +130,18 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+    if version < 4:
+        _move_heartbeat(db)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _move_heartbeat(db: sqlite3.Connection) -> None:
+    # Up to version 3 a store had one instance and one heartbeat, in meta.
+    beat = db.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
+    if beat is not None:
+        db.execute("INSERT OR REPLACE INTO instances SELECT DISTINCT instance, ? FROM jobs",
+                   (float(beat[0]),))
+        db.execute("DELETE FROM meta WHERE key = 'heartbeat'")
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -1,9 +1,11 @@
-"""`JobStore`: the SQLite database of ``--state-dir``: jobs, their output, and a heartbeat.
+"""`JobStore`: an instance's jobs in the job index, written off the event loop, and the
+index read back for the whole deployment.
 
-The tables (see `taskrunner.jobs.schema`): ``jobs``, one row per job; ``chunks``, its output
-as written, replayed in order so the interleaving of stdout and stderr survives; ``meta``,
-the ``heartbeat``: the last time the instance was known alive, which becomes the
-``finished`` time of the jobs found ``lost``.
+The index is a `taskrunner.jobs.index.Backend`: SQLite under ``--state-dir`` or PostgreSQL
+at ``--state-url``. Its tables (see `taskrunner.jobs.schema`): ``jobs``, one row per job;
+``chunks``, its output as written, replayed in order so the interleaving of stdout and
+stderr survives; ``instances``, each instance's ``heartbeat``: the last time it was known
+alive, which becomes the ``finished`` time of its jobs found ``lost``.
 
 Writes never happen on the event loop. One writer thread takes everything queued and
 writes it in two transactions:
@@ -13,87 +15,53 @@ writes it in two transactions:
    ``store_unavailable``), so nothing runs that the store does not know about. The futures
    of one transaction are settled in one call on their event loop.
 2. everything else (later states, output chunks, deletions, the heartbeat), merged per job.
-   If it fails (a full disk, an unwritable file) it is kept and retried every
-   ``retry_interval`` seconds, merged with what comes next, until it is written; then
-   `on_written` is told which job records it wrote. While it fails, `healthy` is False and
-   `write_failures` counts each failed attempt.
+   If it fails (a full disk, the index's server down) it is kept and retried, merged with
+   what comes next, until it is written: after ``retry_interval`` seconds, doubling up to
+   ``retry_max``; then `on_written` is told which job records it wrote. While it fails,
+   `healthy` is False and `write_failures` counts each failed attempt. One error is logged
+   when an outage starts and one warning when it ends, not one per attempt.
 
-The database is in WAL mode with ``synchronous=NORMAL``: a commit does not wait for the
-disk, and a crash of the instance (not of the machine) loses nothing committed. Output is
-read back on a second connection in a reader thread (`JobStore.read_output`), as WAL allows
-readers beside the writer.
-
-`JobStore.open` turns a database that cannot be used into a one-line `StoreError`; a file
-that is not a database, or is corrupt, is moved aside (``jobs.sqlite3.corrupt-<time>``) with
-a warning and a new one is started.
+Reads (`find`, `get`, `read_output`) are the backend's, on the event loop without blocking
+it; they raise `StoreUnavailable` when the index cannot be read. `find` and `get` report the
+unfinished jobs of an instance not heard of for ``lost_after`` seconds as ``lost``, but only
+once this instance has itself been writing to the index for ``lost_after`` seconds: after an
+outage of the index every heartbeat is old, and none says its instance died.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from taskrunner.errors import StoreError, StoreUnavailable
-from taskrunner.jobs.schema import (
-    COLUMNS,
-    INSERT,
-    INSERT_CHUNK,
-    STREAMS,
-    UPSERT,
-    Chunk,
-    JobRecord,
-    ensure_schema,
-)
+from taskrunner.errors import StoreUnavailable
+from taskrunner.jobs.index import Backend, JobQuery, Pending, present
+from taskrunner.jobs.schema import Chunk, JobRecord
 
 log = logging.getLogger("taskrunner.jobs")
 
-# Primary result codes (the low byte of sqlite_errorcode) that mean "this file is damaged".
-_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
-
-
-@dataclass
-class _Change:
-    # What one job needs written; changes of one job merge into one.
-    record: JobRecord | None = None
-    chunks: list[Chunk] = field(default_factory=list)
-    deleted: bool = False
-
-
-@dataclass
-class _Pending:
-    jobs: dict[str, _Change] = field(default_factory=dict)
-    heartbeat: float | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.jobs) or self.heartbeat is not None
-
-    def change(self, job_id: str) -> _Change:
-        return self.jobs.setdefault(job_id, _Change())
-
-
+T = TypeVar("T")
 _Op = tuple[str, Any]
 _GATHER = ("put", "delete", "heartbeat")  # what may wait a moment for more of its kind
 
 
 class JobStore:
-    """The ``jobs.sqlite3`` database in ``state_dir``, written by one background thread."""
+    """One instance's side of the job index: its writer thread and its reads."""
 
-    def __init__(self, state_dir: str, batch_delay: float = 0.05,
-                 retry_interval: float = 1.0) -> None:
-        self.state_dir = state_dir
+    def __init__(self, backend: Backend, instance: str, *, batch_delay: float = 0.05,
+                 retry_interval: float = 1.0, retry_max: float = 5.0,
+                 lost_after: float = 15.0) -> None:
+        self.backend = backend
+        self.instance = instance
         self.batch_delay = batch_delay
         self.retry_interval = retry_interval
-        self.path = os.path.join(state_dir, "jobs.sqlite3")
+        self.retry_max = retry_max
+        self.lost_after = lost_after
         self.healthy = True
         """False while writes fail (since the last attempt that failed)."""
         self.write_failures = 0
@@ -103,75 +71,36 @@ class JobStore:
         """Called (from the writer thread) after each failed write; e.g. a metric."""
         self.on_written: Callable[[list[JobRecord]], None] | None = None
         """Called (from the writer thread) with the job records each transaction wrote."""
-        self._db: sqlite3.Connection | None = None
+        self._opened = False
         self._loaded: tuple[list[JobRecord], float | None] = ([], None)
+        self._writing_since = time.monotonic()  # since when writes have succeeded
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
-        self._reader_db: sqlite3.Connection | None = None
+
+    @property
+    def where(self) -> str:
+        """The index, for messages: a path, or a URL without its password."""
+        return self.backend.where
 
     # -- startup -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) the database, once; `StoreError` if it cannot be used.
-
-        A damaged file is moved aside with a warning and a new database started: the
-        instance serves, and the old file is kept for whoever wants to look into it.
-        """
-        if self._db is not None:
+        """Open (or create) the index, once; `StoreError` if it cannot be used."""
+        if self._opened:
             return
-        try:
-            os.makedirs(self.state_dir, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"--state-dir {self.state_dir}: {exc.strerror or exc}") from None
-        if not os.access(self.state_dir, os.W_OK):  # SQLite would only say "unable to open"
-            raise StoreError(f"--state-dir {self.state_dir} is not writable (a read-only "
-                             "filesystem, or permissions)")
-        try:
-            self._db, self._loaded = self._connect()
-        except sqlite3.DatabaseError as exc:
-            if _primary(exc) not in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-                raise StoreError(f"--state-dir: cannot use {self.path}: {exc}") from None
-            aside = f"{self.path}.corrupt-{int(time.time())}"
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(self.path + suffix, aside + suffix)
-            log.warning("job store: %s is damaged (%s); moved aside to %s, starting empty",
-                        self.path, exc, aside)
-            try:
-                self._db, self._loaded = self._connect()
-            except sqlite3.DatabaseError as again:
-                raise StoreError(f"--state-dir: cannot use {self.path}: {again}") from None
-
-    def _connect(self) -> tuple[sqlite3.Connection, tuple[list[JobRecord], float | None]]:
-        # Open, bring the schema up to date, and read every job row and the heartbeat: any
-        # damage to them shows here, at startup, where the file can still be moved aside.
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                ensure_schema(db)
-            rows = db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created").fetchall()
-            beat = db.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
-        except BaseException:
-            db.close()
-            raise
-        return db, ([JobRecord.from_row(row) for row in rows],
-                    None if beat is None else float(beat[0]))
+        self._loaded = self.backend.open(self.instance)
+        self._opened = True
 
     def load(self) -> list[JobRecord]:
-        """Every stored job, oldest first, as `open` read them (the caller turns unfinished
-        ones into ``lost``)."""
-        assert self._db is not None, "open() first"
+        """This instance's stored jobs, oldest first, as `open` read them (the caller turns
+        unfinished ones into ``lost``)."""
+        assert self._opened, "open() first"
         records, self._loaded = self._loaded[0], ([], self._loaded[1])
         return records
 
     def last_heartbeat(self) -> float | None:
-        """When the instance of the previous run last wrote its heartbeat (Unix time)."""
-        assert self._db is not None, "open() first"
+        """When this instance, in its previous run, last wrote its heartbeat (Unix time)."""
+        assert self._opened, "open() first"
         return self._loaded[1]
 
     def start(self) -> None:
@@ -212,50 +141,61 @@ class JobStore:
             return False
 
     def close(self) -> None:
-        """Try once more to write what is queued, stop the threads, close the database."""
+        """Try once more to write what is queued, stop the thread, close the index."""
         if self._thread is not None:
             self._queue.put(("stop", None))
             self._thread.join(10.0)
             self._thread = None
-        if self._reader is not None:
-            self._reader.submit(self._close_reader).result(10.0)
-            self._reader.shutdown()
-            self._reader = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._opened:
+            self.backend.close()
+            self._opened = False
 
-    # -- reads -------------------------------------------------------------------------
+    # -- reads (on the event loop; none blocks) ------------------------------------------
+
+    async def lost_owners(self) -> dict[str, float]:
+        """The other instances not heard of for ``lost_after`` seconds, with their last
+        heartbeat; none while this instance's own writes are younger than that."""
+        if not self.healthy or time.monotonic() - self._writing_since < self.lost_after:
+            return {}
+        beats = await self._reading(self.backend.heartbeats())
+        return {name: beat for name, (beat, age) in beats.items()
+                if age > self.lost_after and name != self.instance}
+
+    async def find(self, query: JobQuery) -> list[JobRecord]:
+        """One page of the index's jobs, newest first, as the API shows them."""
+        lost = await self.lost_owners()
+        records = await self._reading(self.backend.find(query, lost))
+        return [present(record, lost) for record in records]
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job ``job_id`` as the API shows it, whichever instance owns it."""
+        record = await self._reading(self.backend.get(job_id))
+        if record is None or record.instance == self.instance:
+            return record
+        return present(record, await self.lost_owners())
 
     async def read_output(self, job_id: str) -> list[tuple[str, bytes]]:
         """A job's stored output, in the order written; `StoreUnavailable` if unreadable."""
-        if self._reader is None:
-            self._reader = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="taskrunner-job-store-read")
-        return await asyncio.wrap_future(self._reader.submit(self._read_output, job_id))
+        return await self._reading(self.backend.output(job_id))
 
-    def _read_output(self, job_id: str) -> list[tuple[str, bytes]]:
+    async def close_reads(self) -> None:
+        """Release what the reads hold; before `close`, on the event loop."""
+        await self.backend.close_reads()
+
+    async def _reading(self, read: Awaitable[T]) -> T:
         try:
-            if self._reader_db is None:
-                self._reader_db = sqlite3.connect(self.path, isolation_level=None)
-            rows = self._reader_db.execute(
-                "SELECT stream, data FROM chunks WHERE job = ? ORDER BY seq", (job_id,))
-            return [(STREAMS[stream], bytes(data)) for stream, data in rows]
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"the job store cannot be read: {exc}") from None
-
-    def _close_reader(self) -> None:
-        if self._reader_db is not None:
-            self._reader_db.close()
-            self._reader_db = None
+            return await read
+        except self.backend.errors as exc:
+            raise StoreUnavailable(f"the job index cannot be read: {_one_line(exc)}") from None
 
     # -- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        pending = _Pending()
+        pending = Pending()
+        wait = self.retry_interval
         while True:
             try:
-                ops = [self._queue.get(timeout=self.retry_interval if pending else None)]
+                ops = [self._queue.get(timeout=wait if pending else None)]
             except queue.Empty:
                 ops = []  # time to retry what failed
             if ops and ops[0][0] in _GATHER:
@@ -271,22 +211,24 @@ class JobStore:
                 _merge(pending, kind, value)
             stop = any(kind == "stop" for kind, _ in ops)
             if pending and self._write(pending):
-                written = [change.record for change in pending.jobs.values()
-                           if change.record is not None]
-                pending = _Pending()
+                written = pending.written()
+                pending = Pending()
                 if written and self.on_written is not None:
                     self.on_written(written)
-            if created and not pending and not self.healthy:
+            healthy = created and not pending
+            if healthy and not self.healthy:
                 log.warning("job store: writes to %s succeed again (%s failed attempts)",
-                            self.path, self.write_failures)
-            self.healthy = created and not pending
+                            self.where, self.write_failures)
+                self._writing_since = time.monotonic()
+            self.healthy = healthy
+            wait = self.retry_interval if healthy else min(wait * 2, self.retry_max)
             for kind, value in ops:
                 if kind == "sync":
                     value.set_result(not pending)
             if stop:
                 if pending:
                     log.error("job store: %s changes could not be written to %s: %s",
-                              len(pending.jobs), self.path, self.last_error)
+                              len(pending.jobs), self.where, self.last_error)
                 return
 
     def _gather(self, ops: list[_Op]) -> None:
@@ -303,57 +245,39 @@ class JobStore:
                 return
 
     def _write_creates(self, creates: list[tuple[JobRecord, asyncio.Future[None]]]) -> bool:
-        assert self._db is not None
         error: StoreUnavailable | None = None
         try:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(INSERT, [record.row() for record, _ in creates])
-        except sqlite3.Error as exc:
+            self.backend.insert([record for record, _ in creates])
+        except self.backend.errors as exc:
             self._failed(exc, f"{len(creates)} new jobs (refused)")
             error = StoreUnavailable(
-                f"the job store cannot record the job ({exc}); nothing was started")
+                f"the job index cannot record the job ({_one_line(exc)}); nothing was started")
         futures = [future for _, future in creates]
         # One wake-up of the event loop for the whole transaction.
         futures[0].get_loop().call_soon_threadsafe(_settle, futures, error)
         return error is None
 
-    def _write(self, pending: _Pending) -> bool:
-        assert self._db is not None
+    def _write(self, pending: Pending) -> bool:
         try:
-            with self._db:
-                self._db.execute("BEGIN")
-                for job_id, change in pending.jobs.items():
-                    if change.deleted:
-                        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-                        self._db.execute("DELETE FROM chunks WHERE job = ?", (job_id,))
-                        continue
-                    if change.record is not None:
-                        self._db.execute(UPSERT, change.record.row())
-                    self._db.executemany(INSERT_CHUNK, [
-                        (job_id, seq, STREAMS.index(stream), data)
-                        for seq, stream, data in change.chunks])
-                if pending.heartbeat is not None:
-                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('heartbeat', ?)",
-                                     (pending.heartbeat,))
-        except sqlite3.Error as exc:
+            self.backend.write(pending, self.instance)
+        except self.backend.errors as exc:
             self._failed(exc, f"changes to {len(pending.jobs)} jobs")
             return False
         return True
 
-    def _failed(self, exc: sqlite3.Error, what: str) -> None:
+    def _failed(self, exc: Exception, what: str) -> None:
         self.write_failures += 1
-        self.last_error = str(exc)
+        self.last_error = _one_line(exc)
         if self.healthy:
             log.error("job store: writing %s to %s failed: %s; new jobs are refused and "
-                      "other changes retried every %ss until writes succeed", what, self.path,
-                      exc, self.retry_interval)
+                      "other changes retried (every %s-%ss) until writes succeed", what,
+                      self.where, self.last_error, self.retry_interval, self.retry_max)
         self.healthy = False
         if self.on_write_failure is not None:
             self.on_write_failure()
 
 
-def _merge(pending: _Pending, kind: str, value: Any) -> None:
+def _merge(pending: Pending, kind: str, value: Any) -> None:
     if kind == "put":
         job_id, record, chunks = value
         change = pending.change(job_id)
@@ -377,5 +301,5 @@ def _settle(futures: list[asyncio.Future[None]], error: StoreUnavailable | None)
             future.set_exception(error)
 
 
-def _primary(exc: sqlite3.Error) -> int:
-    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -4,6 +4,12 @@ A job is answered at once: 202 ``running``, 202 ``queued`` (every slot busy, roo
 admission queue; it starts when a slot frees), or an error (429 when there is no room
 either, 503 ``store_unavailable`` when ``--state-dir`` cannot record it).
 
+``GET /jobs`` pages through the job index (every instance sharing it), newest first, with
+filters ``state``, ``instance`` and a cursor ``before``; ``GET /jobs/<id>`` answers for a
+job of any instance that shares the index. Live output and cancelling need the job's owner:
+asked of another instance for a job still unfinished, they answer 503 ``owner_unreachable``
+(behind the front's nginx, that means the owner did not answer).
+
 The output stream sends what a job already wrote, then each new chunk as it comes, flushed
 at once, then the final job object: NDJSON by default, Server-Sent Events when the client
 accepts ``text/event-stream``. A client that leaves the stream only ends its stream.
@@ -19,27 +25,54 @@ from typing import Any
 import orjson
 from tornado.iostream import StreamClosedError
 
-from taskrunner.errors import JobNotFound
-from taskrunner.jobs.job import Job
+from taskrunner.errors import InvalidField, JobNotFound, OwnerUnreachable
+from taskrunner.jobs.index import DEFAULT_PAGE, MAX_PAGE, JobQuery, parse_cursor
+from taskrunner.jobs.job import Job, JobState
 from taskrunner.process.output import OutputCursor
 from taskrunner.web.base import CommandHandler, JSONHandler
 
 log = logging.getLogger("taskrunner.jobs")
 
 
-def visible_job(handler: JSONHandler, job_id: str) -> Job:
-    """The job ``job_id`` if the handler's caller may see it; else `JobNotFound`, the same
-    answer as for a job that does not exist, so ids of other callers' jobs tell nothing."""
-    job = handler.ctx.jobs.get(job_id)
+async def visible_job(handler: JSONHandler, job_id: str) -> Job:
+    """The job ``job_id`` (this instance's, or another's from the index) if the handler's
+    caller may see it; else `JobNotFound`, the same answer as for a job that does not
+    exist, so ids of other callers' jobs tell nothing."""
+    job = await handler.ctx.jobs.find(job_id)
     caller = handler.caller
     if caller is not None and not caller.owns(job.caller):
-        raise JobNotFound(f"no job {job_id!r} on instance {handler.ctx.jobs.instance!r}")
+        raise JobNotFound(f"no job {job_id!r}")
     return job
+
+
+def owned_or_done(handler: JSONHandler, job: Job, what: str) -> None:
+    """Only the owner can stream or cancel an unfinished job: `OwnerUnreachable` here."""
+    if not job.done and not handler.ctx.jobs.owns(job):
+        raise OwnerUnreachable(
+            f"job {job.id} is {job.state} on instance {job.instance!r}, which alone can "
+            f"{what} it and did not get this request (down, or not the one asked); its "
+            "state is readable here (GET /jobs/<id>)")
+
+
+def listing_query(handler: JSONHandler) -> JobQuery:
+    """The filters, size and cursor of a ``GET /jobs``; `InvalidField` for a bad one."""
+    state = handler.get_query_argument("state", None)
+    if state is not None and state not in set(JobState):
+        raise InvalidField(f"'state' must be one of {', '.join(JobState)}")
+    instance = handler.get_query_argument("instance", None)
+    text = handler.get_query_argument("limit", str(DEFAULT_PAGE))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise InvalidField(f"'limit' must be an integer from 1 to {MAX_PAGE}")
+    before = handler.get_query_argument("before", None)
+    caller = handler.caller
+    return JobQuery(state=state, instance=instance or None, limit=int(text),
+                    before=None if before is None else parse_cursor(before),
+                    caller=None if caller is None or caller.sees_all else caller.name)
 
 
 class JobsHandler(CommandHandler):
     """``POST /jobs`` starts a job from a ``/run`` body (and an optional ``callback_url``);
-    ``GET /jobs`` lists the jobs kept (the caller's own, or every one for ``admin``)."""
+    ``GET /jobs`` lists a page of jobs (the caller's own, or every one for ``admin``)."""
 
     scope = "jobs"
 
@@ -53,11 +86,9 @@ class JobsHandler(CommandHandler):
         self.set_header("Location", f"/jobs/{job.id}")
         self.write_json(await registry.describe(job), 202)
 
-    def get(self) -> None:
-        caller = self.caller
-        jobs = [job for job in self.ctx.jobs.newest_first()
-                if caller is None or caller.owns(job.caller)]
-        self.write_json({"jobs": [job.to_json() for job in jobs]})
+    async def get(self) -> None:
+        jobs, next_page = await self.ctx.jobs.page(listing_query(self))
+        self.write_json({"jobs": jobs, "next": next_page})
 
 
 class JobHandler(JSONHandler):
@@ -67,11 +98,13 @@ class JobHandler(JSONHandler):
 
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
-        self.write_json(await registry.describe(visible_job(self, job_id)))
+        self.write_json(await registry.describe(await visible_job(self, job_id)))
 
     async def delete(self, job_id: str) -> None:
         registry = self.ctx.jobs
-        job = await registry.cancel(visible_job(self, job_id))
+        job = await visible_job(self, job_id)
+        owned_or_done(self, job, "cancel")
+        job = await registry.cancel(job)
         self.exit_status = job.status
         body = await registry.describe(job)
         if self.request.connection is None or self._finished:
@@ -87,7 +120,8 @@ class JobOutputHandler(JSONHandler):
 
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
-        job = visible_job(self, job_id)
+        job = await visible_job(self, job_id)
+        owned_or_done(self, job, "stream the live output of")
         output = await registry.output(job)  # the live log, or the stored one read back
         sse = "text/event-stream" in self.request.headers.get("Accept", "")
         self.set_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")

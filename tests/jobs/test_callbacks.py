@@ -403,8 +403,9 @@ _SCHEMA_V2 = """CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT NULL,
 
 
 def test_a_store_of_version_2_opens_with_its_jobs_and_keeps_callbacks_after(tmp_path):
+    from helpers import sqlite_store
+
     from taskrunner.jobs.schema import JobRecord
-    from taskrunner.jobs.store import JobStore
 
     path = tmp_path / "jobs.sqlite3"
     now = time.time()
@@ -413,7 +414,7 @@ def test_a_store_of_version_2_opens_with_its_jobs_and_keeps_callbacks_after(tmp_
         db.execute("PRAGMA user_version = 2")
         db.execute("INSERT INTO jobs VALUES ('v.AAAAAAAAAAAAAAAAAAAAAA', 'v', 'exited', "
                    "'[\"true\"]', 0, 0, 0.1, 0, 0, ?, ?, NULL)", (now, now))
-    store = JobStore(str(tmp_path))
+    store = sqlite_store(str(tmp_path), "v")
     store.open()
     store.start()
     try:
@@ -425,7 +426,7 @@ def test_a_store_of_version_2_opens_with_its_jobs_and_keeps_callbacks_after(tmp_
         assert store.flush()
     finally:
         store.close()
-    store = JobStore(str(tmp_path))
+    store = sqlite_store(str(tmp_path), "v")
     store.open()
     try:
         [record] = store.load()

@@ -123,7 +123,7 @@ async def test_post_jobs_validates_like_run(instance):
         assert response.code == code, (raw[:40], response.body)
         assert json.loads(response.body)["error"] == error
     listing = json.loads((await instance.request("GET", "/jobs")).body)
-    assert listing == {"jobs": []}  # nothing that failed to start is kept
+    assert listing == {"jobs": [], "next": None}  # nothing that failed to start is kept
     response = await instance.request("PUT", "/jobs", {"args": ["true"]})
     assert response.code == 405
 
@@ -161,7 +161,7 @@ async def test_finished_jobs_expire_after_the_ttl(instance, tmp_path):
     gate.touch()
     await wait_done(instance, running["id"])
     await wait_gone(instance, running["id"])
-    assert json.loads((await instance.request("GET", "/jobs")).body) == {"jobs": []}
+    assert json.loads((await instance.request("GET", "/jobs")).body) == {"jobs": [], "next": None}
 
 
 @with_config(max_jobs=3)

@@ -444,16 +444,17 @@ async def test_a_store_of_the_previous_version_keeps_its_jobs_and_their_output(
 
 @pytest.mark.gen_test(timeout=60)
 async def test_the_store_refuses_creates_and_keeps_other_writes_until_the_disk_has_room(tmpfs):
+    from helpers import sqlite_store
+
     from taskrunner.errors import StoreUnavailable
     from taskrunner.jobs.schema import JobRecord
-    from taskrunner.jobs.store import JobStore
 
     def record(job_id, state, finished=None):
         return JobRecord(id=job_id, instance="x", state=state, args=["true"], status=None,
                          timed_out=False, duration=None, stdout_truncated=False,
                          stderr_truncated=False, created=time.time(), finished=finished)
 
-    store = JobStore(str(tmpfs / "state"), retry_interval=0.1)
+    store = sqlite_store(str(tmpfs / "state"), "x", retry_interval=0.1)
     written = []
     store.on_written = written.extend  # from the writer thread; read after flush()
     store.open()
@@ -483,8 +484,9 @@ _SCHEMA_V2_JOBS = """CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT N
 
 
 def test_a_version_2_store_gains_the_caller_column_and_keeps_its_jobs(tmp_path):
+    from helpers import sqlite_store
+
     from taskrunner.jobs.schema import JobRecord
-    from taskrunner.jobs.store import JobStore
 
     state_dir = tmp_path / "state"
     state_dir.mkdir()
@@ -493,7 +495,7 @@ def test_a_version_2_store_gains_the_caller_column_and_keeps_its_jobs(tmp_path):
         db.execute("INSERT INTO jobs VALUES ('x.a', 'x', 'exited', '[\"true\"]', 0, 0, 0.1, 0, "
                    "0, 1.0, 1.1, NULL)")
         db.execute("PRAGMA user_version = 2")
-    store = JobStore(str(state_dir))
+    store = sqlite_store(str(state_dir), "x")
     store.open()
     store.start()
     try:
@@ -506,7 +508,7 @@ def test_a_version_2_store_gains_the_caller_column_and_keeps_its_jobs(tmp_path):
         assert store.flush() is True
     finally:
         store.close()
-    reopened = JobStore(str(state_dir))
+    reopened = sqlite_store(str(state_dir), "x")
     reopened.open()
     try:
         assert {r.id: r.caller for r in reopened.load()} == {"x.a": None, "x.b": "alice"}

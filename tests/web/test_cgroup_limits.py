@@ -108,7 +108,7 @@ async def test_shutdown_removes_the_instances_cgroups(spawn_instance):
 
 
 def test_a_store_of_schema_version_2_gains_oom_killed(tmp_path):
-    from taskrunner.jobs.store import JobStore
+    from helpers import sqlite_store
 
     path = tmp_path / "jobs.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as db, db:
@@ -119,7 +119,7 @@ def test_a_store_of_schema_version_2_gains_oom_killed(tmp_path):
         db.execute("INSERT INTO jobs VALUES ('a.B', 'a', 'exited', '[\"true\"]', 0, 0, 0.1, "
                    "0, 0, 1.0, 1.1, NULL)")
         db.execute("PRAGMA user_version = 2")
-    store = JobStore(str(tmp_path))
+    store = sqlite_store(str(tmp_path), "a")
     store.open()
     try:
         records = store.load()

@@ -146,3 +146,14 @@ def test_the_callback_url_pattern_is_the_one_the_validation_applies():
     field = load_doc()["components"]["schemas"]["JobRequest"]["properties"]["callback_url"]
     assert field["pattern"] == f"^{URL_PATTERN}$"
     assert field["maxLength"] == MAX_URL_LENGTH
+
+
+def test_the_documented_cursor_and_page_size_are_the_ones_the_code_checks():
+    from taskrunner.jobs.index import CURSOR_PATTERN, DEFAULT_PAGE, MAX_PAGE
+    from taskrunner.web.openapi import document
+
+    listing = document(60)["paths"]["/jobs"]["get"]
+    parameters = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert parameters["before"]["pattern"] == CURSOR_PATTERN
+    limit = parameters["limit"]
+    assert (limit["default"], limit["maximum"]) == (DEFAULT_PAGE, MAX_PAGE)

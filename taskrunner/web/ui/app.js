@@ -6,10 +6,13 @@
 
 const TOKEN_KEY = "taskrunner.token";  // sessionStorage: this tab only
 const POLL_MS = 1500;  // GET /jobs while the list is shown (the API has no list stream)
-// Behind the stack's nginx each GET /jobs is answered by any one instance, with its own jobs:
-// the table keeps each instance's latest list, and forgets an instance not heard from for
-// this long (one that stopped, or whose jobs all expired).
+// With a shared job index (--state-dir shared by a host's instances, --state-url by a
+// cluster's) any instance lists every job. Without one, behind nginx each GET /jobs is
+// answered by any one instance with its own jobs: the table keeps each instance's latest
+// list, and forgets an instance not heard from for this long (one that stopped, or whose
+// jobs all expired).
 const INSTANCE_MS = 20000;
+const LIST_LIMIT = 1000;  // the newest jobs shown: the largest page GET /jobs gives
 
 const $ = (id) => document.getElementById(id);
 
@@ -284,7 +287,7 @@ function listView() {
       return;
     }
     try {
-      const text = await (await api("GET", "/jobs")).text();
+      const text = await (await api("GET", `/jobs?limit=${LIST_LIMIT}`)).text();
       if (stopped) return;
       show($("forget"), token() !== null);
       show($("login"), false);

@@ -1,0 +1,208 @@
+"""`SQLiteIndex`: the job index in ``<state-dir>/jobs.sqlite3``, shared by the instances of
+one host.
+
+WAL mode with ``synchronous=NORMAL``: a commit does not wait for the disk, and a crash of
+an instance (not of the machine) loses nothing committed; readers read beside the writers.
+Each instance writes from one thread; instances that write at the same moment wait for each
+other up to ``busy_timeout``. Reads run in a reader thread of their own, on a second
+connection, so the event loop never waits for the file.
+
+`open` turns a database that cannot be used into a one-line `StoreError`; a file that is not
+a database, or is corrupt, is moved aside (``jobs.sqlite3.corrupt-<time>``) with a warning
+and a new one is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from taskrunner.errors import StoreError
+from taskrunner.jobs.index import JobQuery, Pending, listing_sql
+from taskrunner.jobs.schema import (
+    COLUMNS,
+    INSERT,
+    INSERT_CHUNK,
+    STREAMS,
+    UPSERT,
+    JobRecord,
+    ensure_schema,
+)
+
+log = logging.getLogger("taskrunner.jobs")
+
+# Primary result codes (the low byte of sqlite_errorcode) that mean "this file is damaged".
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+_BUSY_TIMEOUT_MS = 5000  # a sibling instance's transaction is a few ms; a stuck one, an error
+_NOW = "(julianday('now') - 2440587.5) * 86400.0"  # Unix time, by SQLite
+
+T = TypeVar("T")
+
+
+class SQLiteIndex:
+    """The ``jobs.sqlite3`` database in ``state_dir``."""
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, "jobs.sqlite3")
+        self.where = self.path
+        self._db: sqlite3.Connection | None = None
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_db: sqlite3.Connection | None = None
+
+    # -- the writer thread's side --------------------------------------------------------
+
+    def open(self, instance: str) -> tuple[list[JobRecord], float | None]:
+        """Open (or create) the database; return ``instance``'s rows and last heartbeat."""
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"--state-dir {self.state_dir}: {exc.strerror or exc}") from None
+        if not os.access(self.state_dir, os.W_OK):  # SQLite would only say "unable to open"
+            raise StoreError(f"--state-dir {self.state_dir} is not writable (a read-only "
+                             "filesystem, or permissions)")
+        try:
+            return self._connect(instance)
+        except sqlite3.DatabaseError as exc:
+            if _primary(exc) not in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                raise StoreError(f"--state-dir: cannot use {self.path}: {exc}") from None
+            aside = f"{self.path}.corrupt-{int(time.time())}"
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.path + suffix, aside + suffix)
+            log.warning("job store: %s is damaged (%s); moved aside to %s, starting empty",
+                        self.path, exc, aside)
+            try:
+                return self._connect(instance)
+            except sqlite3.DatabaseError as again:
+                raise StoreError(f"--state-dir: cannot use {self.path}: {again}") from None
+
+    def _connect(self, instance: str) -> tuple[list[JobRecord], float | None]:
+        # Open, bring the schema up to date, and read this instance's rows and heartbeat:
+        # any damage to them shows here, at startup, where the file can still be moved aside.
+        db = _connection(self.path)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                ensure_schema(db)
+            rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE instance = ? "
+                              "ORDER BY created", (instance,)).fetchall()
+            beat = db.execute("SELECT heartbeat FROM instances WHERE name = ?",
+                              (instance,)).fetchone()
+            # Alive from now: an instance that dies before its first beat is still seen so.
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?)",
+                           (instance, time.time()))
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return [JobRecord.from_row(row) for row in rows], None if beat is None else beat[0]
+
+    def insert(self, records: list[JobRecord]) -> None:
+        """Insert new jobs' rows, in one transaction."""
+        assert self._db is not None
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(INSERT, [record.row() for record in records])
+
+    def write(self, pending: Pending, instance: str) -> None:
+        """Write everything pending and the heartbeat, in one transaction."""
+        assert self._db is not None
+        db = self._db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for job_id, change in pending.jobs.items():
+                if change.deleted:
+                    db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                    db.execute("DELETE FROM chunks WHERE job = ?", (job_id,))
+                    continue
+                if change.record is not None:
+                    db.execute(UPSERT, change.record.row())
+                db.executemany(INSERT_CHUNK, [
+                    (job_id, seq, STREAMS.index(stream), data)
+                    for seq, stream, data in change.chunks])
+            if pending.heartbeat is not None:
+                db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?)",
+                           (instance, pending.heartbeat))
+
+    def close(self) -> None:
+        """Close the writer's connection, and the reader's if `close_reads` did not."""
+        self._stop_reader()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- reads, on the reader thread -----------------------------------------------------
+
+    async def heartbeats(self) -> dict[str, tuple[float, float]]:
+        """Each instance's last heartbeat and its age in seconds."""
+        rows = await self._read(lambda db: db.execute(
+            f"SELECT name, heartbeat, {_NOW} - heartbeat FROM instances").fetchall())
+        return {name: (beat, age) for name, beat, age in rows}
+
+    async def find(self, query: JobQuery, lost_owners: Mapping[str, float]) -> list[JobRecord]:
+        """One listing page."""
+        sql, params = listing_sql(query, lost_owners, "?")
+        rows = await self._read(lambda db: db.execute(sql, params).fetchall())
+        return [JobRecord.from_row(row) for row in rows]
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """One job's row."""
+        row = await self._read(lambda db: db.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return None if row is None else JobRecord.from_row(row)
+
+    async def output(self, job_id: str) -> list[tuple[str, bytes]]:
+        """One job's stored output, in the order written."""
+        rows = await self._read(lambda db: db.execute(
+            "SELECT stream, data FROM chunks WHERE job = ? ORDER BY seq", (job_id,)).fetchall())
+        return [(STREAMS[stream], bytes(data)) for stream, data in rows]
+
+    async def close_reads(self) -> None:
+        """Stop the reader thread and close its connection."""
+        self._stop_reader()
+
+    def _stop_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.submit(self._close_reader).result(10.0)
+            self._reader.shutdown()
+            self._reader = None
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None:
+            self._reader = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="taskrunner-job-store-read")
+        return await asyncio.wrap_future(self._reader.submit(self._on_reader, work))
+
+    def _on_reader(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader_db is None:
+            self._reader_db = _connection(self.path)
+        return work(self._reader_db)
+
+    def _close_reader(self) -> None:
+        if self._reader_db is not None:
+            self._reader_db.close()
+            self._reader_db = None
+
+
+def _connection(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+def _primary(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF

@@ -1,0 +1,174 @@
+"""The job index: what every backend of the job store shares, and how a listing is asked.
+
+The index is where the instances of one deployment write their jobs: a SQLite file under
+``--state-dir`` shared by the instances of one host, or PostgreSQL (``--state-url``) shared
+by the hosts of a cluster (`taskrunner.jobs.backends`). Each instance writes only its own
+jobs, and its heartbeat (the ``instances`` table). Any instance reads them all:
+
+- `JobQuery`: a page of a listing, newest first (``created``, then ``id``), filtered by
+  state, instance and caller, continued with the opaque cursor of its last job.
+- Lost owners: a job stored ``queued`` or ``running`` whose owner's heartbeat is older than
+  ``--lost-after`` is *reported* ``lost`` (`present`), finished at that heartbeat; nothing
+  is written for it. Its owner, coming back, marks it lost for good at its restart.
+
+`Pending` and `Change` are what the store's writer hands a backend to write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from taskrunner.errors import InvalidField
+from taskrunner.jobs.schema import COLUMNS, Chunk, JobRecord
+
+UNFINISHED = ("queued", "running")
+MAX_PAGE = 1000
+"""The most jobs one listing page holds (``limit``)."""
+DEFAULT_PAGE = 100
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """One page of ``GET /jobs``: its filters, its size, where the previous page ended."""
+
+    state: str | None = None
+    instance: str | None = None
+    caller: str | None = None
+    """Only this caller's jobs (a caller without the ``admin`` scope); None: everyone's."""
+    limit: int = DEFAULT_PAGE
+    before: tuple[float, str] | None = None
+    """(created, id) of the last job of the previous page: this page starts after it."""
+
+
+def cursor(record_created: float, job_id: str) -> str:
+    """The ``before`` value that continues a listing after this job."""
+    return f"{record_created!r}~{job_id}"
+
+
+CURSOR_PATTERN = r"^[0-9]{1,17}(\.[0-9]{1,17})?~[A-Za-z0-9_-]*\.[A-Za-z0-9_-]{1,64}$"
+"""What `cursor` makes (a Unix time is printed without an exponent), in the OpenAPI document
+too."""
+
+
+def parse_cursor(text: str) -> tuple[float, str]:
+    """A ``before`` value back into (created, id); `InvalidField` if it is not one."""
+    if not re.match(CURSOR_PATTERN, text):
+        raise InvalidField("'before' is not a cursor of this API: pass the 'next' value of "
+                           "the previous page as it was")
+    created, _, job_id = text.partition("~")
+    return float(created), job_id
+
+
+def present(record: JobRecord, lost_owners: Mapping[str, float]) -> JobRecord:
+    """The record as the API shows it: an unfinished job of a lost owner is ``lost``,
+    finished at the owner's last heartbeat."""
+    beat = lost_owners.get(record.instance)
+    if beat is None or record.state not in UNFINISHED:
+        return record
+    return dataclasses.replace(record, state="lost", finished=max(record.created, beat))
+
+
+def listing_sql(query: JobQuery, lost_owners: Mapping[str, float],
+                mark: str) -> tuple[str, list[Any]]:
+    """The SELECT of one listing page; ``mark`` is the driver's placeholder (``?``, ``%s``).
+
+    A state filter sees states as `present` shows them: ``lost`` includes the unfinished
+    jobs of lost owners, ``running`` and ``queued`` exclude them.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    lost = sorted(lost_owners)
+    owners = f"({', '.join(mark for _ in lost)})"
+    unfinished = f"state IN ('{UNFINISHED[0]}', '{UNFINISHED[1]}')"
+    if query.state == "lost" and lost:
+        where.append(f"(state = 'lost' OR ({unfinished} AND instance IN {owners}))")
+        params += lost
+    elif query.state is not None:
+        where.append(f"state = {mark}")
+        params.append(query.state)
+        if query.state in UNFINISHED and lost:
+            where.append(f"instance NOT IN {owners}")
+            params += lost
+    if query.instance is not None:
+        where.append(f"instance = {mark}")
+        params.append(query.instance)
+    if query.caller is not None:
+        where.append(f"caller = {mark}")
+        params.append(query.caller)
+    if query.before is not None:
+        where.append(f"(created, id) < ({mark}, {mark})")
+        params += list(query.before)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY created DESC, id DESC LIMIT {int(query.limit)}"
+    return sql, params
+
+
+@dataclass
+class Change:
+    """What one job needs written; changes of one job merge into one."""
+
+    record: JobRecord | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    deleted: bool = False
+
+
+@dataclass
+class Pending:
+    """Every change not yet written, merged per job, and the newest heartbeat."""
+
+    jobs: dict[str, Change] = field(default_factory=dict)
+    heartbeat: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs) or self.heartbeat is not None
+
+    def change(self, job_id: str) -> Change:
+        """The change of ``job_id``, made empty if there is none yet."""
+        return self.jobs.setdefault(job_id, Change())
+
+    def written(self) -> list[JobRecord]:
+        """The job records this pending write holds."""
+        return [change.record for change in self.jobs.values() if change.record is not None]
+
+
+class Backend(Protocol):
+    """A database the job store writes to (from its writer thread) and reads from (on the
+    event loop, without blocking it). Every method raises one of `errors` on failure."""
+
+    where: str
+    """The database, for messages (a path, or a URL without its password)."""
+    errors: tuple[type[Exception], ...]
+
+    def open(self, instance: str) -> tuple[list[JobRecord], float | None]:
+        """Connect, bring the schema up to date; return the rows of ``instance`` (oldest
+        first) and its last heartbeat. `taskrunner.errors.StoreError` if unusable."""
+
+    def insert(self, records: list[JobRecord]) -> None:
+        """Insert new jobs' rows, in one transaction."""
+
+    def write(self, pending: Pending, instance: str) -> None:
+        """Write states, chunks, deletions and ``instance``'s heartbeat, in one transaction."""
+
+    def close(self) -> None:
+        """Close every connection."""
+
+    async def heartbeats(self) -> dict[str, tuple[float, float]]:
+        """Each instance's last heartbeat and its age in seconds, by the database's clock."""
+
+    async def find(self, query: JobQuery, lost_owners: Mapping[str, float]) -> list[JobRecord]:
+        """One listing page (see `listing_sql`)."""
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """One job's row."""
+
+    async def output(self, job_id: str) -> list[tuple[str, bytes]]:
+        """One job's stored output, in the order written."""
+
+    async def close_reads(self) -> None:
+        """Release what the reads hold (a thread, a pool); call on the event loop."""

@@ -1,0 +1,178 @@
+"""The job index shared by instances: one SQLite file for one host's instances, or a
+PostgreSQL database for a cluster's (each test runs on both, as real child instances and a
+real PostgreSQL server).
+
+What a user sees: any instance lists every instance's jobs, pages and filters them, and
+answers for a finished job of another; an instance that dies has its unfinished jobs
+reported lost by the others, and lost they stay when it comes back.
+"""
+
+import asyncio
+import json
+import signal
+import time
+
+import pytest
+from helpers import get_job, submit, until, wait_done
+
+LOST_AFTER = 3
+
+
+def start_pair(spawn_instance, shared_index):
+    a = spawn_instance("--instance", "a", "--lost-after", str(LOST_AFTER), *shared_index)
+    b = spawn_instance("--instance", "b", "--lost-after", str(LOST_AFTER), *shared_index)
+    return a, b
+
+
+async def listing(instance, query=""):
+    response = await instance.request("GET", f"/jobs{query}")
+    assert response.code == 200, response.body
+    return json.loads(response.body)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_any_instance_lists_every_instances_jobs_and_shows_a_finished_one(
+        spawn_instance, shared_index):
+    a, b = start_pair(spawn_instance, shared_index)
+    on_a = [await submit(a, {"args": ["echo", f"from a {n}"]}) for n in range(3)]
+    on_b = [await submit(b, {"args": ["echo", f"from b {n}"]}) for n in range(2)]
+    for job in on_a:
+        await wait_done(a, job["id"])
+    for job in on_b:
+        await wait_done(b, job["id"])
+    everyone = sorted(job["id"] for job in on_a + on_b)
+
+    async def both_list_all():
+        pages = [await listing(instance) for instance in (a, b)]
+        return all(sorted(job["id"] for job in page["jobs"]) == everyone for page in pages)
+
+    await until(both_list_all, 10)
+    only_a = await listing(b, "?instance=a")
+    assert sorted(job["id"] for job in only_a["jobs"]) == sorted(job["id"] for job in on_a)
+    assert {job["state"] for job in (await listing(b, "?state=exited"))["jobs"]} == {"exited"}
+    # A finished job of a, asked of b: answered from the index, its output included.
+    shown = await get_job(b, on_a[1]["id"])
+    assert (shown["instance"], shown["state"], shown["stdout"]) == ("a", "exited", "from a 1\n")
+    response = await b.request("GET", f"/jobs/{on_a[1]['id']}/output")
+    lines = [json.loads(line) for line in response.body.splitlines()]
+    assert lines[0] == {"stream": "stdout", "data": "from a 1\n"}
+    assert lines[-1]["state"] == "exited"
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_dead_owners_running_job_turns_lost_everywhere_and_stays_lost(
+        spawn_instance, shared_index):
+    a, b = start_pair(spawn_instance, shared_index)
+    job = await submit(a, {"args": ["sleep", "600"]})
+    job_id = job["id"]
+    await until(lambda: get_job(b, job_id), 10)
+    assert (await get_job(b, job_id))["state"] == "running"
+    # Only the owner has the live output and can cancel: b says so, at once.
+    for method, path in (("GET", f"/jobs/{job_id}/output"), ("DELETE", f"/jobs/{job_id}")):
+        response = await b.request(method, path)
+        assert response.code == 503, response.body
+        assert json.loads(response.body)["error"] == "owner_unreachable"
+        assert response.headers["Retry-After"] == "5"
+    # A power cut of a: no drain, no last write.
+    a.signal(signal.SIGKILL)
+    a.wait()
+    killed = time.monotonic()
+
+    async def lost_on_b():
+        seen = await get_job(b, job_id)
+        return seen["state"] == "lost"
+
+    await until(lost_on_b, LOST_AFTER + 8)
+    assert time.monotonic() - killed >= LOST_AFTER - 1
+    listed = await listing(b, "?state=lost")
+    assert [entry["id"] for entry in listed["jobs"]] == [job_id]
+    assert (await listing(b, "?state=running"))["jobs"] == []
+    # a comes back under its name: it marks the job lost for good; lost it stays.
+    again = spawn_instance("--instance", "a", "--lost-after", str(LOST_AFTER), *shared_index)
+    assert (await get_job(again, job_id))["state"] == "lost"
+    await asyncio.sleep(1.5)
+    assert (await get_job(b, job_id))["state"] == "lost"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_sibling_restarting_takes_no_running_job_of_another_for_lost(
+        spawn_instance, shared_index):
+    a, b = start_pair(spawn_instance, shared_index)
+    job = await submit(a, {"args": ["sleep", "600"]})
+    b.signal(signal.SIGTERM)
+    assert b.wait() == 0
+    again = spawn_instance("--instance", "b", "--lost-after", str(LOST_AFTER), *shared_index)
+    assert (await get_job(again, job["id"]))["state"] == "running"
+    assert (await get_job(a, job["id"]))["state"] == "running"
+
+
+def seed(store_flags, count):
+    """``count`` finished and running jobs of two instances, written straight to the index
+    through its own store (as instances write them); returns their records."""
+    from taskrunner.jobs.job import new_job_id
+    from taskrunner.jobs.schema import JobRecord
+
+    store = index_store(store_flags, "seeder")
+    store.open()
+    store.start()
+    records = []
+    try:
+        for n in range(count):
+            owner = ("s1", "s2")[n % 2]
+            state = ("exited", "failed", "running")[n % 3]
+            created = 1_700_000_000.0 + n // 2  # pairs share a time: the id breaks the tie
+            record = JobRecord(
+                id=new_job_id(owner), instance=owner, state=state, args=["true"],
+                status=0 if state == "exited" else None, timed_out=False,
+                duration=0.5 if state == "exited" else None, stdout_truncated=False,
+                stderr_truncated=False, created=created,
+                finished=None if state == "running" else created + 1,
+                error={"error": "spawn_failed", "message": "no such program"}
+                if state == "failed" else None)
+            store.put(record.id, record)
+            records.append(record)
+        assert store.flush(30)
+    finally:
+        store.close()
+    return records
+
+
+def index_store(flags, instance):
+    from taskrunner.jobs.store import JobStore
+
+    kind, where = flags
+    if kind == "--state-dir":
+        from taskrunner.jobs.backends.sqlite import SQLiteIndex
+
+        return JobStore(SQLiteIndex(where), instance)
+    from taskrunner.jobs.backends.postgresql import PostgresIndex
+
+    return JobStore(PostgresIndex(where), instance)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_pages_and_filters_over_thousands_of_jobs(spawn_instance, shared_index):
+    reader = spawn_instance("--instance", "r", *shared_index)
+    records = seed(shared_index, 3000)
+    newest_first = sorted(records, key=lambda r: (r.created, r.id), reverse=True)
+
+    async def walk(query):
+        seen, before = [], None
+        while True:
+            page = await listing(reader, query + (f"&before={before}" if before else ""))
+            assert len(page["jobs"]) <= 400
+            seen += page["jobs"]
+            before = page["next"]
+            if before is None:
+                return seen
+
+    everything = await walk("?limit=400")
+    assert [job["id"] for job in everything] == [r.id for r in newest_first]
+    wanted = [r.id for r in newest_first if r.instance == "s1" and r.state == "failed"]
+    assert [job["id"] for job in await walk("?limit=400&instance=s1&state=failed")] == wanted
+    first = await listing(reader)
+    assert len(first["jobs"]) == 100 and first["next"]
+    for bad in ("?limit=0", "?limit=1001", "?limit=x", "?state=done", "?before=nonsense"):
+        response = await reader.request("GET", f"/jobs{bad}")
+        assert response.code == 400, bad
+        assert json.loads(response.body)["error"] == "invalid_field"
