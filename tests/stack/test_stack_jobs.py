@@ -10,6 +10,7 @@ import os
 import time
 
 import pytest
+from helpers import wait_until
 from stackutil import needs_stack, running_stack
 
 pytestmark = needs_stack()
@@ -18,7 +19,7 @@ pytestmark = needs_stack()
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("stack-jobs"))
-    with running_stack(run_dir, 18280, 19085, state_dir=f"{run_dir}/state") as stack:
+    with running_stack(run_dir, 18280, 19085) as stack:  # state: run_dir/state, shared
         yield stack
 
 
@@ -46,8 +47,18 @@ def test_jobs_created_through_nginx_can_be_polled_on_their_instance(stack):
             time.sleep(0.05)
         assert polled["state"] == "exited"
         assert polled["stdout"] == f"{i}\n"
-    status, _, body = stack.call("GET", "/jobs")
-    assert status == 200 and "jobs" in json.loads(body)
+
+
+def test_one_get_jobs_lists_the_jobs_of_all_four(stack):
+    # The four share one job index (scripts/stack's --state-dir): whichever instance nginx
+    # asks lists every job of the stack.
+    jobs = [create(stack, ["echo", str(i)]) for i in range(8)]
+    assert len({job["id"].split(".", 1)[0] for job in jobs}) >= 2
+    for _ in range(4):  # nginx asks each instance in turn
+        status, _, body = stack.call("GET", "/jobs?limit=100")
+        assert status == 200, body
+        listed = {job["id"] for job in json.loads(body)["jobs"]}
+        assert {job["id"] for job in jobs} <= listed
 
 
 def test_job_output_streams_through_nginx_unbuffered(stack):
@@ -86,10 +97,28 @@ def test_unknown_job_is_a_json_404(stack):
         assert json.loads(body)["error"] == "job_not_found"
 
 
-def test_finished_jobs_survive_a_rolling_restart_with_a_state_dir(stack):
+def test_a_stopped_owners_finished_job_is_answered_by_another_instance(stack):
+    # The job's upstream has the other three as backups, and they share its job index.
+    job = create(stack, ["echo", "backup"])
+    owner = job["id"].split(".", 1)[0]
+    assert wait_until(lambda: json.loads(stack.call("GET", f"/jobs/{job['id']}")[2])["state"]
+                      == "exited", 10)
+    time.sleep(0.5)  # written (the store batches writes for 50 ms)
+    stack.ctl("stop", f"taskrunner:taskrunner_{owner}")
+    try:
+        assert stack.health(int(owner)) is None
+        status, _, body = stack.call("GET", f"/jobs/{job['id']}")
+        assert status == 200, body
+        assert json.loads(body)["stdout"] == "backup\n"
+    finally:
+        stack.ctl("start", f"taskrunner:taskrunner_{owner}")
+    assert wait_until(lambda: stack.health(int(owner)), 10)
+
+
+def test_finished_jobs_survive_a_rolling_restart(stack):
     job = create(stack, ["echo", "kept"])
     owner = int(job["id"].split(".", 1)[0])
-    assert os.path.isdir(os.path.join(stack.run_dir, "state", str(owner)))
+    assert os.path.exists(os.path.join(stack.run_dir, "state", "jobs.sqlite3"))
     time.sleep(0.5)  # finished and written (the store batches writes for 50 ms)
     old_pid = stack.health(owner)["pid"]
     assert stack.script("reload").returncode == 0
