@@ -18,6 +18,8 @@ from stackutil import Load
 
 pytestmark = needs_cluster()
 
+# Long enough for the test after the power cut to see the running job still owned (its
+# output and cancel: owner_unreachable) before it turns lost.
 LOST_AFTER = 6.0
 PG_PORT = 55520
 

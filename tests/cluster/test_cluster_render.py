@@ -148,6 +148,25 @@ def test_every_route_of_a_job_has_its_owner_first_and_the_others_as_backups(inve
         assert f"\n{directive}" not in text
 
 
+def test_print_front_whole_is_an_nginx_conf_nginx_accepts(tmp_path, inventory_file):
+    printed = cluster_cli("print-front", "--inventory", inventory_file, "--whole",
+                          "--run-dir", str(tmp_path))
+    assert printed.returncode == 0, printed.stderr
+    (tmp_path / "nginx.conf").write_text(printed.stdout)
+    (tmp_path / "log").mkdir()
+    (tmp_path / "nginx").mkdir()  # its temp files: nginx makes the directories inside
+    checked = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-e",
+                              str(tmp_path / "log" / "error.log"), "-c",
+                              str(tmp_path / "nginx.conf")],
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    assert f"pid {tmp_path}/nginx.pid;" in printed.stdout
+    assert f"access_log {tmp_path}/log/nginx-access.log taskrunner" in printed.stdout
+    done = cluster_cli("print-front", "--inventory", inventory_file, "--whole")
+    assert (done.returncode, done.stderr) == (
+        2, "cluster: print-front --whole needs --run-dir (nginx's files go there)\n")
+
+
 def test_print_host_is_a_program_section_supervisord_reads(tmp_path, inventory_file):
     from supervisor.options import ServerOptions
     printed = cluster_cli("print-host", "h2", "--inventory", inventory_file, "--python",
