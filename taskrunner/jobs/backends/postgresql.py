@@ -25,42 +25,7 @@ import psycopg_pool
 
 from taskrunner.errors import StoreError
 from taskrunner.jobs.index import JobQuery, Pending, listing_sql
-from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    instance TEXT NOT NULL,
-    state TEXT NOT NULL,
-    args TEXT NOT NULL,
-    status INTEGER,
-    timed_out INTEGER NOT NULL,
-    oom_killed INTEGER NOT NULL DEFAULT 0,
-    duration DOUBLE PRECISION,
-    stdout_truncated INTEGER NOT NULL,
-    stderr_truncated INTEGER NOT NULL,
-    created DOUBLE PRECISION NOT NULL,
-    finished DOUBLE PRECISION,
-    error TEXT,
-    caller TEXT,
-    callback_url TEXT,
-    callback TEXT
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    job TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    stream SMALLINT NOT NULL,
-    data BYTEA NOT NULL,
-    PRIMARY KEY (job, seq)
-);
-CREATE TABLE IF NOT EXISTS instances (
-    name TEXT PRIMARY KEY,
-    heartbeat DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created, id);
-CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, created, id);
-"""
+from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord, schema
 
 _SCHEMA_LOCK = 0x7461736B  # pg_advisory_xact_lock key: "task"
 _NOW = "extract(epoch from clock_timestamp())::double precision"
@@ -104,9 +69,8 @@ class PostgresIndex:
             db = self._connection()
             with db.transaction():
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in schema("postgresql"):
+                    db.execute(statement)
             rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE instance = %s "
                               "ORDER BY created", (instance,)).fetchall()
             beat = db.execute("SELECT heartbeat FROM instances WHERE name = %s",
