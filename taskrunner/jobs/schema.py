@@ -4,7 +4,8 @@ Version 4 (``PRAGMA user_version`` in SQLite; the PostgreSQL backend has the sam
 ``jobs`` holds one row per job without its output, with the instance that owns it;
 ``chunks`` holds the output as written, ``(job, seq, stream, data)``, replayed in ``seq``
 order; ``instances`` holds each instance's ``heartbeat``, so that the instances sharing
-one index tell a sibling that died from one that lives. Version 1 kept stdout and stderr as
+one index tell a sibling that died from one that lives, and its ``holder``, so that two
+live processes never run under one name. Version 1 kept stdout and stderr as
 text columns of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added the
 columns of `ADDED_COLUMNS` (``oom_killed``; the caller of ``--callers`` that submitted the
 job; its callback); `ensure_schema` adds whichever a store lacks, so a store of any earlier
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 ){without_rowid};
 CREATE TABLE IF NOT EXISTS instances (
     name TEXT PRIMARY KEY,
-    heartbeat {real} NOT NULL
+    heartbeat {real} NOT NULL,
+    holder TEXT
 ){without_rowid};
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created, id);
@@ -150,7 +152,8 @@ def _move_heartbeat(db: sqlite3.Connection) -> None:
         return
     beat = db.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
     if beat is not None:
-        db.execute("INSERT OR REPLACE INTO instances SELECT DISTINCT instance, ? FROM jobs",
+        db.execute("INSERT OR REPLACE INTO instances (name, heartbeat) "
+                   "SELECT DISTINCT instance, ? FROM jobs",
                    (float(beat[0]),))
     db.execute("DROP TABLE meta")
 

@@ -24,7 +24,7 @@ import psycopg
 import psycopg_pool
 
 from taskrunner.errors import StoreError
-from taskrunner.jobs.index import JobQuery, Pending, listing_sql
+from taskrunner.jobs.index import JobQuery, Opened, Pending, listing_sql
 from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord, schema
 
 _SCHEMA_LOCK = 0x7461736B  # pg_advisory_xact_lock key: "task"
@@ -63,8 +63,9 @@ class PostgresIndex:
 
     # -- the writer thread's side --------------------------------------------------------
 
-    def open(self, instance: str) -> tuple[list[JobRecord], float | None]:
-        """Connect, create the tables if need be; return ``instance``'s rows and heartbeat."""
+    def open(self, instance: str) -> Opened:
+        """Connect, create the tables if need be; return what the index holds of
+        ``instance``."""
         try:
             db = self._connection()
             with db.transaction():
@@ -73,15 +74,26 @@ class PostgresIndex:
                     db.execute(statement)
             rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE instance = %s "
                               "ORDER BY created", (instance,)).fetchall()
-            beat = db.execute("SELECT heartbeat FROM instances WHERE name = %s",
-                              (instance,)).fetchone()
-            # Alive from now: an instance that dies before its first beat is still seen so.
-            db.execute(_HEARTBEAT, (instance,))
+            beat = db.execute(f"SELECT heartbeat, holder, {_NOW} - heartbeat FROM instances "
+                              "WHERE name = %s", (instance,)).fetchone()
         except psycopg.Error as exc:
             self.close()
             raise StoreError(f"--state-url: cannot use {self.where}: "
                              f"{' '.join(str(exc).split())}") from None
-        return [JobRecord.from_row(row) for row in rows], None if beat is None else beat[0]
+        return Opened([JobRecord.from_row(row) for row in rows], *(beat or (None, None, None)))
+
+    def claim(self, instance: str, holder: str) -> None:
+        """Write ``instance``'s heartbeat now, and its holder."""
+        self._connection().execute(
+            f"INSERT INTO instances (name, heartbeat, holder) VALUES (%s, {_NOW}, %s) "
+            "ON CONFLICT (name) DO UPDATE SET heartbeat = EXCLUDED.heartbeat, "
+            "holder = EXCLUDED.holder", (instance, holder))
+
+    def release(self, instance: str, holder: str) -> None:
+        """Give the name up, if this holder still holds it."""
+        self._connection().execute(
+            "UPDATE instances SET holder = NULL WHERE name = %s AND holder = %s",
+            (instance, holder))
 
     def insert(self, records: list[JobRecord]) -> None:
         """Insert new jobs' rows, in one transaction."""
