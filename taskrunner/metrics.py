@@ -115,7 +115,7 @@ class Metrics:
     def watch_job_store(self, store: StoreHealth) -> None:
         """Export whether the job store's writes succeed, and how many failed."""
         up = Gauge("taskrunner_job_store_up",
-                   "1 while the job index (--state-dir, --state-url) writes, 0 while its writes fail",
+                   "1 while the job index writes, 0 while its writes fail",
                    registry=self.registry)
         up.set_function(lambda: 1.0 if store.healthy else 0.0)
         failures = Counter("taskrunner_job_store_write_failures",

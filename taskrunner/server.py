@@ -139,7 +139,7 @@ class Server:
         instance = config.instance or str(self.port)
         try:
             # The job index before anything is started that would then need stopping.
-            store = _job_store(config, instance)
+            store = _job_store(config, instance, self.port)
             if self.use_watchdog:
                 try:
                     self.watchdog = Watchdog()
@@ -279,7 +279,7 @@ class Server:
         log.info("stopped")
 
 
-def _job_store(config: Config, instance: str) -> JobStore | None:
+def _job_store(config: Config, instance: str, port: int) -> JobStore | None:
     # The job index of --state-dir or --state-url, opened; imported here, not at the top:
     # an instance without one never loads sqlite3 or psycopg.
     if not (config.state_dir or config.state_url):
@@ -298,7 +298,8 @@ def _job_store(config: Config, instance: str) -> JobStore | None:
         from taskrunner.jobs.backends.sqlite import SQLiteIndex
 
         backend = SQLiteIndex(config.state_dir)
-    store = JobStore(backend, instance, lost_after=config.lost_after)
+    store = JobStore(backend, instance, lost_after=config.lost_after,
+                     holder=f"{socket.gethostname()} pid {os.getpid()} {config.address}:{port}")
     try:
         store.open()
     except StoreError as exc:

@@ -137,6 +137,21 @@ class Pending:
         return [change.record for change in self.jobs.values() if change.record is not None]
 
 
+@dataclass(frozen=True)
+class Opened:
+    """What an instance finds of itself in the index when it starts."""
+
+    records: list[JobRecord]
+    """Its rows, oldest first."""
+    heartbeat: float | None
+    """Its last heartbeat (Unix time), from its previous run."""
+    holder: str | None
+    """Who runs under its name now: the host and address of the process that claimed it,
+    or None once that process stopped cleanly."""
+    age: float | None
+    """Seconds since that heartbeat, by the index's clock."""
+
+
 class Backend(Protocol):
     """A database the job store writes to (from its writer thread) and reads from (on the
     event loop, without blocking it). Every method raises one of `errors` on failure."""
@@ -145,9 +160,15 @@ class Backend(Protocol):
     """The database, for messages (a path, or a URL without its password)."""
     errors: tuple[type[Exception], ...]
 
-    def open(self, instance: str) -> tuple[list[JobRecord], float | None]:
-        """Connect, bring the schema up to date; return the rows of ``instance`` (oldest
-        first) and its last heartbeat. `taskrunner.errors.StoreError` if unusable."""
+    def open(self, instance: str) -> Opened:
+        """Connect, bring the schema up to date; return what the index holds of
+        ``instance``. `taskrunner.errors.StoreError` if unusable."""
+
+    def claim(self, instance: str, holder: str) -> None:
+        """Write ``instance``'s heartbeat now, and who holds its name."""
+
+    def release(self, instance: str, holder: str) -> None:
+        """Give the name up (a clean stop): another process may take it at once."""
 
     def insert(self, records: list[JobRecord]) -> None:
         """Insert new jobs' rows, in one transaction."""

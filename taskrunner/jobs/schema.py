@@ -4,12 +4,14 @@ Version 4 (``PRAGMA user_version`` in SQLite; the PostgreSQL backend has the sam
 ``jobs`` holds one row per job without its output, with the instance that owns it;
 ``chunks`` holds the output as written, ``(job, seq, stream, data)``, replayed in ``seq``
 order; ``instances`` holds each instance's ``heartbeat``, so that the instances sharing
-one index tell a sibling that died from one that lives. Version 1 kept stdout and stderr as
+one index tell a sibling that died from one that lives, and its ``holder``, so that two
+live processes never run under one name. Version 1 kept stdout and stderr as
 text columns of ``jobs``; `ensure_schema` moves them into chunks. Version 3 added the
 columns of `ADDED_COLUMNS` (``oom_killed``; the caller of ``--callers`` that submitted the
 job; its callback); `ensure_schema` adds whichever a store lacks, so a store of any earlier
 version opens with its rows as they were (``oom_killed`` false, the others NULL). Version
-4 moved the one heartbeat of ``meta`` into ``instances``, for the instances of the rows.
+4 moved the one heartbeat of the ``meta`` table into ``instances``, for the instances of
+the rows, and dropped ``meta``. `schema` writes the tables for SQLite or PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 STREAMS = ("stdout", "stderr")
 
 SCHEMA_VERSION = 4
-SCHEMA = """
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     instance TEXT NOT NULL,
@@ -33,11 +35,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     status INTEGER,
     timed_out INTEGER NOT NULL,
     oom_killed INTEGER NOT NULL DEFAULT 0,
-    duration REAL,
+    duration {real},
     stdout_truncated INTEGER NOT NULL,
     stderr_truncated INTEGER NOT NULL,
-    created REAL NOT NULL,
-    finished REAL,
+    created {real} NOT NULL,
+    finished {real},
     error TEXT,
     caller TEXT,
     callback_url TEXT,
@@ -47,18 +49,28 @@ CREATE TABLE IF NOT EXISTS chunks (
     job TEXT NOT NULL,
     seq INTEGER NOT NULL,
     stream INTEGER NOT NULL,
-    data BLOB NOT NULL,
+    data {blob} NOT NULL,
     PRIMARY KEY (job, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+){without_rowid};
 CREATE TABLE IF NOT EXISTS instances (
     name TEXT PRIMARY KEY,
-    heartbeat REAL NOT NULL
-) WITHOUT ROWID;
+    heartbeat {real} NOT NULL,
+    holder TEXT
+){without_rowid};
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created, id);
-CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, created, id);
+CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, created, id)
 """
+
+_DIALECTS = {
+    "sqlite": {"real": "REAL", "blob": "BLOB", "without_rowid": " WITHOUT ROWID"},
+    "postgresql": {"real": "DOUBLE PRECISION", "blob": "BYTEA", "without_rowid": ""},
+}
+
+
+def schema(dialect: str) -> list[str]:
+    """The statements that create the index's tables, in ``sqlite`` or ``postgresql``."""
+    return [statement.strip() for statement in _SCHEMA.format(**_DIALECTS[dialect]).split(";")]
 
 COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "oom_killed", "duration",
             "stdout_truncated", "stderr_truncated", "created", "finished", "error",
@@ -127,9 +139,8 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     if version < SCHEMA_VERSION:
         _migrate(db)
         _add_columns(db)
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    for statement in schema("sqlite"):
+        db.execute(statement)
     if version < 4:
         _move_heartbeat(db)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -137,11 +148,14 @@ def ensure_schema(db: sqlite3.Connection) -> None:
 
 def _move_heartbeat(db: sqlite3.Connection) -> None:
     # Up to version 3 a store had one instance and one heartbeat, in meta.
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+        return
     beat = db.execute("SELECT value FROM meta WHERE key = 'heartbeat'").fetchone()
     if beat is not None:
-        db.execute("INSERT OR REPLACE INTO instances SELECT DISTINCT instance, ? FROM jobs",
+        db.execute("INSERT OR REPLACE INTO instances (name, heartbeat) "
+                   "SELECT DISTINCT instance, ? FROM jobs",
                    (float(beat[0]),))
-        db.execute("DELETE FROM meta WHERE key = 'heartbeat'")
+    db.execute("DROP TABLE meta")
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -151,9 +165,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     if "stdout" not in columns:
         return
     db.execute("ALTER TABLE jobs RENAME TO jobs_v1")
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    for statement in schema("sqlite"):
+        db.execute(statement)
     kept = ", ".join(name for name in COLUMNS if name in columns)
     db.execute(f"INSERT INTO jobs ({kept}) SELECT {kept} FROM jobs_v1")
     for seq, stream in enumerate(STREAMS):

@@ -33,13 +33,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from taskrunner.errors import StoreUnavailable
+from taskrunner.errors import StoreError, StoreUnavailable
 from taskrunner.jobs.index import Backend, JobQuery, Pending, present
 from taskrunner.jobs.schema import Chunk, JobRecord
 
@@ -53,11 +55,14 @@ _GATHER = ("put", "delete", "heartbeat")  # what may wait a moment for more of i
 class JobStore:
     """One instance's side of the job index: its writer thread and its reads."""
 
-    def __init__(self, backend: Backend, instance: str, *, batch_delay: float = 0.05,
-                 retry_interval: float = 1.0, retry_max: float = 5.0,
-                 lost_after: float = 15.0) -> None:
+    def __init__(self, backend: Backend, instance: str, *, holder: str = "",
+                 batch_delay: float = 0.05, retry_interval: float = 1.0,
+                 retry_max: float = 5.0, lost_after: float = 15.0) -> None:
         self.backend = backend
         self.instance = instance
+        self.holder = holder or f"{socket.gethostname()} pid {os.getpid()}"
+        """Who runs as ``instance``: ``<host> pid <pid> ...``. Another process asking for
+        the name while this one lives is refused."""
         self.batch_delay = batch_delay
         self.retry_interval = retry_interval
         self.retry_max = retry_max
@@ -85,11 +90,45 @@ class JobStore:
     # -- startup -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) the index, once; `StoreError` if it cannot be used."""
+        """Open (or create) the index and take this instance's name in it, once;
+        `StoreError` if the index cannot be used, or another live process holds the name
+        (a name heard from within ``lost_after`` seconds, held by another host or address)."""
         if self._opened:
             return
-        self._loaded = self.backend.open(self.instance)
+        opened = self.backend.open(self.instance)
+        try:
+            if (opened.holder is not None and self._held_elsewhere(opened.holder)
+                    and opened.age is not None and opened.age < self.lost_after):
+                raise StoreError(
+                    f"instance name {self.instance!r} is in use in {self.where}: held by "
+                    f"{opened.holder}, heard from {opened.age:.1f}s ago; give each instance "
+                    "sharing a job index its own --instance")
+            self.backend.claim(self.instance, self.holder)
+        except self.backend.errors as exc:
+            self.backend.close()
+            raise StoreError(f"cannot use {self.where}: {_one_line(exc)}") from None
+        except StoreError:
+            self.backend.close()
+            raise
+        self._loaded = (opened.records, opened.heartbeat)
         self._opened = True
+
+    def _held_elsewhere(self, holder: str) -> bool:
+        # Held by another process that may live: one of this host that is gone (a crash,
+        # and a restart on another port) does not hold the name any more.
+        if holder == self.holder:
+            return False
+        host, _, rest = holder.partition(" pid ")
+        pid = rest.split(" ", 1)[0]
+        if host != socket.gethostname() or not pid.isdigit():
+            return True
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def load(self) -> list[JobRecord]:
         """This instance's stored jobs, oldest first, as `open` read them (the caller turns
@@ -141,12 +180,18 @@ class JobStore:
             return False
 
     def close(self) -> None:
-        """Try once more to write what is queued, stop the thread, close the index."""
+        """Try once more to write what is queued, stop the thread, give the name up,
+        close the index."""
         if self._thread is not None:
             self._queue.put(("stop", None))
             self._thread.join(10.0)
             self._thread = None
         if self._opened:
+            try:
+                self.backend.release(self.instance, self.holder)
+            except self.backend.errors as exc:
+                log.warning("job store: could not give up the name %r in %s: %s",
+                            self.instance, self.where, _one_line(exc))
             self.backend.close()
             self._opened = False
 

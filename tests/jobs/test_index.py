@@ -176,3 +176,22 @@ async def test_pages_and_filters_over_thousands_of_jobs(spawn_instance, shared_i
         response = await reader.request("GET", f"/jobs{bad}")
         assert response.code == 400, bad
         assert json.loads(response.body)["error"] == "invalid_field"
+
+
+def test_a_second_live_process_cannot_take_an_instances_name(spawn_instance, shared_index):
+    import subprocess
+
+    from helpers import PY, REPO
+
+    first = spawn_instance("--instance", "twin", *shared_index)
+    second = subprocess.run([PY, "-m", "taskrunner", "--port", "0", "--instance", "twin",
+                             *shared_index], cwd=REPO, capture_output=True, text=True,
+                            timeout=30)
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "instance name 'twin' is in use" in lines[0], second.stderr
+    assert first.proc.poll() is None
+    # Once the first stops cleanly, the name is free at once.
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    spawn_instance("--instance", "twin", *shared_index)

@@ -514,3 +514,40 @@ def test_a_version_2_store_gains_the_caller_column_and_keeps_its_jobs(tmp_path):
         assert {r.id: r.caller for r in reopened.load()} == {"x.a": None, "x.b": "alice"}
     finally:
         reopened.close()
+
+
+_SCHEMA_V3 = """
+CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT NULL, state TEXT NOT NULL,
+    args TEXT NOT NULL, status INTEGER, timed_out INTEGER NOT NULL,
+    oom_killed INTEGER NOT NULL DEFAULT 0, duration REAL, stdout_truncated INTEGER NOT NULL,
+    stderr_truncated INTEGER NOT NULL, created REAL NOT NULL, finished REAL, error TEXT,
+    caller TEXT, callback_url TEXT, callback TEXT);
+CREATE TABLE chunks (job TEXT NOT NULL, seq INTEGER NOT NULL, stream INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (job, seq)) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_version_3_store_keeps_its_last_heartbeat_as_the_end_of_its_lost_job(
+        spawn_instance, tmp_path):
+    # Version 3 had one heartbeat for its one instance; version 4 keeps one per instance.
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    with contextlib.closing(sqlite3.connect(state_dir / "jobs.sqlite3")) as db, db:
+        db.executescript(_SCHEMA_V3)
+        now = time.time()
+        db.execute("INSERT INTO jobs VALUES ('old.AAAAAAAAAAAAAAAAAAAAAA', 'old', 'running', "
+                   "'[\"sleep\", \"9\"]', NULL, 0, 0, NULL, 0, 0, ?, NULL, NULL, "
+                   "NULL, NULL, NULL)", (now - 60,))
+        db.execute("INSERT INTO meta VALUES ('heartbeat', ?)", (now - 30,))
+        db.execute("PRAGMA user_version = 3")
+    child = spawn_instance("--state-dir", str(state_dir), "--instance", "old")
+    code, job = await get_job(child, "old.AAAAAAAAAAAAAAAAAAAAAA")
+    assert code == 200, job
+    assert job["state"] == "lost"
+    assert abs(parse_time(job["finished"]) - (now - 30)) < 0.01
+    with contextlib.closing(sqlite3.connect(state_dir / "jobs.sqlite3")) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "meta" not in tables and "instances" in tables
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4

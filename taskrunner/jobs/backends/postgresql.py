@@ -24,43 +24,8 @@ import psycopg
 import psycopg_pool
 
 from taskrunner.errors import StoreError
-from taskrunner.jobs.index import JobQuery, Pending, listing_sql
-from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    instance TEXT NOT NULL,
-    state TEXT NOT NULL,
-    args TEXT NOT NULL,
-    status INTEGER,
-    timed_out INTEGER NOT NULL,
-    oom_killed INTEGER NOT NULL DEFAULT 0,
-    duration DOUBLE PRECISION,
-    stdout_truncated INTEGER NOT NULL,
-    stderr_truncated INTEGER NOT NULL,
-    created DOUBLE PRECISION NOT NULL,
-    finished DOUBLE PRECISION,
-    error TEXT,
-    caller TEXT,
-    callback_url TEXT,
-    callback TEXT
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    job TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    stream SMALLINT NOT NULL,
-    data BYTEA NOT NULL,
-    PRIMARY KEY (job, seq)
-);
-CREATE TABLE IF NOT EXISTS instances (
-    name TEXT PRIMARY KEY,
-    heartbeat DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created, id);
-CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, created, id);
-"""
+from taskrunner.jobs.index import JobQuery, Opened, Pending, listing_sql
+from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord, schema
 
 _SCHEMA_LOCK = 0x7461736B  # pg_advisory_xact_lock key: "task"
 _NOW = "extract(epoch from clock_timestamp())::double precision"
@@ -98,26 +63,37 @@ class PostgresIndex:
 
     # -- the writer thread's side --------------------------------------------------------
 
-    def open(self, instance: str) -> tuple[list[JobRecord], float | None]:
-        """Connect, create the tables if need be; return ``instance``'s rows and heartbeat."""
+    def open(self, instance: str) -> Opened:
+        """Connect, create the tables if need be; return what the index holds of
+        ``instance``."""
         try:
             db = self._connection()
             with db.transaction():
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in schema("postgresql"):
+                    db.execute(statement)
             rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE instance = %s "
                               "ORDER BY created", (instance,)).fetchall()
-            beat = db.execute("SELECT heartbeat FROM instances WHERE name = %s",
-                              (instance,)).fetchone()
-            # Alive from now: an instance that dies before its first beat is still seen so.
-            db.execute(_HEARTBEAT, (instance,))
+            beat = db.execute(f"SELECT heartbeat, holder, {_NOW} - heartbeat FROM instances "
+                              "WHERE name = %s", (instance,)).fetchone()
         except psycopg.Error as exc:
             self.close()
             raise StoreError(f"--state-url: cannot use {self.where}: "
                              f"{' '.join(str(exc).split())}") from None
-        return [JobRecord.from_row(row) for row in rows], None if beat is None else beat[0]
+        return Opened([JobRecord.from_row(row) for row in rows], *(beat or (None, None, None)))
+
+    def claim(self, instance: str, holder: str) -> None:
+        """Write ``instance``'s heartbeat now, and its holder."""
+        self._connection().execute(
+            f"INSERT INTO instances (name, heartbeat, holder) VALUES (%s, {_NOW}, %s) "
+            "ON CONFLICT (name) DO UPDATE SET heartbeat = EXCLUDED.heartbeat, "
+            "holder = EXCLUDED.holder", (instance, holder))
+
+    def release(self, instance: str, holder: str) -> None:
+        """Give the name up, if this holder still holds it."""
+        self._connection().execute(
+            "UPDATE instances SET holder = NULL WHERE name = %s AND holder = %s",
+            (instance, holder))
 
     def insert(self, records: list[JobRecord]) -> None:
         """Insert new jobs' rows, in one transaction."""

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from taskrunner.errors import StoreError
-from taskrunner.jobs.index import JobQuery, Pending, listing_sql
+from taskrunner.jobs.index import JobQuery, Opened, Pending, listing_sql
 from taskrunner.jobs.schema import (
     COLUMNS,
     INSERT,
@@ -61,8 +61,8 @@ class SQLiteIndex:
 
     # -- the writer thread's side --------------------------------------------------------
 
-    def open(self, instance: str) -> tuple[list[JobRecord], float | None]:
-        """Open (or create) the database; return ``instance``'s rows and last heartbeat."""
+    def open(self, instance: str) -> Opened:
+        """Open (or create) the database; return what it holds of ``instance``."""
         try:
             os.makedirs(self.state_dir, exist_ok=True)
         except OSError as exc:
@@ -86,7 +86,7 @@ class SQLiteIndex:
             except sqlite3.DatabaseError as again:
                 raise StoreError(f"--state-dir: cannot use {self.path}: {again}") from None
 
-    def _connect(self, instance: str) -> tuple[list[JobRecord], float | None]:
+    def _connect(self, instance: str) -> Opened:
         # Open, bring the schema up to date, and read this instance's rows and heartbeat:
         # any damage to them shows here, at startup, where the file can still be moved aside.
         db = _connection(self.path)
@@ -97,18 +97,29 @@ class SQLiteIndex:
                 ensure_schema(db)
             rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE instance = ? "
                               "ORDER BY created", (instance,)).fetchall()
-            beat = db.execute("SELECT heartbeat FROM instances WHERE name = ?",
-                              (instance,)).fetchone()
-            # Alive from now: an instance that dies before its first beat is still seen so.
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?)",
-                           (instance, time.time()))
+            beat = db.execute(f"SELECT heartbeat, holder, {_NOW} - heartbeat FROM instances "
+                              "WHERE name = ?", (instance,)).fetchone()
         except BaseException:
             db.close()
             raise
         self._db = db
-        return [JobRecord.from_row(row) for row in rows], None if beat is None else beat[0]
+        return Opened([JobRecord.from_row(row) for row in rows], *(beat or (None, None, None)))
+
+    def claim(self, instance: str, holder: str) -> None:
+        """Write ``instance``'s heartbeat now, and its holder."""
+        assert self._db is not None
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?)",
+                             (instance, time.time(), holder))
+
+    def release(self, instance: str, holder: str) -> None:
+        """Give the name up, if this holder still holds it."""
+        assert self._db is not None
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE instances SET holder = NULL WHERE name = ? AND holder = ?",
+                             (instance, holder))
 
     def insert(self, records: list[JobRecord]) -> None:
         """Insert new jobs' rows, in one transaction."""
@@ -134,7 +145,8 @@ class SQLiteIndex:
                     (job_id, seq, STREAMS.index(stream), data)
                     for seq, stream, data in change.chunks])
             if pending.heartbeat is not None:
-                db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?)",
+                db.execute("INSERT INTO instances (name, heartbeat) VALUES (?, ?) ON CONFLICT "
+                           "(name) DO UPDATE SET heartbeat = excluded.heartbeat",
                            (instance, pending.heartbeat))
 
     def close(self) -> None:
