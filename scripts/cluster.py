@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import secrets
@@ -111,6 +112,11 @@ def up(layout: parts.Layout, settings: Settings) -> int:
                          "'scripts/cluster down' first")
     if not 1 <= settings.hosts <= 250:
         raise UsageError("--hosts: from 1 to 250")
+    if not os.access(parts.nginx_binary(), os.X_OK):
+        raise UsageError(f"nginx not found ({parts.nginx_binary()}): run scripts/install")
+    if importlib.util.find_spec("supervisor") is None:
+        raise UsageError(f"supervisor is not installed for {sys.executable}: run "
+                         "scripts/install, or set PYTHON to the environment that has it")
     net.check_free()
     if _listening(settings.front_port):
         raise UsageError(f"port {settings.front_port} (the front) is already in use")

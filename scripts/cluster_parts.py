@@ -14,7 +14,9 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -189,6 +191,7 @@ def stop_host(net: Net, host: Host) -> None:
 
 
 def front_port(inventory: Inventory) -> int:
+    """The port of the front's ``listen``."""
     return int(inventory.front.listen.rpartition(":")[2])
 
 
@@ -212,6 +215,7 @@ def start_front(layout: Layout, inventory: Inventory) -> None:
 
 
 def write_front_conf(layout: Layout, inventory: Inventory) -> None:
+    """Render the front's whole nginx.conf from ``inventory``, replacing the old at once."""
     path = os.path.join(layout.front, "nginx.conf")
     with open(path + ".new", "w") as f:
         f.write(render.nginx_conf(inventory.instances, inventory.front, layout.front))
@@ -227,14 +231,20 @@ def reload_front(layout: Layout) -> None:
         raise RuntimeError(f"nginx -s reload: {done.stderr.strip()}")
 
 
+def nginx_binary() -> str:
+    """``$NGINX``, else nginx on PATH, else /usr/sbin/nginx (as scripts/stack)."""
+    return os.environ.get("NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+
+
 def nginx_command(layout: Layout, *args: str) -> list[str]:
-    nginx = os.environ.get("NGINX") or "nginx"
-    return [nginx, "-p", os.path.join(layout.front, "nginx"), "-e",
+    """`nginx_binary` with the front's files, then ``args``."""
+    return [nginx_binary(), "-p", os.path.join(layout.front, "nginx"), "-e",
             os.path.join(layout.front, "log", "nginx-error.log"), "-c",
             os.path.join(layout.front, "nginx.conf"), *args]
 
 
 def front_pid(layout: Layout, inventory: Inventory) -> int | None:
+    """The pid of the front's nginx master, if one runs."""
     masters = stack_procs.find(layout.front, front_port(inventory))["nginx"]
     return masters[0].pid if masters else None
 
@@ -259,7 +269,7 @@ def index_server(layout: Layout, net: Net, port: int) -> PgServer:
 
 
 def index_up(server: PgServer) -> bool:
-    import socket
+    """Whether the index accepts connections on its address."""
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex((server.listen.split(",")[0], server.port)) == 0
