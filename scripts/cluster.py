@@ -38,7 +38,7 @@ from typing import Any
 import cluster_parts as parts
 import inventory as inv
 import render
-from netns import Net, NetError, available
+from netns import Net, NetError, available, listening
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Instances of a local cluster listen on their namespace's address, which only this machine
@@ -93,18 +93,6 @@ def _load(layout: parts.Layout) -> tuple[Settings, Net, inv.Inventory]:
     return settings, net, inv.load(layout.inventory)
 
 
-def _listening(port: int) -> bool:
-    # Something listens on the port, on any address. (A test bind would also fail on a
-    # connection of another program that has the port as its ephemeral port.)
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    return True
-    return False
-
-
 def up(layout: parts.Layout, settings: Settings) -> int:
     net = Net(settings.prefix, settings.subnet)
     if os.path.exists(layout.state):
@@ -118,9 +106,9 @@ def up(layout: parts.Layout, settings: Settings) -> int:
         raise UsageError(f"supervisor is not installed for {sys.executable}: run "
                          "scripts/install, or set PYTHON to the environment that has it")
     net.check_free()
-    if _listening(settings.front_port):
+    if listening(settings.front_port):
         raise UsageError(f"port {settings.front_port} (the front) is already in use")
-    if _listening(settings.pg_port):
+    if listening(settings.pg_port):
         raise UsageError(f"port {settings.pg_port} (PostgreSQL) is already in use")
     inventory = settings.inventory(layout, net)
     text = inv.dump(inventory)

@@ -186,3 +186,15 @@ class Net:
             ip("link", "del", device, check=False)
         for address in self.addresses():
             ip("addr", "del", address, "dev", "lo", check=False)
+
+
+def listening(port: int) -> bool:
+    """Whether a socket of this namespace listens on ``port``, on any address. (A test bind
+    would also fail on a connection of another program that has it as its ephemeral port.)"""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False

@@ -29,6 +29,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from taskrunner.config import Config
 from taskrunner.server import Server
 
+SCRIPTS = os.path.join(REPO, "scripts")
+
 
 @pytest.fixture
 def config() -> Config:
@@ -228,19 +230,6 @@ def processes_with(text: str) -> list[int]:
     return found
 
 
-def _pgserver_module() -> Any:
-    # scripts/pgserver.py, the same throwaway server scripts/cluster runs.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "pgserver", os.path.join(REPO, "scripts", "pgserver.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
     """A real PostgreSQL server (Debian's, brought by scripts/install) for this test session,
@@ -250,7 +239,13 @@ def postgres() -> Iterator[Any]:
     directory = tempfile.mkdtemp(prefix="taskrunner-pg-", dir="/tmp")
     os.chmod(directory, 0o755)  # the server's own user must reach its data directory
     port = 55400 + os.getpid() % 100
-    server = _pgserver_module().PgServer(os.path.join(directory, "pg"), port=port)
+    # scripts/pgserver.py, the server scripts/cluster runs (tests/clusterutil.py puts
+    # scripts/ on the path too: it is not a package).
+    if SCRIPTS not in sys.path:
+        sys.path.append(SCRIPTS)
+    from pgserver import PgServer
+
+    server = PgServer(os.path.join(directory, "pg"), port=port)
     try:
         server.start()
         yield server

@@ -21,6 +21,7 @@ import time
 import pytest
 from clusterutil import CLUSTER, FRONT_PORT, needs_cluster, running_cluster
 from helpers import pid_alive, wait_until
+from netns import listening as listening_anywhere
 from stackutil import Load, listening
 
 pytestmark = needs_cluster()
@@ -32,17 +33,6 @@ PG_PORT = 55510
 def cluster():
     with running_cluster("a", pg_port=PG_PORT) as cluster:
         yield cluster
-
-
-def listening_anywhere(port: int) -> bool:
-    """Whether a socket of the root namespace listens on ``port``, on any address."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    return True
-    return False
 
 
 def wait_job(cluster, job_id, timeout=15):
