@@ -235,14 +235,21 @@ def start_host(layout: parts.Layout, name: str) -> int:
     host = _host(inventory, name)
     if net.pids(host.name):
         raise UsageError(f"host {name} is running ('scripts/cluster stop-host {name}' first)")
-    parts.start_host(net, layout, host, sys.executable)
-    pending = parts.wait_healthy(host.members, 60, layout)
-    if pending:
-        _err(f"host {name}: not healthy: {', '.join(i.name for i in pending)}; "
-             f"{pending[0].name} said: {parts.last_words(layout, pending[0], host) or 'nothing'}")
+    if not _started(net, layout, host):
         return 1
     _out(f"cluster: host {name} up: {', '.join(i.endpoint for i in host.members)}")
     return 0
+
+
+def _started(net: Net, layout: parts.Layout, host: inv.Host) -> bool:
+    # Start the host's supervisord; False (having said why) if an instance is not healthy.
+    parts.start_host(net, layout, host, sys.executable)
+    pending = parts.wait_healthy(host.members, 60, layout)
+    if pending:
+        said = parts.last_words(layout, pending[0], host) or "nothing"
+        _err(f"host {host.name}: not healthy: {', '.join(i.name for i in pending)}; "
+             f"{pending[0].name} said: {said} (namespace {net.namespace(host.name)})")
+    return not pending
 
 
 def add_host(layout: parts.Layout) -> int:
@@ -254,11 +261,8 @@ def add_host(layout: parts.Layout) -> int:
     host = inventory.hosts[-1]
     net.create_host(settings.hosts, host.name)
     parts.host_conf(layout, inventory, host, sys.executable)
-    parts.start_host(net, layout, host, sys.executable)
-    pending = parts.wait_healthy(host.members, 60, layout)
-    if pending:
-        _err(f"host {host.name}: not healthy: {', '.join(i.name for i in pending)}"
-             f" (it stays in the namespace {net.namespace(host.name)}; 'down' removes it)")
+    if not _started(net, layout, host):
+        _err("cluster: the host stays in its namespace, out of the front; 'down' removes it")
         return 1
     with open(layout.inventory, "w") as f:
         f.write(inv.dump(inventory))
