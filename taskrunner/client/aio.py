@@ -61,10 +61,11 @@ class AsyncClient:
         """The job with this id (``GET /jobs/<id>``); `NotFound` if there is none."""
         return AsyncJob(self, await self._drive(protocol.get_job(job_id)))
 
-    async def jobs(self, state: str | None = None) -> list[AsyncJob]:
-        """The newest 100 jobs, in ``state`` if given: every instance's with a shared job
-        index, else the instance's own."""
-        infos = await self._drive(protocol.list_jobs(state))
+    async def jobs(self, state: str | None = None, instance: str | None = None,
+                   limit: int = 100) -> list[AsyncJob]:
+        """The newest ``limit`` jobs, in ``state`` and of ``instance`` if given: every
+        instance's with a shared job index, else the instance's own."""
+        infos = await self._drive(protocol.list_jobs(state, instance, limit))
         return [AsyncJob(self, info) for info in infos]
 
     async def health(self) -> dict[str, Any]:

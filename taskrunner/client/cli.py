@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
         ps = sub.add_parser(name, help="list the jobs, newest first")
         ps.add_argument("--json", action="store_true", help="JSON for scripts")
         ps.add_argument("--state", help="only jobs in this state")
+        ps.add_argument("--instance", help="only the jobs of this instance")
+        ps.add_argument("--limit", type=int, default=100, help="most jobs shown (1-1000)")
         ps.set_defaults(handler=do_ps)
 
     logs = sub.add_parser("logs", help="a job's output")
@@ -230,7 +232,7 @@ async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
 
 
 async def do_ps(client: AsyncClient, args: argparse.Namespace) -> int:
-    jobs = await client.jobs(state=args.state)
+    jobs = await client.jobs(state=args.state, instance=args.instance, limit=args.limit)
     if args.json:
         _show(json.dumps({"jobs": [job.info.raw for job in jobs]}, indent=2))
     else:

@@ -145,10 +145,12 @@ def cancel(job_id: str) -> Operation[JobInfo]:
     return job_info((yield from call(Request("DELETE", job_path(job_id)))))
 
 
-def list_jobs(state: str | None = None, limit: int = 100) -> Operation[list[JobInfo]]:
-    """``GET /jobs``: the newest ``limit`` summaries (at most 1000), in ``state`` if given;
-    with a shared job index, every instance's."""
-    query = urlencode({"limit": limit, **({"state": state} if state else {})})
+def list_jobs(state: str | None = None, instance: str | None = None,
+              limit: int = 100) -> Operation[list[JobInfo]]:
+    """``GET /jobs``: the newest ``limit`` summaries (at most 1000), in ``state`` and of
+    ``instance`` if given; with a shared job index, every instance's."""
+    filters = {"state": state, "instance": instance}
+    query = urlencode({"limit": limit, **{k: v for k, v in filters.items() if v}})
     body = yield from call(Request("GET", f"/jobs?{query}"))
     if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
         raise ProtocolError(f"not a job list: {body!r:.200}")

@@ -68,10 +68,12 @@ class Client:
         """The job with this id (``GET /jobs/<id>``); `NotFound` if there is none."""
         return Job(self, self._drive(protocol.get_job(job_id)))
 
-    def jobs(self, state: str | None = None) -> list[Job]:
-        """The newest 100 jobs, in ``state`` if given (``GET /jobs``): every instance's with
-        a shared job index, else the instance's own; their ``info`` is a summary."""
-        infos = self._drive(protocol.list_jobs(state))
+    def jobs(self, state: str | None = None, instance: str | None = None,
+             limit: int = 100) -> list[Job]:
+        """The newest ``limit`` jobs (``GET /jobs``), in ``state`` and of ``instance`` if
+        given: every instance's with a shared job index, else the instance's own; their
+        ``info`` is a summary."""
+        infos = self._drive(protocol.list_jobs(state, instance, limit))
         return [Job(self, info) for info in infos]
 
     def health(self) -> dict[str, Any]:

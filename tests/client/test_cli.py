@@ -14,7 +14,7 @@ import time
 
 import pytest
 from cliutil import TRUN, trun, trun_env
-from helpers import PY, wait_for
+from helpers import PY, wait_for, wait_until
 
 from taskrunner.client import Client
 
@@ -227,3 +227,22 @@ def test_the_console_script_is_trun(url):
     done = subprocess.run([trun_script, "health"], env=trun_env(url), capture_output=True,
                           timeout=60, check=False)
     assert (done.returncode, done.stdout.split()[:2]) == (0, [b"status", b"ok"])
+
+
+def test_ps_lists_every_instance_sharing_an_index_and_filters(spawn_instance, tmp_path):
+    state = ["--state-dir", str(tmp_path / "state")]
+    one = spawn_instance("--instance", "one", *state).url
+    two = spawn_instance("--instance", "two", *state).url
+    first = trun(one, "run", "-d", "--", "sleep", "60").stdout.decode().strip()
+    second = trun(two, "run", "--", "true")
+    assert second.returncode == 0
+
+    def listed(*flags):
+        return [(job["id"].split(".")[0], job["state"])
+                for job in json.loads(trun(one, "ps", "--json", *flags).stdout)["jobs"]]
+
+    assert wait_until(lambda: listed() == [("two", "exited"), ("one", "running")], 10)
+    assert listed("--instance", "two") == [("two", "exited")]
+    assert listed("--state", "running") == [("one", "running")]
+    assert listed("--limit", "1") == [("two", "exited")]
+    assert trun(one, "cancel", first).returncode == 0
