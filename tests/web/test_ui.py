@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 import urllib.error
@@ -24,18 +23,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from browser import headless_chromium
 from helpers import wait_for
-from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "ui-test-token"
 WAIT = 20.0  # seconds: a deadline for what the page shows, not an expected duration
 ARTIFACTS = os.environ.get("TASKRUNNER_TEST_ARTIFACTS",
@@ -53,39 +49,13 @@ def http(url: str, headers: dict[str, str] | None = None,
         return error.code, error.headers, error.read()
 
 
-def _chromium_missing() -> str | None:
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    return ", ".join(missing) or None
-
-
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[WebDriver]:
     """One headless Chromium for the module, in a fresh profile, quit at its end. Each test
     talks to an instance of its own on a port of its own: another origin, so nothing the
     page kept (the token in sessionStorage) carries over from the test before."""
-    missing = _chromium_missing()
-    if missing:
-        why = f"{missing} not installed (scripts/install installs chromium, chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set, so the browser tests must run: {why}")
-        pytest.skip(why)
-    profile = tempfile.mkdtemp(prefix="taskrunner-ui-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                f"--user-data-dir={profile}"):
-        options.add_argument(arg)
-    driver: WebDriver | None = None
-    try:
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER),
-                                  options=options)
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        if driver is not None:
-            driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture
