@@ -32,6 +32,7 @@ errors are the operator's, not a caller's, and stop the instance with one line:
 
     StartupError                         the configuration cannot be served safely
     StoreError                           the job store cannot be opened
+    └── IndexUnreachable                 its server did not answer: the instance waits for it
 """
 
 
@@ -212,3 +213,8 @@ class StartupError(Exception):
 
 class StoreError(Exception):
     """The job store cannot be opened; the message is one line for the operator."""
+
+
+class IndexUnreachable(StoreError):
+    """The job index's server (``--state-url``) did not answer at all: it may be starting
+    or coming back, so an instance starting waits for it rather than giving up."""

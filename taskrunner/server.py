@@ -26,7 +26,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from taskrunner.config import Config
-from taskrunner.errors import SpawnError, StartupError, StoreError
+from taskrunner.errors import IndexUnreachable, SpawnError, StartupError, StoreError
 from taskrunner.jobs.callbacks import (
     SHUTDOWN_GRACE,
     CallbackHosts,
@@ -131,15 +131,24 @@ class Server:
             max_clients=config.max_jobs)
         self._base_env = base_env
         callers = self._load_callers(None) if config.callers else implicit_callers(token)
+        # The job index first, before anything is started that would then need stopping,
+        # and before the port listens: an instance waiting for its index's server must not
+        # hold a socket whose connections nobody answers. Only an instance named after a
+        # port the kernel picks (--port 0) learns its name by listening first.
+        named = bool(config.instance) or config.port != 0
+        store = await _open_store(config, config.instance or str(config.port),
+                                  config.port) if named else None
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
         except OSError as exc:
+            if store is not None:
+                store.close()
             raise StartupError(f"cannot listen on {config.address}:{config.port}: "
                                f"{exc.strerror or exc}") from None
         instance = config.instance or str(self.port)
         try:
-            # The job index before anything is started that would then need stopping.
-            store = _job_store(config, instance, self.port)
+            if not named:
+                store = await _open_store(config, instance, self.port)
             if self.use_watchdog:
                 try:
                     self.watchdog = Watchdog()
@@ -279,9 +288,24 @@ class Server:
         log.info("stopped")
 
 
+async def _open_store(config: Config, instance: str, port: int) -> JobStore | None:
+    # The job index of --state-dir or --state-url, opened. A server that does not answer
+    # is waited for (one warning, then a try every few seconds), so that hosts and their
+    # index may start in any order, after a power cut say, and no supervisor gives up.
+    delay = 1.0
+    while True:
+        try:
+            return _job_store(config, instance, port)
+        except IndexUnreachable as exc:
+            if delay == 1.0:
+                log.warning("%s; waiting for it (tried again every few seconds)", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _job_store(config: Config, instance: str, port: int) -> JobStore | None:
-    # The job index of --state-dir or --state-url, opened; imported here, not at the top:
-    # an instance without one never loads sqlite3 or psycopg.
+    # Imported here, not at the top: an instance without an index never loads sqlite3 or
+    # psycopg.
     if not (config.state_dir or config.state_url):
         return None
     from taskrunner.jobs.store import JobStore
@@ -302,6 +326,8 @@ def _job_store(config: Config, instance: str, port: int) -> JobStore | None:
                      holder=f"{socket.gethostname()} pid {os.getpid()} {config.address}:{port}")
     try:
         store.open()
+    except IndexUnreachable:
+        raise
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     return store

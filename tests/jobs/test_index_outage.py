@@ -4,11 +4,18 @@ and their results reach the index once it is back, and each instance logs the ou
 """
 
 import asyncio
+import contextlib
+import http.client
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import time
 
 import pytest
-from helpers import get_job, submit, until, wait_done
+from helpers import PY, REPO, get_job, submit, until, wait_done, wait_until
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -52,3 +59,64 @@ async def test_the_index_going_away_loses_no_result_and_stops_no_run(
         log = instance.output()
         assert len(re.findall(r"job store: writing .* failed", log)) == 1, log
         assert len(re.findall(r"job store: writes to .* succeed again", log)) == 1, log
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_instance_started_before_its_index_waits_for_it_without_listening(
+        postgres, state_url, tmp_path):
+    # After a power cut, hosts and their index come back in any order.
+    port = free_port()
+    log_path = tmp_path / "instance.log"
+    postgres.stop(immediate=True)
+    with open(log_path, "wb") as log:
+        instance = subprocess.Popen(
+            [PY, "-m", "taskrunner", "--port", str(port), "--instance", "early",
+             "--state-url", state_url], cwd=REPO, stdout=log, stderr=log,
+            start_new_session=True)
+    try:
+        time.sleep(4)
+        assert instance.poll() is None, log_path.read_text()
+        with socket.socket() as probe:  # no socket that would answer nobody
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+        postgres.start()
+        assert wait_until(lambda: "listening on" in log_path.read_text(), 20), \
+            log_path.read_text()
+        status, job = post_json(port, "/jobs", {"args": ["true"]})
+        assert status == 202, job
+        text = log_path.read_text()
+        assert len(re.findall(r"waiting for it", text)) == 1, text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(instance.pid, signal.SIGKILL)
+        instance.wait(10)
+        if postgres_stopped(postgres):
+            postgres.start()
+
+
+def test_an_index_that_answers_and_refuses_stops_the_instance_at_once(state_url):
+    wrong = state_url.rsplit("/", 1)[0] + "/no_such_database"
+    started = time.monotonic()
+    done = subprocess.run([PY, "-m", "taskrunner", "--port", "0", "--state-url", wrong],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no_such_database" in lines[0], done.stderr
+
+
+def post_json(port, path, body):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, json.dumps(body))
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def postgres_stopped(postgres):
+    return not os.path.exists(os.path.join(postgres.data, "postmaster.pid"))

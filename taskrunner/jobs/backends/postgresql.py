@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from taskrunner.errors import StoreError
+from taskrunner.errors import IndexUnreachable, StoreError
 from taskrunner.jobs.index import JobQuery, Opened, Pending, listing_sql
 from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord, schema
 
@@ -78,8 +78,10 @@ class PostgresIndex:
                               "WHERE name = %s", (instance,)).fetchone()
         except psycopg.Error as exc:
             self.close()
-            raise StoreError(f"--state-url: cannot use {self.where}: "
-                             f"{' '.join(str(exc).split())}") from None
+            why = f"--state-url: cannot use {self.where}: {' '.join(str(exc).split())}"
+            if _unreachable(exc):
+                raise IndexUnreachable(why) from None
+            raise StoreError(why) from None
         return Opened([JobRecord.from_row(row) for row in rows], *(beat or (None, None, None)))
 
     def claim(self, instance: str, holder: str) -> None:
@@ -183,6 +185,20 @@ class PostgresIndex:
         async with self._pool.connection() as db:
             cursor = await db.execute(sql, params)
             return await cursor.fetchall()
+
+
+_TRANSIENT = ("starting up", "shutting down", "in recovery", "too many clients")
+
+
+def _unreachable(exc: psycopg.Error) -> bool:
+    # No server answered (refused, no route, a timeout), or one answered that it cannot
+    # take us yet: worth waiting for. A server that refused the login or knows no such
+    # database answered too, and that is a mistake to fix. libpq reports a failed
+    # connection as text only (no SQLSTATE): the server's own refusals carry "FATAL:".
+    if not isinstance(exc, psycopg.OperationalError) or exc.sqlstate is not None:
+        return False
+    text = str(exc)
+    return "FATAL:" not in text or any(phrase in text for phrase in _TRANSIENT)
 
 
 def redact(url: str) -> str:
