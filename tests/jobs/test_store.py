@@ -6,6 +6,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from datetime import datetime
 
@@ -551,3 +552,26 @@ async def test_a_version_3_store_keeps_its_last_heartbeat_as_the_end_of_its_lost
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         assert "meta" not in tables and "instances" in tables
         assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+
+
+def test_an_instance_opening_a_store_a_sibling_is_creating_waits_for_it(tmp_path):
+    # The stack's instances start at once on a store none of them has made yet: while one
+    # still writes the new file (no WAL yet), turning it to WAL is refused at once, busy
+    # timeout or not. Opening waits for the sibling instead of stopping the instance.
+    from helpers import sqlite_store
+
+    path = tmp_path / "jobs.sqlite3"
+    sibling = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    sibling.execute("BEGIN IMMEDIATE")
+    sibling.execute("CREATE TABLE early (a)")
+    release = threading.Timer(0.5, sibling.execute, ["COMMIT"])
+    release.start()
+    store = sqlite_store(str(tmp_path), "late")
+    started = time.monotonic()
+    try:
+        store.open()
+        assert time.monotonic() - started >= 0.4  # it did have to wait
+    finally:
+        release.join()
+        store.close()
+        sibling.close()

@@ -40,6 +40,7 @@ log = logging.getLogger("taskrunner.jobs")
 
 # Primary result codes (the low byte of sqlite_errorcode) that mean "this file is damaged".
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _BUSY_TIMEOUT_MS = 5000  # a sibling instance's transaction is a few ms; a stuck one, an error
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"  # Unix time, by SQLite
 
@@ -71,7 +72,7 @@ class SQLiteIndex:
             raise StoreError(f"--state-dir {self.state_dir} is not writable (a read-only "
                              "filesystem, or permissions)")
         try:
-            return self._connect(instance)
+            return self._connect_patiently(instance)
         except sqlite3.DatabaseError as exc:
             if _primary(exc) not in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
                 raise StoreError(f"--state-dir: cannot use {self.path}: {exc}") from None
@@ -82,9 +83,23 @@ class SQLiteIndex:
             log.warning("job store: %s is damaged (%s); moved aside to %s, starting empty",
                         self.path, exc, aside)
             try:
-                return self._connect(instance)
+                return self._connect_patiently(instance)
             except sqlite3.DatabaseError as again:
                 raise StoreError(f"--state-dir: cannot use {self.path}: {again}") from None
+
+    def _connect_patiently(self, instance: str) -> Opened:
+        # Instances of one host start together: the first makes the file and turns it to
+        # WAL, which takes it whole for a moment, and SQLite answers "locked" at once in
+        # some of those moments instead of calling its busy handler. So try again a while.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return self._connect(instance)
+            except sqlite3.OperationalError as exc:
+                if _primary(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED) or \
+                        time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _connect(self, instance: str) -> Opened:
         # Open, bring the schema up to date, and read this instance's rows and heartbeat:
