@@ -323,7 +323,7 @@ def _job_store(config: Config, instance: str, port: int) -> JobStore | None:
 
         backend = SQLiteIndex(config.state_dir)
     store = JobStore(backend, instance, lost_after=config.lost_after,
-                     holder=f"{socket.gethostname()} pid {os.getpid()} {config.address}:{port}")
+                     listening=f"{config.address}:{port}")
     try:
         store.open()
     except IndexUnreachable:

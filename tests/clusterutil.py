@@ -23,12 +23,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from netns import Net, available  # scripts/, on the path by conftest.py
+from pgserver import PgServer
 from stackutil import REPO, nginx_available, supervisor_available
 
 CLUSTER = os.path.join(REPO, "scripts", "cluster")
-sys.path.append(os.path.join(REPO, "scripts"))
-from netns import Net, available  # noqa: E402  (scripts/ is not a package)
-from pgserver import PgServer  # noqa: E402
 
 FRONT_PORT = 19690
 FIRST_PORT = 18900

@@ -29,7 +29,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from taskrunner.config import Config
 from taskrunner.server import Server
 
+# scripts/ is not a package: its modules (pgserver, netns, ...) are imported by name.
 SCRIPTS = os.path.join(REPO, "scripts")
+if SCRIPTS not in sys.path:
+    sys.path.append(SCRIPTS)
 
 
 @pytest.fixture
@@ -239,11 +242,7 @@ def postgres() -> Iterator[Any]:
     directory = tempfile.mkdtemp(prefix="taskrunner-pg-", dir="/tmp")
     os.chmod(directory, 0o755)  # the server's own user must reach its data directory
     port = 55400 + os.getpid() % 100
-    # scripts/pgserver.py, the server scripts/cluster runs (tests/clusterutil.py puts
-    # scripts/ on the path too: it is not a package).
-    if SCRIPTS not in sys.path:
-        sys.path.append(SCRIPTS)
-    from pgserver import PgServer
+    from pgserver import PgServer  # the server scripts/cluster runs
 
     server = PgServer(os.path.join(directory, "pg"), port=port)
     try:

@@ -147,19 +147,18 @@ class JobRegistry:
         this instance's; and the ``before`` cursor of the next page (None on the last)."""
         wanted = dataclasses.replace(query, limit=query.limit + 1)
         if self.store is None:
-            page = [(job.created, job.id, job) for job in self._matching(wanted)]
+            found = self._matching(wanted)
         else:
-            records = await self.store.find(wanted)
-            # This instance's own jobs as they are now (the index may be a batch behind).
-            page = [(record.created, record.id,
-                     self.jobs.get(record.id) or Job.from_record(record, self.max_output))
-                    for record in records]
-            page = [entry for entry in page
-                    if query.state is None or entry[2].state == query.state]
-        more = len(page) > query.limit
-        page = page[:query.limit]
-        jobs = [job.to_json() for _, _, job in page]
-        return jobs, cursor(page[-1][0], page[-1][1]) if more else None
+            found = [self.jobs.get(record.id) or Job.from_record(record, self.max_output)
+                     for record in await self.store.find(wanted)]
+        more = len(found) > query.limit
+        found = found[:query.limit]
+        next_page = cursor(found[-1].created, found[-1].id) if more else None
+        # This instance's own jobs as they are now (the index may be a batch behind): one
+        # that has since left the state asked for is left out, without moving the cursor.
+        jobs = [job.to_json() for job in found
+                if query.state is None or job.state == query.state]
+        return jobs, next_page
 
     def _matching(self, query: JobQuery) -> list[Job]:
         # This instance's jobs for a listing without an index.

@@ -55,14 +55,14 @@ _GATHER = ("put", "delete", "heartbeat")  # what may wait a moment for more of i
 class JobStore:
     """One instance's side of the job index: its writer thread and its reads."""
 
-    def __init__(self, backend: Backend, instance: str, *, holder: str = "",
+    def __init__(self, backend: Backend, instance: str, *, listening: str = "",
                  batch_delay: float = 0.05, retry_interval: float = 1.0,
                  retry_max: float = 5.0, lost_after: float = 15.0) -> None:
         self.backend = backend
         self.instance = instance
-        self.holder = holder or f"{socket.gethostname()} pid {os.getpid()}"
-        """Who runs as ``instance``: ``<host> pid <pid> ...``. Another process asking for
-        the name while this one lives is refused."""
+        self.holder = f"{socket.gethostname()} pid {os.getpid()} {listening}".rstrip()
+        """Who runs as ``instance``: ``<host> pid <pid> [<address:port>]`` (``listening``).
+        Another process asking for the name while this one lives is refused."""
         self.batch_delay = batch_delay
         self.retry_interval = retry_interval
         self.retry_max = retry_max
