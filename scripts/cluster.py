@@ -69,8 +69,10 @@ class Settings:
                       for n in range(1, self.hosts + 1))
         front = inv.Front(listen=f"127.0.0.1:{self.front_port}",
                           access_log=os.path.join(layout.front, "log", "nginx-access.log"))
-        url = parts.index_server(layout, net, self.pg_port).url
-        return inv.Inventory(front, url, hosts, self.lost_after, layout.token, INSTANCE_ARGS)
+        # The hosts read the index's URL, password included, from the server's 0600 file.
+        url_file = parts.index_server(layout, net, self.pg_port).url_file
+        return inv.Inventory(front, "", hosts, self.lost_after, layout.token, INSTANCE_ARGS,
+                             url_file)
 
 
 def _out(line: str) -> None:
@@ -149,7 +151,7 @@ def up(layout: parts.Layout, settings: Settings) -> int:
         return 1
     _out(f"cluster: up: front on http://{inventory.front.listen}, "
          f"{len(inventory.hosts)} hosts, {len(inventory.instances)} instances, index "
-         f"{inventory.state_url} (run dir {layout.run_dir})")
+         f"{parts.index_server(layout, net, settings.pg_port).url} (run dir {layout.run_dir})")
     return 0
 
 
@@ -188,7 +190,7 @@ def status(layout: parts.Layout, as_json: bool) -> int:
                   "pid": parts.front_pid(layout, inventory),
                   "ok": parts.health(inv.Instance("front", "127.0.0.1",
                                                   settings.front_port)) is not None},
-        "index": {"url": inventory.state_url, "ok": parts.index_up(server)},
+        "index": {"url": server.url, "ok": parts.index_up(server)},
         "token_file": inventory.token_file,
         "hosts": [],
     }

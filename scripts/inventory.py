@@ -2,6 +2,7 @@
 hosts with their instances; read and checked here, every mistake a one-line error.
 
     state_url = "postgresql://taskrunner@10.77.0.1:5432/taskrunner"   # the job index
+    # or: state_url_file = "/etc/taskrunner/state-url"   # the URL with its password, 0600
     lost_after = 15                 # --lost-after of every instance (seconds)
     token_file = "/etc/taskrunner/token"     # --token-file of every instance (optional)
     instance_args = ["--insecure-http"]      # more flags for every instance (optional)
@@ -30,6 +31,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 NAME = re.compile(r"[A-Za-z0-9_]+")
 # A host name or an IP address: nothing that could end an nginx or supervisord line.
@@ -93,6 +95,16 @@ class Inventory:
     lost_after: float = DEFAULT_LOST_AFTER
     token_file: str = ""
     instance_args: tuple[str, ...] = field(default=())
+    state_url_file: str = ""
+    """Where each host reads the URL with its password (``--state-url-file``), instead of
+    ``state_url``: a password is never on a command line."""
+
+    @property
+    def index_flags(self) -> list[str]:
+        """How an instance is told where the index is."""
+        if self.state_url_file:
+            return ["--state-url-file", self.state_url_file]
+        return ["--state-url", self.state_url]
 
     @property
     def instances(self) -> list[Instance]:
@@ -124,8 +136,8 @@ def parse(data: dict[str, Any], source: str = "inventory") -> Inventory:
     def fail(message: str) -> InventoryError:
         return InventoryError(f"{source}: {message}")
 
-    _known(data, {"front", "state_url", "lost_after", "token_file", "instance_args",
-                  "hosts"}, "", fail)
+    _known(data, {"front", "state_url", "state_url_file", "lost_after", "token_file",
+                  "instance_args", "hosts"}, "", fail)
     front_data = _table(data.get("front", {}), "[front]", fail)
     _known(front_data, {"listen", "tls_cert", "tls_key", "max_body", "access_log"},
            "front.", fail)
@@ -144,8 +156,15 @@ def parse(data: dict[str, Any], source: str = "inventory") -> Inventory:
         raise fail("front.tls_cert and front.tls_key go together: set both or neither")
 
     state_url = _string(data, "state_url", "", "", fail)
-    if not re.fullmatch(r"postgres(ql)?://\S+", state_url):
+    state_url_file = _string(data, "state_url_file", "", "", fail)
+    if state_url_file:
+        if state_url or not state_url_file.startswith("/"):
+            raise fail("state_url_file is an absolute path, and replaces state_url: give one")
+    elif not re.fullmatch(r"postgres(ql)?://\S+", state_url):
         raise fail("state_url is missing or not a postgresql:// URL (the shared job index)")
+    elif _password(state_url):
+        raise fail("state_url carries a password, which would be on every instance's command "
+                   "line: put the URL in state_url_file (mode 0600), or use a PGPASSFILE")
     lost_after = data.get("lost_after", DEFAULT_LOST_AFTER)
     if isinstance(lost_after, bool) or not isinstance(lost_after, int | float) \
             or lost_after <= 0:
@@ -174,7 +193,7 @@ def parse(data: dict[str, Any], source: str = "inventory") -> Inventory:
     if (_normal(listen_host), int(listen_port)) in taken:
         raise fail(f"front.listen {front.listen} is also an instance's address and port")
     return Inventory(front, state_url, hosts, float(lost_after),
-                     _string(data, "token_file", "", "", fail), tuple(args))
+                     _string(data, "token_file", "", "", fail), tuple(args), state_url_file)
 
 
 def _host(entry: Any, index: int, fail: Any) -> Host:
@@ -231,6 +250,13 @@ def _integer(table: dict[str, Any], key: str, default: int | None, low: int, hig
     return value
 
 
+def _password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None or "password=" in urlsplit(url).query
+    except ValueError:
+        return False
+
+
 def dump(inventory: Inventory) -> str:
     """The TOML text of ``inventory`` (what `load` reads back as the same inventory)."""
 
@@ -238,7 +264,9 @@ def dump(inventory: Inventory) -> str:
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     front = inventory.front
-    lines = [f"state_url = {q(inventory.state_url)}", f"lost_after = {inventory.lost_after:g}"]
+    lines = [f"state_url_file = {q(inventory.state_url_file)}" if inventory.state_url_file
+             else f"state_url = {q(inventory.state_url)}",
+             f"lost_after = {inventory.lost_after:g}"]
     if inventory.token_file:
         lines.append(f"token_file = {q(inventory.token_file)}")
     if inventory.instance_args:

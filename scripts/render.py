@@ -121,7 +121,7 @@ def instance_command(instance: Instance, inventory: Inventory, python: str,
     """The command line of one instance of a cluster host."""
     command = [python, "-m", "taskrunner", "--address", instance.address,
                "--port", str(instance.port), "--instance", instance.name,
-               "--state-url", inventory.state_url,
+               *inventory.index_flags,
                "--lost-after", f"{inventory.lost_after:g}",
                "--recycle-lock", os.path.join(run_dir, "recycle.lock")]
     if inventory.token_file:

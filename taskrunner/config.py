@@ -57,8 +57,12 @@ class Config:
         "(each with its own --instance); empty: jobs live in memory only"
     )
     state_url: str = _setting(
-        "", "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE: the job index in "
-        "PostgreSQL, shared by the hosts of a cluster (instead of --state-dir)"
+        "", "postgresql://USER@HOST[:PORT]/DATABASE: the job index in PostgreSQL, shared by "
+        "the hosts of a cluster (instead of --state-dir); no password here (PGPASSFILE, or "
+        "--state-url-file)"
+    )
+    state_url_file: str = _setting(
+        "", "file (mode 0600) holding the --state-url, password included; read at start"
     )
     lost_after: float = _setting(
         15.0, "seconds without a heartbeat after which another instance's unfinished jobs "
@@ -86,6 +90,10 @@ class Config:
     allow: tuple[str, ...] = _setting(
         (), "a program that may run (repeatable); resolved through PATH to its real path. "
         "None given: any program may run", repeatable=True
+    )
+    pass_env: tuple[str, ...] = _setting(
+        (), "an environment variable of the instance's that commands get too (repeatable); "
+        "by default they get only PATH, LANG, LC_*, TZ and HOME", repeatable=True
     )
     user: str = _limit("", "when running as root, run commands as this user (uid, gid, "
                          "supplementary groups)")
@@ -225,6 +233,12 @@ class Config:
             raise ValueError("state_url and state_dir are two job indexes: choose one")
         if self.state_url and not re.match(r"postgres(ql)?://", self.state_url):
             raise ValueError("state_url must be a postgresql:// URL")
+        if _has_password(self.state_url):
+            raise ValueError("state_url must not carry a password (any local user reads a "
+                             "command line): use state_url_file, or PGPASSFILE")
+        if self.state_url_file and (self.state_url or self.state_dir):
+            raise ValueError("state_url_file holds the state_url: give one of state_url, "
+                             "state_url_file and state_dir")
         if not (math.isfinite(self.lost_after) and self.lost_after >= 2):
             # Instances heartbeat every second: fewer than 2 would call a live one lost.
             raise ValueError("lost_after must be at least 2 seconds")
@@ -244,6 +258,15 @@ class Config:
             raise ValueError("callback_secret_file has no effect without callback_allow")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"event_loop must be uvloop or asyncio, not {self.event_loop!r}")
+
+
+def _has_password(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return False  # not a URL psycopg would take either
+    return password is not None or "password=" in parts.query
 
 
 def _check_callback_host(entry: str) -> None:

@@ -34,17 +34,19 @@ from taskrunner.jobs.callbacks import (
     load_secret,
 )
 from taskrunner.jobs.registry import JobRegistry
+from taskrunner.jobs.state_url import state_url
 from taskrunner.metrics import Metrics
 from taskrunner.process.admission import Admission, default_max_running
 from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.cgroup_pool import CgroupPool, cgroups_from_config
 from taskrunner.process.containment import Containment, containment_from_config
 from taskrunner.process.engine import ProcessEngine
+from taskrunner.process.environment import base_environment, check_pass_env
 from taskrunner.process.heap import HeapTrimmer
 from taskrunner.process.launcher import Launcher
 from taskrunner.process.watchdog import Watchdog, WatchdogError
 from taskrunner.web.app import make_app
-from taskrunner.web.auth import load_token, scrub_env
+from taskrunner.web.auth import load_token
 from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.connections import CappedHTTPServer, default_max_connections
 from taskrunner.web.context import InstanceContext
@@ -104,11 +106,15 @@ class Server:
         config = self.config
         token = load_token(config, os.environ)
         check_protected(config)
+        check_pass_env(config.pass_env)
+        index_url = state_url(config)
         # What is made before _startup is undone if anything after it fails.
         with contextlib.ExitStack() as undo:
             containment = containment_from_config(config, os.environ)
             undo.callback(containment.close)
-            base_env = {**scrub_env(os.environ), **containment.env}
+            # The commands' environment: a clean base, --pass-env, then the wrapper's.
+            base_env = {**base_environment(os.environ, config.pass_env,
+                                           containment.env.get("HOME")), **containment.env}
             try:
                 allowlist = Allowlist(config.allow, base_env) if config.allow else None
             except SpawnError as exc:
@@ -118,12 +124,13 @@ class Server:
                                           keep=config.max_running or default_max_running())
             if cgroups is not None:
                 undo.callback(cgroups.close)
-            await self._startup(config, token, containment, base_env, allowlist, cgroups)
+            await self._startup(config, token, containment, base_env, allowlist, cgroups,
+                                index_url)
             undo.pop_all()
 
     async def _startup(self, config: Config, token: str | None, containment: Containment,
                        base_env: dict[str, str], allowlist: Allowlist | None,
-                       cgroups: CgroupPool | None) -> None:
+                       cgroups: CgroupPool | None, index_url: str) -> None:
         tls = server_context(config.certfile, config.keyfile) if config.certfile else None
         callbacks = CallbackSender(
             CallbackHosts(config.callback_allow),
@@ -136,7 +143,7 @@ class Server:
         # hold a socket whose connections nobody answers. Only an instance named after a
         # port the kernel picks (--port 0) learns its name by listening first.
         named = bool(config.instance) or config.port != 0
-        store = await _open_store(config, config.instance or str(config.port),
+        store = await _open_store(config, index_url, config.instance or str(config.port),
                                   config.port) if named else None
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
@@ -148,7 +155,7 @@ class Server:
         instance = config.instance or str(self.port)
         try:
             if not named:
-                store = await _open_store(config, instance, self.port)
+                store = await _open_store(config, index_url, instance, self.port)
             if self.use_watchdog:
                 try:
                     self.watchdog = Watchdog()
@@ -288,14 +295,15 @@ class Server:
         log.info("stopped")
 
 
-async def _open_store(config: Config, instance: str, port: int) -> JobStore | None:
+async def _open_store(config: Config, url: str, instance: str,
+                      port: int) -> JobStore | None:
     # The job index of --state-dir or --state-url, opened. A server that does not answer
     # is waited for (one warning, then a try every few seconds), so that hosts and their
     # index may start in any order, after a power cut say, and no supervisor gives up.
     delay = 1.0
     while True:
         try:
-            return _job_store(config, instance, port)
+            return _job_store(config, url, instance, port)
         except IndexUnreachable as exc:
             if delay == 1.0:
                 log.warning("%s; waiting for it (tried again every few seconds)", exc)
@@ -303,21 +311,21 @@ async def _open_store(config: Config, instance: str, port: int) -> JobStore | No
             delay = min(delay * 2, 5.0)
 
 
-def _job_store(config: Config, instance: str, port: int) -> JobStore | None:
+def _job_store(config: Config, url: str, instance: str, port: int) -> JobStore | None:
     # Imported here, not at the top: an instance without an index never loads sqlite3 or
     # psycopg.
-    if not (config.state_dir or config.state_url):
+    if not (config.state_dir or url):
         return None
     from taskrunner.jobs.store import JobStore
 
     backend: Backend
-    if config.state_url:
+    if url:
         try:
             from taskrunner.jobs.backends.postgresql import PostgresIndex
         except ImportError as exc:
             raise StartupError(f"--state-url needs psycopg ({exc}): install taskrunner with "
                                "its postgresql extra, or requirements/serve.txt") from None
-        backend = PostgresIndex(config.state_url)
+        backend = PostgresIndex(url)
     else:
         from taskrunner.jobs.backends.sqlite import SQLiteIndex
 

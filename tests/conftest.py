@@ -236,7 +236,9 @@ def processes_with(text: str) -> list[int]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
     """A real PostgreSQL server (Debian's, brought by scripts/install) for this test session,
-    in a throwaway directory under /tmp, removed at the end even if tests failed."""
+    in a throwaway directory under /tmp, removed at the end even if tests failed. Its role
+    ``taskrunner`` is no superuser and logs in with a password, which this session (and the
+    instances it starts) find in the server's PGPASSFILE: no URL carries it."""
     import tempfile
 
     directory = tempfile.mkdtemp(prefix="taskrunner-pg-", dir="/tmp")
@@ -245,31 +247,48 @@ def postgres() -> Iterator[Any]:
     from pgserver import PgServer  # the server scripts/cluster runs
 
     server = PgServer(os.path.join(directory, "pg"), port=port)
+    before = os.environ.get("PGPASSFILE")
     try:
         server.start()
+        os.environ["PGPASSFILE"] = server.pgpass
         yield server
     finally:
+        if before is None:
+            os.environ.pop("PGPASSFILE", None)
+        else:
+            os.environ["PGPASSFILE"] = before
         server.remove()
         os.rmdir(directory)
 
 
 @pytest.fixture
 def state_url(postgres: Any) -> Iterator[str]:
-    """The URL of a new, empty database on the session's server, dropped after the test."""
+    """The URL (no password in it) of a new, empty database on the session's server, owned
+    by the role ``taskrunner``; dropped after the test."""
     import psycopg
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres.url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(postgres.admin, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} OWNER taskrunner")
     yield postgres.url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres.url, autocommit=True) as admin:
+    with psycopg.connect(postgres.admin, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def state_url_file(postgres: Any, state_url: str, tmp_path: Any) -> str:
+    """A ``--state-url-file`` (mode 0600) holding `state_url` with its password."""
+    path = tmp_path / "state-url"
+    database = state_url.rsplit("/", 1)[1]
+    path.write_text(postgres.url_with_password(database) + "\n")
+    path.chmod(0o600)
+    return str(path)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def shared_index(request: pytest.FixtureRequest, tmp_path: Any) -> list[str]:
     """The flags of a job index that several instances share: one SQLite file, or a
-    PostgreSQL database."""
+    PostgreSQL database (its URL, password included, in a ``--state-url-file``)."""
     if request.param == "sqlite":
         return ["--state-dir", str(tmp_path / "state")]
-    return ["--state-url", request.getfixturevalue("state_url")]
+    return ["--state-url-file", request.getfixturevalue("state_url_file")]

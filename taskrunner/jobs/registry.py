@@ -50,6 +50,7 @@ from taskrunner.jobs.job import Job, JobState, new_job_id
 from taskrunner.jobs.output import OutputCache
 from taskrunner.jobs.schema import JobRecord
 from taskrunner.process.engine import CommandResult, CommandSpec
+from taskrunner.process.environment import command_environment
 from taskrunner.process.output import OutputLog
 
 if TYPE_CHECKING:
@@ -264,8 +265,7 @@ class JobRegistry:
             if not queued:
                 return launcher.check(spec, policy)
             if policy.allowlist is None and not policy.containment.active:
-                base = launcher.engine.base_env
-                env = base if not spec.env else {**base, **spec.env}
+                env = command_environment(launcher.engine.base_env, spec.env)
                 policy.containment.check(spec.args[0], env, spec.cwd)
             return spec
         except SpawnError as exc:

@@ -41,6 +41,7 @@ from typing import Protocol
 from tornado.ioloop import IOLoop
 
 from taskrunner.errors import OutOfResources, SpawnError, StartError
+from taskrunner.process.environment import base_environment, command_environment
 from taskrunner.process.fdwatch import READ, WRITE, FdWatcher
 from taskrunner.process.heap import LARGE_OUTPUT
 from taskrunner.process.output import OutputLog
@@ -124,9 +125,10 @@ SpawnHook = Callable[[int], None]
 class ProcessEngine:
     """Starts commands and keeps track of the ones still running.
 
-    ``base_env`` is the environment every command starts from (a request's ``env`` is laid
-    over it); ``max_output`` bounds what is kept of each stream; ``on_spawn`` / ``on_reap``
-    let a watchdog learn which process groups to kill if this process dies;
+    ``base_env`` is the environment every command starts from (default: the clean one of
+    `taskrunner.process.environment`; a request's ``env`` is laid over it); ``max_output``
+    bounds what is kept of each stream; ``on_spawn`` / ``on_reap`` let a watchdog learn
+    which process groups to kill if this process dies;
     ``on_large_output`` is called when a command with at least `LARGE_OUTPUT` bytes of
     output has finished (see `taskrunner.process.heap`).
     """
@@ -142,7 +144,7 @@ class ProcessEngine:
     ) -> None:
         self.max_output = max_output
         self.on_large_output = on_large_output
-        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.base_env = dict(base_environment(os.environ) if base_env is None else base_env)
         self.drain_grace = drain_grace
         self.on_spawn = on_spawn
         self.on_reap = on_reap
@@ -170,7 +172,7 @@ class ProcessEngine:
         it ``enclosure``'s own; the command owns ``enclosure`` once it has started (the
         caller closes it if this raises).
         """
-        env = self.base_env if not spec.env else {**self.base_env, **spec.env}
+        env = command_environment(self.base_env, spec.env)
         argv = [*argv_prefix, *spec.args]
         if enclosure is not None and enclosure.prefix:
             argv = [*enclosure.prefix, *argv]

@@ -32,6 +32,7 @@ from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.cgroup_pool import CgroupPool, CommandCgroup
 from taskrunner.process.containment import Containment
 from taskrunner.process.engine import Command, CommandSpec, OutputListener, ProcessEngine
+from taskrunner.process.environment import command_environment
 
 
 class CommandObserver(Protocol):
@@ -173,7 +174,7 @@ class Launcher:
         if containment.env and containment.env != self.containment.env:
             # The engine's base environment holds the instance's; the request's env wins.
             spec = dataclasses.replace(spec, env={**containment.env, **(spec.env or {})})
-        env = self.engine.base_env if not spec.env else {**self.engine.base_env, **spec.env}
+        env = command_environment(self.engine.base_env, spec.env)
         program = spec.args[0]
         if policy.allowlist is not None:
             # Resolved once: the allowlist's answer is what runs, through the wrappers too;

@@ -1,4 +1,4 @@
-"""Who may call: the bearer token, protected mode, and keeping the token out of children.
+"""Who may call: the bearer token and protected mode.
 
 The token comes from ``--token-file`` (which wins) or the ``TASKRUNNER_TOKEN`` environment
 variable, surrounding whitespace stripped; an empty one stops the instance. It is never
@@ -20,7 +20,6 @@ from taskrunner.config import Config
 from taskrunner.errors import StartupError
 
 TOKEN_ENV = "TASKRUNNER_TOKEN"
-ENV_PREFIX = "TASKRUNNER_"
 
 
 
@@ -80,7 +79,3 @@ def is_loopback(address: str) -> bool:
     except ValueError:
         return False  # "" (every address) or a host name: assume reachable from outside
 
-
-def scrub_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` without any ``TASKRUNNER_*`` variable, for the commands' base environment."""
-    return {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}

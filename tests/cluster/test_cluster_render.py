@@ -219,8 +219,11 @@ URL = 'state_url = "postgresql://u@db/x"\n'
     (URL + '[front]\nlisten = "8090"\n' + HOST, "front.listen '8090' is not ADDRESS:PORT"),
     (URL + '[front]\ntls_cert = "c.pem"\n' + HOST, "tls_cert and front.tls_key go together"),
     (URL + "lost_after = -1\n" + HOST, "lost_after must be a number of seconds above 0"),
+    (URL.replace("u@", "u:s3cret@") + HOST, "state_url carries a password"),
+    ('state_url_file = "url"\n' + HOST, "state_url_file is an absolute path"),
+    (URL + 'state_url_file = "/etc/url"\n' + HOST, "replaces state_url: give one"),
 ], ids=["toml", "url", "hosts", "dash", "case", "overlap", "range", "count", "typo",
-        "address", "listen", "tls", "lost"])
+        "address", "listen", "tls", "lost", "password", "relative", "both"])
 def test_a_wrong_inventory_is_a_one_line_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -230,6 +233,15 @@ def test_a_wrong_inventory_is_a_one_line_error(tmp_path, text, message):
     assert done.stderr.startswith(f"cluster: {path}: "), done.stderr
     assert message in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_an_index_url_in_a_file_reaches_the_instances_as_that_file(tmp_path):
+    path = tmp_path / "inventory.toml"
+    path.write_text('state_url_file = "/etc/taskrunner/state-url"\n' + HOST)
+    done = cluster_cli("print-host", "h1", "--inventory", str(path))
+    assert done.returncode == 0, done.stderr
+    assert " --state-url-file /etc/taskrunner/state-url " in done.stdout
+    assert "--state-url " not in done.stdout
 
 
 def test_print_host_of_an_unknown_host_is_a_usage_error(inventory_file):

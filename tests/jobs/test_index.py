@@ -147,7 +147,8 @@ def index_store(flags, instance):
         return JobStore(SQLiteIndex(where), instance)
     from taskrunner.jobs.backends.postgresql import PostgresIndex
 
-    return JobStore(PostgresIndex(where), instance)
+    with open(where) as file:  # --state-url-file
+        return JobStore(PostgresIndex(file.read().strip()), instance)
 
 
 @pytest.mark.gen_test(timeout=120)
