@@ -196,3 +196,27 @@ def test_a_second_live_process_cannot_take_an_instances_name(spawn_instance, sha
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     spawn_instance("--instance", "twin", *shared_index)
+
+
+def test_the_index_role_is_no_superuser_and_logs_in_with_its_password_only(postgres,
+                                                                           state_url):
+    import psycopg
+
+    # The password comes from the server's PGPASSFILE (as libpq reads it): not in the URL.
+    with psycopg.connect(state_url) as conn:
+        row = conn.execute("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, "
+                           "rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert row == (False, False, False, False, False)
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                             "WHERE datname = current_database()").fetchone()
+        assert owner == ("taskrunner",)
+    host = state_url.split("@", 1)[1].rsplit("/", 1)[0]
+    refused = {
+        "another database": state_url.rsplit("/", 1)[0] + "/postgres",
+        "no password": state_url + "?passfile=/dev/null",
+        "the superuser over TCP": f"postgresql://postgres@{host}/postgres",
+    }
+    for why, url in refused.items():
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=5).close()
+            pytest.fail(f"{why}: connected")
