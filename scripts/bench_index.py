@@ -34,12 +34,12 @@ def main() -> None:
     os.chmod(work, 0o755)  # PostgreSQL's own user must reach its data directory
     server = PgServer(os.path.join(work, "pg"), port=args.pg_port)
     try:
-        url = server.start()
+        server.start()
         subprocess.run(
             [sys.executable, os.path.join(HERE, "bench_variants.py"), "--rounds",
              str(args.rounds), "--duration", str(args.duration), "--workloads",
              args.workloads, f"sqlite=--state-dir {os.path.join(work, 'state')}",
-             f"postgresql=--state-url {url}"], check=True)
+             f"postgresql=--state-url-file {server.url_file}"], check=True)
     finally:
         server.remove()
         shutil.rmtree(work, ignore_errors=True)
