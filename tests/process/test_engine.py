@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-
 from helpers import group_alive, pid_alive, until, wait_until
+
 from taskrunner.errors import SpawnError
 from taskrunner.process.engine import CommandSpec, ProcessEngine
 
