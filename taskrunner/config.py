@@ -2,7 +2,7 @@
 
 The CLI builds a `Config` from the command line (see `taskrunner.cli`); everything else
 receives it explicitly. Each field's ``metadata["help"]`` is the text of its ``--flag``, so
-the flag table in the README, ``--help`` and this file cannot drift apart.
+the flag table in docs/flags.md, ``--help`` and this file cannot drift apart.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The documentation against the code: every flag is in the README's flag table with its
+"""The documentation against the code: every flag is in docs/flags.md's table with its
 default, every error code in docs/api.md's error table with its status, and every relative
 link in the README and docs/ leads to a file that exists."""
 
@@ -27,18 +27,35 @@ def documents() -> list[str]:
     return ["README.md", *docs]
 
 
-def test_every_flag_is_in_the_readme_table_with_its_default():
-    text = read("README.md")
-    for setting in settings():
-        flag = "--" + setting.name.replace("_", "-")
-        row = re.search(rf"^\| `{re.escape(flag)}` \| ([^|]*) \|", text, re.MULTILINE)
-        assert row, f"{flag} is missing from the README's flag table"
-        default = getattr(Config(), setting.name)
-        shown = row.group(1).strip().strip("`")
-        if isinstance(default, float) and default.is_integer():
-            default = int(default)
-        expected = "" if default in ("", (), None) else str(default)
-        assert shown == (expected or "(none)"), (flag, shown)
+def _flag_rows(path: str) -> dict[str, str]:
+    """The rows of ``path``'s flag table: each flag and the default it shows."""
+    rows = re.findall(r"^\| `(--[a-z0-9-]+)` \| ([^|]*) \|", read(path), re.MULTILINE)
+    return {flag: shown.strip().strip("`") for flag, shown in rows}
+
+
+def _shown_default(name: str) -> str:
+    default = getattr(Config(), name)
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    return "" if default in ("", (), None) else str(default)
+
+
+def test_every_flag_is_in_the_flag_table_with_its_default():
+    table = _flag_rows("docs/flags.md")
+    flags = {"--" + setting.name.replace("_", "-"): setting.name for setting in settings()}
+    for flag, name in flags.items():
+        assert flag in table, f"{flag} is missing from docs/flags.md"
+        assert table[flag] == (_shown_default(name) or "(none)"), (flag, table[flag])
+    assert set(table) == set(flags), f"docs/flags.md names no such flag: {set(table) - set(flags)}"
+
+
+def test_the_readmes_few_flags_are_real_and_show_their_defaults():
+    table = _flag_rows("README.md")
+    assert 5 <= len(table) <= 12, "the README names the flags a first user needs, no more"
+    for flag, shown in table.items():
+        name = flag[2:].replace("-", "_")
+        assert name in {setting.name for setting in settings()}, f"README: no flag {flag}"
+        assert shown == (_shown_default(name) or "(none)"), (flag, shown)
 
 
 def test_every_error_code_is_in_the_api_error_table_with_its_status():
