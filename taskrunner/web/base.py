@@ -22,7 +22,9 @@ from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from taskrunner.errors import (
+    EDGE_REFUSALS,
     BodyTimeout,
+    EdgeRefusal,
     MethodNotAllowed,
     MissingScope,
     NotFound,
@@ -72,12 +74,19 @@ class JSONHandler(RequestHandler):
     def prepare(self) -> None:
         self.ctx.request_started()
         self._counted = True
+        self.check_edge()
         if self.request.method in self.public_methods:
             return
         # The callers as they are now: a reload (SIGHUP) swaps the whole set, and this
         # request keeps the caller it was given.
         self.caller = self.ctx.callers.identify(self.request.headers.get("Authorization"))
         self.caller.require(self.scope)
+
+    def check_edge(self) -> None:
+        """Refuse what a web page could have sent against the caller's will (a foreign
+        ``Host``, a foreign ``Origin``, a body a page sends without asking: web/edge.py),
+        on every route, before the token is checked and before anything can run."""
+        self.ctx.edge.check(str(self.request.method), self.request.headers)
 
     def answer_in_place(self, error: Exception) -> None:
         """Answer ``error`` where this request's handler method would run: after prepare()
@@ -183,13 +192,13 @@ class BodyHandler(JSONHandler):
     """
 
     _body_timer: object | None = None
-    refusal: Unauthorized | MissingScope | None = None
+    refusal: EdgeRefusal | Unauthorized | MissingScope | None = None
     """Why the caller may not make this request; answered once the body is in."""
 
     def prepare(self) -> None:
         try:
             super().prepare()
-        except (Unauthorized, MissingScope) as refusal:
+        except (*EDGE_REFUSALS, Unauthorized, MissingScope) as refusal:
             self.refusal = refusal
             self.answer_in_place(refusal)
         self.body = bytearray()
