@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import shutil
 import tempfile
@@ -78,3 +79,31 @@ def page_server(address: str, html: str = "<!doctype html><title>elsewhere</titl
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+_ATTACK = """
+const [url, body, done] = arguments;
+const tries = [
+  // The issue's request: a "simple" POST, sent without asking.
+  fetch(url, {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body}),
+  // A Blob without a type: no Content-Type at all, still simple.
+  fetch(url, {method: "POST", mode: "no-cors", body: new Blob([body])}),
+  fetch(url, {method: "POST", mode: "no-cors",
+              headers: {"Content-Type": "application/x-www-form-urlencoded"}, body}),
+  // JSON needs a preflight, which is never granted.
+  fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body}),
+];
+Promise.allSettled(tries).then((r) => done(r.map((x) => x.status)));
+"""
+
+
+def attack_run(driver: WebDriver, page: str, target: str, args: list[str]) -> list[str]:
+    """From the page at ``page``, every kind of POST of ``{"args": args}`` a page can send
+    to ``target``/run: text/plain, a Blob without a type and a form encoding (no-cors,
+    sent without asking), then JSON (which needs a preflight). How each fetch ended:
+    "fulfilled" (an opaque answer came) or "rejected"."""
+    driver.get(page)
+    driver.set_script_timeout(30)
+    body = json.dumps({"args": args})
+    outcomes: list[str] = driver.execute_async_script(_ATTACK, f"{target}/run", body)
+    return outcomes

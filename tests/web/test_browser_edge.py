@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import headless_chromium, page_server
+from browser import attack_run, headless_chromium, page_server
 from conftest import ChildInstance
 from helpers import wait_until
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -23,16 +23,13 @@ from stackutil import request
 
 TOKEN = "edge-test-token-0123456789"
 
-
 def marker_args(marker: str) -> list[str]:
     return ["sh", "-c", f"id > {marker}"]
-
 
 def refused(response: tuple[int, dict[str, str], bytes], status: int, code: str) -> None:
     got, headers, body = response
     assert (got, json.loads(body)["error"]) == (status, code), body
     assert headers["Content-Type"] == "application/json"
-
 
 @pytest.fixture(scope="module")
 def plain() -> Iterator[ChildInstance]:
@@ -41,20 +38,17 @@ def plain() -> Iterator[ChildInstance]:
     yield child
     child.stop()
 
-
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[ChildInstance]:
     child = ChildInstance(["--port", "0"], env={"TASKRUNNER_TOKEN": TOKEN})
     yield child
     child.stop()
 
-
 @pytest.fixture
 def marker(tmp_path: Any) -> Iterator[str]:
     path = str(tmp_path / "pwned")
     yield path
     assert not os.path.exists(path), "a command ran"
-
 
 def test_the_issues_curl_requests_are_refused_each_with_its_own_error(plain, marker):
     port = plain.port
@@ -69,7 +63,6 @@ def test_the_issues_curl_requests_are_refused_each_with_its_own_error(plain, mar
     refused(request("127.0.0.1", port, "POST", "/run", body, {
         "Origin": f"http://127.0.0.1:{port}", "Content-Type": "text/plain"}),
         415, "unsupported_media_type")
-
 
 @pytest.mark.parametrize("method,path", [
     ("GET", "/healthz"), ("GET", "/ui"), ("GET", "/ui/app.js"), ("GET", "/jobs"),
@@ -90,7 +83,6 @@ def test_a_foreign_host_is_refused_on_every_route_before_the_token(guarded, meth
         status, _, _ = request("127.0.0.1", port, "GET", "/jobs", None, {"Host": host})
         assert status == 401, host
 
-
 @pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.2:8000",
                                     "https://localhost.evil.example", "file://", "garbage"])
 @pytest.mark.parametrize("method,path", [("POST", "/run"), ("POST", "/jobs"),
@@ -101,7 +93,6 @@ def test_a_foreign_origin_may_change_nothing(plain, origin, method, path, marker
                     {"Origin": origin, "Content-Type": "application/json"}),
             403, "origin_not_allowed")
 
-
 def test_a_foreign_origin_may_read_nothing_it_could_not_read_anyway(plain):
     # GET is not state-changing: a cross-origin read is the browser's to forbid (no CORS
     # header is ever sent), and a page's <img src> or <script src> still gets its answer.
@@ -110,7 +101,6 @@ def test_a_foreign_origin_may_read_nothing_it_could_not_read_anyway(plain):
                                  {"Origin": "http://evil.example"})
     assert status == 200
     assert not any(h.lower().startswith("access-control-") for h in headers)
-
 
 @pytest.mark.parametrize("content_type", [
     "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
@@ -124,7 +114,6 @@ def test_a_browsers_body_without_a_preflight_is_refused(plain, content_type, bro
     headers = {**browser_header, **({"Content-Type": content_type} if content_type else {})}
     refused(request("127.0.0.1", port, "POST", "/run", {"args": marker_args(marker)},
                     headers), 415, "unsupported_media_type")
-
 
 def test_the_readmes_curl_and_a_same_origin_page_still_run(plain):
     port = plain.port
@@ -141,7 +130,6 @@ def test_the_readmes_curl_and_a_same_origin_page_still_run(plain):
             "Sec-Fetch-Mode": "cors"})
         assert (status, json.loads(body)["stdout"]) == (200, "ok\n")
 
-
 def test_no_cors_preflight_is_granted(plain):
     port = plain.port
     status, headers, body = request("127.0.0.1", port, "OPTIONS", "/run", None, {
@@ -149,7 +137,6 @@ def test_no_cors_preflight_is_granted(plain):
         "Access-Control-Request-Headers": "content-type"})
     assert status == 405, body
     assert not any(h.lower().startswith("access-control-") for h in headers)
-
 
 def test_the_flags_widen_each_rule_and_nothing_else(spawn_instance):
     port = spawn_instance("--allowed-host", "tasks.example", "--allowed-origin",
@@ -172,7 +159,6 @@ def test_the_flags_widen_each_rule_and_nothing_else(spawn_instance):
                            {"Host": "evil.example"})
     assert status == 200
 
-
 def test_a_wildcard_bind_answers_to_the_machines_own_addresses(spawn_instance):
     # What a container platform's probe sends: Host is the pod's address and port.
     port = spawn_instance("--address", "0.0.0.0", "--insecure-http",
@@ -183,7 +169,6 @@ def test_a_wildcard_bind_answers_to_the_machines_own_addresses(spawn_instance):
     for host in ("192.0.2.1", "evil.example", f"{socket.gethostname()}.evil.example"):
         refused(request("127.0.0.1", port, "GET", "/healthz", None, {"Host": host}),
                 421, "host_not_allowed")
-
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--allowed-host", "evil.example:80", "is not a host name or an address"),
@@ -196,39 +181,11 @@ def test_a_wrong_flag_stops_the_instance_with_one_line(flag, value, message):
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
 
-
-# -- a real page in Chromium ------------------------------------------------------------
-
-ATTACK = """
-const [url, body, done] = arguments;
-const tries = [
-  // The issue's request: a "simple" POST, sent without asking.
-  fetch(url, {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body}),
-  // A Blob without a type: no Content-Type at all, still simple.
-  fetch(url, {method: "POST", mode: "no-cors", body: new Blob([body])}),
-  fetch(url, {method: "POST", mode: "no-cors",
-              headers: {"Content-Type": "application/x-www-form-urlencoded"}, body}),
-  // JSON needs a preflight, which is never granted.
-  fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body}),
-];
-Promise.allSettled(tries).then((r) => done(r.map((x) => x.status)));
-"""
-
-
-def attack(driver: WebDriver, page: str, target: str, marker: str) -> list[str]:
-    """From ``page``, every kind of POST a page can send to ``target``/run; how each ended."""
-    driver.get(page)
-    driver.set_script_timeout(30)
-    body = json.dumps({"args": marker_args(marker)})
-    return driver.execute_async_script(ATTACK, f"{target}/run", body)  # type: ignore[no-any-return]
-
-
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[WebDriver]:
     # evil.example resolves to this machine, as a rebound DNS name would.
     with headless_chromium(["--host-resolver-rules=MAP evil.example 127.0.0.1"]) as driver:
         yield driver
-
 
 @pytest.mark.parametrize("page_address", ["127.0.0.2", "127.0.0.1"],
                          ids=["other-address", "other-port"])
@@ -236,13 +193,13 @@ def test_a_page_of_another_loopback_origin_cannot_run_a_command(chromium, spawn_
                                                                 page_address, marker):
     instance = spawn_instance()
     with page_server(page_address) as page:
-        outcomes = attack(chromium, page, f"http://127.0.0.1:{instance.port}", marker)
+        outcomes = attack_run(chromium, page, f"http://127.0.0.1:{instance.port}",
+                              marker_args(marker))
     assert outcomes == ["fulfilled", "fulfilled", "fulfilled", "rejected"]
     # The requests did arrive, and were refused (the access log has them).
     expected = "403" if page_address != "127.0.0.1" else "415"
     assert wait_until(lambda: instance.output().count(f"POST /run {expected} ") == 3, 5), \
         instance.output()
-
 
 def test_a_rebound_dns_name_gets_neither_the_page_nor_a_command(chromium, spawn_instance,
                                                                 marker):
