@@ -8,8 +8,9 @@ went out before the request body was read, without saying so (an RST if body byt
 still coming); nginx counts that as a failure of the instance and stops sending it requests
 (``max_fails``), so a stranger's wrong token could take the stack's instances out. Hence the
 browser's rules (web/edge.py), then the token, are checked first on every route and method,
-but a body handler reads (and drops) the body before it answers 421, 403, 415 or 401; only errors about the body itself (too large, too slow) are
-answered before it is read, and they say ``Connection: close``.
+but a body handler reads (and drops) the body before it answers 421, 403, 415 or 401; only
+errors about the body itself (too large, too slow) are answered before it is read, and they
+say ``Connection: close``.
 """
 
 from __future__ import annotations
