@@ -24,6 +24,7 @@ A client that is no browser (``curl``, ``trun``, the Python client) sends neithe
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from urllib.parse import urlsplit
@@ -52,6 +53,7 @@ def normal_host(name: str) -> str:
         return name
 
 
+@functools.lru_cache(maxsize=1024)  # the same few Host values, request after request
 def host_of(header: str) -> str:
     """The host name of a ``Host`` header (``name``, ``name:port``, ``[v6]:port``)."""
     header = header.strip()
@@ -110,7 +112,8 @@ class BrowserEdge:
             raise OriginNotAllowed(
                 f"a page of the origin {origin!r} may not {method} here; "
                 "--allowed-origin names more")
-        browser = origin is not None or any(k.lower().startswith("sec-fetch-") for k in headers)
+        # HTTPHeaders keeps names normalised: "sec-fetch-site" is "Sec-Fetch-Site".
+        browser = origin is not None or any(k.startswith("Sec-Fetch-") for k in headers)
         if browser and self._simple_body(headers):
             raise UnsupportedMediaType(
                 "a browser's request must send its body as Content-Type: application/json")

@@ -151,6 +151,7 @@ def test_the_front_answers_only_to_its_server_names_and_its_instances_agree(fron
         status, headers, body = call("127.0.0.1", FRONT, method, path, {"args": ["id"]},
                                      {**AUTH, "Host": "evil.example"})
         assert (status, body["error"]) == (421, "host_not_allowed"), (path, body)
+        assert "this front does not answer" in body["message"]  # nginx's own answer
         assert headers["Content-Type"] == "application/json"
     # A page of another origin, through the front: the instance refuses it.
     status, _, body = call("127.0.0.1", FRONT, "POST", "/run", {"args": ["id"]},
