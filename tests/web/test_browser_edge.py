@@ -7,6 +7,7 @@ command that would run writes a marker file, which must never appear.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -213,3 +214,23 @@ def test_a_rebound_dns_name_gets_neither_the_page_nor_a_command(chromium, spawn_
         "{'Content-Type': 'application/json'}, body}).then((r) => done(r.status));",
         json.dumps({"args": marker_args(marker)}))
     assert status == 421
+
+
+def test_a_refused_body_is_read_so_the_connection_stays_usable(plain):
+    # Behind nginx, a connection closed under a request counts as the instance failing
+    # (max_fails): a page's refused requests must not take an instance out.
+    conn = http.client.HTTPConnection("127.0.0.1", plain.port, timeout=30)
+    try:
+        body = json.dumps({"args": ["echo", "x"], "stdin": "y" * 100_000}).encode()
+        for headers, status in (({"Host": "evil.example"}, 421), ({"Origin": "null"}, 403),
+                                ({"Sec-Fetch-Mode": "no-cors"}, 415), ({}, 200)):
+            conn.request("POST", "/run", body=body, headers=headers)
+            response = conn.getresponse()
+            assert (response.status, response.getheader("Connection")) == (status, None)
+            response.read()
+        sock = conn.sock
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        assert conn.sock is sock  # one connection all along
+    finally:
+        conn.close()
