@@ -11,6 +11,9 @@ hosts with their instances; read and checked here, every mistake a one-line erro
     listen = "127.0.0.1:8090"       # nginx's address:port
     # tls_cert, tls_key: PEM files, both or neither; max_body: bytes (1048576);
     # access_log: nginx's access log of the front (/var/log/nginx/taskrunner-access.log)
+    # server_names: the names clients reach it by (["tasks.example.com"]); the front and its
+    # instances (--allowed-host) answer to no other. Default: listen's address (and the
+    # loopback names if it is a loopback one); required when listen is 0.0.0.0 or [::]
 
     [[hosts]]
     name = "h1"                     # [A-Za-z0-9_]+, unique (case aside)
@@ -38,6 +41,7 @@ NAME = re.compile(r"[A-Za-z0-9_]+")
 ADDRESS = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
 DEFAULT_LOST_AFTER = 15.0
 DEFAULT_MAX_BODY = 1048576
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 class InventoryError(ValueError):
@@ -83,6 +87,18 @@ class Front:
     tls_key: str = ""
     max_body: int = DEFAULT_MAX_BODY
     access_log: str = "/var/log/nginx/taskrunner-access.log"
+    server_names: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        """The host names the front answers to, lower case, as nginx's ``$host`` has them
+        (an IPv6 address in brackets): ``server_names`` or the address of ``listen``, and
+        the loopback names when one of them is a loopback address."""
+        given = list(self.server_names) or [self.listen.rpartition(":")[0]]
+        names = [_normal(name.strip("[]").rstrip(".")) for name in given]
+        if any(name in LOOPBACK for name in names):
+            names += [name for name in LOOPBACK if name not in names]
+        return [f"[{name}]" if ":" in name else name for name in names]
 
 
 @dataclass(frozen=True)
@@ -139,19 +155,28 @@ def parse(data: dict[str, Any], source: str = "inventory") -> Inventory:
     _known(data, {"front", "state_url", "state_url_file", "lost_after", "token_file",
                   "instance_args", "hosts"}, "", fail)
     front_data = _table(data.get("front", {}), "[front]", fail)
-    _known(front_data, {"listen", "tls_cert", "tls_key", "max_body", "access_log"},
-           "front.", fail)
+    _known(front_data, {"listen", "tls_cert", "tls_key", "max_body", "access_log",
+                        "server_names"}, "front.", fail)
+    server_names = front_data.get("server_names", [])
+    if not isinstance(server_names, list) or not all(
+            isinstance(n, str) and ADDRESS.fullmatch(n) for n in server_names):
+        raise fail("front.server_names must be a list of host names or addresses, no ports "
+                   "(e.g. [\"tasks.example.com\"])")
     front = Front(
         listen=_string(front_data, "listen", Front.listen, "front.", fail),
         tls_cert=_string(front_data, "tls_cert", "", "front.", fail),
         tls_key=_string(front_data, "tls_key", "", "front.", fail),
         max_body=_integer(front_data, "max_body", DEFAULT_MAX_BODY, 1, 2**40, "front.", fail),
         access_log=_string(front_data, "access_log", Front.access_log, "front.", fail),
+        server_names=tuple(server_names),
     )
     listen_host, _, listen_port = front.listen.rpartition(":")
     if not listen_host or not ADDRESS.fullmatch(listen_host) or not listen_port.isdigit() \
             or not 1 <= int(listen_port) <= 65535:
         raise fail(f"front.listen {front.listen!r} is not ADDRESS:PORT (e.g. 127.0.0.1:8090)")
+    if not server_names and _normal(listen_host.strip("[]")) in ("0.0.0.0", "::"):
+        raise fail("front.listen is a wildcard address: name the front's front.server_names "
+                   "(the names clients reach it by; no other Host is answered)")
     if bool(front.tls_cert) != bool(front.tls_key):
         raise fail("front.tls_cert and front.tls_key go together: set both or neither")
 
@@ -273,6 +298,8 @@ def dump(inventory: Inventory) -> str:
         lines.append(f"instance_args = [{', '.join(q(a) for a in inventory.instance_args)}]")
     lines += ["", "[front]", f"listen = {q(front.listen)}", f"max_body = {front.max_body}",
               f"access_log = {q(front.access_log)}"]
+    if front.server_names:
+        lines.append(f"server_names = [{', '.join(q(n) for n in front.server_names)}]")
     if front.tls_cert:
         lines += [f"tls_cert = {q(front.tls_cert)}", f"tls_key = {q(front.tls_key)}"]
     for host in inventory.hosts:

@@ -17,13 +17,14 @@ port; TLS from ``TASKRUNNER_TLS_CERT`` and ``TASKRUNNER_TLS_KEY``). scripts/clus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shlex
 import sys
 from collections.abc import Sequence
 
-from inventory import Front, Host, Instance, Inventory
+from inventory import LOOPBACK, Front, Host, Instance, Inventory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHOLE_TEMPLATE = os.path.join(REPO, "deploy", "nginx.conf.template")
@@ -88,6 +89,7 @@ def http_snippet(instances: Sequence[Instance], front: Front) -> str:
         "TLS": _tls(front),
         "ACCESS_LOG": front.access_log,
         "MAX_BODY": str(front.max_body),
+        "HOST_NAMES": "\n".join(f'    "{name}" 1;' for name in front.names),
         "SERVERS": servers,
         "INSTANCE_UPSTREAMS": "\n\n".join(_owner_upstream(i, instances) for i in instances),
         "JOB_MAP": "\n".join(f"    {i.name} {upstream_name(i)};" for i in instances),
@@ -98,8 +100,8 @@ def nginx_conf(instances: Sequence[Instance], front: Front, run_dir: str) -> str
     """The whole nginx.conf, every file it writes under ``run_dir`` (its access log is
     ``run_dir/log/nginx-access.log`` whatever ``front.access_log`` says)."""
     run_dir = os.path.abspath(run_dir)
-    front = Front(front.listen, front.tls_cert, front.tls_key, front.max_body,
-                  os.path.join(run_dir, "log", "nginx-access.log"))
+    front = dataclasses.replace(front,
+                                access_log=os.path.join(run_dir, "log", "nginx-access.log"))
     http = "\n".join(f"    {line}" if line else ""
                      for line in http_snippet(instances, front).rstrip("\n").split("\n"))
     return _fill(_read(WHOLE_TEMPLATE), {
@@ -126,6 +128,11 @@ def instance_command(instance: Instance, inventory: Inventory, python: str,
                "--recycle-lock", os.path.join(run_dir, "recycle.lock")]
     if inventory.token_file:
         command += ["--token-file", inventory.token_file]
+    # nginx passes the Host it answered to; the instances check it again (a rebound name
+    # that reached the front still runs nothing). The loopback names they take anyway.
+    for name in inventory.front.names:
+        if name.strip("[]") not in LOOPBACK:
+            command += ["--allowed-host", name]
     return command + list(inventory.instance_args)
 
 

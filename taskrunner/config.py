@@ -87,6 +87,14 @@ class Config:
         "", "file holding the bearer token every route but GET /healthz requires "
         "(or set TASKRUNNER_TOKEN); empty: no token"
     )
+    allowed_host: tuple[str, ...] = _setting(
+        (), "a host name (or address) the instance answers to besides its own (repeatable); "
+        "'*': any (unsafe: DNS rebinding)", repeatable=True
+    )
+    allowed_origin: tuple[str, ...] = _setting(
+        (), "an origin (scheme://host[:port]) whose pages may POST and DELETE here "
+        "(repeatable)", repeatable=True
+    )
     allow: tuple[str, ...] = _setting(
         (), "a program that may run (repeatable); resolved through PATH to its real path. "
         "None given: any program may run", repeatable=True
@@ -250,6 +258,14 @@ class Config:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         for entry in self.callback_allow:
             _check_callback_host(entry)
+        for name in self.allowed_host:
+            if name != "*" and not re.fullmatch(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?", name):
+                raise ValueError(f"allowed_host: {name!r} is not a host name or an address "
+                                 "(no port: the port is not compared)")
+        for origin in self.allowed_origin:
+            if not re.fullmatch(r"https?://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?",
+                                origin):
+                raise ValueError(f"allowed_origin: {origin!r} is not scheme://host[:port]")
         # An unsigned callback could be forged by anyone who reaches the receiver; a secret
         # without hosts would sign nothing, which is a mistake worth saying.
         if self.callback_allow and not self.callback_secret_file:

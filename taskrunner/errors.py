@@ -12,12 +12,15 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── Forbidden                        (403, "forbidden")
     │   ├── ProgramNotAllowed            (403, "program_not_allowed")
     │   ├── MissingScope                 (403, "missing_scope")   not the caller's scope
-    │   └── CallbackNotAllowed           (403, "callback_not_allowed")  host off --callback-allow
+    │   ├── CallbackNotAllowed           (403, "callback_not_allowed")  host off --callback-allow
+    │   └── OriginNotAllowed             (403, "origin_not_allowed")  a foreign page's request
     ├── NotFound                         (404, "not_found")
     │   └── JobNotFound                  (404, "job_not_found")
     ├── MethodNotAllowed                 (405, "method_not_allowed")
     ├── BodyTimeout                      (408, "body_timeout")
     ├── PayloadTooLarge                  (413, "body_too_large")
+    ├── UnsupportedMediaType             (415, "unsupported_media_type")  a browser's simple body
+    ├── HostNotAllowed                   (421, "host_not_allowed")  a Host it does not answer to
     ├── SpawnError                       (422, "spawn_failed")    the command could not start
     ├── TooManyRequests                  (429, "too_many_requests")
     ├── OutOfResources                   (503, "out_of_resources")  no fds or processes left
@@ -107,6 +110,13 @@ class CallbackNotAllowed(Forbidden):
     code = "callback_not_allowed"
 
 
+class OriginNotAllowed(Forbidden):
+    """A state-changing request from a page of another origin (``Origin`` names a host the
+    instance does not answer to, or is ``null``) that ``--allowed-origin`` does not name."""
+
+    code = "origin_not_allowed"
+
+
 class NotFound(TaskRunnerError):
     """No such route or resource."""
 
@@ -132,6 +142,27 @@ class BodyTimeout(TaskRunnerError):
 
     status = 408
     code = "body_timeout"
+
+
+class UnsupportedMediaType(TaskRunnerError):
+    """A browser's request with a body a page may send without asking first (``text/plain``,
+    a form encoding, or none declared): taskrunner takes only JSON from a browser."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class HostNotAllowed(TaskRunnerError):
+    """The ``Host`` names a host the instance does not answer to (a rebound DNS name, a
+    misrouted request): ``--allowed-host`` adds names."""
+
+    status = 421
+    code = "host_not_allowed"
+
+
+EdgeRefusal = HostNotAllowed | OriginNotAllowed | UnsupportedMediaType
+EDGE_REFUSALS = (HostNotAllowed, OriginNotAllowed, UnsupportedMediaType)
+"""What a request a web page could have made is refused with (taskrunner/web/edge.py)."""
 
 
 class PayloadTooLarge(TaskRunnerError):

@@ -7,9 +7,10 @@ An answered error leaves the connection usable. Tornado closes a connection whos
 went out before the request body was read, without saying so (an RST if body bytes were
 still coming); nginx counts that as a failure of the instance and stops sending it requests
 (``max_fails``), so a stranger's wrong token could take the stack's instances out. Hence the
-token is checked first on every route and method, but a body handler reads (and drops) the
-body before it answers 401; only errors about the body itself (too large, too slow) are
-answered before it is read, and they say ``Connection: close``.
+browser's rules (web/edge.py), then the token, are checked first on every route and method,
+but a body handler reads (and drops) the body before it answers 421, 403, 415 or 401; only
+errors about the body itself (too large, too slow) are answered before it is read, and they
+say ``Connection: close``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from taskrunner.errors import (
+    EDGE_REFUSALS,
     BodyTimeout,
+    EdgeRefusal,
     MethodNotAllowed,
     MissingScope,
     NotFound,
@@ -72,12 +75,19 @@ class JSONHandler(RequestHandler):
     def prepare(self) -> None:
         self.ctx.request_started()
         self._counted = True
+        self.check_edge()
         if self.request.method in self.public_methods:
             return
         # The callers as they are now: a reload (SIGHUP) swaps the whole set, and this
         # request keeps the caller it was given.
         self.caller = self.ctx.callers.identify(self.request.headers.get("Authorization"))
         self.caller.require(self.scope)
+
+    def check_edge(self) -> None:
+        """Refuse what a web page could have sent against the caller's will (a foreign
+        ``Host``, a foreign ``Origin``, a body a page sends without asking: web/edge.py),
+        on every route, before the token is checked and before anything can run."""
+        self.ctx.edge.check(str(self.request.method), self.request.headers)
 
     def answer_in_place(self, error: Exception) -> None:
         """Answer ``error`` where this request's handler method would run: after prepare()
@@ -183,13 +193,13 @@ class BodyHandler(JSONHandler):
     """
 
     _body_timer: object | None = None
-    refusal: Unauthorized | MissingScope | None = None
+    refusal: EdgeRefusal | Unauthorized | MissingScope | None = None
     """Why the caller may not make this request; answered once the body is in."""
 
     def prepare(self) -> None:
         try:
             super().prepare()
-        except (Unauthorized, MissingScope) as refusal:
+        except (*EDGE_REFUSALS, Unauthorized, MissingScope) as refusal:
             self.refusal = refusal
             self.answer_in_place(refusal)
         self.body = bytearray()

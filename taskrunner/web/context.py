@@ -18,6 +18,7 @@ from taskrunner.jobs.registry import JobRegistry
 from taskrunner.process.engine import ProcessEngine
 from taskrunner.process.launcher import Launcher
 from taskrunner.web.callers import Callers, implicit_callers
+from taskrunner.web.edge import BrowserEdge
 
 if TYPE_CHECKING:
     from tornado.web import RequestHandler
@@ -47,6 +48,11 @@ class InstanceContext:
     observers: list[Callable[[RequestHandler], None]] = field(default_factory=list)
     """Called with each finished request's handler, after its access-log line."""
     _idle: asyncio.Event | None = None
+    edge: BrowserEdge = field(init=False, repr=False)
+    """The Host, Origin and Content-Type rules every request passes first."""
+
+    def __post_init__(self) -> None:
+        self.edge = BrowserEdge(self.config)
 
     def request_started(self) -> None:
         """Count a request that is being served."""

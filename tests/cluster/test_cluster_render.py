@@ -37,6 +37,7 @@ instance_args = ["--insecure-http"]
 
 [front]
 listen = "127.0.0.1:{FRONT}"
+server_names = ["tasks.example", "127.0.0.1"]
 
 [[hosts]]
 name = "h1"
@@ -96,8 +97,10 @@ def front(tmp_path_factory, inventory_file):
         assert checked.returncode == 0, checked.stderr
         assert "test is successful" in checked.stderr
         for port, name in zip(PORTS, ("h1", "h2"), strict=True):
+            # --allowed-host as print-host renders it (test_print_host_... checks that).
             instances.append(ChildInstance(["--port", str(port), "--instance",
-                                            f"{name}-{port}"], env={"TASKRUNNER_TOKEN": TOKEN}))
+                                            f"{name}-{port}", "--allowed-host",
+                                            "tasks.example"], env={"TASKRUNNER_TOKEN": TOKEN}))
         subprocess.run(nginx, check=True, capture_output=True)
         assert wait_until(lambda: os.path.exists(f"{directory}/nginx.pid"), 5)
         yield directory
@@ -132,6 +135,44 @@ def test_the_conf_d_part_serves_run_and_routes_jobs_to_their_owner(front):
     time.sleep(1.2)  # nginx writes its access log every second
     with open(f"{front}/access.log") as f:
         assert "upstream=127.0.0.1:18950" in f.read()
+
+
+def test_the_front_answers_only_to_its_server_names_and_its_instances_agree(front):
+    # A name of the front's server_names reaches an instance, which answers to it too
+    # (--allowed-host from the inventory); a same-origin page's POST passes.
+    for host in ("tasks.example", "localhost", "127.0.0.1"):
+        status, _, body = call("127.0.0.1", FRONT, "POST", "/run", {"args": ["echo", host]},
+                               {**AUTH, "Host": f"{host}:{FRONT}",
+                                "Origin": f"http://{host}:{FRONT}",
+                                "Content-Type": "application/json"})
+        assert (status, body["stdout"]) == (200, f"{host}\n"), body
+    # A DNS name rebound to the front's address: nginx itself refuses it, on every route.
+    for method, path in (("POST", "/run"), ("GET", "/healthz"), ("GET", "/jobs/h1-18950.x")):
+        status, headers, body = call("127.0.0.1", FRONT, method, path, {"args": ["id"]},
+                                     {**AUTH, "Host": "evil.example"})
+        assert (status, body["error"]) == (421, "host_not_allowed"), (path, body)
+        assert "this front does not answer" in body["message"]  # nginx's own answer
+        assert headers["Content-Type"] == "application/json"
+    # A page of another origin, through the front: the instance refuses it.
+    status, _, body = call("127.0.0.1", FRONT, "POST", "/run", {"args": ["id"]},
+                           {**AUTH, "Origin": "http://evil.example"})
+    assert (status, body["error"]) == (403, "origin_not_allowed")
+
+
+def test_a_front_on_a_wildcard_address_must_name_its_server_names(tmp_path):
+    path = tmp_path / "wild.toml"
+    path.write_text(URL + '[front]\nlisten = "0.0.0.0:8090"\n' + HOST)
+    done = cluster_cli("print-front", "--inventory", str(path))
+    assert done.returncode == 1
+    assert "front.listen is a wildcard address: name the front's front.server_names" \
+        in done.stderr
+    path.write_text(URL + '[front]\nlisten = "0.0.0.0:8090"\n'
+                    'server_names = ["Tasks.Example.", "::1"]\n' + HOST)
+    done = cluster_cli("print-front", "--inventory", str(path))
+    assert done.returncode == 0, done.stderr
+    block = done.stdout.split("map $host $taskrunner_host_ok {", 1)[1].split("}", 1)[0]
+    assert block.split() == ['"tasks.example"', "1;", '"[::1]"', "1;", '"localhost"', "1;",
+                             '"127.0.0.1"', "1;", '""', "1;", "default", "0;"]
 
 
 def test_every_route_of_a_job_has_its_owner_first_and_the_others_as_backups(inventory_file):
@@ -186,7 +227,7 @@ def test_print_host_is_a_program_section_supervisord_reads(tmp_path, inventory_f
         "18951", "--instance", "h2-18951", "--state-url",
         "postgresql://taskrunner@127.0.0.1:55599/taskrunner", "--lost-after", "5",
         "--recycle-lock", f"{tmp_path}/recycle.lock", "--token-file", "/etc/taskrunner/token",
-        "--insecure-http"]
+        "--allowed-host", "tasks.example", "--insecure-http"]
     assert process.stdout_logfile == f"{tmp_path}/taskrunner_h2-18951.log"
     assert process.stopsignal == 15 and process.stopwaitsecs == 30
 

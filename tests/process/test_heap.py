@@ -44,7 +44,7 @@ def read_some_then_reset(port: int, body: dict) -> None:
     the instance's write fails midway, as when a caller gives up on a large response."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         data = json.dumps(body).encode()
-        sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

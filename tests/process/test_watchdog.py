@@ -18,7 +18,7 @@ def start_run(port, args, timeout=60):
     """Send POST /run and return the socket without reading the answer."""
     body = json.dumps({"args": args, "timeout": timeout}).encode()
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     return sock
 

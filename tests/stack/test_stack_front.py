@@ -101,21 +101,21 @@ LONG = "a" * 9000  # over nginx's large_client_header_buffers (8k)
 
 
 @pytest.mark.parametrize("request_bytes,status,code", [
-    (b"GET /jobs/../.. HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
-    (b"GET /jobs/8885.abc%00 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
-    (b"GET /run%00 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
+    (b"GET /jobs/../.. HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, "bad_request"),
+    (b"GET /jobs/8885.abc%00 HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, "bad_request"),
+    (b"GET /run%00 HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, "bad_request"),
     (b"GARBAGE\r\n\r\n", 400, "bad_request"),
     (b"GET /run HTTP/1.1\r\n\r\n", 400, "bad_request"),  # no Host
-    (f"GET /healthz?{LONG} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 414, "uri_too_long"),
-    (f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {LONG}\r\n\r\n".encode(), 431,
+    (f"GET /healthz?{LONG} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(), 414, "uri_too_long"),
+    (f"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {LONG}\r\n\r\n".encode(), 431,
      "headers_too_large"),
-    (b"TRACE /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
-    (b"GET /healthz HTTP/3.0\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"),
-    (b"POST /run HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+    (b"TRACE /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 405, "method_not_allowed"),
+    (b"GET /healthz HTTP/3.0\r\nHost: localhost\r\n\r\n", 505, "http_version_not_supported"),
+    (b"POST /run HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
      "not_implemented"),
-    (b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413,
+    (b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\n", 413,
      "body_too_large"),
-    (b"GET /.taskrunner-error/500 HTTP/1.1\r\nHost: x\r\n\r\n", 404, "not_found"),
+    (b"GET /.taskrunner-error/500 HTTP/1.1\r\nHost: localhost\r\n\r\n", 404, "not_found"),
 ], ids=["dotdot", "nul-job", "nul", "garbage", "no-host", "long-uri", "big-header", "trace",
         "http3", "gzip-body", "huge-body", "error-page"])
 def test_nginx_answers_client_errors_in_json(stack, request_bytes, status, code):

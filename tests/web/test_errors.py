@@ -92,7 +92,7 @@ async def test_huge_numbers_are_a_400_on_every_command_route(instance, path, raw
 async def test_an_absurd_content_length_is_not_a_500(instance, length):
     reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
     try:
-        writer.write(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+        writer.write(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + length
                      + b"\r\n\r\n{}")
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
@@ -142,7 +142,7 @@ async def test_exactly_max_body_bytes_are_accepted_and_one_more_is_a_413(
         if chunked:  # no declared length: the limit is enforced on the bytes as they come
             reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
             try:
-                writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+                writer.write(f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
                              "Transfer-Encoding: chunked\r\n\r\n".encode())
                 for i in range(0, size, 30):
                     piece = raw[i:i + 30]
@@ -164,7 +164,7 @@ async def test_exactly_max_body_bytes_are_accepted_and_one_more_is_a_413(
 async def test_a_declared_length_of_max_body_plus_one_is_a_413_before_the_body(instance, path):
     reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
     try:  # the headers only: the answer must not wait for a body it will refuse
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n"
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 101\r\n\r\n"
                      .encode())
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
@@ -177,7 +177,7 @@ async def test_a_declared_length_of_max_body_plus_one_is_a_413_before_the_body(i
 @pytest.mark.gen_test
 async def test_chunked_body_over_the_limit_is_a_413(instance):
     reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
-    writer.write(b"POST /run HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    writer.write(b"POST /run HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
     for _ in range(5):
         writer.write(b"32\r\n" + b"x" * 50 + b"\r\n")
     writer.write(b"0\r\n\r\n")
@@ -254,7 +254,7 @@ async def test_malformed_http_does_not_kill_the_instance(instance):
 @pytest.mark.gen_test
 async def test_a_body_that_does_not_arrive_in_time_gets_a_408_and_runs_nothing(instance):
     reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
-    writer.write(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"args\": [")
+    writer.write(b"POST /run HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 100\r\n\r\n{\"args\": [")
     await writer.drain()
     response = await asyncio.wait_for(reader.read(), 10)  # the server closes after answering
     writer.close()

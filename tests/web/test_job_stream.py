@@ -138,7 +138,7 @@ async def test_a_stream_client_that_leaves_does_not_affect_the_job(instance, tmp
     script = gated((1, "first\n"), (1, "second\n"))
     job = await submit(instance, {"args": [PY, "-c", script, str(tmp_path)]})
     reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
-    writer.write(f"GET /jobs/{job['id']}/output HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    writer.write(f"GET /jobs/{job['id']}/output HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     assert b" 200 " in head.split(b"\r\n")[0]

@@ -200,7 +200,7 @@ async def test_at_the_cap_the_connection_idle_longest_is_shed_first(instance):
         return reader, writer
 
     async def get_healthz(reader, writer):
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
         await reader.readexactly(length)

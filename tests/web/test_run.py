@@ -170,7 +170,7 @@ async def test_disconnecting_client_kills_the_command(instance, tmp_path):
     body = (f'{{"args": ["sh", "-c", "echo $$ > {pidfile}; sleep 60"], "timeout": 120}}'
             ).encode()
     _reader, writer = await asyncio.open_connection("127.0.0.1", instance.port)
-    writer.write(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+    writer.write(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%s"
                  % (len(body), body))
     await writer.drain()
     for _ in range(100):

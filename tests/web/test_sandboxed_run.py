@@ -96,7 +96,7 @@ def test_after_kill_9_of_the_instance_nothing_of_its_sandboxes_survives(spawn_in
             body = json.dumps({"args": ["sh", "-c", f"setsid sleep {escapee} & sleep {main}"],
                                "timeout": 60}).encode()
             sock = socket.create_connection(("127.0.0.1", child.port))
-            sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /run HTTP/1.1\r\nHost: [::1]\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             sockets.append(sock)
         assert wait_until(lambda: all(processes_with(f"sleep {m}") for m in markers), 10)

@@ -52,7 +52,7 @@ def test_hundreds_of_idle_connections_and_a_trickled_body_do_not_stop_others(chi
     idle = [socket.create_connection(("127.0.0.1", child.port)) for _ in range(IDLE)]
     trickler = socket.create_connection(("127.0.0.1", child.port))
     try:
-        trickler.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        trickler.sendall(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{")
         for _ in range(5):
             status, body, elapsed = post_run(child.url, ["echo", "served"])
             assert (status, body["stdout"]) == (200, "served\n")
