@@ -26,26 +26,63 @@ def auth(name):
 
 
 CALLERS = f"""
+realm = "test"
+
 [callers.alice]
 token_sha256 = "{sha(TOKENS['alice'])}"
 scopes = ["run", "jobs"]
 allow = ["echo", "sleep", "sh"]
 max_running = 1
+limits = "instance"
 
 [callers.bob]
 token_sha256 = "{sha(TOKENS['bob'])}"
 scopes = ["run", "jobs"]
 allow = ["true", "sleep", "sh"]
-limits = {{ limit-nofile = 37 }}
+max_running = "instance"
+
+[callers.bob.limits]
+user = "instance"
+limit-as = "instance"
+limit-cpu = "instance"
+limit-nproc = "instance"
+limit-fsize = "instance"
+limit-nofile = 37
 
 [callers.carol]
 token_sha256 = "{sha(TOKENS['carol'])}"
 scopes = ["run"]
+allow = "instance"
+max_running = "instance"
+limits = "instance"
 
 [callers.root]
 token_sha256 = "{sha(TOKENS['root'])}"
 scopes = ["admin"]
+allow = "instance"
+max_running = "instance"
+limits = "instance"
 """
+
+
+def entry(name="a", secret="x", **keys):
+    """One caller's table with every key written out; ``keys`` replace or (None) drop some."""
+    values = {"token_sha256": f'"{sha(secret)}"', "scopes": '["run"]', "allow": '"instance"',
+              "max_running": '"instance"', "limits": '"instance"', **keys}
+    return f"[callers.{name}]\n" + "".join(
+        f"{key} = {value}\n" for key, value in values.items() if value is not None)
+
+
+REALM = 'realm = "test"\n'
+
+
+def limits(**values):
+    """A limits table naming every per-caller setting: ``values``, the rest "instance"."""
+    names = ("user", "limit-as", "limit-cpu", "limit-nproc", "limit-fsize", "limit-nofile")
+    inherit = '"instance"'
+    return "{ " + ", ".join(f"{name} = {values.get(name.replace('-', '_'), inherit)}"
+                            for name in names) + " }"
+
 
 
 @pytest.fixture
@@ -75,7 +112,7 @@ async def test_each_caller_runs_only_its_own_programs(child):
     assert (code, body["status"]) == (200, 0)
     code, body = await call(child, "bob", "POST", "/run", {"args": ["echo", "hi"]})
     assert (code, body["error"]) == (403, "program_not_allowed")
-    # carol has no allow key: the instance's own policy (no --allow: any program)
+    # carol's allow is "instance": the instance's own policy (no --allow: any program)
     code, body = await call(child, "carol", "POST", "/run", {"args": ["echo", "hi"]})
     assert (code, body["stdout"]) == (200, "hi\n")
     # the same holds for jobs
@@ -254,24 +291,24 @@ def _start(args, env=None):
 
 @pytest.mark.parametrize("content,says", [
     ("[callers.a\n", "not valid TOML"),
-    ("", "no callers"),
-    ("[other]\n", "unknown top-level key"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["root"]\n', "scopes must be"),
-    ('[callers.a]\ntoken_sha256 = "secret"\nscopes = ["run"]\n', "64 hex digits"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\ntoken = "x"\n',
-     "unknown key(s) token"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     'allow = ["no-such-program-xyz"]\n', "allow: cannot start 'no-such-program-xyz'"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\nmax_running = 0\n',
-     "max_running must be"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     'limits = { port = 80 }\n', "'port' is not a per-caller setting"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     'limits = { limit-as = -1 }\n', "limit_as must be >= 0"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     'limits = { limit-as = "1G" }\n', "limit-as must be a int"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     f'[callers.b]\ntoken_sha256 = "{sha("x")}"\nscopes = ["jobs"]\n', "the same token"),
+    (REALM, "no callers"),
+    (entry(), "realm missing"),
+    ('realm = "-"\n' + entry(), "realm must be"),
+    (REALM + "[other]\n", "unknown top-level key"),
+    (REALM + entry(scopes='["root"]'), "scopes must be"),
+    (REALM + entry(token_sha256='"secret"'), "64 hex digits"),
+    (REALM + entry(token='"x"'), "unknown key(s) token"),
+    (REALM + entry(allow='["no-such-program-xyz"]'), "allow: cannot start 'no-such-program-xyz'"),
+    (REALM + entry(allow='"all"'), "allow must be a list of program names, \"instance\""),
+    (REALM + entry(allow=None), "caller 'a': allow missing"),
+    (REALM + entry(max_running=None, limits=None), "caller 'a': max_running, limits missing"),
+    (REALM + entry(max_running="0"), "max_running must be"),
+    (REALM + entry(limits="{ port = 80 }"), "'port' is not a per-caller setting"),
+    (REALM + entry(limits=limits(limit_as=-1)), "limit_as must be >= 0"),
+    (REALM + entry(limits=limits(limit_as='"1G"')), "limit-as must be a int"),
+    (REALM + entry(limits="{ limit-as = 1024 }"),
+     "caller 'a': limits: user, limit-cpu, limit-nproc, limit-fsize, limit-nofile missing"),
+    (REALM + entry() + entry("b", scopes='["jobs"]'), "the same token"),
 ])
 def test_a_bad_callers_file_at_startup_is_a_one_line_error(tmp_path, content, says):
     path = tmp_path / "callers.toml"
