@@ -371,3 +371,73 @@ async def test_the_single_token_is_one_implicit_caller_with_every_scope(spawn_in
     assert (code, job["caller"]) == (202, "token")
     assert (await child.request("GET", "/metrics", headers=auth("alice"))).code == 200
     assert wait_until(lambda: "caller=token" in child.output())
+
+
+def _cuts(text):
+    """``text`` cut after each of its lines (the whole left out): for each cut, the cut
+    text, whether it ends where a caller's table ends (a whole file of fewer callers), the
+    last caller it names, and the first key it lacks (from the next line of ``text``)."""
+    lines = text.splitlines(keepends=True)
+    for k in range(len(lines)):
+        rest = [line.strip() for line in lines[k:] if line.strip()]
+        before = [line.strip() for line in lines[:k] if line.strip().startswith("[callers.")]
+        caller = before[-1].split(".")[1].rstrip("]") if before else None
+        following = rest[0]
+        whole = caller is not None and following.startswith("[callers.") and \
+            following.count(".") == 1
+        key = (following.split("=")[0].strip() if "=" in following
+               else following.strip("[]").split(".")[-1])
+        yield "".join(lines[:k]), whole, caller, key
+
+
+def _says_what_is_missing(line, caller, key):
+    if caller is None:
+        return "realm missing" in line or "no callers" in line
+    return f"caller {caller!r}" in line and "missing" in line and key in line
+
+
+def test_a_callers_file_cut_at_any_line_is_refused_at_startup_naming_the_caller_and_key(
+        tmp_path, spawn_instance):
+    path = tmp_path / "callers.toml"
+    for text, whole, caller, key in _cuts(CALLERS):
+        path.write_text(text)
+        if whole:  # a whole file of the callers before the cut: nothing widened
+            child = spawn_instance("--callers", str(path))
+            names = CALLERS[:len(text)].count("[callers.") - text.count(".limits]")
+            assert wait_until(lambda child=child: "callers from" in child.output())
+            listed = child.output().split("callers from", 1)[1].splitlines()[0]
+            assert listed.split(": ", 1)[1].count(", ") == names - 1, listed
+            child.stop()
+            continue
+        proc = _start(["--callers", str(path)])
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, (text, proc.stderr)
+        assert _says_what_is_missing(lines[0], caller, key), (text, lines[0])
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_callers_file_cut_at_any_line_is_refused_on_sighup_and_the_old_callers_stay(
+        child, callers_file):
+    refused = reloaded = wholes = 0
+    for text, whole, caller, key in _cuts(CALLERS):
+        callers_file.write_text(text)  # half-written, as a copy in progress leaves it
+        child.signal(signal.SIGHUP)
+        if whole:  # a whole file of fewer callers: loaded; then the whole file again
+            wholes += 1
+            reloaded += 1
+            assert wait_until(lambda n=reloaded: child.output().count("callers reloaded") == n)
+            callers_file.write_text(CALLERS)
+            child.signal(signal.SIGHUP)
+            reloaded += 1
+            assert wait_until(lambda n=reloaded: child.output().count("callers reloaded") == n)
+            continue
+        refused += 1
+        assert wait_until(lambda n=refused: child.output().count("callers not reloaded") == n)
+        line = [line for line in child.output().splitlines() if "not reloaded" in line][-1]
+        assert _says_what_is_missing(line, caller, key), (text, line)
+        # alice's allow list still holds: the command the attack ran is still refused
+        code, body = await call(child, "alice", "POST", "/run", {"args": ["id"]})
+        assert (code, body["error"]) == (403, "program_not_allowed"), text
+    assert refused >= 25 and wholes == 6  # three callers end, each cut before a blank line too
+    code, body = await call(child, "bob", "POST", "/run", {"args": ["sh", "-c", "ulimit -n"]})
+    assert (code, body["stdout"]) == (200, "37\n")  # bob's limits too
