@@ -5,7 +5,8 @@ The index is a `taskrunner.jobs.index.Backend`: SQLite under ``--state-dir`` or 
 at ``--state-url``. Its tables (see `taskrunner.jobs.schema`): ``jobs``, one row per job;
 ``chunks``, its output as written, replayed in order so the interleaving of stdout and
 stderr survives; ``instances``, each instance's ``heartbeat``: the last time it was known
-alive, which becomes the ``finished`` time of its jobs found ``lost``.
+alive, which becomes the ``finished`` time of its jobs found ``lost``, and the realm of its
+callers, which its live siblings share (`open` refuses otherwise).
 
 Writes never happen on the event loop. One writer thread takes everything queued and
 writes it in two transactions:
