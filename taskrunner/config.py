@@ -113,9 +113,9 @@ class Config:
     limit_fsize: int = _limit(0, "largest file each command may write, in MiB; 0: none")
     limit_nofile: int = _limit(0, "open-file limit of each command; 0: none")
     callers: str = _setting(
-        "", "TOML file naming the callers: each with a token (as its SHA-256), scopes, its "
-        "own --allow, max_running share and limits; re-read on SIGHUP. Empty: one token "
-        "(--token-file) or none"
+        "", "TOML file naming the callers' realm and the callers: each with a token (as its "
+        "SHA-256), scopes, its own --allow, max_running share and limits, every one written "
+        "out; re-read on SIGHUP. Empty: one token (--token-file) or none"
     )
     memory_max: int = _setting(
         0, "memory limit of each command's whole process tree, in MiB, by a cgroup of its "

@@ -144,7 +144,7 @@ class Server:
         # port the kernel picks (--port 0) learns its name by listening first.
         named = bool(config.instance) or config.port != 0
         store = await _open_store(config, index_url, config.instance or str(config.port),
-                                  config.port) if named else None
+                                  config.port, callers.realm) if named else None
         try:
             self.sockets = bind_sockets(config.port, config.address, backlog=2048)
         except OSError as exc:
@@ -155,7 +155,7 @@ class Server:
         instance = config.instance or str(self.port)
         try:
             if not named:
-                store = await _open_store(config, index_url, instance, self.port)
+                store = await _open_store(config, index_url, instance, self.port, callers.realm)
             if self.use_watchdog:
                 try:
                     self.watchdog = Watchdog()
@@ -295,15 +295,15 @@ class Server:
         log.info("stopped")
 
 
-async def _open_store(config: Config, url: str, instance: str,
-                      port: int) -> JobStore | None:
+async def _open_store(config: Config, url: str, instance: str, port: int,
+                      realm: str) -> JobStore | None:
     # The job index of --state-dir or --state-url, opened. A server that does not answer
     # is waited for (one warning, then a try every few seconds), so that hosts and their
     # index may start in any order, after a power cut say, and no supervisor gives up.
     delay = 1.0
     while True:
         try:
-            return _job_store(config, url, instance, port)
+            return _job_store(config, url, instance, port, realm)
         except IndexUnreachable as exc:
             if delay == 1.0:
                 log.warning("%s; waiting for it (tried again every few seconds)", exc)
@@ -311,7 +311,8 @@ async def _open_store(config: Config, url: str, instance: str,
             delay = min(delay * 2, 5.0)
 
 
-def _job_store(config: Config, url: str, instance: str, port: int) -> JobStore | None:
+def _job_store(config: Config, url: str, instance: str, port: int,
+               realm: str) -> JobStore | None:
     # Imported here, not at the top: an instance without an index never loads sqlite3 or
     # psycopg.
     if not (config.state_dir or url):
@@ -330,7 +331,7 @@ def _job_store(config: Config, url: str, instance: str, port: int) -> JobStore |
         from taskrunner.jobs.backends.sqlite import SQLiteIndex
 
         backend = SQLiteIndex(config.state_dir)
-    store = JobStore(backend, instance, lost_after=config.lost_after,
+    store = JobStore(backend, instance, realm=realm, lost_after=config.lost_after,
                      listening=f"{config.address}:{port}")
     try:
         store.open()

@@ -6,7 +6,11 @@ by the hosts of a cluster (`taskrunner.jobs.backends`). Each instance writes onl
 jobs, and its heartbeat (the ``instances`` table). Any instance reads them all:
 
 - `JobQuery`: a page of a listing, newest first (``created``, then ``id``), filtered by
-  state, instance and caller, continued with the opaque cursor of its last job.
+  state, instance and owner, continued with the opaque cursor of its last job.
+- Owners: a job belongs to its realm and caller (`in_view`): the realm is the namespace of
+  the callers file that named the caller, so a caller of another file with the same name
+  owns nothing of it, while a caller whose token changed keeps its jobs. Instances sharing
+  an index serve one realm: one that meets a live sibling of another refuses to start.
 - Lost owners: a job stored ``queued`` or ``running`` whose owner's heartbeat is older than
   ``--lost-after`` is *reported* ``lost`` (`present`), finished at that heartbeat; nothing
   is written for it. Its owner, coming back, marks it lost for good at its restart.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +33,19 @@ UNFINISHED = ("queued", "running")
 MAX_PAGE = 1000
 """The most jobs one listing page holds (``limit``)."""
 DEFAULT_PAGE = 100
+DEFAULT_REALM = "-"
+"""The realm of an instance without ``--callers`` (its one implicit caller's); a callers
+file cannot name it."""
+
+
+def in_view(job_realm: str | None, job_caller: str | None, realm: str,
+            caller: str | None) -> bool:
+    """Does a job stored with ``job_realm`` and ``job_caller`` show to ``caller`` of
+    ``realm``? ``caller`` None is an admin of the realm: it sees every job of the realm,
+    and those stored before jobs had a realm (their owner cannot be told any more)."""
+    if caller is None:
+        return job_realm == realm or job_realm is None
+    return job_realm == realm and job_caller == caller
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,8 @@ class JobQuery:
     instance: str | None = None
     caller: str | None = None
     """Only this caller's jobs (a caller without the ``admin`` scope); None: everyone's."""
+    realm: str | None = None
+    """Only the jobs `in_view` of ``caller`` of this realm; None: every realm's."""
     limit: int = DEFAULT_PAGE
     before: tuple[float, str] | None = None
     """(created, id) of the last job of the previous page: this page starts after it."""
@@ -99,6 +118,10 @@ def listing_sql(query: JobQuery, lost_owners: Mapping[str, float],
     if query.caller is not None:
         where.append(f"caller = {mark}")
         params.append(query.caller)
+    if query.realm is not None:  # as in_view
+        where.append(f"realm = {mark}" if query.caller is not None
+                     else f"(realm = {mark} OR realm IS NULL)")
+        params.append(query.realm)
     if query.before is not None:
         where.append(f"(created, id) < ({mark}, {mark})")
         params += list(query.before)
@@ -152,6 +175,19 @@ class Opened:
     """Seconds since that heartbeat, by the index's clock."""
 
 
+@dataclass(frozen=True)
+class Sibling:
+    """Another instance of the index as `Backend.claim` finds it."""
+
+    name: str
+    realm: str | None
+    """The realm it serves; None if it never said (a version before realms)."""
+    holder: str | None
+    """The process that runs as it, or None once it stopped cleanly."""
+    age: float
+    """Seconds since its last heartbeat, by the index's clock."""
+
+
 class Backend(Protocol):
     """A database the job store writes to (from its writer thread) and reads from (on the
     event loop, without blocking it). Every method raises one of `errors` on failure."""
@@ -164,8 +200,11 @@ class Backend(Protocol):
         """Connect, bring the schema up to date; return what the index holds of
         ``instance``. `taskrunner.errors.StoreError` if unusable."""
 
-    def claim(self, instance: str, holder: str) -> None:
-        """Write ``instance``'s heartbeat now, and who holds its name."""
+    def claim(self, instance: str, holder: str, realm: str,
+              check: Callable[[list[Sibling]], None]) -> None:
+        """In one transaction that no other claim runs beside: read the other instances
+        and hand them to ``check``, which raises to refuse; else write ``instance``'s
+        heartbeat now, who holds its name and the realm it serves."""
 
     def release(self, instance: str, holder: str) -> None:
         """Give the name up (a clean stop): another process may take it at once."""

@@ -107,11 +107,14 @@ class Job:
 
     def __init__(self, job_id: str, instance: str, args: list[str], limit: int,
                  created: float | None = None, caller: str | None = None,
-                 callback_url: str | None = None) -> None:
+                 callback_url: str | None = None, realm: str | None = None) -> None:
         self.id = job_id
         self.instance = instance
         self.caller = caller
         """The name of the caller (``--callers``) that submitted it; None without one."""
+        self.realm = realm
+        """The realm of that caller: with its name, the job's owner (`index.in_view`);
+        None for a job stored before jobs had a realm."""
         self.args = args
         self.state = JobState.QUEUED
         self.created = time.time() if created is None else created
@@ -248,13 +251,14 @@ class Job:
             stdout_truncated=self.truncated["stdout"], stderr_truncated=self.truncated["stderr"],
             created=self.created, finished=self.finished, error=self.error, caller=self.caller,
             callback_url=self.callback_url,
-            callback=None if self.callback is None else self.callback.to_json())
+            callback=None if self.callback is None else self.callback.to_json(),
+            realm=self.realm)
 
     @classmethod
     def from_record(cls, record: JobRecord, limit: int) -> Job:
         """A job as it was stored; its output stays in the store."""
         job = cls(record.id, record.instance, record.args, limit, created=record.created,
-                  caller=record.caller, callback_url=record.callback_url)
+                  caller=record.caller, callback_url=record.callback_url, realm=record.realm)
         # Restored as stored, not transitioned: an unfinished one goes on to lost in restore().
         job.state = JobState(record.state)
         job.finished = record.finished

@@ -45,7 +45,7 @@ from taskrunner.errors import (
     TooManyRequests,
 )
 from taskrunner.jobs.callbacks import CallbackSender
-from taskrunner.jobs.index import JobQuery, cursor
+from taskrunner.jobs.index import JobQuery, cursor, in_view
 from taskrunner.jobs.job import Job, JobState, new_job_id
 from taskrunner.jobs.output import OutputCache
 from taskrunner.jobs.schema import JobRecord
@@ -167,6 +167,8 @@ class JobRegistry:
                 if (query.state is None or job.state == query.state)
                 and (query.instance is None or job.instance == query.instance)
                 and (query.caller is None or job.caller == query.caller)
+                and (query.realm is None
+                     or in_view(job.realm, job.caller, query.realm, query.caller))
                 and (query.before is None or (job.created, job.id) < query.before)]
         jobs.sort(key=lambda job: (job.created, job.id), reverse=True)
         return jobs[:query.limit]
@@ -189,8 +191,9 @@ class JobRegistry:
         return job.to_json(await self.output(job))
 
     async def submit(self, spec: CommandSpec, policy: Policy | None = None,
-                     caller: str | None = None, callback_url: str | None = None) -> Job:
-        """Accept ``spec`` as a job of ``caller`` under its ``policy`` (default: the
+                     caller: str | None = None, callback_url: str | None = None,
+                     realm: str | None = None) -> Job:
+        """Accept ``spec`` as a job of ``caller`` of ``realm`` under its ``policy`` (default: the
         instance's), started now or queued for a slot; raise if it cannot be (the
         allowlist, a missing program, the caller's share, no slot nor queue room, the store
         failing). The job holds the caller's share from now until it ends.
@@ -218,7 +221,7 @@ class JobRegistry:
                     share.give()
                 raise
         job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output,
-                  caller=caller, callback_url=callback_url)
+                  caller=caller, callback_url=callback_url, realm=realm)
         job.spec = checked
         # The launcher starts it with the policy's checks done and without the share,
         # which the job holds itself (queued included) and gives back in _release.

@@ -1,6 +1,7 @@
 """The job store's schema: its tables, `JobRecord` (one row of ``jobs``), and upgrades.
 
-Version 4 (``PRAGMA user_version`` in SQLite; the PostgreSQL backend has the same tables):
+Version 5 (``PRAGMA user_version`` in SQLite, the ``taskrunner_schema`` table in PostgreSQL;
+both have the same tables):
 ``jobs`` holds one row per job without its output, with the instance that owns it;
 ``chunks`` holds the output as written, ``(job, seq, stream, data)``, replayed in ``seq``
 order; ``instances`` holds each instance's ``heartbeat``, so that the instances sharing
@@ -11,21 +12,28 @@ columns of `ADDED_COLUMNS` (``oom_killed``; the caller of ``--callers`` that sub
 job; its callback); `ensure_schema` adds whichever a store lacks, so a store of any earlier
 version opens with its rows as they were (``oom_killed`` false, the others NULL). Version
 4 moved the one heartbeat of the ``meta`` table into ``instances``, for the instances of
-the rows, and dropped ``meta``. `schema` writes the tables for SQLite or PostgreSQL.
+the rows, and dropped ``meta``. Version 5 added ``realm`` to ``jobs`` (a job's owner is its
+realm and its caller: the callers file's namespace, so that a caller of another file that
+happens to share a name owns nothing) and to ``instances`` (the realm each instance serves,
+so that instances sharing an index and disagreeing on it refuse to start); rows stored
+before it have no realm (NULL). `schema` writes the tables for SQLite or PostgreSQL;
+`ensure_schema` and `ensure_postgresql_schema` upgrade an older index and refuse a newer one.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from taskrunner.errors import StoreError
 
 if TYPE_CHECKING:
     import sqlite3
 
 STREAMS = ("stdout", "stderr")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -43,7 +51,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     caller TEXT,
     callback_url TEXT,
-    callback TEXT
+    callback TEXT,
+    realm TEXT
 );
 CREATE TABLE IF NOT EXISTS chunks (
     job TEXT NOT NULL,
@@ -55,11 +64,13 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS instances (
     name TEXT PRIMARY KEY,
     heartbeat {real} NOT NULL,
-    holder TEXT
+    holder TEXT,
+    realm TEXT
 ){without_rowid};
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created, id);
-CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, created, id)
+CREATE INDEX IF NOT EXISTS jobs_by_instance ON jobs (instance, created, id);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (realm, caller, created, id)
 """
 
 _DIALECTS = {
@@ -74,11 +85,15 @@ def schema(dialect: str) -> list[str]:
 
 COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "oom_killed", "duration",
             "stdout_truncated", "stderr_truncated", "created", "finished", "error",
-            "caller", "callback_url", "callback")
+            "caller", "callback_url", "callback", "realm")
 
-ADDED_COLUMNS = {"oom_killed": "INTEGER NOT NULL DEFAULT 0", "caller": "TEXT",
-                 "callback_url": "TEXT", "callback": "TEXT"}
-"""Columns added to ``jobs`` after version 2, with their types; in older rows, the default."""
+ADDED_COLUMNS = {
+    "jobs": {"oom_killed": "INTEGER NOT NULL DEFAULT 0", "caller": "TEXT",
+             "callback_url": "TEXT", "callback": "TEXT", "realm": "TEXT"},
+    "instances": {"realm": "TEXT"},
+}
+"""Columns added to a table after it first appeared (``jobs``: version 2; ``instances``:
+version 4), with their types; in older rows, the default (NULL)."""
 
 INSERT = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -111,6 +126,8 @@ class JobRecord:
     callback_url: str | None = None
     callback: dict[str, Any] | None = None
     """The callback's outcome: ``{"status", "attempts", "error"}``."""
+    realm: str | None = None
+    """The realm of the caller that submitted it; None for a job stored before version 5."""
 
     def row(self) -> tuple[Any, ...]:
         """The record as a row of the ``jobs`` table."""
@@ -119,7 +136,8 @@ class JobRecord:
                 int(self.stdout_truncated), int(self.stderr_truncated), self.created,
                 self.finished,
                 None if self.error is None else json.dumps(self.error), self.caller,
-                self.callback_url, None if self.callback is None else json.dumps(self.callback))
+                self.callback_url, None if self.callback is None else json.dumps(self.callback),
+                self.realm)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -133,9 +151,11 @@ class JobRecord:
         return cls(**values)
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create or upgrade the tables, inside the caller's transaction."""
+def ensure_schema(db: sqlite3.Connection, where: str) -> None:
+    """Create or upgrade the tables, inside the caller's transaction; `StoreError` (one
+    line, naming ``where``) for an index of a newer version than this code knows."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
+    _refuse_newer(version, where)
     if version < SCHEMA_VERSION:
         _migrate(db)
         _add_columns(db)
@@ -144,6 +164,49 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     if version < 4:
         _move_heartbeat(db)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+class Connection(Protocol):
+    """What `ensure_postgresql_schema` needs of a psycopg connection."""
+
+    def execute(self, query: Any, params: Any = ...) -> Any: ...
+
+
+def ensure_postgresql_schema(db: Connection, where: str) -> None:
+    """Create or upgrade the tables in PostgreSQL, inside the caller's transaction (which
+    holds the schema lock); `StoreError` for an index newer than this code knows.
+
+    Up to version 4 a PostgreSQL index recorded no version: one with a ``jobs`` table and
+    no ``taskrunner_schema`` is a version 4 index.
+    """
+    found = db.execute("SELECT to_regclass('taskrunner_schema') IS NOT NULL, "
+                       "to_regclass('jobs') IS NOT NULL").fetchone()
+    if found[0]:
+        version = db.execute("SELECT max(version) FROM taskrunner_schema").fetchone()[0] or 0
+    else:
+        version = 4 if found[1] else SCHEMA_VERSION
+    _refuse_newer(version, where)
+    if version < SCHEMA_VERSION:
+        for table, columns in ADDED_COLUMNS.items():
+            if db.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+                for name, kind in columns.items():
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+    for statement in schema("postgresql"):
+        db.execute(statement)
+    db.execute("CREATE TABLE IF NOT EXISTS taskrunner_schema (version INTEGER NOT NULL)")
+    if version != SCHEMA_VERSION or not found[0]:
+        db.execute("DELETE FROM taskrunner_schema")
+        db.execute("INSERT INTO taskrunner_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+
+
+def _refuse_newer(version: int, where: str) -> None:
+    # An older instance would write rows the newer one misreads (no realm: no owner), and
+    # SQLite's user_version would be turned back: refused, before anything is written.
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the job index {where} has schema version {version}, newer than this "
+            f"taskrunner knows ({SCHEMA_VERSION}): run the newer taskrunner here too, or give "
+            "this instance an index of its own")
 
 
 def _move_heartbeat(db: sqlite3.Connection) -> None:
@@ -176,10 +239,12 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
-    # A version 2 store: its rows stay, with the added columns' defaults.
-    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    if not columns:
-        return  # a new store: SCHEMA creates the table whole
-    for name, kind in ADDED_COLUMNS.items():
-        if name not in columns:
-            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    # An older store: its rows stay, with the added columns' defaults. A table the store
+    # lacks (a new store, instances before version 4) is created whole by SCHEMA.
+    for table, added in ADDED_COLUMNS.items():
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not columns:
+            continue
+        for name, kind in added.items():
+            if name not in columns:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

@@ -5,7 +5,8 @@ The index is a `taskrunner.jobs.index.Backend`: SQLite under ``--state-dir`` or 
 at ``--state-url``. Its tables (see `taskrunner.jobs.schema`): ``jobs``, one row per job;
 ``chunks``, its output as written, replayed in order so the interleaving of stdout and
 stderr survives; ``instances``, each instance's ``heartbeat``: the last time it was known
-alive, which becomes the ``finished`` time of its jobs found ``lost``.
+alive, which becomes the ``finished`` time of its jobs found ``lost``, and the realm of its
+callers, which its live siblings share (`open` refuses otherwise).
 
 Writes never happen on the event loop. One writer thread takes everything queued and
 writes it in two transactions:
@@ -42,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from taskrunner.errors import StoreError, StoreUnavailable
-from taskrunner.jobs.index import Backend, JobQuery, Pending, present
+from taskrunner.jobs.index import DEFAULT_REALM, Backend, JobQuery, Pending, Sibling, present
 from taskrunner.jobs.schema import Chunk, JobRecord
 
 log = logging.getLogger("taskrunner.jobs")
@@ -55,7 +56,8 @@ _GATHER = ("put", "delete", "heartbeat")  # what may wait a moment for more of i
 class JobStore:
     """One instance's side of the job index: its writer thread and its reads."""
 
-    def __init__(self, backend: Backend, instance: str, *, listening: str = "",
+    def __init__(self, backend: Backend, instance: str, *, realm: str = DEFAULT_REALM,
+                 listening: str = "",
                  batch_delay: float = 0.05, retry_interval: float = 1.0,
                  retry_max: float = 5.0, lost_after: float = 15.0) -> None:
         self.backend = backend
@@ -63,6 +65,8 @@ class JobStore:
         self.holder = f"{socket.gethostname()} pid {os.getpid()} {listening}".rstrip()
         """Who runs as ``instance``: ``<host> pid <pid> [<address:port>]`` (``listening``).
         Another process asking for the name while this one lives is refused."""
+        self.realm = realm
+        """The realm this instance's callers belong to; its live siblings must share it."""
         self.batch_delay = batch_delay
         self.retry_interval = retry_interval
         self.retry_max = retry_max
@@ -92,7 +96,8 @@ class JobStore:
     def open(self) -> None:
         """Open (or create) the index and take this instance's name in it, once;
         `StoreError` if the index cannot be used, or another live process holds the name
-        (a name heard from within ``lost_after`` seconds, held by another host or address)."""
+        (a name heard from within ``lost_after`` seconds, held by another host or address),
+        or a live sibling serves another realm."""
         if self._opened:
             return
         opened = self.backend.open(self.instance)
@@ -103,7 +108,7 @@ class JobStore:
                     f"instance name {self.instance!r} is in use in {self.where}: held by "
                     f"{opened.holder}, heard from {opened.age:.1f}s ago; give each instance "
                     "sharing a job index its own --instance")
-            self.backend.claim(self.instance, self.holder)
+            self.backend.claim(self.instance, self.holder, self.realm, self._refuse_other_realm)
         except self.backend.errors as exc:
             self.backend.close()
             raise StoreError(f"cannot use {self.where}: {_one_line(exc)}") from None
@@ -112,6 +117,21 @@ class JobStore:
             raise
         self._loaded = (opened.records, opened.heartbeat)
         self._opened = True
+
+    def _refuse_other_realm(self, siblings: list[Sibling]) -> None:
+        # Instances sharing an index serve one realm: a caller's jobs must look the same
+        # whichever instance answers. A sibling that stopped cleanly, went silent, or never
+        # said its realm (a version before realms) is not asked.
+        for sibling in siblings:
+            if (sibling.realm is not None and sibling.realm != self.realm
+                    and sibling.holder is not None and sibling.age < self.lost_after
+                    and self._held_elsewhere(sibling.holder)):
+                raise StoreError(
+                    f"instance {sibling.name!r} of {self.where} serves realm "
+                    f"{sibling.realm!r} (held by {sibling.holder}, heard from "
+                    f"{sibling.age:.1f}s ago), this one realm {self.realm!r}: instances "
+                    "sharing a job index serve one realm (the callers file's 'realm'; "
+                    f"{DEFAULT_REALM!r} without --callers)")
 
     def _held_elsewhere(self, holder: str) -> bool:
         # Held by another process that may live: one of this host that is gone (a crash,

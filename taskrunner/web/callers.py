@@ -1,13 +1,24 @@
 """Who is calling: the callers of ``--callers`` (or the one implicit caller), found by token.
 
-The callers file is TOML; each table under ``callers`` is one caller, by name::
+The callers file is TOML: its ``realm``, then one table under ``callers`` per caller, by
+name. Every key that bounds a caller is written out, with ``"instance"`` where the
+instance's own setting is to hold, so that a file cut short (a copy half-written, an editor
+that saved half) is refused instead of read as "no bound"::
+
+    realm = "ci-prod"                      # the callers' namespace in a shared job index
 
     [callers.ci]
     token_sha256 = "9f86d081884c7d65..."  # python -m taskrunner hash-token < token
     scopes = ["run", "jobs"]               # any of run, jobs, admin
-    allow = ["make", "pytest"]             # optional: replaces --allow for this caller
-    max_running = 4                        # optional: its share of the slots (running + waiting)
-    limits = { limit_as = 512, user = "ci" }  # optional: any limit flag's name (see Config)
+    allow = ["make", "pytest"]             # or "instance" (--allow), or "any" (no list)
+    max_running = 4                        # its share of the slots; or "instance" (none)
+    limits = "instance"                    # or a table naming every per-caller setting
+
+A job's owner is its realm and its caller's name (`taskrunner.jobs.index.in_view`): a caller
+of another file that shares an index and a name owns nothing of this file's callers' jobs,
+and a caller whose token is replaced (same realm, same name) keeps its jobs. Instances
+sharing an index serve one realm (the store refuses to start beside a live sibling of
+another), and a reload cannot change it.
 
 Only the SHA-256 of each token is kept, in the file and in memory. A request's token is
 hashed and compared with every caller's hash with `hmac.compare_digest`, all of them each
@@ -16,12 +27,13 @@ time, so neither the time taken nor an early exit tells a stranger which bytes m
 A caller's limits are the instance's `Config` with its overrides put in
 (`dataclasses.replace`) and built into a wrapper by the instance's own factory, so every
 setting marked per-caller in `taskrunner.config` can be overridden and is checked the same
-way as its flag. A file that cannot be used is refused whole (`StartupError`, one line):
-at startup the instance stops; on a reload the old callers stay.
+way as its flag. A file that cannot be used is refused whole (`StartupError`, one line
+naming the caller and the key): at startup the instance stops; on a reload the old callers
+stay.
 
 Without ``--callers`` the instance has one implicit caller: ``token`` (the ``--token-file``
 or ``TASKRUNNER_TOKEN`` token) or, without a token, ``anonymous``; it has every scope and
-the instance's own policy.
+the instance's own policy, in the realm ``-`` (`DEFAULT_REALM`), which no file can name.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from typing import Any
 
 from taskrunner.config import Config, per_caller_settings
 from taskrunner.errors import MissingScope, SpawnError, StartupError, Unauthorized
+from taskrunner.jobs.index import DEFAULT_REALM, in_view
 from taskrunner.process.admission import Share
 from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.containment import Containment
@@ -47,8 +60,12 @@ SCOPES = ("run", "jobs", "admin")
 job, and ``/metrics``."""
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_REALM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # never DEFAULT_REALM
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
-_KEYS = {"token_sha256", "scopes", "allow", "max_running", "limits"}
+_KEYS = ("token_sha256", "scopes", "allow", "max_running", "limits")
+"""Every caller's keys, each required: a missing one is refused, never read as no bound."""
+INSTANCE = "instance"
+"""The value that says "the instance's own setting holds for this caller"."""
 
 
 def hash_token(token: str) -> str:
@@ -65,6 +82,8 @@ class Caller:
     policy: Policy | None = None
     """None: the instance's own policy."""
     digest: bytes = field(default=b"", repr=False)
+    realm: str = DEFAULT_REALM
+    """The callers file's realm: with the name, what owns this caller's jobs."""
 
     @property
     def sees_all(self) -> bool:
@@ -78,17 +97,20 @@ class Caller:
         raise MissingScope(f"caller {self.name!r} lacks the {scope!r} scope this route needs "
                            f"(it has: {', '.join(sorted(self.scopes)) or 'none'})")
 
-    def owns(self, job_caller: str | None) -> bool:
-        """May this caller see a job that ``job_caller`` submitted?"""
-        return self.sees_all or job_caller == self.name
+    def owns(self, job_realm: str | None, job_caller: str | None) -> bool:
+        """May this caller see a job that ``job_caller`` of ``job_realm`` submitted?"""
+        return in_view(job_realm, job_caller, self.realm, None if self.sees_all else self.name)
 
 
 class Callers:
     """The callers an instance knows now; replaced whole when the file is re-read."""
 
     def __init__(self, callers: list[Caller], open_to: Caller | None = None,
-                 source: str = "", held: Mapping[str, Share] | None = None) -> None:
+                 source: str = "", held: Mapping[str, Share] | None = None,
+                 realm: str = DEFAULT_REALM) -> None:
         self.callers = callers
+        self.realm = realm
+        """The realm of every caller here (``-`` for the implicit one)."""
         self.open_to = open_to
         """The caller every request is, without a token (no --callers, no token)."""
         self.source = source
@@ -151,9 +173,11 @@ def load_callers(path: str, config: Config, environ: Mapping[str, str],
         raise StartupError(f"{where}: cannot read it: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise StartupError(f"{where}: not valid TOML: {str(exc).splitlines()[0]}") from None
-    if set(data) - {"callers"}:
+    if set(data) - {"realm", "callers"}:
         raise StartupError(f"{where}: unknown top-level key(s) "
-                           f"{', '.join(sorted(set(data) - {'callers'}))}; expected [callers.NAME]")
+                           f"{', '.join(sorted(set(data) - {'realm', 'callers'}))}; expected "
+                           "realm and [callers.NAME]")
+    realm = _realm(data.get("realm"), where, previous)
     table = data.get("callers")
     if not isinstance(table, dict) or not table:
         raise StartupError(f"{where}: no callers; expected at least one [callers.NAME] table")
@@ -162,26 +186,48 @@ def load_callers(path: str, config: Config, environ: Mapping[str, str],
     seen: dict[bytes, str] = {}
     for name, entry in table.items():
         caller = _caller(name, entry, f"{where}: caller {name!r}", config, environ, base_env,
-                         containment, old_shares)
+                         containment, old_shares, realm)
         if caller.digest in seen:
             raise StartupError(f"{where}: callers {seen[caller.digest]!r} and {name!r} have "
                                "the same token")
         seen[caller.digest] = name
         callers.append(caller)
-    return Callers(callers, source=path, held=old_shares)
+    return Callers(callers, source=path, held=old_shares, realm=realm)
+
+
+def _realm(realm: Any, where: str, previous: Callers | None) -> str:
+    # Required, and fixed for the instance's life: its jobs and its siblings' were checked
+    # against it when it opened the index.
+    if realm is None:
+        raise StartupError(f"{where}: realm missing: write realm = \"NAME\" before the callers "
+                           "(the namespace of their jobs in a shared job index)")
+    if not isinstance(realm, str) or not _REALM.fullmatch(realm):
+        raise StartupError(f"{where}: realm must be 1-64 letters, digits, '.', '-' or '_', "
+                           "starting with a letter or digit")
+    if previous is not None and realm != previous.realm:
+        raise StartupError(f"{where}: realm {realm!r} is not {previous.realm!r}, the realm "
+                           "this instance started with: a reload cannot change it (restart "
+                           "every instance sharing the job index)")
+    return realm
 
 
 def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[str, str],
             base_env: Mapping[str, str], containment: ContainmentFactory,
-            old_shares: Mapping[str, Share]) -> Caller:
+            old_shares: Mapping[str, Share], realm: str) -> Caller:
     if not _NAME.fullmatch(name):
         raise StartupError(f"{where}: a name is 1-64 letters, digits, '.', '-' or '_'")
     if not isinstance(entry, dict):
         raise StartupError(f"{where}: expected a table")
-    unknown = set(entry) - _KEYS
+    unknown = set(entry) - set(_KEYS)
     if unknown:
         raise StartupError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: "
                            f"{', '.join(sorted(_KEYS))}")
+    missing = [key for key in _KEYS if key not in entry]
+    if missing:
+        raise StartupError(
+            f"{where}: {', '.join(missing)} missing: every key that bounds a caller is "
+            f"written out (\"{INSTANCE}\" for the instance's own), and a file without one "
+            "is refused rather than read as no bound")
     token_hash = entry.get("token_sha256")
     if not isinstance(token_hash, str) or not _HEX_SHA256.fullmatch(token_hash.lower()):
         raise StartupError(f"{where}: token_sha256 must be 64 hex digits (the SHA-256 of the "
@@ -190,48 +236,67 @@ def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[
     if (not isinstance(scopes, list) or not scopes
             or not all(isinstance(s, str) and s in SCOPES for s in scopes)):
         raise StartupError(f"{where}: scopes must be a non-empty list of {', '.join(SCOPES)}")
-    caller_config = _caller_config(entry.get("limits", {}), where, config)
+    caller_config = _caller_config(entry["limits"], where, config)
     try:
         wrapper = containment(caller_config, environ)
     except StartupError as exc:
         raise StartupError(f"{where}: limits: {exc}") from None
     env = {**base_env, **wrapper.env}
     allowlist = None
-    allow = entry.get("allow", list(config.allow) if config.allow else None)
+    allow = entry["allow"]
+    if allow == INSTANCE:
+        allow = list(config.allow) if config.allow else None
+    elif allow == "any":
+        allow = None
+    elif not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
+        raise StartupError(f"{where}: allow must be a list of program names, \"{INSTANCE}\" "
+                           "(the instance's --allow) or \"any\" (any program)")
     if allow is not None:
-        if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
-            raise StartupError(f"{where}: allow must be a list of program names")
         try:
             allowlist = Allowlist(allow, env)
         except SpawnError as exc:
             raise StartupError(f"{where}: allow: {exc.message}") from None
     share = None
-    limit = entry.get("max_running")
-    if limit is not None:
+    limit = entry["max_running"]
+    if limit != INSTANCE:
         if type(limit) is not int or limit < 1:
-            raise StartupError(f"{where}: max_running must be an integer >= 1")
+            raise StartupError(f"{where}: max_running must be an integer >= 1, or "
+                               f"\"{INSTANCE}\" (no share of its own)")
         share = old_shares.get(name) or Share(name, limit)
         share.limit = limit
     return Caller(name, frozenset(scopes), Policy(allowlist, wrapper, share),
-                  bytes.fromhex(token_hash))
+                  bytes.fromhex(token_hash), realm)
 
 
 def _caller_config(limits: Any, where: str, config: Config) -> Config:
-    # The instance's Config with the caller's overrides, checked as the flags are.
+    # The instance's Config with the caller's overrides, checked as the flags are. A table
+    # names every per-caller setting: one cut off the end of a table would widen the caller.
+    if limits == INSTANCE:
+        return config
     if not isinstance(limits, dict):
-        raise StartupError(f"{where}: limits must be a table")
+        raise StartupError(f"{where}: limits must be \"{INSTANCE}\" or a table")
     allowed = per_caller_settings()
     changes = {}
+    given = set()
     for key, value in limits.items():
         name = key.replace("-", "_")
         setting = allowed.get(name)
         if setting is None:
             raise StartupError(f"{where}: limits: {key!r} is not a per-caller setting; "
                                f"known: {', '.join(n.replace('_', '-') for n in allowed)}")
+        given.add(name)
+        if value == INSTANCE:
+            continue
         kind = type(setting.default)
         if type(value) is not kind and not (kind is float and type(value) is int):
-            raise StartupError(f"{where}: limits: {key} must be a {kind.__name__}")
+            raise StartupError(f"{where}: limits: {key} must be a {kind.__name__} or "
+                               f"\"{INSTANCE}\"")
         changes[name] = kind(value)
+    missing = [name.replace("_", "-") for name in allowed if name not in given]
+    if missing:
+        raise StartupError(f"{where}: limits: {', '.join(missing)} missing: a limits table "
+                           f"names every per-caller setting (\"{INSTANCE}\" for the "
+                           "instance's own), or is limits = \"instance\"")
     try:
         return dataclasses.replace(config, **changes)
     except ValueError as exc:

@@ -40,7 +40,7 @@ async def visible_job(handler: JSONHandler, job_id: str) -> Job:
     exist, so ids of other callers' jobs tell nothing."""
     job = await handler.ctx.jobs.find(job_id)
     caller = handler.caller
-    if caller is not None and not caller.owns(job.caller):
+    if caller is not None and not caller.owns(job.realm, job.caller):
         raise JobNotFound(f"no job {job_id!r}")
     return job
 
@@ -67,7 +67,8 @@ def listing_query(handler: JSONHandler) -> JobQuery:
     caller = handler.caller
     return JobQuery(state=state, instance=instance or None, limit=int(text),
                     before=None if before is None else parse_cursor(before),
-                    caller=None if caller is None or caller.sees_all else caller.name)
+                    caller=None if caller is None or caller.sees_all else caller.name,
+                    realm=None if caller is None else caller.realm)
 
 
 class JobsHandler(CommandHandler):
@@ -81,8 +82,10 @@ class JobsHandler(CommandHandler):
             return
         spec, callback_url = self.parse_job()
         registry = self.ctx.jobs
-        name = self.caller.name if self.caller is not None else None
-        job = await registry.submit(spec, self.policy, caller=name, callback_url=callback_url)
+        name, realm = (None, None) if self.caller is None else (self.caller.name,
+                                                                 self.caller.realm)
+        job = await registry.submit(spec, self.policy, caller=name, callback_url=callback_url,
+                                    realm=realm)
         self.set_header("Location", f"/jobs/{job.id}")
         self.write_json(await registry.describe(job), 202)
 

@@ -26,26 +26,63 @@ def auth(name):
 
 
 CALLERS = f"""
+realm = "test"
+
 [callers.alice]
 token_sha256 = "{sha(TOKENS['alice'])}"
 scopes = ["run", "jobs"]
 allow = ["echo", "sleep", "sh"]
 max_running = 1
+limits = "instance"
 
 [callers.bob]
 token_sha256 = "{sha(TOKENS['bob'])}"
 scopes = ["run", "jobs"]
 allow = ["true", "sleep", "sh"]
-limits = {{ limit-nofile = 37 }}
+max_running = "instance"
+
+[callers.bob.limits]
+user = "instance"
+limit-as = "instance"
+limit-cpu = "instance"
+limit-nproc = "instance"
+limit-fsize = "instance"
+limit-nofile = 37
 
 [callers.carol]
 token_sha256 = "{sha(TOKENS['carol'])}"
 scopes = ["run"]
+allow = "instance"
+max_running = "instance"
+limits = "instance"
 
 [callers.root]
 token_sha256 = "{sha(TOKENS['root'])}"
 scopes = ["admin"]
+allow = "instance"
+max_running = "instance"
+limits = "instance"
 """
+
+
+def entry(name="a", secret="x", **keys):
+    """One caller's table with every key written out; ``keys`` replace or (None) drop some."""
+    values = {"token_sha256": f'"{sha(secret)}"', "scopes": '["run"]', "allow": '"instance"',
+              "max_running": '"instance"', "limits": '"instance"', **keys}
+    return f"[callers.{name}]\n" + "".join(
+        f"{key} = {value}\n" for key, value in values.items() if value is not None)
+
+
+REALM = 'realm = "test"\n'
+
+
+def limits(**values):
+    """A limits table naming every per-caller setting: ``values``, the rest "instance"."""
+    names = ("user", "limit-as", "limit-cpu", "limit-nproc", "limit-fsize", "limit-nofile")
+    inherit = '"instance"'
+    return "{ " + ", ".join(f"{name} = {values.get(name.replace('-', '_'), inherit)}"
+                            for name in names) + " }"
+
 
 
 @pytest.fixture
@@ -75,7 +112,7 @@ async def test_each_caller_runs_only_its_own_programs(child):
     assert (code, body["status"]) == (200, 0)
     code, body = await call(child, "bob", "POST", "/run", {"args": ["echo", "hi"]})
     assert (code, body["error"]) == (403, "program_not_allowed")
-    # carol has no allow key: the instance's own policy (no --allow: any program)
+    # carol's allow is "instance": the instance's own policy (no --allow: any program)
     code, body = await call(child, "carol", "POST", "/run", {"args": ["echo", "hi"]})
     assert (code, body["stdout"]) == (200, "hi\n")
     # the same holds for jobs
@@ -254,24 +291,24 @@ def _start(args, env=None):
 
 @pytest.mark.parametrize("content,says", [
     ("[callers.a\n", "not valid TOML"),
-    ("", "no callers"),
-    ("[other]\n", "unknown top-level key"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["root"]\n', "scopes must be"),
-    ('[callers.a]\ntoken_sha256 = "secret"\nscopes = ["run"]\n', "64 hex digits"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\ntoken = "x"\n',
-     "unknown key(s) token"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     'allow = ["no-such-program-xyz"]\n', "allow: cannot start 'no-such-program-xyz'"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\nmax_running = 0\n',
-     "max_running must be"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     'limits = { port = 80 }\n', "'port' is not a per-caller setting"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     'limits = { limit-as = -1 }\n', "limit_as must be >= 0"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     'limits = { limit-as = "1G" }\n', "limit-as must be a int"),
-    (f'[callers.a]\ntoken_sha256 = "{sha("x")}"\nscopes = ["run"]\n'
-     f'[callers.b]\ntoken_sha256 = "{sha("x")}"\nscopes = ["jobs"]\n', "the same token"),
+    (REALM, "no callers"),
+    (entry(), "realm missing"),
+    ('realm = "-"\n' + entry(), "realm must be"),
+    (REALM + "[other]\n", "unknown top-level key"),
+    (REALM + entry(scopes='["root"]'), "scopes must be"),
+    (REALM + entry(token_sha256='"secret"'), "64 hex digits"),
+    (REALM + entry(token='"x"'), "unknown key(s) token"),
+    (REALM + entry(allow='["no-such-program-xyz"]'), "allow: cannot start 'no-such-program-xyz'"),
+    (REALM + entry(allow='"all"'), "allow must be a list of program names, \"instance\""),
+    (REALM + entry(allow=None), "caller 'a': allow missing"),
+    (REALM + entry(max_running=None, limits=None), "caller 'a': max_running, limits missing"),
+    (REALM + entry(max_running="0"), "max_running must be"),
+    (REALM + entry(limits="{ port = 80 }"), "'port' is not a per-caller setting"),
+    (REALM + entry(limits=limits(limit_as=-1)), "limit_as must be >= 0"),
+    (REALM + entry(limits=limits(limit_as='"1G"')), "limit-as must be a int"),
+    (REALM + entry(limits="{ limit-as = 1024 }"),
+     "caller 'a': limits: user, limit-cpu, limit-nproc, limit-fsize, limit-nofile missing"),
+    (REALM + entry() + entry("b", scopes='["jobs"]'), "the same token"),
 ])
 def test_a_bad_callers_file_at_startup_is_a_one_line_error(tmp_path, content, says):
     path = tmp_path / "callers.toml"
@@ -334,3 +371,73 @@ async def test_the_single_token_is_one_implicit_caller_with_every_scope(spawn_in
     assert (code, job["caller"]) == (202, "token")
     assert (await child.request("GET", "/metrics", headers=auth("alice"))).code == 200
     assert wait_until(lambda: "caller=token" in child.output())
+
+
+def _cuts(text):
+    """``text`` cut after each of its lines (the whole left out): for each cut, the cut
+    text, whether it ends where a caller's table ends (a whole file of fewer callers), the
+    last caller it names, and the first key it lacks (from the next line of ``text``)."""
+    lines = text.splitlines(keepends=True)
+    for k in range(len(lines)):
+        rest = [line.strip() for line in lines[k:] if line.strip()]
+        before = [line.strip() for line in lines[:k] if line.strip().startswith("[callers.")]
+        caller = before[-1].split(".")[1].rstrip("]") if before else None
+        following = rest[0]
+        whole = caller is not None and following.startswith("[callers.") and \
+            following.count(".") == 1
+        key = (following.split("=")[0].strip() if "=" in following
+               else following.strip("[]").split(".")[-1])
+        yield "".join(lines[:k]), whole, caller, key
+
+
+def _says_what_is_missing(line, caller, key):
+    if caller is None:
+        return "realm missing" in line or "no callers" in line
+    return f"caller {caller!r}" in line and "missing" in line and key in line
+
+
+def test_a_callers_file_cut_at_any_line_is_refused_at_startup_naming_the_caller_and_key(
+        tmp_path, spawn_instance):
+    path = tmp_path / "callers.toml"
+    for text, whole, caller, key in _cuts(CALLERS):
+        path.write_text(text)
+        if whole:  # a whole file of the callers before the cut: nothing widened
+            child = spawn_instance("--callers", str(path))
+            names = CALLERS[:len(text)].count("[callers.") - text.count(".limits]")
+            assert wait_until(lambda child=child: "callers from" in child.output())
+            listed = child.output().split("callers from", 1)[1].splitlines()[0]
+            assert listed.split(": ", 1)[1].count(", ") == names - 1, listed
+            child.stop()
+            continue
+        proc = _start(["--callers", str(path)])
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, (text, proc.stderr)
+        assert _says_what_is_missing(lines[0], caller, key), (text, lines[0])
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_callers_file_cut_at_any_line_is_refused_on_sighup_and_the_old_callers_stay(
+        child, callers_file):
+    refused = reloaded = wholes = 0
+    for text, whole, caller, key in _cuts(CALLERS):
+        callers_file.write_text(text)  # half-written, as a copy in progress leaves it
+        child.signal(signal.SIGHUP)
+        if whole:  # a whole file of fewer callers: loaded; then the whole file again
+            wholes += 1
+            reloaded += 1
+            assert wait_until(lambda n=reloaded: child.output().count("callers reloaded") == n)
+            callers_file.write_text(CALLERS)
+            child.signal(signal.SIGHUP)
+            reloaded += 1
+            assert wait_until(lambda n=reloaded: child.output().count("callers reloaded") == n)
+            continue
+        refused += 1
+        assert wait_until(lambda n=refused: child.output().count("callers not reloaded") == n)
+        line = [line for line in child.output().splitlines() if "not reloaded" in line][-1]
+        assert _says_what_is_missing(line, caller, key), (text, line)
+        # alice's allow list still holds: the command the attack ran is still refused
+        code, body = await call(child, "alice", "POST", "/run", {"args": ["id"]})
+        assert (code, body["error"]) == (403, "program_not_allowed"), text
+    assert refused >= 25 and wholes == 6  # three callers end, each cut before a blank line too
+    code, body = await call(child, "bob", "POST", "/run", {"args": ["sh", "-c", "ulimit -n"]})
+    assert (code, body["stdout"]) == (200, "37\n")  # bob's limits too

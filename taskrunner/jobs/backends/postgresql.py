@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
 import psycopg_pool
 
 from taskrunner.errors import IndexUnreachable, StoreError
-from taskrunner.jobs.index import JobQuery, Opened, Pending, listing_sql
-from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord, schema
+from taskrunner.jobs.index import JobQuery, Opened, Pending, Sibling, listing_sql
+from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord, ensure_postgresql_schema
 
 _SCHEMA_LOCK = 0x7461736B  # pg_advisory_xact_lock key: "task"
 _NOW = "extract(epoch from clock_timestamp())::double precision"
@@ -70,12 +70,14 @@ class PostgresIndex:
             db = self._connection()
             with db.transaction():
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                for statement in schema("postgresql"):
-                    db.execute(statement)
+                ensure_postgresql_schema(db, self.where)
             rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE instance = %s "
                               "ORDER BY created", (instance,)).fetchall()
             beat = db.execute(f"SELECT heartbeat, holder, {_NOW} - heartbeat FROM instances "
                               "WHERE name = %s", (instance,)).fetchone()
+        except StoreError:
+            self.close()
+            raise
         except psycopg.Error as exc:
             self.close()
             why = f"--state-url: cannot use {self.where}: {' '.join(str(exc).split())}"
@@ -84,12 +86,21 @@ class PostgresIndex:
             raise StoreError(why) from None
         return Opened([JobRecord.from_row(row) for row in rows], *(beat or (None, None, None)))
 
-    def claim(self, instance: str, holder: str) -> None:
-        """Write ``instance``'s heartbeat now, and its holder."""
-        self._connection().execute(
-            f"INSERT INTO instances (name, heartbeat, holder) VALUES (%s, {_NOW}, %s) "
-            "ON CONFLICT (name) DO UPDATE SET heartbeat = EXCLUDED.heartbeat, "
-            "holder = EXCLUDED.holder", (instance, holder))
+    def claim(self, instance: str, holder: str, realm: str,
+              check: Callable[[list[Sibling]], None]) -> None:
+        """Unless ``check`` refuses the other instances, write ``instance``'s heartbeat now,
+        its holder and realm (one transaction, under the lock that other claims take)."""
+        db = self._connection()
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            check([Sibling(*row) for row in db.execute(
+                f"SELECT name, realm, holder, {_NOW} - heartbeat FROM instances "
+                "WHERE name <> %s", (instance,)).fetchall()])
+            db.execute(
+                f"INSERT INTO instances (name, heartbeat, holder, realm) "
+                f"VALUES (%s, {_NOW}, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                "heartbeat = EXCLUDED.heartbeat, holder = EXCLUDED.holder, "
+                "realm = EXCLUDED.realm", (instance, holder, realm))
 
     def release(self, instance: str, holder: str) -> None:
         """Give the name up, if this holder still holds it."""

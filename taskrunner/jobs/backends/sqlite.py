@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from taskrunner.errors import StoreError
-from taskrunner.jobs.index import JobQuery, Opened, Pending, listing_sql
+from taskrunner.jobs.index import JobQuery, Opened, Pending, Sibling, listing_sql
 from taskrunner.jobs.schema import (
     COLUMNS,
     INSERT,
@@ -109,7 +109,7 @@ class SQLiteIndex:
             db.execute("PRAGMA journal_mode=WAL")
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                ensure_schema(db)
+                ensure_schema(db, self.path)
             rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE instance = ? "
                               "ORDER BY created", (instance,)).fetchall()
             beat = db.execute(f"SELECT heartbeat, holder, {_NOW} - heartbeat FROM instances "
@@ -120,13 +120,18 @@ class SQLiteIndex:
         self._db = db
         return Opened([JobRecord.from_row(row) for row in rows], *(beat or (None, None, None)))
 
-    def claim(self, instance: str, holder: str) -> None:
-        """Write ``instance``'s heartbeat now, and its holder."""
+    def claim(self, instance: str, holder: str, realm: str,
+              check: Callable[[list[Sibling]], None]) -> None:
+        """Unless ``check`` refuses the other instances, write ``instance``'s heartbeat now,
+        its holder and realm (one transaction: BEGIN IMMEDIATE keeps other claims out)."""
         assert self._db is not None
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?)",
-                             (instance, time.time(), holder))
+            check([Sibling(*row) for row in self._db.execute(
+                f"SELECT name, realm, holder, {_NOW} - heartbeat FROM instances "
+                "WHERE name != ?", (instance,))])
+            self._db.execute("INSERT OR REPLACE INTO instances (name, heartbeat, holder, realm) "
+                             "VALUES (?, ?, ?, ?)", (instance, time.time(), holder, realm))
 
     def release(self, instance: str, holder: str) -> None:
         """Give the name up, if this holder still holds it."""
