@@ -104,6 +104,18 @@ class Callers:
         """Every caller's name."""
         return [c.name for c in self.callers] or ([self.open_to.name] if self.open_to else [])
 
+    def retire(self) -> None:
+        """This set was replaced: each caller's sandbox goes once no command of it runs."""
+        for caller in self.callers:
+            if caller.policy is not None:
+                caller.policy.containment.retire()
+
+    def close(self) -> None:
+        """Release every caller's wrappers now (at shutdown, when nothing runs)."""
+        for caller in self.callers:
+            if caller.policy is not None:
+                caller.policy.containment.close()
+
     def identify(self, authorization: str | None) -> Caller:
         """The caller whose token the ``Authorization`` header carries; `Unauthorized` if none."""
         if self.open_to is not None:
@@ -160,14 +172,18 @@ def load_callers(path: str, config: Config, environ: Mapping[str, str],
     old_shares = previous.shares if previous is not None else {}
     callers: list[Caller] = []
     seen: dict[bytes, str] = {}
-    for name, entry in table.items():
-        caller = _caller(name, entry, f"{where}: caller {name!r}", config, environ, base_env,
-                         containment, old_shares)
-        if caller.digest in seen:
-            raise StartupError(f"{where}: callers {seen[caller.digest]!r} and {name!r} have "
-                               "the same token")
-        seen[caller.digest] = name
-        callers.append(caller)
+    try:
+        for name, entry in table.items():
+            caller = _caller(name, entry, f"{where}: caller {name!r}", config, environ,
+                             base_env, containment, old_shares)
+            callers.append(caller)
+            if caller.digest in seen:
+                raise StartupError(f"{where}: callers {seen[caller.digest]!r} and {name!r} "
+                                   "have the same token")
+            seen[caller.digest] = name
+    except BaseException:
+        Callers(callers).close()  # the sandboxes made for a file that is refused
+        raise
     return Callers(callers, source=path, held=old_shares)
 
 
@@ -195,6 +211,17 @@ def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[
         wrapper = containment(caller_config, environ)
     except StartupError as exc:
         raise StartupError(f"{where}: limits: {exc}") from None
+    try:
+        return _policed(name, entry, where, config, base_env, wrapper, old_shares,
+                        bytes.fromhex(token_hash), frozenset(scopes))
+    except BaseException:
+        wrapper.close()
+        raise
+
+
+def _policed(name: str, entry: dict[str, Any], where: str, config: Config,
+             base_env: Mapping[str, str], wrapper: Containment,
+             old_shares: Mapping[str, Share], digest: bytes, scopes: frozenset[str]) -> Caller:
     env = {**base_env, **wrapper.env}
     allowlist = None
     allow = entry.get("allow", list(config.allow) if config.allow else None)
@@ -212,8 +239,7 @@ def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[
             raise StartupError(f"{where}: max_running must be an integer >= 1")
         share = old_shares.get(name) or Share(name, limit)
         share.limit = limit
-    return Caller(name, frozenset(scopes), Policy(allowlist, wrapper, share),
-                  bytes.fromhex(token_hash))
+    return Caller(name, scopes, Policy(allowlist, wrapper, share), digest)
 
 
 def _caller_config(limits: Any, where: str, config: Config) -> Config:
