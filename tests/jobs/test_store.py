@@ -321,7 +321,7 @@ async def test_the_commands_user_can_neither_list_nor_read_the_job_index(spawn_i
         response = await child.request("POST", "/run", {"args": ["sh", "-c", (
             f"id -un; ls {state_dir} && echo listed; "
             + "; ".join(f"cat {state_dir}/{name} > /dev/null && echo read {name}"
-                        for name in names))]})
+                        for name in names))], "cwd": "/"})  # not the checkout
         body = json.loads(response.body)
         assert body["stdout"] == "nobody\n", body
         assert body["stderr"].count("Permission denied") == 1 + len(names), body
