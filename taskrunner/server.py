@@ -80,6 +80,7 @@ class Server:
         self.recycler: Recycler | None = None
         self.trimmer = HeapTrimmer()
         self._base_env: dict[str, str] = {}
+        self._callers: Callers | None = None
 
     @property
     def port(self) -> int:
@@ -124,6 +125,7 @@ class Server:
                                           keep=config.max_running or default_max_running())
             if cgroups is not None:
                 undo.callback(cgroups.close)
+            undo.callback(self._close_callers)  # those loaded before a later failure
             await self._startup(config, token, containment, base_env, allowlist, cgroups,
                                 index_url)
             undo.pop_all()
@@ -138,6 +140,7 @@ class Server:
             max_clients=config.max_jobs)
         self._base_env = base_env
         callers = self._load_callers(None) if config.callers else implicit_callers(token)
+        self._callers = callers
         # The job index first, before anything is started that would then need stopping,
         # and before the port listens: an instance waiting for its index's server must not
         # hold a socket whose connections nobody answers. Only an instance named after a
@@ -240,6 +243,10 @@ class Server:
         if config.callers:
             log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
 
+    def _close_callers(self) -> None:
+        if self._callers is not None:
+            self._callers.close()
+
     def _load_callers(self, previous: Callers | None) -> Callers:
         return load_callers(self.config.callers, self.config, os.environ, self._base_env,
                             containment_from_config, previous)
@@ -253,7 +260,8 @@ class Server:
         except StartupError as exc:
             log.error("callers not reloaded, the previous ones stay: %s", exc)
             return
-        self.ctx.callers = callers  # one assignment: each request sees the old set or the new
+        previous, self.ctx.callers = self.ctx.callers, callers  # each request sees one set
+        previous.retire()  # their sandboxes go once no command of theirs runs
         log.info("callers reloaded from %s: %s", self.config.callers, ", ".join(callers.names))
 
     async def shutdown(self) -> None:
@@ -282,6 +290,7 @@ class Server:
         if ctx.launcher.cgroups is not None:
             ctx.launcher.cgroups.close()
         ctx.launcher.containment.close()
+        ctx.callers.close()  # the callers' sandboxes (those of replaced sets went already)
         self.trimmer.close()
         if self.watchdog is not None:
             self.watchdog.close()

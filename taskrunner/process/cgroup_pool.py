@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 
 from taskrunner.config import MIB, Config
 from taskrunner.errors import OutOfResources, StartupError
-from taskrunner.process.cgroup_setup import detect_hierarchy
+from taskrunner.process.cgroup_setup import detect_hierarchy, sweep_leftovers
 from taskrunner.process.cgroups import Cgroup, CgroupLimits, Hierarchy
 
 log = logging.getLogger("taskrunner.cgroups")
@@ -170,9 +170,12 @@ class CgroupPool:
 
 def cgroups_from_config(config: Config, keep: int = 64) -> CgroupPool | None:
     """The pool for ``config``'s cgroup limits, keeping up to ``keep`` idle cgroups, or
-    None without limits; `StartupError` (one line) if they cannot be applied here."""
+    None without limits; `StartupError` (one line) if they cannot be applied here.
+
+    With limits or without, the cgroups that dead instances left are swept first."""
     limits = CgroupLimits(memory_max=config.memory_max * MIB, pids_max=config.pids_max,
                           cpu_max=config.cpu_max)
+    sweep_leftovers()
     if not limits.active:
         return None
     hierarchy = detect_hierarchy(limits, config.cgroup_parent)

@@ -6,11 +6,18 @@ parent. The parent of the per-command cgroups is ``--cgroup-parent`` (a cgroup p
 ``/taskrunner``, the same in every hierarchy; made if missing, kept at exit), or else
 ``taskrunner-<pid>`` made under the instance's own cgroup and removed at exit. A requested
 limit that cannot be applied is a `StartupError` with one line.
+
+Which ``taskrunner-<pid>`` belongs to a live instance is not judged by its pid (pids repeat,
+in containers above all): the instance holds an ``flock`` on its directory in every
+hierarchy for as long as it lives, and the kernel drops the lock when the instance dies,
+``kill -9`` included. `sweep_leftovers`, run by every instance at startup, cgroup limits or
+not, removes the empty ``taskrunner-*`` cgroups whose lock it can take.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -28,7 +35,7 @@ from taskrunner.process.cgroups import (
 
 log = logging.getLogger("taskrunner.cgroups")
 
-_INSTANCE_NAME = re.compile(r"taskrunner-(\d+)")  # an instance's own parent
+_INSTANCE_NAME = re.compile(r"taskrunner-(\d+)(?:-\d+)?")  # an instance's own parent
 _COMMAND_NAME = re.compile(r"(\d+)-\d+")  # one command's cgroup: the instance's pid, a number
 
 
@@ -62,9 +69,9 @@ def detect_hierarchy(limits: CgroupLimits, parent: str = "",
         base = _in_mount(mount, root, parent) if parent else homes[key]
         parents[key] = base if parent else os.path.join(base, name)
     hierarchy = V1Hierarchy(limits, parents, owned, homes)
-    for key in parents:
-        sweep_stale(parents[key] if parent else homes[key],
-                    _COMMAND_NAME if parent else _INSTANCE_NAME)
+    if parent:
+        for key in parents:
+            sweep_stale(parents[key], _COMMAND_NAME)
     _make_parents(hierarchy)
     return hierarchy
 
@@ -73,7 +80,6 @@ def _v2(limits: CgroupLimits, directory: str, owned: bool, wanted: Sequence[str]
     hierarchy = V2Hierarchy(limits, {"unified": directory}, owned,
                             os.path.realpath("/bin/sh"))
     if owned:
-        sweep_stale(os.path.dirname(directory), _INSTANCE_NAME)
         if wanted:
             # Lets the instance's own cgroup hand the controllers down; refused (EBUSY)
             # unless it is the root or they are on already: then the error below says why.
@@ -83,6 +89,7 @@ def _v2(limits: CgroupLimits, directory: str, owned: bool, wanted: Sequence[str]
     else:
         sweep_stale(directory, _COMMAND_NAME)
     _make_parents(hierarchy)
+    directory = hierarchy.parents["unified"]  # taskrunner-<pid>-<n> if the name was held
     if wanted:
         try:
             write(os.path.join(directory, "cgroup.subtree_control"),
@@ -96,12 +103,35 @@ def _v2(limits: CgroupLimits, directory: str, owned: bool, wanted: Sequence[str]
     return hierarchy
 
 
+def sweep_leftovers(mountinfo: str = "/proc/self/mountinfo",
+                    own: str = "/proc/self/cgroup") -> int:
+    """Remove the empty ``taskrunner-*`` cgroups that instances no longer alive left beside
+    this process's own cgroup, in every hierarchy taskrunner uses; how many.
+
+    Run at every start, with cgroup limits or without: an instance killed with ``kill -9``
+    cannot remove its own. Where this instance may not remove them (not root), they stay.
+    """
+    try:
+        mounts = _cgroup_mounts(read(mountinfo))
+        memberships = _memberships(read(own))
+    except OSError:
+        return 0
+    homes: set[str] = set()
+    for key, found in mounts.items():
+        for mount, root in found:
+            homes.add(_in_mount(mount, root, memberships.get("" if key == "cgroup2" else key,
+                                                              "/")))
+    return sum(sweep_stale(home) for home in sorted(homes))
+
+
 def sweep_stale(directory: str, pattern: re.Pattern[str] = _INSTANCE_NAME) -> int:
     """Remove the empty cgroups under ``directory`` that an instance no longer alive left
     (killed before it could: the watchdog kills process groups, not cgroups); how many.
 
-    Only empty ones: a process still in one may belong to an instance of another PID
-    namespace that merely looks dead from here.
+    An instance's ``taskrunner-<pid>`` is stale when its lock is free (`hold_parent`), whatever
+    its pid; then every empty cgroup in it goes too. A command's ``<pid>-<n>`` directly under
+    a ``--cgroup-parent`` is judged by its pid. Only empty ones: a process still in one may
+    belong to an instance of another PID namespace that merely looks dead from here.
     """
     removed = 0
     try:
@@ -110,18 +140,46 @@ def sweep_stale(directory: str, pattern: re.Pattern[str] = _INSTANCE_NAME) -> in
         return 0
     for name in names:
         match = pattern.fullmatch(name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None:
             continue
         path = os.path.join(directory, name)
         if pattern is _INSTANCE_NAME:
-            removed += sweep_stale(path, _COMMAND_NAME)
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
-            removed += 1
+            removed += _sweep_instance(path)
+        elif not _alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+                removed += 1
     if removed and pattern is _INSTANCE_NAME:
         log.info("removed %s cgroups left by instances no longer running under %s",
                  removed, directory)
     return removed
+
+
+def _sweep_instance(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return 0  # held: a live instance's, whatever its pid looks like from here
+        removed = 0
+        with os.scandir(path) as entries:
+            children = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        for child in children:  # the dead instance's command cgroups
+            with contextlib.suppress(OSError):
+                os.rmdir(child)
+                removed += 1
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # while locked: no instance can be taking it meanwhile
+            removed += 1
+        return removed
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -134,13 +192,69 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def hold_parent(path: str) -> int:
+    """Make ``path`` (an instance's own parent cgroup) if missing and lock it for as long as
+    the returned fd is open; `BlockingIOError` if a live instance holds it."""
+    for _ in range(100):
+        os.makedirs(path, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # swept between the mkdir and the open: make it again
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A sweeper may have removed it while we waited to open it: lock the one there.
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise OSError(f"{path} keeps disappearing")
+
+
 def _make_parents(hierarchy: Hierarchy) -> None:
+    if hierarchy.owned:
+        _hold_parents(hierarchy)
+        return
     for path in hierarchy.parents.values():
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             hierarchy.close()
             raise StartupError(f"cannot make the cgroup {path}: {exc.strerror}") from None
+
+
+def _hold_parents(hierarchy: Hierarchy) -> None:
+    # taskrunner-<pid>, or taskrunner-<pid>-<n> when a live instance (another PID
+    # namespace's, or another pool of this process) holds that name.
+    bases = {key: os.path.dirname(path) for key, path in hierarchy.parents.items()}
+    for attempt in range(100):
+        name = f"taskrunner-{os.getpid()}" + (f"-{attempt}" if attempt else "")
+        hierarchy.parents.update({key: os.path.join(base, name) for key, base in bases.items()})
+        try:
+            for path in hierarchy.parents.values():
+                hierarchy.locks.append(hold_parent(path))
+            return
+        except BlockingIOError:
+            _let_go(hierarchy)  # never the held one: it is a live instance's
+        except OSError as exc:
+            _let_go(hierarchy)
+            raise StartupError(f"cannot make the cgroup {path}: "
+                               f"{exc.strerror or exc}") from None
+    raise StartupError(f"cannot make a cgroup of this instance under "
+                       f"{', '.join(bases.values())}: every name is held")
+
+
+def _let_go(hierarchy: Hierarchy) -> None:
+    # Remove the parents locked so far (ours now), then unlock them.
+    for path, fd in zip(hierarchy.parents.values(), hierarchy.locks, strict=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        os.close(fd)
+    hierarchy.locks.clear()
 
 
 def _cgroup_mounts(mountinfo: str) -> dict[str, list[tuple[str, str]]]:

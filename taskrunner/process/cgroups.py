@@ -145,6 +145,7 @@ class Hierarchy:
         self.limits = limits
         self.parents = parents  # a key ("memory", ..., or "unified") -> the parent directory
         self.owned = owned  # made by this instance, removed at close
+        self.locks: list[int] = []  # fds locking the parents, held while the instance lives
 
     def describe(self) -> str:
         """One phrase for the startup log line."""
@@ -179,11 +180,14 @@ class Hierarchy:
         yield
 
     def close(self) -> None:
-        """Remove the parents this instance made."""
+        """Remove the parents this instance made, then let their locks go."""
         if self.owned:
             for path in self.parents.values():
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
+        for fd in self.locks:
+            os.close(fd)
+        self.locks.clear()
 
     def oom_kills(self, cgroup: Cgroup) -> int:
         raise NotImplementedError

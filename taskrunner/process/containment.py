@@ -104,6 +104,12 @@ class Containment:
         if work is not None and self.sandbox is not None:
             self.sandbox.leave(work)
 
+    def retire(self) -> None:
+        """Release what the wrappers hold once no command uses them (a caller's, replaced
+        on a reload), without waiting."""
+        if self.sandbox is not None:
+            self.sandbox.retire()
+
     def close(self) -> None:
         """Release what the wrappers hold (the sandbox's work root)."""
         if self.sandbox is not None:

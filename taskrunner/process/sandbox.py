@@ -71,7 +71,13 @@ _PROBE_TIMEOUT = 30.0
 
 
 class Sandbox:
-    """The bubblewrap options of one instance, and the work directories of its commands."""
+    """The bubblewrap options of one instance, and the work directories of its commands.
+
+    It holds a work root (and a lock on it) until `close`, or, once `retire`d (a caller's
+    sandbox after the callers file was re-read), until its last command has left: a
+    command still running keeps its work directory, and a request that took the old
+    caller just before the reload still gets a root (a new one, let go when it leaves).
+    """
 
     def __init__(self, bwrap: str, options: Sequence[str], work_root: str,
                  visible: Sequence[str] = (), owner: tuple[int, int] | None = None,
@@ -83,6 +89,8 @@ class Sandbox:
         self.owner = owner
         self._lock = lock
         self._names = itertools.count(1)
+        self._inside = 0  # commands between enter and leave
+        self._retired = False
         # Trees left behind are removed off the event loop: a command that leaves a million
         # files must not stall every other request while they go.
         self._remover: ThreadPoolExecutor | None = None
@@ -97,6 +105,8 @@ class Sandbox:
     def enter(self, cwd: str | None) -> tuple[list[str], str]:
         """A new work directory, and the prefix that runs a command in the sandbox there
         (or in ``cwd``). Raise OSError if the directory cannot be made."""
+        if self._lock < 0:  # let go after a retirement: a late command takes a new root
+            self.work_root, self._lock = _make_work_root()
         work = os.path.join(self.work_root, str(next(self._names)))
         os.mkdir(work, 0o700)
         if self.owner is not None:
@@ -105,34 +115,68 @@ class Sandbox:
             except OSError:
                 os.rmdir(work)
                 raise
-        return [self.bwrap, *self.options, "--bind", work, work,
+        self._inside += 1
+        # The root is bound along the way to each work directory: --user must traverse it.
+        return [self.bwrap, *self.options, "--perms", "0711", "--dir", self.work_root,
+                "--bind", work, work,
                 "--remount-ro", WORK_PARENT, "--chdir", cwd or work, "--"], work
 
     def leave(self, work: str) -> None:
         """Remove a command's work directory and all it left there."""
+        self._inside -= 1
         try:
             os.rmdir(work)  # the common case: nothing left behind, no tree walk
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            if self._remover is None:
-                # Here, not at the top: an instance whose commands leave nothing behind (or
-                # that has no sandbox) never loads the thread pool.
-                from concurrent.futures import ThreadPoolExecutor
+            if exc.errno != errno.ENOENT:
+                if self._remover is None:
+                    # Here, not at the top: an instance whose commands leave nothing behind
+                    # (or that has no sandbox) never loads the thread pool.
+                    from concurrent.futures import ThreadPoolExecutor
 
-                self._remover = ThreadPoolExecutor(1, thread_name_prefix="sandbox-remove")
-            self._remover.submit(_remove_tree, work)
+                    self._remover = ThreadPoolExecutor(1, thread_name_prefix="sandbox-remove")
+                self._remover.submit(_remove_tree, work)
+        if self._retired and self._inside == 0:
+            self._let_go(wait=False)
+
+    def retire(self) -> None:
+        """No new caller will use this sandbox: remove its work root and let its lock go
+        as soon as no command is inside (now, if none is), without blocking."""
+        self._retired = True
+        if self._inside == 0:
+            self._let_go(wait=False)
 
     def close(self) -> None:
         """Finish the removals under way and remove the work root (call when no command
         runs any more)."""
-        if self._remover is not None:
-            self._remover.shutdown(wait=True)
-            self._remover = None
-        _remove_tree(self.work_root)
-        if self._lock >= 0:
-            os.close(self._lock)
-            self._lock = -1
+        self._retired = True
+        self._let_go(wait=True)
+
+    @property
+    def held(self) -> bool:
+        """Whether it holds a work root now."""
+        return self._lock >= 0
+
+    def _let_go(self, wait: bool) -> None:
+        root, lock, remover = self.work_root, self._lock, self._remover
+        self._remover = None
+        if lock < 0:
+            if remover is not None:
+                remover.shutdown(wait=wait)
+            return
+        self._lock = -1
+        if remover is None:
+            _drop_root(root, lock)
+        elif wait:
+            remover.shutdown(wait=True)
+            _drop_root(root, lock)
+        else:  # after the trees being removed, off the event loop
+            remover.submit(_drop_root, root, lock)
+            remover.shutdown(wait=False)
+
+
+def _drop_root(root: str, lock: int) -> None:
+    _remove_tree(root)
+    os.close(lock)
 
 
 def sees(path: str, shadowed: Sequence[str], visible: Sequence[str]) -> bool:
@@ -190,7 +234,7 @@ def sandbox_from_config(config: Config, environ: Mapping[str, str],
     except OSError as exc:
         raise StartupError(f"--sandbox: cannot make a work root in {WORK_PARENT}: "
                            f"{exc.strerror or exc}") from None
-    sandbox = Sandbox(bwrap, [*options, "--perms", "0711", "--dir", root], root,
+    sandbox = Sandbox(bwrap, options, root,
                       visible=[p for p in (*config.sandbox_bind_ro, *config.sandbox_bind)],
                       owner=owner, lock=lock)
     try:
@@ -212,8 +256,7 @@ def _make_work_root() -> tuple[str, int]:
     made = tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=WORK_PARENT)
     lock = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fcntl.flock(lock, fcntl.LOCK_EX)
-    # Named for the sweep only once locked, so that no sweep takes a root being made. The
-    # root is bound along the way to each work directory: --user must traverse it.
+    # Named for the sweep only once locked, so that no sweep takes a root being made.
     root = os.path.join(WORK_PARENT,
                         _ROOT_PREFIX + os.path.basename(made).removeprefix(_NEW_PREFIX))
     os.rename(made, root)

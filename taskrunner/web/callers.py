@@ -126,6 +126,18 @@ class Callers:
         """Every caller's name."""
         return [c.name for c in self.callers] or ([self.open_to.name] if self.open_to else [])
 
+    def retire(self) -> None:
+        """This set was replaced: each caller's sandbox goes once no command of it runs."""
+        for caller in self.callers:
+            if caller.policy is not None:
+                caller.policy.containment.retire()
+
+    def close(self) -> None:
+        """Release every caller's wrappers now (at shutdown, when nothing runs)."""
+        for caller in self.callers:
+            if caller.policy is not None:
+                caller.policy.containment.close()
+
     def identify(self, authorization: str | None) -> Caller:
         """The caller whose token the ``Authorization`` header carries; `Unauthorized` if none."""
         if self.open_to is not None:
@@ -184,14 +196,18 @@ def load_callers(path: str, config: Config, environ: Mapping[str, str],
     old_shares = previous.shares if previous is not None else {}
     callers: list[Caller] = []
     seen: dict[bytes, str] = {}
-    for name, entry in table.items():
-        caller = _caller(name, entry, f"{where}: caller {name!r}", config, environ, base_env,
-                         containment, old_shares, realm)
-        if caller.digest in seen:
-            raise StartupError(f"{where}: callers {seen[caller.digest]!r} and {name!r} have "
-                               "the same token")
-        seen[caller.digest] = name
-        callers.append(caller)
+    try:
+        for name, entry in table.items():
+            caller = _caller(name, entry, f"{where}: caller {name!r}", config, environ,
+                             base_env, containment, old_shares, realm)
+            callers.append(caller)
+            if caller.digest in seen:
+                raise StartupError(f"{where}: callers {seen[caller.digest]!r} and {name!r} "
+                                   "have the same token")
+            seen[caller.digest] = name
+    except BaseException:
+        Callers(callers, realm=realm).close()  # the sandboxes made for a file that is refused
+        raise
     return Callers(callers, source=path, held=old_shares, realm=realm)
 
 
@@ -241,6 +257,18 @@ def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[
         wrapper = containment(caller_config, environ)
     except StartupError as exc:
         raise StartupError(f"{where}: limits: {exc}") from None
+    try:
+        return _policed(name, entry, where, config, base_env, wrapper, old_shares,
+                        bytes.fromhex(token_hash), frozenset(scopes), realm)
+    except BaseException:
+        wrapper.close()
+        raise
+
+
+def _policed(name: str, entry: dict[str, Any], where: str, config: Config,
+             base_env: Mapping[str, str], wrapper: Containment,
+             old_shares: Mapping[str, Share], digest: bytes, scopes: frozenset[str],
+             realm: str) -> Caller:
     env = {**base_env, **wrapper.env}
     allowlist = None
     allow = entry["allow"]
@@ -264,8 +292,7 @@ def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[
                                f"\"{INSTANCE}\" (no share of its own)")
         share = old_shares.get(name) or Share(name, limit)
         share.limit = limit
-    return Caller(name, frozenset(scopes), Policy(allowlist, wrapper, share),
-                  bytes.fromhex(token_hash), realm)
+    return Caller(name, scopes, Policy(allowlist, wrapper, share), digest, realm)
 
 
 def _caller_config(limits: Any, where: str, config: Config) -> Config:

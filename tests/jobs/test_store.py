@@ -3,9 +3,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import datetime
@@ -265,7 +268,7 @@ async def test_a_job_that_ends_while_the_disk_is_full_is_written_once_there_is_r
 @pytest.mark.gen_test(timeout=60)
 async def test_a_damaged_database_is_moved_aside_with_a_warning(spawn_instance, tmp_path):
     state_dir = tmp_path / "state"
-    state_dir.mkdir()
+    state_dir.mkdir(mode=0o700)
     (state_dir / "jobs.sqlite3").write_bytes(b"this is not a database\n" * 100)
     child = spawn_instance("--state-dir", str(state_dir), "--instance", "bad")
     job = await post_job(child, {"args": ["echo", "fresh"]})
@@ -295,6 +298,66 @@ async def test_a_read_only_database_at_startup_is_a_one_line_error(tmpfs, spawn_
     assert len(lines) == 1, started.stderr
     assert lines[0] == f"taskrunner: --state-dir {state_dir} is not writable (a read-only " \
         "filesystem, or permissions)"
+
+
+# -- who can read the index -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the commands as nobody")
+@pytest.mark.gen_test(timeout=60)
+async def test_the_commands_user_can_neither_list_nor_read_the_job_index(spawn_instance):
+    # Not under pytest's own temporary directory, which nobody could not even enter: here
+    # only the state directory's own mode stands between the commands and the index.
+    base = tempfile.mkdtemp(prefix="taskrunner-state-")
+    try:
+        os.chmod(base, 0o755)
+        state_dir = os.path.join(base, "state")
+        child = spawn_instance("--state-dir", state_dir, "--instance", "private",
+                               "--user", "nobody")
+        job = await post_job(child, {"args": ["echo", "another caller's output"]})
+        assert wait_until(lambda: stored(state_dir).get(job["id"]) == "exited", 10)
+        names = sorted(os.listdir(state_dir))
+        assert names == ["jobs.sqlite3", "jobs.sqlite3-shm", "jobs.sqlite3-wal"], names
+        response = await child.request("POST", "/run", {"args": ["sh", "-c", (
+            f"id -un; ls {state_dir} && echo listed; "
+            + "; ".join(f"cat {state_dir}/{name} > /dev/null && echo read {name}"
+                        for name in names))], "cwd": "/"})  # not the checkout
+        body = json.loads(response.body)
+        assert body["stdout"] == "nobody\n", body
+        assert body["stderr"].count("Permission denied") == 1 + len(names), body
+        assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
+        assert {name: stat.S_IMODE(os.stat(os.path.join(state_dir, name)).st_mode)
+                for name in names} == dict.fromkeys(names, 0o600)
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o1777, 0o770, "/var/tmp"])
+def test_a_state_dir_others_may_read_is_refused_in_one_line_and_left_alone(tmp_path, mode):
+    if mode == "/var/tmp":
+        shared, mode = "/var/tmp", stat.S_IMODE(os.stat("/var/tmp").st_mode)
+    else:
+        shared = str(tmp_path / "shared")
+        os.mkdir(shared)
+        os.chmod(shared, mode)
+    before = set(os.listdir(shared))
+    proc = subprocess.Popen([PY, "-m", "taskrunner", "--port", "0", "--state-dir", shared],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:  # it started: stop it, and remove what it made
+        proc.kill()
+        _, err = proc.communicate()
+    finally:
+        for name in set(os.listdir(shared)) - before:
+            if name.startswith("jobs.sqlite3"):
+                os.unlink(os.path.join(shared, name))
+    assert proc.returncode == 1, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"taskrunner: --state-dir {shared} is readable or writable by "
+                               f"others (mode {mode:04o})"), lines
+    assert stat.S_IMODE(os.stat(shared).st_mode) == mode
 
 
 # -- what a lost job keeps, and what finished jobs cost ------------------------------------
@@ -429,7 +492,7 @@ _SCHEMA_V1 = """CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT NULL, 
 async def test_a_store_of_the_previous_version_keeps_its_jobs_and_their_output(
         spawn_instance, tmp_path):
     state_dir = tmp_path / "state"
-    state_dir.mkdir()
+    state_dir.mkdir(mode=0o755)  # as earlier versions made it
     job_id = "old.AAAAAAAAAAAAAAAAAAAAAA"
     created = int(time.time()) - 10  # well within --job-ttl
     with contextlib.closing(sqlite3.connect(state_dir / "jobs.sqlite3")) as db, db:
@@ -441,6 +504,9 @@ async def test_a_store_of_the_previous_version_keeps_its_jobs_and_their_output(
     assert code == 200
     assert (body["state"], body["stdout"], body["stderr"]) == ("exited", "out\n", "err\n")
     assert parse_time(body["created"]) == created and body["error"] is None
+    # Its own directory, which others could read: closed, not refused.
+    assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
+    assert "readable by others (mode 0755), as earlier versions made it" in child.output()
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -19,7 +19,12 @@ from helpers import PY, pid_alive, wait_until
 
 from taskrunner.errors import StartupError
 from taskrunner.process.cgroup_pool import CgroupPool
-from taskrunner.process.cgroup_setup import detect_hierarchy, sweep_stale
+from taskrunner.process.cgroup_setup import (
+    detect_hierarchy,
+    hold_parent,
+    sweep_leftovers,
+    sweep_stale,
+)
 from taskrunner.process.cgroups import CgroupLimits
 from taskrunner.process.engine import CommandResult, CommandSpec, ProcessEngine
 from taskrunner.process.launcher import Launcher
@@ -320,13 +325,87 @@ def test_empty_cgroups_of_an_instance_no_longer_running_are_swept_at_startup(tmp
     os.makedirs(f"{stale}/{dead.pid}-0")
     os.makedirs(f"{stale}/{dead.pid}-1")
     try:
-        hierarchy = detect_hierarchy(CgroupLimits(pids_max=10))
-        hierarchy.close()
+        assert sweep_leftovers() >= 3
         assert not os.path.exists(stale)
     finally:
         for path in (f"{stale}/{dead.pid}-0", f"{stale}/{dead.pid}-1", stale):
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(path)
+
+
+def _own_dirs(name: str) -> list[str]:
+    """``name`` beside this process's own cgroup in each hierarchy taskrunner uses."""
+    with open("/proc/self/cgroup") as f:
+        homes = {controllers: path for _, controllers, path in
+                 (line.rstrip("\n").split(":", 2) for line in f)}
+    return [os.path.join(f"/sys/fs/cgroup/{key}", homes[key].lstrip("/"), name)
+            for key in ("memory", "pids", "cpu", "freezer") if key in homes]
+
+
+@needs_v1
+def test_a_killed_instances_cgroups_are_removed_by_the_next_even_without_limits(
+        spawn_instance):
+    killed = spawn_instance("--memory-max", "64", "--pids-max", "50", "--cpu-max", "1")
+    dirs = _own_dirs(f"taskrunner-{killed.proc.pid}")
+    assert all(os.path.isdir(d) for d in dirs), dirs
+    try:
+        killed.proc.kill()  # kill -9: it removes nothing
+        killed.wait()
+        assert all(os.path.isdir(d) for d in dirs), "kill -9 left nothing to sweep"
+        spawn_instance()  # no cgroup limits at all
+        assert not [d for d in dirs if os.path.exists(d)]
+    finally:
+        for path in dirs:
+            with contextlib.suppress(OSError):
+                for name in os.listdir(path):
+                    if os.path.isdir(os.path.join(path, name)):
+                        os.rmdir(os.path.join(path, name))
+                os.rmdir(path)
+
+
+@needs_v1
+def test_a_live_instances_cgroups_stay_even_when_its_pid_looks_dead(spawn_instance):
+    # As an instance of another PID namespace looks from here: a pid nothing has now.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    dirs = _own_dirs(f"taskrunner-{dead.pid}")
+    locks = [hold_parent(path) for path in dirs]  # what that live instance holds
+    try:
+        os.mkdir(f"{dirs[0]}/{dead.pid}-0")  # an idle cgroup of its pool
+        spawn_instance()
+        sweep_leftovers()
+        assert all(os.path.isdir(d) for d in dirs)
+        assert os.path.isdir(f"{dirs[0]}/{dead.pid}-0")
+        for fd in locks:  # it has gone now
+            os.close(fd)
+        locks.clear()
+        assert sweep_leftovers() == len(dirs) + 1
+        assert not [d for d in dirs if os.path.exists(d)]
+    finally:
+        for fd in locks:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.rmdir(f"{dirs[0]}/{dead.pid}-0")
+        for path in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
+@needs_v1
+def test_two_pools_of_one_process_hold_a_parent_each():
+    first = detect_hierarchy(CgroupLimits(pids_max=10))
+    try:
+        second = detect_hierarchy(CgroupLimits(pids_max=10))
+        try:
+            assert first.parents["pids"].endswith(f"/taskrunner-{os.getpid()}")
+            assert second.parents["pids"].endswith(f"/taskrunner-{os.getpid()}-1")
+            assert sweep_leftovers() == 0  # both held
+        finally:
+            second.close()
+        assert os.path.isdir(first.parents["pids"])
+    finally:
+        first.close()
+    assert not os.path.exists(first.parents["pids"])
 
 
 @needs_v1

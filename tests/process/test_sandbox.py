@@ -276,3 +276,22 @@ def test_where_bubblewrap_cannot_make_namespaces_the_instance_refuses_to_start()
     assert lines[-1].startswith("taskrunner: --sandbox: bubblewrap does not work here, "
                                 "refusing to run commands unsandboxed: bwrap: "), proc.stderr
     assert "listening" not in proc.stderr
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_retired_sandbox_goes_when_its_last_command_leaves(sandboxed):
+    box = sandboxed()
+    sandbox = box.containment.sandbox
+    first = box.work_root
+    command = await box.launcher.launch(CommandSpec(
+        ["sh", "-c", "sleep 0.5; echo kept > out && cat out"], 30.0))
+    box.containment.retire()  # a caller replaced on a reload while its command runs
+    assert os.path.isdir(first)
+    assert (await command.result).stdout == "kept\n"
+    assert wait_until(lambda: not os.path.exists(first)) and not sandbox.held
+    # A request that took the old caller before the reload still runs, in a root of its own
+    # that goes when it leaves.
+    result = await box.run("sh", "-c", "pwd")
+    assert result.status == 0 and not result.stdout.startswith(first)
+    assert wait_until(lambda: not sandbox.held)
+    assert not os.path.exists(os.path.dirname(result.stdout.strip()))

@@ -7,6 +7,11 @@ Ports 18280 and 19085-19088.
 import http.client
 import json
 import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
 import time
 
 import pytest
@@ -17,10 +22,17 @@ pytestmark = needs_stack()
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("stack-jobs"))
-    with running_stack(run_dir, 18280, 19085) as stack:  # state: run_dir/state, shared
-        yield stack
+def stack():
+    # Under a directory anyone may enter (not pytest's, which only root may), made by the
+    # stack itself: only its own modes keep other users out.
+    base = tempfile.mkdtemp(prefix="taskrunner-stack-")
+    try:
+        os.chmod(base, 0o755)
+        run_dir = os.path.join(base, "run")
+        with running_stack(run_dir, 18280, 19085) as stack:  # state: run_dir/state, shared
+            yield stack
+    finally:
+        shutil.rmtree(base)
 
 
 def create(stack, args):
@@ -134,3 +146,31 @@ def test_finished_jobs_survive_a_rolling_restart(stack):
     assert status == 200, body
     kept = json.loads(body)
     assert kept["state"] == "exited" and kept["stdout"] == "kept\n"
+
+
+def test_the_run_directory_is_the_stacks_alone(stack):
+    create(stack, ["echo", "a caller's output"])
+    root = os.geteuid() == 0
+    modes = {}
+    for directory, dirs, files in os.walk(stack.run_dir):
+        dirs[:] = [d for d in dirs if d != "nginx"]  # nobody's own: nginx's workers write there
+        for name in [*dirs, *files]:
+            path = os.path.join(directory, name)
+            modes[os.path.relpath(path, stack.run_dir)] = stat.S_IMODE(os.lstat(path).st_mode)
+    assert {"state/jobs.sqlite3", "log/taskrunner_19085.log", "supervisord.override.conf",
+            "supervisor.sock", "nginx.conf"} <= set(modes), modes
+    assert not {path: mode for path, mode in modes.items() if mode & 0o077}
+    assert stat.S_IMODE(os.stat(stack.run_dir).st_mode) == (0o711 if root else 0o700)
+    if not root:
+        return
+    nobody = pwd.getpwnam("nobody")  # the user commands run as with --user nobody
+    files = ["state/jobs.sqlite3", "log/taskrunner_19085.log", "supervisord.override.conf",
+             "nginx.conf"]
+    tried = subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+         "sh", "-c", f"ls {stack.run_dir} && echo listed; "
+         + "; ".join(f"cat {stack.run_dir}/{name} > /dev/null && echo read {name}"
+                     for name in files)],
+        cwd="/", capture_output=True, text=True, timeout=30)
+    assert tried.stdout == "", tried.stdout
+    assert tried.stderr.count("Permission denied") == 1 + len(files), tried.stderr

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -441,3 +442,46 @@ async def test_a_callers_file_cut_at_any_line_is_refused_on_sighup_and_the_old_c
     assert refused >= 25 and wholes == 6  # three callers end, each cut before a blank line too
     code, body = await call(child, "bob", "POST", "/run", {"args": ["sh", "-c", "ulimit -n"]})
     assert (code, body["stdout"]) == (200, "37\n")  # bob's limits too
+
+def _held_roots(pid):
+    """The sandbox work roots the instance ``pid`` holds (a locked fd on each), and its fd
+    count."""
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue  # closed meanwhile
+    return {link for link in links if link.startswith("/var/tmp/taskrunner-sandbox-")}, len(links)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None and not os.environ.get("CI"),
+                    reason="bubblewrap (bwrap) is not installed: scripts/install")
+@pytest.mark.gen_test(timeout=90)
+async def test_reloads_close_the_old_callers_sandboxes_and_a_stop_closes_all(
+        spawn_instance, callers_file):
+    child = spawn_instance("--sandbox", "--callers", str(callers_file), "--max-running", "8")
+    pid = child.proc.pid
+    code, _ = await call(child, "alice", "POST", "/run", {"args": ["echo"]})
+    assert code == 200  # what a first request opens for good is not counted
+    first, fds = _held_roots(pid)
+    assert len(first) == 5  # the instance's own and one per caller
+    seen = set(first)
+    # A command running across reloads keeps its work directory: it writes there after them.
+    running = asyncio.ensure_future(child.request("POST", "/run", {"args": [
+        "sh", "-c", "sleep 1.5; echo done > out && cat out"]}, headers=auth("alice")))
+    await asyncio.sleep(0.5)
+    for n in range(1, 21):
+        child.signal(signal.SIGHUP)
+        assert wait_until(lambda n=n: child.output().count("callers reloaded") == n)
+        seen |= _held_roots(pid)[0]
+    response = await running
+    assert json.loads(response.body)["stdout"] == "done\n", response.body
+    assert len(seen) == 5 + 4 * 20
+    assert wait_until(lambda: len(_held_roots(pid)[0]) == 5 and _held_roots(pid)[1] == fds,
+                      10), (_held_roots(pid), fds)
+    now = _held_roots(pid)[0]
+    assert not [root for root in seen - now if os.path.exists(root)]
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 0
+    assert not [root for root in seen if os.path.exists(root)]

@@ -10,6 +10,14 @@ connection, so the event loop never waits for the file.
 `open` turns a database that cannot be used into a one-line `StoreError`; a file that is not
 a database, or is corrupt, is moved aside (``jobs.sqlite3.corrupt-<time>``) with a warning
 and a new one is started.
+
+The file holds every caller's commands and outputs, and commands run on the same host
+(``--user nobody`` included): a state directory taskrunner makes is 0700 and the database
+is made 0600 before SQLite opens it (SQLite gives ``-wal`` and ``-shm`` the database's
+mode). An existing directory that another user owns, or that group or others may read or
+write, is refused rather than changed: it may be shared (``/var/tmp``). The one exception
+is what an earlier version made (0755, ``jobs.sqlite3`` in it, writable by this user only):
+it is made 0700, with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -65,7 +74,7 @@ class SQLiteIndex:
     def open(self, instance: str) -> Opened:
         """Open (or create) the database; return what it holds of ``instance``."""
         try:
-            os.makedirs(self.state_dir, exist_ok=True)
+            _private_directory(self.state_dir)
         except OSError as exc:
             raise StoreError(f"--state-dir {self.state_dir}: {exc.strerror or exc}") from None
         if not os.access(self.state_dir, os.W_OK):  # SQLite would only say "unable to open"
@@ -104,6 +113,9 @@ class SQLiteIndex:
     def _connect(self, instance: str) -> Opened:
         # Open, bring the schema up to date, and read this instance's rows and heartbeat:
         # any damage to them shows here, at startup, where the file can still be moved aside.
+        # Made 0600 first (a no-op if it exists): SQLite would make it 0644.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600))
         db = _connection(self.path)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -234,6 +246,37 @@ def _connection(path: str) -> sqlite3.Connection:
     db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def _private_directory(path: str) -> None:
+    """Make ``path`` 0700 (its missing parents as usual); `StoreError` if it exists and is
+    not this user's alone."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"--state-dir {path}: Not a directory")
+    if info.st_uid != os.geteuid():
+        raise StoreError(f"--state-dir {path} belongs to uid {info.st_uid}, not to this "
+                         f"service (uid {os.geteuid()}): the job index holds every caller's "
+                         "commands and outputs; give it a directory of its own (a missing "
+                         "one is made 0700)")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o066 and not mode & 0o7022 and os.path.isfile(os.path.join(path, "jobs.sqlite3")):
+        os.chmod(path, 0o700)  # an earlier version's own; nobody else may write there
+        log.warning("--state-dir %s: readable by others (mode %04o), as earlier versions made "
+                    "it; made 0700", path, mode)
+        return
+    if mode & 0o066:
+        raise StoreError(f"--state-dir {path} is readable or writable by others (mode "
+                         f"{mode:04o}): the job index holds every "
+                         "caller's commands and outputs; give it a directory of its own (a "
+                         f"missing one is made 0700), or chmod 700 {path}")
 
 
 def _primary(exc: sqlite3.Error) -> int:
