@@ -173,7 +173,7 @@ CREATE INDEX jobs_by_instance ON jobs (instance, created, id)
 """
 DIALECTS = {
     "--state-dir": {"real": "REAL", "blob": "BLOB", "without_rowid": " WITHOUT ROWID"},
-    "--state-url": {"real": "DOUBLE PRECISION", "blob": "BYTEA", "without_rowid": ""},
+    "--state-url-file": {"real": "DOUBLE PRECISION", "blob": "BYTEA", "without_rowid": ""},
 }
 OLD_JOB = "old.AAAAAAAAAAAAAAAAAAAAAA"
 
@@ -183,14 +183,16 @@ def connect(shared_index):
     """A connection to the index of ``shared_index`` and its placeholder, committed at exit."""
     kind, where = shared_index
     if kind == "--state-dir":
-        os.makedirs(where, exist_ok=True)
+        os.makedirs(where, mode=0o700, exist_ok=True)  # as the instance makes it
         path = os.path.join(where, "jobs.sqlite3")
         with contextlib.closing(sqlite3.connect(path)) as db, db:
             yield db, "?"
     else:
         import psycopg
 
-        with psycopg.connect(where, autocommit=False) as db, db.transaction():
+        with open(where) as f:  # the --state-url-file
+            url = f.read().strip()
+        with psycopg.connect(url, autocommit=False) as db, db.transaction():
             yield db, "%s"
 
 
