@@ -115,7 +115,8 @@ def front(tmp_path_factory, inventory_file):
 def test_the_conf_d_part_serves_run_and_routes_jobs_to_their_owner(front):
     status, _, body = call("127.0.0.1", FRONT, "POST", "/run", {"args": ["echo", "hi"]}, AUTH)
     assert (status, body["stdout"]) == (200, "hi\n")
-    seen = {call("127.0.0.1", FRONT, "GET", "/healthz")[2]["instance"] for _ in range(6)}
+    seen = {call("127.0.0.1", FRONT, "GET", "/healthz", None, AUTH)[2]["instance"]
+            for _ in range(6)}
     assert seen == {"h1-18950", "h2-18951"}
     owners = set()
     for _ in range(6):
