@@ -160,6 +160,11 @@ def test_no_instance_answering_is_a_json_502(stack):
 
 
 def test_healthz_through_nginx_tells_strangers_the_status_only(stack):
+    # The instances may be coming back from the test before: wait for all four, and for
+    # nginx to send requests to them again (it leaves a failed one alone for 2 s).
+    assert wait_until(lambda: all(stack.health(port) for port in stack.ports), 15)
+    assert wait_until(lambda: all(stack.call("GET", "/healthz")[0] == 200
+                                  for _ in range(8)), 15)
     status, _, body = stack.call("GET", "/healthz")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     status, _, body = stack.call("GET", "/healthz", headers=AUTH)
