@@ -10,11 +10,11 @@ no callbacks.
 then) is POSTed with ``X-Taskrunner-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
 "<t>.<body>">`` (Stripe's scheme): the time is signed with the body, so a receiver that
 refuses an old ``t`` cannot be sent a captured callback again later. Every try sends the
-same bytes, signed anew at its own time. A connection error, a timeout (`TRY_TIMEOUT` a try) or an
-answer other than 2xx is retried after each of `BACKOFF` seconds; redirects are not
-followed (they could lead off the list). Each delivery is a task of its own, so a slow or
-hanging receiver holds up nothing but its own delivery, and nothing waits for it: the job
-has ended before its callback starts. The outcome is the job's `CallbackOutcome`, saved
+same bytes, signed anew at its own time. A connection error, a timeout (`TRY_TIMEOUT` a
+try) or an answer other than 2xx is retried after each of `BACKOFF` seconds; redirects are
+not followed (they could lead off the list). Each delivery is a task of its own, so a slow
+or hanging receiver holds up nothing but its own delivery, and nothing waits for it: the
+job has ended before its callback starts. The outcome is the job's `CallbackOutcome`, saved
 after every try.
 """
 
