@@ -194,10 +194,11 @@ def status(layout: parts.Layout, as_json: bool) -> int:
         "token_file": inventory.token_file,
         "hosts": [],
     }
+    token = parts.read_token(inventory.token_file)
     for host in inventory.hosts:
         instances = []
         for instance in host.members:
-            seen = parts.health(instance)
+            seen = parts.health(instance, token)  # the token's answer has the pid
             instances.append({"name": instance.name, "address": instance.endpoint,
                               "pid": seen["pid"] if seen else None, "ok": seen is not None})
         report["hosts"].append({

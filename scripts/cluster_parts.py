@@ -65,21 +65,36 @@ class Layout:
         return os.path.join(self.run_dir, "hosts", name)
 
 
-def get(address: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, Any]:
-    """``GET path`` of ``address:port``: status and decoded JSON body."""
+def get(address: str, port: int, path: str, timeout: float = 2.0,
+        token: str = "") -> tuple[int, Any]:
+    """``GET path`` of ``address:port`` (with ``token``, if any): status and decoded JSON
+    body."""
     conn = http.client.HTTPConnection(address, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
         response = conn.getresponse()
         return response.status, json.loads(response.read() or b"null")
     finally:
         conn.close()
 
 
-def health(instance: Instance) -> dict[str, Any] | None:
-    """The instance's ``/healthz``, or None if it does not answer 200."""
+def read_token(path: str) -> str:
+    """The token in the file ``path``, surrounding whitespace stripped; "" without one (no
+    file named, or one this user cannot read)."""
+    if not path:
+        return ""
     try:
-        status, body = get(instance.address, instance.port, "/healthz")
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def health(instance: Instance, token: str = "") -> dict[str, Any] | None:
+    """The instance's ``/healthz``, or None if it does not answer 200. Without a valid
+    ``token`` an instance that has one answers its status only (no pid, no version)."""
+    try:
+        status, body = get(instance.address, instance.port, "/healthz", token=token)
     except (OSError, ValueError, http.client.HTTPException):
         return None
     return body if status == 200 and isinstance(body, dict) else None

@@ -30,6 +30,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHOLE_TEMPLATE = os.path.join(REPO, "deploy", "nginx.conf.template")
 HTTP_TEMPLATE = os.path.join(REPO, "deploy", "nginx-http.conf.template")
 STACK_INSTANCES = 4
+# TLS 1.2's suites at nginx: the instances' own (taskrunner.web.tls.TLS12_CIPHERS, the
+# reasons there), written out because this script needs only the standard library; a test
+# checks that the two lists are one.
+TLS12_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                 "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                 "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
 
 
 def _read(path: str) -> str:
@@ -69,6 +75,8 @@ def _tls(front: Front) -> str:
         f"ssl_certificate {os.path.abspath(front.tls_cert)};",
         f"ssl_certificate_key {os.path.abspath(front.tls_key)};",
         "ssl_protocols TLSv1.2 TLSv1.3;",
+        # TLS 1.2: ECDHE with AEAD only, no CBC; TLS 1.3 as OpenSSL has it.
+        f"ssl_ciphers {TLS12_CIPHERS};",
         "ssl_prefer_server_ciphers off;",
         "ssl_session_cache shared:taskrunner_tls:10m;",
         "ssl_session_timeout 1h;",

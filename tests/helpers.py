@@ -11,6 +11,8 @@ import asyncio
 import http.client
 import json
 import os
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +35,25 @@ def post_run_blocking(port: int, body: Any, timeout: float = 30.0) -> tuple[int,
         return response.status, json.loads(body)
     finally:
         conn.close()
+
+
+TLS12_CBC = "ECDHE+AES:!AESGCM:!AESCCM"
+"""Every ECDHE suite with AES in CBC mode (SHA-1 and SHA-2 MACs), as OpenSSL names them."""
+TLS12_AEAD = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""Every ECDHE suite with AES-GCM or ChaCha20-Poly1305."""
+
+
+def tls12_cipher(port: int, cafile: str, ciphers: str) -> str:
+    """The suite a TLS 1.2 client offering only ``ciphers`` (OpenSSL's syntax; old ones
+    allowed) agrees with ``127.0.0.1:port`` for ``localhost``; `ssl.SSLError` if the server
+    takes none of them."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+    with (socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+          context.wrap_socket(raw, server_hostname="localhost") as tls):
+        assert tls.version() == "TLSv1.2"
+        return str(tls.cipher()[0])
 
 
 def pid_alive(pid: int) -> bool:

@@ -102,9 +102,13 @@ class Stack:
         return self.log(f"taskrunner_{port}.log")
 
     def health(self, port: int) -> dict[str, Any] | None:
-        """The instance's /healthz, asked directly, or None if it does not answer."""
+        """The instance's /healthz, asked directly (with the stack's token, if it has one:
+        else only the status), or None if it does not answer."""
+        token = self.env.get("TASKRUNNER_TOKEN", "")
         try:
-            status, _, body = request("127.0.0.1", port, "GET", "/healthz", timeout=2)
+            status, _, body = request("127.0.0.1", port, "GET", "/healthz", timeout=2,
+                                      headers={"Authorization": f"Bearer {token}"}
+                                      if token else None)
         except OSError:
             return None
         return json.loads(body) if status == 200 else None

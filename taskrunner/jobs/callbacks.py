@@ -7,12 +7,14 @@ caller cannot point the instance at an address the operator did not write down. 
 no callbacks.
 
 `CallbackSender` delivers: when a job ends, its job object (as ``GET /jobs/<id>`` shows it
-then) is POSTed with ``X-Taskrunner-Signature: sha256=<hex HMAC-SHA256 of the body>``.
-Every try sends the same bytes. A connection error, a timeout (`TRY_TIMEOUT` a try) or an
-answer other than 2xx is retried after each of `BACKOFF` seconds; redirects are not
-followed (they could lead off the list). Each delivery is a task of its own, so a slow or
-hanging receiver holds up nothing but its own delivery, and nothing waits for it: the job
-has ended before its callback starts. The outcome is the job's `CallbackOutcome`, saved
+then) is POSTed with ``X-Taskrunner-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
+"<t>.<body>">`` (Stripe's scheme): the time is signed with the body, so a receiver that
+refuses an old ``t`` cannot be sent a captured callback again later. Every try sends the
+same bytes, signed anew at its own time. A connection error, a timeout (`TRY_TIMEOUT` a
+try) or an answer other than 2xx is retried after each of `BACKOFF` seconds; redirects are
+not followed (they could lead off the list). Each delivery is a task of its own, so a slow
+or hanging receiver holds up nothing but its own delivery, and nothing waits for it: the
+job has ended before its callback starts. The outcome is the job's `CallbackOutcome`, saved
 after every try.
 """
 
@@ -22,6 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -104,9 +107,11 @@ def load_secret(path: str) -> bytes:
     return secret
 
 
-def signature(secret: bytes, body: bytes) -> str:
-    """The ``X-Taskrunner-Signature`` value of ``body``: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def signature(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The ``X-Taskrunner-Signature`` value of ``body`` sent at ``timestamp`` (Unix
+    seconds): ``t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>">``."""
+    digest = hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
 
 
 class CallbackSender:
@@ -228,7 +233,7 @@ class CallbackSender:
             connect_timeout=self.try_timeout, request_timeout=self.try_timeout,
             streaming_callback=_discard, user_agent=f"taskrunner/{__version__}",
             headers={"Content-Type": "application/json",
-                     "X-Taskrunner-Signature": signature(self.secret, data),
+                     "X-Taskrunner-Signature": signature(self.secret, data, int(time.time())),
                      "X-Taskrunner-Job": job_id, "X-Taskrunner-Attempt": str(attempt)})
         try:
             response = await self._client.fetch(request, raise_error=False)

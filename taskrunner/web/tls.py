@@ -1,12 +1,12 @@
 """TLS on the instance (``--certfile``, ``--keyfile``) and protected mode's TLS half.
 
 `server_context` builds the one `ssl.SSLContext` the instance serves with, once, at startup:
-TLS 1.2 or later, the standard library's server defaults for ciphers (forward secrecy,
-AEAD, no SHA-1, no compression), renegotiation off, ALPN ``http/1.1`` (Tornado speaks
-nothing else). Every way the files can be unusable — missing, unreadable, not PEM, a key
-with a passphrase, a key that does not belong to the certificate — is a `StartupError`
-naming the file and the reason, never a traceback and never a passphrase prompt on a
-terminal nobody watches.
+TLS 1.2 or later; on TLS 1.2 only `TLS12_CIPHERS` (the standard library's server defaults
+still offer CBC suites there), TLS 1.3's suites as OpenSSL has them (all AEAD);
+renegotiation off, ALPN ``http/1.1`` (Tornado speaks nothing else). Every way the files
+can be unusable — missing, unreadable, not PEM, a key with a passphrase, a key that does
+not belong to the certificate — is a `StartupError` naming the file and the reason, never
+a traceback and never a passphrase prompt on a terminal nobody watches.
 
 `check_protected` is protected mode's second rule: an instance reachable from other
 machines serves HTTPS unless ``--insecure-http`` says a TLS proxy does it (the first rule,
@@ -25,6 +25,16 @@ from taskrunner.web.auth import is_loopback
 log = logging.getLogger("taskrunner.tls")
 
 ALPN = ["http/1.1"]
+
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+"""The TLS 1.2 cipher suites an HTTPS instance, and the stack's and the cluster's nginx,
+offer: Mozilla's "intermediate" list without DHE (forward secrecy from ECDHE, AEAD only).
+No CBC suite: their MAC-then-encrypt construction is what padding-oracle attacks (Lucky
+Thirteen) feed on. It does not touch TLS 1.3, whose suites OpenSSL sets apart."""
 
 # What OpenSSL's reason codes mean for someone holding the two files.
 _REASONS = {
@@ -68,6 +78,7 @@ def server_context(certfile: str, keyfile: str = "") -> ssl.SSLContext:
     files = f"--certfile {certfile!r}" + (f" and --keyfile {keyfile!r}" if keyfile else "")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(ALPN)
     try:

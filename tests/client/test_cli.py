@@ -16,6 +16,7 @@ import pytest
 from cliutil import TRUN, trun, trun_env
 from helpers import PY, wait_for, wait_until
 
+from taskrunner import __version__
 from taskrunner.client import Client
 
 # o0 on stdout, e1 on stderr, o2 on stdout, 0.3 s apart: the command's pace.
@@ -154,6 +155,16 @@ def test_a_bad_token_is_one_line_and_125(spawn_instance):
     one_line_error(trun(child.url, "run", "--", "true"), "401 unauthorized", "TASKRUNNER_TOKEN")
     one_line_error(trun(child.url, "ps", token="wrong"), "401 unauthorized")
     assert trun(child.url, "run", "--", "true", token="right-token-0123456789").returncode == 0
+
+
+def test_health_sends_the_token_and_without_it_gets_the_status_only(spawn_instance):
+    child = spawn_instance(env={"TASKRUNNER_TOKEN": "right-token-0123456789"})
+    whole = trun(child.url, "health", token="right-token-0123456789")
+    assert whole.returncode == 0
+    assert whole.stdout.decode().split() == [
+        "status", "ok", "instance", str(child.port), "running", "0", "version", __version__]
+    assert (trun(child.url, "health").stdout, trun(child.url, "health", token="wrong").stdout) \
+        == (b"status ok\n", b"status ok\n")
 
 
 def test_busy_is_one_line_and_retry_honours_retry_after(spawn_instance, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,8 +86,9 @@ def front(tmp_path_factory, inventory_file):
         f.write(printed.stdout)
     conf = f"{directory}/nginx.conf"
     with open(conf, "w") as f:
+        # The main context as the printed part's comment asks for it.
         f.write(f"pid {directory}/nginx.pid;\nerror_log {directory}/error.log;\n"
-                "events {}\n"
+                "worker_rlimit_nofile 10240;\nevents { worker_connections 4096; }\n"
                 f"http {{\n    client_body_temp_path {directory}/temp;\n"
                 f"    proxy_temp_path {directory}/temp;\n"
                 f"    include {directory}/conf.d/*.conf;\n}}\n")
@@ -118,7 +120,8 @@ def front(tmp_path_factory, inventory_file):
 def test_the_conf_d_part_serves_run_and_routes_jobs_to_their_owner(front):
     status, _, body = call("127.0.0.1", FRONT, "POST", "/run", {"args": ["echo", "hi"]}, AUTH)
     assert (status, body["stdout"]) == (200, "hi\n")
-    seen = {call("127.0.0.1", FRONT, "GET", "/healthz")[2]["instance"] for _ in range(6)}
+    seen = {call("127.0.0.1", FRONT, "GET", "/healthz", None, AUTH)[2]["instance"]
+            for _ in range(6)}
     assert seen == {"h1-18950", "h2-18951"}
     owners = set()
     for _ in range(6):
@@ -185,8 +188,21 @@ def test_every_route_of_a_job_has_its_owner_first_and_the_others_as_backups(inve
     assert "non_idempotent" not in text.replace("Never non_idempotent", "")
     assert "proxy_next_upstream error timeout;" in text
     # Nothing of the whole nginx.conf: a distribution's nginx has its own.
-    for directive in ("events", "pid ", "worker_processes", "user ", "temp_path"):
+    for directive in ("events", "pid ", "worker_processes", "user ", "temp_path",
+                      "worker_rlimit_nofile"):
         assert f"\n{directive}" not in text
+    # ... but its comment says what that main context needs for the workers' descriptors.
+    comment = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    assert "worker_rlimit_nofile at least 2 x worker_connections plus headroom" in comment
+
+
+def descriptors(conf):
+    """``(worker_connections, worker_rlimit_nofile)`` of a whole nginx.conf (0: not set)."""
+    def value(directive):
+        found = re.findall(rf"^\s*{directive}\s+(\d+);", conf, re.M)
+        assert len(found) <= 1, directive
+        return int(found[0]) if found else 0
+    return value("worker_connections"), value("worker_rlimit_nofile")
 
 
 def test_print_front_whole_is_an_nginx_conf_nginx_accepts(tmp_path, inventory_file):
@@ -201,6 +217,8 @@ def test_print_front_whole_is_an_nginx_conf_nginx_accepts(tmp_path, inventory_fi
                               str(tmp_path / "nginx.conf")],
                              capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stderr
+    connections, files = descriptors(printed.stdout)
+    assert files >= 2 * connections + 1024 and connections == 4096  # two a request, and some
     assert f"pid {tmp_path}/nginx.pid;" in printed.stdout
     assert f"access_log {tmp_path}/log/nginx-access.log taskrunner" in printed.stdout
     done = cluster_cli("print-front", "--inventory", inventory_file, "--whole")
@@ -309,6 +327,8 @@ def test_stack_renders_through_the_same_renderer(tmp_path):
                            "stack", "--port", "18080", "--base-port", "18885", "--run-dir",
                            str(tmp_path)], capture_output=True, text=True, check=True)
     text = done.stdout
+    connections, files = descriptors(text)
+    assert files >= 2 * connections + 1024 and connections == 4096
     assert "upstream taskrunner_18885 {" in text
     assert "server 127.0.0.1:18886 backup max_fails=1 fail_timeout=2s;" in text
     assert "18888 taskrunner_18888;" in text

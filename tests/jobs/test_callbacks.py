@@ -7,6 +7,7 @@ import hmac
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -15,7 +16,7 @@ import time
 
 import pytest
 from conftest import Instance, with_config
-from helpers import get_job, submit, until, wait_done
+from helpers import REPO, get_job, submit, until, wait_done
 from openapi_check import checker
 
 from taskrunner.config import Config
@@ -91,9 +92,25 @@ def config(receiver, secret_file):
                   callback_secret_file=secret_file)
 
 
+def documented_check():
+    """``verify_signature(secret, header, body)`` as docs/api.md gives it to receivers, run
+    as written there."""
+    with open(os.path.join(REPO, "docs", "api.md")) as f:
+        section = f.read().split("#### Checking a callback", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code, "docs/api.md: no Python example under 'Checking a callback'"
+    namespace = {}
+    exec(code.group(1), namespace)  # the documentation's own example, as written
+    return namespace["verify_signature"]
+
+
 def verify(headers, body):
-    expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(headers["X-Taskrunner-Signature"], expected)
+    return documented_check()(SECRET, headers["X-Taskrunner-Signature"], body)
+
+
+def sign(secret, t, body):
+    """A signature as the documentation defines it, made by the test."""
+    return f"t={t},v1=" + hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
 
 
 async def wait_callback(instance, job_id, status="delivered", timeout=20.0):
@@ -119,9 +136,7 @@ async def test_the_final_job_is_posted_once_and_signed(instance, receiver):
     assert final["callback"] == {"status": "delivered", "attempts": 1, "error": None}
     [(headers, body)] = receiver.received("/done?key=abc")
     assert verify(headers, body)
-    assert not hmac.compare_digest(
-        headers["X-Taskrunner-Signature"],
-        "sha256=" + hmac.new(b"another secret", body, hashlib.sha256).hexdigest())
+    assert not documented_check()(b"another secret", headers["X-Taskrunner-Signature"], body)
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Taskrunner-Job"] == job["id"] and headers["X-Taskrunner-Attempt"] == "1"
     sent = json.loads(body)
@@ -133,6 +148,44 @@ async def test_the_final_job_is_posted_once_and_signed(instance, receiver):
     metrics = (await instance.request("GET", "/metrics")).body.decode()
     assert 'taskrunner_callbacks_total{outcome="delivered"} 1.0' in metrics
     assert 'taskrunner_callbacks_total{outcome="failed"} 0.0' in metrics
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_callback_captured_and_replayed_later_fails_the_documented_check(
+        instance, receiver):
+    job = await submit(instance, {"args": ["true"], "callback_url": receiver.url("/t")})
+    await wait_callback(instance, job["id"])
+    [(headers, body)] = receiver.received("/t")
+    check = documented_check()
+    header = headers["X-Taskrunner-Signature"]
+    assert check(SECRET, header, body)
+    sent = int(re.fullmatch(r"t=(\d+),v1=[0-9a-f]{64}", header).group(1))
+    assert abs(time.time() - sent) < 5  # the time it was sent
+    assert header == sign(SECRET, sent, body)
+    # The same body as signed 290 s and 301 s ago, as an eavesdropper would have kept it:
+    assert check(SECRET, sign(SECRET, sent - 290, body), body)
+    assert not check(SECRET, sign(SECRET, sent - 301, body), body)
+    # An old capture with its t moved to now, a changed body, a missing or bad t: refused.
+    old = sign(SECRET, sent - 3600, body)
+    assert not check(SECRET, old.replace(f"t={sent - 3600}", f"t={sent}"), body)
+    assert not check(SECRET, header, body.replace(b'"exited"', b'"failed"'))
+    assert not check(SECRET, header.split(",", 1)[1], body)
+    assert not check(SECRET, header.replace(f"t={sent}", f"t={sent}0"), body)
+    assert not check(SECRET, "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest(),
+                     body)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_try_is_signed_at_its_own_time(instance, receiver):
+    instance.ctx.jobs.callbacks.backoff = (1.1,)  # t counts whole seconds
+    receiver.script["/again"] = [500]
+    job = await submit(instance, {"args": ["true"], "callback_url": receiver.url("/again")})
+    await wait_callback(instance, job["id"])
+    (first, body), (second, again) = receiver.received("/again")
+    assert body == again  # the same bytes, signed anew
+    times = [int(h["X-Taskrunner-Signature"].split(",")[0][2:]) for h in (first, second)]
+    assert times[1] > times[0], times
+    assert verify(first, body) and verify(second, body)
 
 
 @pytest.mark.gen_test(timeout=30)

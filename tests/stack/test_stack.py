@@ -6,6 +6,7 @@ Needs nginx and supervisor (``scripts/install``). Ports 18080 and 18885-18888.
 import json
 import os
 import re
+import resource
 import signal
 import time
 
@@ -204,3 +205,31 @@ def test_down_leaves_no_process_and_no_port(stack: Stack):
     assert not os.path.exists(os.path.join(stack.run_dir, "supervisor.sock"))
     done = stack.script("status")
     assert done.returncode != 0
+
+
+def test_nginx_workers_get_descriptors_for_their_connections_on_a_1024_file_host(tmp_path):
+    # Started with the usual soft limit of 1,024 open files (ports 18680, 19485-19488):
+    # nginx raises its workers' own to worker_rlimit_nofile (2 x 4,096 connections + room).
+    stack = Stack(str(tmp_path), 18680, 19485)
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, before[1]))
+        try:
+            stack.up()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, before)
+        master = stack.pidfile("nginx.pid")
+        workers = children(master)
+        assert workers
+        for pid in [master, *workers]:
+            with open(f"/proc/{pid}/limits") as f:
+                line = next(line for line in f if line.startswith("Max open files"))
+            soft, hard = line.split()[3:5]
+            if pid == master:
+                assert soft == "1024", line  # what the stack was started with
+            else:
+                assert (soft, hard) == ("10240", "10240"), line
+        status, _, _ = stack.call("GET", "/healthz")
+        assert status == 200
+    finally:
+        stack.down()

@@ -8,12 +8,13 @@ import http.client
 import json
 import re
 import socket
+import subprocess
 import threading
 import time
 
 import pytest
 from helpers import wait_until
-from stackutil import REPO, Load, needs_stack, running_stack
+from stackutil import REPO, STACK, Load, needs_stack, running_stack
 
 pytestmark = needs_stack()
 
@@ -156,3 +157,27 @@ def test_no_instance_answering_is_a_json_502(stack):
         assert json.loads(body)["error"] == "bad_gateway"
     finally:
         stack.ctl("start", "taskrunner:*")
+
+
+def test_healthz_through_nginx_tells_strangers_the_status_only(stack):
+    # The instances may be coming back from the test before: wait for all four, and for
+    # nginx to send requests to them again (it leaves a failed one alone for 2 s).
+    assert wait_until(lambda: all(stack.health(port) for port in stack.ports), 15)
+    assert wait_until(lambda: all(stack.call("GET", "/healthz")[0] == 200
+                                  for _ in range(8)), 15)
+    status, _, body = stack.call("GET", "/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    status, _, body = stack.call("GET", "/healthz", headers=AUTH)
+    whole = json.loads(body)
+    assert status == 200 and whole["port"] in stack.ports and whole["pid"] > 0, whole
+    # scripts/stack status sends TASKRUNNER_TOKEN: each instance's whole answer, or,
+    # without the token, its status only.
+    done = stack.script("status")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for port in stack.ports:
+        assert re.search(rf'^instance {port}: {{.*"pid":\s*\d+', done.stdout, re.M), done.stdout
+    done = subprocess.run([STACK, "status"], env={**stack.env, "TASKRUNNER_TOKEN": ""},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for port in stack.ports:
+        assert f'instance {port}: {{"status":"ok"}}' in done.stdout, done.stdout

@@ -14,8 +14,12 @@ import subprocess
 import warnings
 
 import pytest
+import render
 from conftest import Certificate
+from helpers import REPO, TLS12_AEAD, TLS12_CBC, tls12_cipher
 from stackutil import STACK, needs_stack, running_stack
+
+from taskrunner.web.tls import TLS12_CIPHERS
 
 pytestmark = needs_stack()
 
@@ -87,6 +91,24 @@ def test_modern_protocols_only(stack, cert):
     with (socket.create_connection(("127.0.0.1", PORT), timeout=30) as raw,
           pytest.raises(ssl.SSLError)):
         old.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_tls_12_takes_ecdhe_with_aead_only_never_cbc(stack, cert):
+    for aead in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305"):
+        assert tls12_cipher(PORT, cert.cert, f"ECDHE-ECDSA-{aead}") == f"ECDHE-ECDSA-{aead}"
+    # nginx's own default (HIGH:!aNULL:!MD5) would take every one of these.
+    for refused in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA256",
+                    "ECDHE-ECDSA-AES256-SHA384", TLS12_CBC,
+                    "ALL:COMPLEMENTOFALL:!ECDHE+AESGCM:!ECDHE+CHACHA20"):
+        with pytest.raises(ssl.SSLError, match=r"(?i)handshake failure"):
+            tls12_cipher(PORT, cert.cert, refused)
+    assert tls12_cipher(PORT, cert.cert, TLS12_AEAD).startswith("ECDHE-ECDSA-")
+
+
+def test_nginx_and_its_documented_server_block_have_the_instances_ciphers():
+    assert render.TLS12_CIPHERS == TLS12_CIPHERS
+    with open(os.path.join(REPO, "docs", "deploy.md")) as f:
+        assert f"    ssl_ciphers {TLS12_CIPHERS};\n" in f.read()
 
 
 def test_plain_http_with_a_token_is_refused_in_json(stack):

@@ -218,7 +218,8 @@ async def test_sighup_rereads_the_file_without_dropping_a_request(child, callers
     in_flight = asyncio.ensure_future(
         child.request("POST", "/run", {"args": ["sleep", "1"]}, headers=auth("alice")))
     deadline = time.monotonic() + 10
-    while (await child.request("GET", "/healthz")).body.find(b'"running":1') < 0:
+    while (await child.request("GET", "/healthz", headers=auth("bob"))).body.find(
+            b'"running":1') < 0:
         assert time.monotonic() < deadline, "the command did not start"
         await asyncio.sleep(0.02)  # a polling step with a deadline, not a synchronisation
     callers_file.write_text(CALLERS.replace("[callers.alice]", "[callers.dave]").replace(
@@ -338,6 +339,16 @@ def test_callers_alone_are_the_token_a_public_address_needs(spawn_instance, call
     child = spawn_instance("--callers", str(callers_file), "--address", "0.0.0.0",
                            "--insecure-http")
     assert _healthz(child)["status"] == "ok"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_healthz_is_whole_for_any_caller_and_the_status_only_for_strangers(child):
+    for name in ("carol", "root"):  # a caller of any scope
+        code, body = await call(child, name, "GET", "/healthz")
+        assert (code, body["pid"], body["instance"]) == (200, child.proc.pid, str(child.port))
+    for headers in (None, {"Authorization": "Bearer not-a-caller-0123456789"}):
+        response = await child.request("GET", "/healthz", headers=headers)
+        assert (response.code, json.loads(response.body)) == (200, {"status": "ok"})
 
 
 def test_hash_token_prints_the_sha256_of_the_token_on_stdin():

@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 from conftest import Certificate, checked_fetch
-from helpers import PY, REPO, wait_until
+from helpers import PY, REPO, TLS12_AEAD, TLS12_CBC, tls12_cipher, wait_until
 from tornado.httpclient import AsyncHTTPClient
 
 from taskrunner.config import Config
@@ -114,6 +114,27 @@ def test_tls_12_or_later_and_http_11(spawn_instance, certs):
           pytest.raises(ssl.SSLError, match=r"(?i)protocol version|alert")):
         old.wrap_socket(raw, server_hostname="localhost")
     assert https(child.port, "GET", "/healthz", good.cert)[0] == 200
+
+
+@pytest.mark.parametrize("key", ["ec", "rsa:2048"])
+def test_tls_12_takes_ecdhe_with_aead_only_never_cbc(spawn_instance, tmp_path, key):
+    cert = Certificate(str(tmp_path), "server", key=key)
+    child = spawn_instance("--certfile", cert.cert, "--keyfile", cert.key)
+    auth = "ECDSA" if key == "ec" else "RSA"
+    for aead in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305"):
+        assert tls12_cipher(child.port, cert.cert, f"ECDHE-{auth}-{aead}") == \
+            f"ECDHE-{auth}-{aead}"
+    # CBC suites, one by one and all at once, and whatever else OpenSSL knows: refused.
+    for refused in (f"ECDHE-{auth}-AES128-SHA", f"ECDHE-{auth}-AES128-SHA256",
+                    f"ECDHE-{auth}-AES256-SHA384", TLS12_CBC,
+                    "ALL:COMPLEMENTOFALL:!ECDHE+AESGCM:!ECDHE+CHACHA20"):
+        with pytest.raises(ssl.SSLError, match=r"(?i)handshake failure"):
+            tls12_cipher(child.port, cert.cert, refused)
+    assert tls12_cipher(child.port, cert.cert, TLS12_AEAD).startswith(f"ECDHE-{auth}-")
+    with (socket.create_connection(("127.0.0.1", child.port), timeout=30) as raw,
+          cert.client_context().wrap_socket(raw, server_hostname="localhost") as tls):
+        assert tls.version() == "TLSv1.3"  # TLS 1.3 as it is
+    assert https(child.port, "GET", "/healthz", cert.cert)[0] == 200
 
 
 @pytest.mark.parametrize("method,body", [("GET", None), ("POST", b"x" * (20 << 20))])

@@ -32,6 +32,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from taskrunner import __version__
+
 TOKEN = "ui-test-token"
 WAIT = 20.0  # seconds: a deadline for what the page shows, not an expected duration
 ARTIFACTS = os.environ.get("TASKRUNNER_TEST_ARTIFACTS",
@@ -138,6 +140,10 @@ def test_a_job_started_from_the_form_appears_in_the_table(page):
     page.open()
     page.log_in()
     page.until(lambda: page.shown("#start-form"), "the form is not shown after the token")
+    # /healthz names the instance only to a token holder: the page asks with the token.
+    port = page.url.rsplit(":", 1)[1]
+    page.until(lambda: page.find("#instance").text == f"instance {port} · {__version__}",
+               "the header does not name the instance once the token is given")
     page.find("#args").send_keys("sh\n-c\necho from the form")
     page.find("#env").send_keys("GREETING=hi")
     page.find("#start-form button[type=submit]").click()

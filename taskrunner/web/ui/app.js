@@ -536,12 +536,21 @@ function jobView(id) {
 
 // ---- wiring
 
+// The instance's name and version in the header. /healthz says them only to a caller with
+// a valid token (or to anyone on an instance without one): asked again once one is given.
+function showInstance() {
+  fetch("/healthz", {cache: "no-cache", headers: headers()}).then((r) => r.json()).then((h) => {
+    $("instance").textContent = h.instance === undefined ? "" : `instance ${h.instance} · ${h.version}`;
+  }).catch(() => {});
+}
+
 function init() {
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const value = $("token").value.trim();
     if (!value) return;
     sessionStorage.setItem(TOKEN_KEY, value);
+    showInstance();
     $("token").value = "";
     clearError($("login-error"));
     show($("login"), false);
@@ -554,9 +563,7 @@ function init() {
   $("cancel").addEventListener("click", () => view && view.cancel && view.cancel());
   $("follow").addEventListener("click", () => view && view.follow && view.follow());
   window.addEventListener("hashchange", route);
-  fetch("/healthz", {cache: "no-cache"}).then((r) => r.json()).then((h) => {
-    $("instance").textContent = `instance ${h.instance} · ${h.version}`;
-  }).catch(() => {});
+  showInstance();
   route();
 }
 
