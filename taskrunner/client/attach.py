@@ -16,6 +16,7 @@ from typing import BinaryIO
 from taskrunner.client.aio import AsyncJob
 from taskrunner.client.models import JobInfo
 from taskrunner.client.status import StatusLine
+from taskrunner.client.visible import visible
 
 #: Exit status after a Ctrl-C, as a shell gives a command that SIGINT ended.
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -94,7 +95,7 @@ class Attached:
 
     def _say(self, text: str) -> None:
         # "\n" first: the ^C the terminal echoed has no line end.
-        self._err.write(f"\ntrun: {text}\n".encode())
+        self._err.write(f"\ntrun: {visible(text)}\n".encode())
         self._err.flush()
 
     async def _tick(self) -> None:
