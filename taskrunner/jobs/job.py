@@ -90,6 +90,29 @@ class CallbackOutcome:
         return {"status": self.status, "attempts": self.attempts, "error": self.error}
 
 
+SUMMARY_ARG_CHARS = 256
+"""A listing (``GET /jobs``) shows at most this many characters of each arg,"""
+SUMMARY_ARGS_CHARS = 4096
+"""at most this many characters of args in all,"""
+SUMMARY_ARGS = 64
+"""and at most this many args: a job's summary stays a few KiB whatever its args, and
+``args_truncated`` says when they were cut. ``GET /jobs/<id>`` has them whole."""
+
+
+def summary_args(args: list[str]) -> tuple[list[str], bool]:
+    """``args`` cut for a listing (see `SUMMARY_ARGS_CHARS`), and whether anything was cut."""
+    kept: list[str] = []
+    room = SUMMARY_ARGS_CHARS
+    for arg in args[:SUMMARY_ARGS]:
+        if room <= 0:
+            break
+        kept.append(arg[:min(SUMMARY_ARG_CHARS, room)])
+        room -= len(kept[-1])
+    truncated = len(kept) < len(args) or any(
+        len(cut) < len(arg) for cut, arg in zip(kept, args, strict=False))
+    return kept, truncated
+
+
 def new_job_id(instance: str) -> str:
     """``<instance>.<128 random bits, URL-safe>``: unguessable, and routable by its prefix."""
     return f"{instance}.{secrets.token_urlsafe(16)}"
@@ -213,15 +236,18 @@ class Job:
             self._change.set_result(None)
 
     def to_json(self, output: OutputLog | None = None) -> dict[str, Any]:
-        """The job object of the API; without ``output``, the summary (no stdout, stderr)."""
+        """The job object of the API; without ``output``, the summary of a listing: no stdout
+        and stderr, and its args cut (`summary_args`), with ``args_truncated``."""
         body: dict[str, Any] = {
             "id": self.id,
             "instance": self.instance,
             "caller": self.caller,
             "state": str(self.state),
             "args": self.args,
-            "status": self.status,
         }
+        if output is None:
+            body["args"], body["args_truncated"] = summary_args(self.args)
+        body["status"] = self.status
         if output is not None:
             body["stdout"] = output.text("stdout")
             body["stderr"] = output.text("stderr")
