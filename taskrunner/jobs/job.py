@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskrunner.errors import ServiceUnavailable, TaskRunnerError
+from taskrunner.jobs.index import summary_args
 from taskrunner.jobs.schema import Chunk, JobRecord
 from taskrunner.process.admission import Share
 from taskrunner.process.engine import Command, CommandResult, CommandSpec
@@ -88,29 +89,6 @@ class CallbackOutcome:
     def to_json(self) -> dict[str, Any]:
         """``{"status", "attempts", "error"}``, as the job object and the store hold it."""
         return {"status": self.status, "attempts": self.attempts, "error": self.error}
-
-
-SUMMARY_ARG_CHARS = 256
-"""A listing (``GET /jobs``) shows at most this many characters of each arg,"""
-SUMMARY_ARGS_CHARS = 4096
-"""at most this many characters of args in all,"""
-SUMMARY_ARGS = 64
-"""and at most this many args: a job's summary stays a few KiB whatever its args, and
-``args_truncated`` says when they were cut. ``GET /jobs/<id>`` has them whole."""
-
-
-def summary_args(args: list[str]) -> tuple[list[str], bool]:
-    """``args`` cut for a listing (see `SUMMARY_ARGS_CHARS`), and whether anything was cut."""
-    kept: list[str] = []
-    room = SUMMARY_ARGS_CHARS
-    for arg in args[:SUMMARY_ARGS]:
-        if room <= 0:
-            break
-        kept.append(arg[:min(SUMMARY_ARG_CHARS, room)])
-        room -= len(kept[-1])
-    truncated = len(kept) < len(args) or any(
-        len(cut) < len(arg) for cut, arg in zip(kept, args, strict=False))
-    return kept, truncated
 
 
 def new_job_id(instance: str) -> str:

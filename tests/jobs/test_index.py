@@ -204,6 +204,19 @@ async def test_a_listing_carries_a_few_kib_of_each_jobs_args(spawn_instance, sha
         assert all(len(arg) <= 256 and whole["args"][i].startswith(arg)
                    for i, arg in enumerate(listed["args"]))
         assert sum(map(len, listed["args"])) <= 4096
+    # The index itself is read no further than a summary needs (its SELECT cuts the args).
+    from taskrunner.jobs.index import LISTED_ARGS_HEAD, JobQuery
+
+    store = index_store(shared_index, "probe")
+    store.open()
+    try:
+        records = await store.find(JobQuery(instance="s1", limit=5))
+    finally:
+        await store.close_reads()
+        store.close()
+    assert len(records) == 5
+    # Each a head of 0.5 MB of args: its JSON, closed again with '"]'.
+    assert [len(json.dumps(record.args)) for record in records] == [LISTED_ARGS_HEAD + 2] * 5
 
 
 def test_a_second_live_process_cannot_take_an_instances_name(spawn_instance, shared_index):
