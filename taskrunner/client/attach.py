@@ -60,7 +60,9 @@ class Attached:
 
     async def _copy_output(self) -> None:
         async for chunk in self.job.follow():
-            data = chunk.data.encode()
+            # An instance decodes output as UTF-8 with replacement; only another server
+            # sends a lone surrogate, which strict encoding would turn into a traceback.
+            data = chunk.data.encode(errors="replace")
             stream = self._err if chunk.stream == "stderr" else self._out
             self.status.clear()
             try:

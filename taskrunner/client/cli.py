@@ -248,14 +248,14 @@ async def do_logs(client: AsyncClient, args: argparse.Namespace) -> int:
     out, err = stdio()
     job = await client.job(args.id)
     if not args.follow:
-        out.write(job.info.stdout.encode())
+        out.write(job.info.stdout.encode(errors="replace"))  # as attach.py
         out.flush()
-        err.write(job.info.stderr.encode())
+        err.write(job.info.stderr.encode(errors="replace"))
         err.flush()
         return 0
     async for chunk in job.follow():
         stream = err if chunk.stream == "stderr" else out
-        stream.write(chunk.data.encode())
+        stream.write(chunk.data.encode(errors="replace"))
         stream.flush()
     return 0
 

@@ -1,7 +1,8 @@
 """``trun`` against a hostile server: job ids, states, args, ``/healthz`` fields, error
 codes and messages full of escape sequences reach the terminal escaped (``\\x1b``,
 ``\\u202e``), on pipes and on a real terminal (the status line of ``trun run``); only the
-command's own stdout and stderr pass through as they are. The server is a real HTTP server
+command's own stdout and stderr pass through as they are, and nothing the server sends
+makes a traceback. The server is a real HTTP server
 on 127.0.0.1 (http.server) answering trun's requests; the last test does the same with a
 real instance and a job whose args hold escapes."""
 
@@ -93,6 +94,8 @@ class Hostile(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-ndjson")
         self.end_headers()
         self.wfile.write(json.dumps({"stream": "stdout", "data": PASSTHROUGH}).encode() + b"\n")
+        # What no instance sends: a lone surrogate, which no encoding writes as it is.
+        self.wfile.write(json.dumps({"stream": "stderr", "data": "\ud800\n"}).encode() + b"\n")
         time.sleep(1.6)
         self.wfile.write(json.dumps(FAILED).encode() + b"\n")
 
@@ -166,6 +169,8 @@ def test_logs_pass_the_commands_output_through(hostile):
     done = trun(hostile, "logs", "some-job")
     assert (done.returncode, done.stdout, done.stderr) == (
         0, PASSTHROUGH.encode(), PASSTHROUGH.encode())
+    done = trun(hostile, "logs", "-f", "some-job")
+    assert (done.returncode, done.stdout, done.stderr) == (0, PASSTHROUGH.encode(), b"?\n")
 
 
 def test_run_on_a_terminal_escapes_the_status_line_and_the_end(hostile):
@@ -179,7 +184,7 @@ def test_run_on_a_terminal_escapes_the_status_line_and_the_end(hostile):
     assert b"\x1b[2mtrun: job-x\\x1b]0;pwned\\x07" in screen  # the status line, escaped
     assert b"trun: job job-x\\x1b]0;pwned" in screen  # how it ended, escaped
     own = ["\r\x1b[K", "\x1b[2m", "\x1b[0m"]  # trun's status line itself
-    assert_clean(screen, PASSTHROUGH.replace("\n", "\r\n"), *own)
+    assert_clean(screen, PASSTHROUGH.replace("\n", "\r\n"), "?\r\n", *own)
 
 
 def test_ps_of_a_real_instance_escapes_a_jobs_args(spawn_instance):
