@@ -16,6 +16,7 @@ from typing import BinaryIO
 from taskrunner.client.aio import AsyncJob
 from taskrunner.client.models import JobInfo
 from taskrunner.client.status import StatusLine
+from taskrunner.client.visible import visible
 
 #: Exit status after a Ctrl-C, as a shell gives a command that SIGINT ended.
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -59,7 +60,9 @@ class Attached:
 
     async def _copy_output(self) -> None:
         async for chunk in self.job.follow():
-            data = chunk.data.encode()
+            # An instance decodes output as UTF-8 with replacement; only another server
+            # sends a lone surrogate, which strict encoding would turn into a traceback.
+            data = chunk.data.encode(errors="replace")
             stream = self._err if chunk.stream == "stderr" else self._out
             self.status.clear()
             try:
@@ -94,7 +97,7 @@ class Attached:
 
     def _say(self, text: str) -> None:
         # "\n" first: the ^C the terminal echoed has no line end.
-        self._err.write(f"\ntrun: {text}\n".encode())
+        self._err.write(f"\ntrun: {visible(text)}\n".encode())
         self._err.flush()
 
     async def _tick(self) -> None:

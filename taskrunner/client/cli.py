@@ -21,6 +21,7 @@ from taskrunner.client.aio import AsyncClient
 from taskrunner.client.attach import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, Attached, stdio
 from taskrunner.client.models import JobInfo
 from taskrunner.client.views import job_table
+from taskrunner.client.visible import visible
 
 DEFAULT_URL = "http://127.0.0.1:8885"
 #: trun itself failed: no instance there, a bad URL or token, the request refused.
@@ -155,13 +156,16 @@ def _retrying(error: errors.ServiceError, seconds: float) -> None:
 
 
 def _show(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    # Each line made visible: the table's cells already are (their widths need it), and
+    # visible() leaves its own result as it is.
+    sys.stdout.write("\n".join(visible(line) for line in text.split("\n")) + "\n")
     sys.stdout.flush()
 
 
 def _say(text: str) -> None:
-    text = " ".join(text.splitlines())  # one line, whatever a message holds
-    sys.stderr.write(f"trun: {text}\n")
+    # One line, whatever a message holds, and nothing of the service's text that a
+    # terminal would act on.
+    sys.stderr.write(f"trun: {visible(text)}\n")
     sys.stderr.flush()
 
 
@@ -244,14 +248,14 @@ async def do_logs(client: AsyncClient, args: argparse.Namespace) -> int:
     out, err = stdio()
     job = await client.job(args.id)
     if not args.follow:
-        out.write(job.info.stdout.encode())
+        out.write(job.info.stdout.encode(errors="replace"))  # as attach.py
         out.flush()
-        err.write(job.info.stderr.encode())
+        err.write(job.info.stderr.encode(errors="replace"))
         err.flush()
         return 0
     async for chunk in job.follow():
         stream = err if chunk.stream == "stderr" else out
-        stream.write(chunk.data.encode())
+        stream.write(chunk.data.encode(errors="replace"))
         stream.flush()
     return 0
 
@@ -275,6 +279,6 @@ async def do_health(client: AsyncClient, args: argparse.Namespace) -> int:
     if args.json:
         _show(json.dumps(body, indent=2))
     else:
-        _show(" ".join(f"{key} {body[key]}" for key in
+        _show(" ".join(f"{key} {visible(body[key])}" for key in
                        ("status", "instance", "running", "version") if key in body))
     return 0 if body.get("status") == "ok" else EXIT_DEGRADED

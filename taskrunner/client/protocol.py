@@ -73,8 +73,9 @@ def command_body(args: list[str], timeout: float | None, env: Mapping[str, str] 
 
 
 def job_path(job_id: str, tail: str = "") -> str:
-    """``/jobs/<id>`` (quoted, so an id never changes the path) plus ``tail``."""
-    return f"/jobs/{quote(job_id, safe='')}{tail}"
+    """``/jobs/<id>`` (quoted, so an id never changes the path) plus ``tail``. An id that is
+    not text (a lone surrogate, which JSON can carry) is quoted byte for byte, not raised on."""
+    return f"/jobs/{quote(job_id, safe='', errors='surrogatepass')}{tail}"
 
 
 def decode_json(response: Response) -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import BinaryIO
 
+from taskrunner.client.visible import visible
+
 #: Seconds a job runs before the status line appears: short jobs never show it.
 SHOW_AFTER = 1.0
 
@@ -23,7 +25,7 @@ class StatusLine:
         self.enabled = err.isatty()
         self._err = err
         self._out_is_tty = out.isatty()
-        self._job_id = job_id
+        self._job_id = visible(job_id)
         self._started = time.monotonic()
         self._shown = False
         self._line_start = True  # where the terminal's cursor is, as far as we wrote it

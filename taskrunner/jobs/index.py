@@ -11,6 +11,8 @@ jobs, and its heartbeat (the ``instances`` table). Any instance reads them all:
   the callers file that named the caller, so a caller of another file with the same name
   owns nothing of it, while a caller whose token changed keeps its jobs. Instances sharing
   an index serve one realm: one that meets a live sibling of another refuses to start.
+- A listing shows a few KiB of each job's args (`summary_args`), and the SELECT reads no
+  more of them than that needs (`LISTED_ARGS_HEAD`): a job's args may be megabytes.
 - Lost owners: a job stored ``queued`` or ``running`` whose owner's heartbeat is older than
   ``--lost-after`` is *reported* ``lost`` (`present`), finished at that heartbeat; nothing
   is written for it. Its owner, coming back, marks it lost for good at its restart.
@@ -21,6 +23,7 @@ jobs, and its heartbeat (the ``instances`` table). Any instance reads them all:
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +85,77 @@ def parse_cursor(text: str) -> tuple[float, str]:
     return float(created), job_id
 
 
+SUMMARY_ARG_CHARS = 256
+"""A listing (``GET /jobs``) shows at most this many characters of each arg,"""
+SUMMARY_ARGS_CHARS = 4096
+"""at most this many characters of args in all,"""
+SUMMARY_ARGS = 64
+"""and at most this many args: a job's summary stays a few KiB whatever its args, and
+``args_truncated`` says when they were cut. ``GET /jobs/<id>`` has them whole."""
+
+
+LISTED_ARGS_HEAD = 12 * SUMMARY_ARGS_CHARS + 4 * SUMMARY_ARGS + 64
+"""How much of a job's stored args (JSON, ASCII) a listing's SELECT reads, so that a page
+of jobs with megabytes of args each reads kilobytes of each from the index. Args whose JSON
+fits are summarised exactly as from memory. Longer ones may show less (a character takes up
+to 12 characters of JSON, as ``\\ud83d\\ude00``, and a long arg takes its whole length
+before the next), never more, and are always said to be cut: the head holds more than a
+summary keeps (64 args of quotes and ``", "``, 4,096 characters of 12 each, fit in it with
+room to spare)."""
+
+
+def summary_args(args: list[str]) -> tuple[list[str], bool]:
+    """``args`` cut for a listing (see `SUMMARY_ARGS_CHARS`), and whether anything was cut."""
+    kept: list[str] = []
+    room = SUMMARY_ARGS_CHARS
+    for arg in args[:SUMMARY_ARGS]:
+        if room <= 0:
+            break
+        kept.append(arg[:min(SUMMARY_ARG_CHARS, room)])
+        room -= len(kept[-1])
+    truncated = len(kept) < len(args) or any(
+        len(cut) < len(arg) for cut, arg in zip(kept, args, strict=False))
+    return kept, truncated
+
+
+def listed_record(row: tuple[Any, ...]) -> JobRecord:
+    """A record from a row of `listing_sql`: its args as far as the row's head of them
+    holds them (every whole one, and what a cut last one decodes to)."""
+    at = COLUMNS.index("args")
+    record = JobRecord.from_row((*row[:at], "[]", *row[at + 1:]))
+    return dataclasses.replace(record, args=_args_head(row[at]))
+
+
+def _args_head(text: str) -> list[str]:
+    try:
+        args: list[str] = json.loads(text)
+        return args
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    args, at = [], 1  # after "["
+    while at < len(text):
+        if text[at] in ", ":
+            at += 1
+            continue
+        try:
+            arg, at = decoder.raw_decode(text, at)
+            args.append(arg)
+            continue
+        except ValueError:
+            pass
+        tail = text[at:]  # the cut arg: drop what is left of a cut escape
+        for end in range(len(tail), max(len(tail) - 12, 0), -1):
+            try:
+                cut = json.loads(tail[:end] + '"')
+            except ValueError:
+                continue
+            args.append(cut[:-1] if cut and "\ud800" <= cut[-1] <= "\udbff" else cut)
+            break
+        break
+    return args
+
+
 def present(record: JobRecord, lost_owners: Mapping[str, float]) -> JobRecord:
     """The record as the API shows it: an unfinished job of a lost owner is ``lost``,
     finished at the owner's last heartbeat."""
@@ -125,7 +199,9 @@ def listing_sql(query: JobQuery, lost_owners: Mapping[str, float],
     if query.before is not None:
         where.append(f"(created, id) < ({mark}, {mark})")
         params += list(query.before)
-    sql = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+    listed = [f"substr(args, 1, {LISTED_ARGS_HEAD})" if name == "args" else name
+              for name in COLUMNS]
+    sql = f"SELECT {', '.join(listed)} FROM jobs"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY created DESC, id DESC LIMIT {int(query.limit)}"

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskrunner.errors import ServiceUnavailable, TaskRunnerError
+from taskrunner.jobs.index import summary_args
 from taskrunner.jobs.schema import Chunk, JobRecord
 from taskrunner.process.admission import Share
 from taskrunner.process.engine import Command, CommandResult, CommandSpec
@@ -216,15 +217,18 @@ class Job:
             self._change.set_result(None)
 
     def to_json(self, output: OutputLog | None = None) -> dict[str, Any]:
-        """The job object of the API; without ``output``, the summary (no stdout, stderr)."""
+        """The job object of the API; without ``output``, the summary of a listing: no stdout
+        and stderr, and its args cut (`summary_args`), with ``args_truncated``."""
         body: dict[str, Any] = {
             "id": self.id,
             "instance": self.instance,
             "caller": self.caller,
             "state": str(self.state),
             "args": self.args,
-            "status": self.status,
         }
+        if output is None:
+            body["args"], body["args_truncated"] = summary_args(self.args)
+        body["status"] = self.status
         if output is not None:
             body["stdout"] = output.text("stdout")
             body["stderr"] = output.text("stderr")

@@ -106,7 +106,7 @@ async def test_a_sibling_restarting_takes_no_running_job_of_another_for_lost(
     assert (await get_job(a, job["id"]))["state"] == "running"
 
 
-def seed(store_flags, count):
+def seed(store_flags, count, args=("true",)):
     """``count`` finished and running jobs of two instances, written straight to the index
     through its own store (as instances write them); returns their records."""
     from taskrunner.jobs.job import new_job_id
@@ -122,7 +122,7 @@ def seed(store_flags, count):
             state = ("exited", "failed", "running")[n % 3]
             created = 1_700_000_000.0 + n // 2  # pairs share a time: the id breaks the tie
             record = JobRecord(
-                id=new_job_id(owner), instance=owner, state=state, args=["true"],
+                id=new_job_id(owner), instance=owner, state=state, args=list(args),
                 status=0 if state == "exited" else None, timed_out=False,
                 duration=0.5 if state == "exited" else None, stdout_truncated=False,
                 stderr_truncated=False, created=created,
@@ -177,6 +177,47 @@ async def test_pages_and_filters_over_thousands_of_jobs(spawn_instance, shared_i
         response = await reader.request("GET", f"/jobs{bad}")
         assert response.code == 400, bad
         assert json.loads(response.body)["error"] == "invalid_field"
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_listing_carries_a_few_kib_of_each_jobs_args(spawn_instance, shared_index):
+    # 150 jobs of 0.5 MB args once made a listing of 76.5 MB. Both kinds of job: one of the
+    # instance asked (its own, from memory) and others' read from the index.
+    big = [f"{n}" * 100_000 for n in range(5)]  # 0.5 MB, in args the kernel accepts
+    reader = spawn_instance("--instance", "r", *shared_index)
+    seeded = seed(shared_index, 150, ["printf", *big])
+    own = await submit(reader, {"args": ["printf", "%.0s", *big]})
+    small = await submit(reader, {"args": ["echo", "small"]})
+    await wait_done(reader, own["id"])
+    response = await reader.request("GET", "/jobs?limit=1000")
+    assert response.code == 200
+    assert len(response.body) < 152 * 6 * 1024, len(response.body)  # was 76 MB
+    jobs = {job["id"]: job for job in json.loads(response.body)["jobs"]}
+    assert len(jobs) == 152
+    assert (jobs[small["id"]]["args"], jobs[small["id"]]["args_truncated"]) == (
+        ["echo", "small"], False)
+    for job_id in (own["id"], seeded[0].id, seeded[-1].id):
+        listed = jobs[job_id]
+        whole = await get_job(reader, job_id)  # one job: its args whole
+        assert whole["args"][-len(big):] == big and "args_truncated" not in whole
+        assert listed["args_truncated"] is True
+        assert listed["args"][0] == "printf" and max(map(len, listed["args"])) == 256
+        assert all(len(arg) <= 256 and whole["args"][i].startswith(arg)
+                   for i, arg in enumerate(listed["args"]))
+        assert sum(map(len, listed["args"])) <= 4096
+    # The index itself is read no further than a summary needs (its SELECT cuts the args).
+    from taskrunner.jobs.index import LISTED_ARGS_HEAD, JobQuery
+
+    store = index_store(shared_index, "probe")
+    store.open()
+    try:
+        records = await store.find(JobQuery(instance="s1", limit=5))
+    finally:
+        await store.close_reads()
+        store.close()
+    assert len(records) == 5
+    # Each a head of 0.5 MB of args: its JSON, closed again with '"]'.
+    assert [len(json.dumps(record.args)) for record in records] == [LISTED_ARGS_HEAD + 2] * 5
 
 
 def test_a_second_live_process_cannot_take_an_instances_name(spawn_instance, shared_index):

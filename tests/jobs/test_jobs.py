@@ -141,6 +141,20 @@ async def test_list_is_newest_first_without_output(instance):
 
 
 @pytest.mark.gen_test
+async def test_a_listing_cuts_args_to_a_few_kib_and_the_job_has_them_whole(instance):
+    many = ["x" * 300, *(f"{n}" * 100 for n in range(100))]  # too long, then too many
+    job = await submit(instance, {"args": ["printf", "%.0s", *many]})
+    await wait_done(instance, job["id"])
+    response = await instance.request("GET", "/jobs")
+    (listed,) = json.loads(response.body)["jobs"]
+    assert len(response.body) < 6 * 1024
+    assert listed["args_truncated"] is True
+    assert listed["args"][:3] == ["printf", "%.0s", "x" * 256]
+    assert len(listed["args"]) <= 64 and sum(map(len, listed["args"])) <= 4096
+    assert (await get_job(instance, job["id"]))["args"] == ["printf", "%.0s", *many]
+
+
+@pytest.mark.gen_test
 async def test_stdin_env_cwd_reach_a_job(instance, tmp_path):
     job = await submit(instance, {"args": ["sh", "-c", "cat; echo $FOO; pwd"], "stdin": "in\n",
                                   "env": {"FOO": "bar"}, "cwd": str(tmp_path)})

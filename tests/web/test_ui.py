@@ -176,6 +176,36 @@ def test_the_table_lists_each_job_once_after_a_job_page(page):
     assert newest_first == ids[::-1]
 
 
+def test_the_table_polls_a_page_of_cut_summaries_and_the_job_shows_its_args_whole(page):
+    # 60 jobs, then one of 20 KB of args: the table asks for the newest 50, each command
+    # a few KiB at most; "Show more" asks for the rest; the job's own view has it whole.
+    for _ in range(60):
+        page.api("POST", "/jobs", {"args": ["printf", ""]})
+    big = ["printf", "%.0s", *("abcdefgh" * 256 for _ in range(10))]
+    job = page.api("POST", "/jobs", {"args": big})
+    page.open()
+    page.log_in()
+    rows = "#job-rows tr"
+    page.until(lambda: len(page.driver.find_elements(By.CSS_SELECTOR, rows)) == 50,
+               "the table does not show the newest 50")
+    command = page.find(f'#job-rows tr[data-id="{job["id"]}"] td.cmd').text
+    assert command.startswith("printf %.0s abcdefgh") and command.endswith(" …")
+    assert len(command) < 4200, len(command)
+    asked = page.driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter((e) => e.name.includes('/jobs?')).map((e) => [e.name, e.encodedBodySize])")
+    assert asked and all(name.endswith("/jobs?limit=50") for name, _ in asked), asked
+    assert max(size for _, size in asked) < 50 * 6 * 1024, asked
+    page.find("#jobs-more").click()
+    page.until(lambda: len(page.driver.find_elements(By.CSS_SELECTOR, rows)) == 61,
+               "Show more did not show every job")
+    page.until(lambda: not page.shown("#jobs-more"), "Show more stays with nothing more")
+    page.find(f'#job-rows tr[data-id="{job["id"]}"] a').click()
+    page.until(lambda: page.find("#job-id").text == job["id"], "the link did not open the job")
+    whole = page.until(lambda: page.find("#job-args").text, "the job's args are not shown")
+    assert whole == "printf %.0s " + " ".join(big[2:]) and "…" not in whole
+
+
 def test_the_form_is_used_with_the_keyboard_alone(page):
     page.open()
     page.log_in()

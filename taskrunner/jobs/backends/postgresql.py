@@ -24,7 +24,7 @@ import psycopg
 import psycopg_pool
 
 from taskrunner.errors import IndexUnreachable, StoreError
-from taskrunner.jobs.index import JobQuery, Opened, Pending, Sibling, listing_sql
+from taskrunner.jobs.index import JobQuery, Opened, Pending, Sibling, listed_record, listing_sql
 from taskrunner.jobs.schema import COLUMNS, STREAMS, JobRecord, ensure_postgresql_schema
 
 _SCHEMA_LOCK = 0x7461736B  # pg_advisory_xact_lock key: "task"
@@ -167,7 +167,7 @@ class PostgresIndex:
     async def find(self, query: JobQuery, lost_owners: Mapping[str, float]) -> list[JobRecord]:
         """One listing page."""
         sql, params = listing_sql(query, lost_owners, "%s")
-        return [JobRecord.from_row(row) for row in await self._fetch(sql, params)]
+        return [listed_record(row) for row in await self._fetch(sql, params)]
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job's row."""

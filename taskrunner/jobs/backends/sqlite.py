@@ -34,7 +34,14 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from taskrunner.errors import StoreError
-from taskrunner.jobs.index import JobQuery, Opened, Pending, Sibling, listing_sql
+from taskrunner.jobs.index import (
+    JobQuery,
+    Opened,
+    Pending,
+    Sibling,
+    listed_record,
+    listing_sql,
+)
 from taskrunner.jobs.schema import (
     COLUMNS,
     INSERT,
@@ -200,7 +207,7 @@ class SQLiteIndex:
         """One listing page."""
         sql, params = listing_sql(query, lost_owners, "?")
         rows = await self._read(lambda db: db.execute(sql, params).fetchall())
-        return [JobRecord.from_row(row) for row in rows]
+        return [listed_record(row) for row in rows]
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job's row."""

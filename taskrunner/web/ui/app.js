@@ -12,7 +12,11 @@ const POLL_MS = 1500;  // GET /jobs while the list is shown (the API has no list
 // list, and forgets an instance not heard from for this long (one that stopped, or whose
 // jobs all expired).
 const INSTANCE_MS = 20000;
-const LIST_LIMIT = 1000;  // the newest jobs shown: the largest page GET /jobs gives
+// The newest PAGE jobs are asked for on each poll, PAGE more with each "Show more", up to
+// LIST_LIMIT (the largest page GET /jobs gives): a poll weighs a page of summaries, not
+// every job the index holds.
+const PAGE = 50;
+const LIST_LIMIT = 1000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -90,9 +94,12 @@ function clearError(el) {
 }
 
 // The command as a shell would take it back (for reading only: no shell ever runs it).
+// A listing's args may be cut (args_truncated): marked with an ellipsis; the job's own view
+// (GET /jobs/<id>) has them whole.
 function program(job) {
-  return job.args.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`))
+  const text = job.args.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`))
     .join(" ");
+  return job.args_truncated ? `${text} …` : text;
 }
 
 function caller(job) {
@@ -257,6 +264,7 @@ function listView() {
   }
 
   let lastText = null;
+  let limit = PAGE;  // rows asked for: PAGE more with each "Show more"
   let live = false;  // a job is queued or running: its duration ticks
   const instances = new Map();  // instance -> {jobs, at}: its latest list
 
@@ -287,14 +295,16 @@ function listView() {
       return;
     }
     try {
-      const text = await (await api("GET", `/jobs?limit=${LIST_LIMIT}`)).text();
+      const text = await (await api("GET", `/jobs?limit=${limit}`)).text();
       if (stopped) return;
       show($("forget"), token() !== null);
       show($("login"), false);
       clearError($("error"));
       if (text !== lastText || live || instances.size > 1) {  // else nothing to redo
         lastText = text;
-        const jobs = merge(JSON.parse(text).jobs);
+        const answer = JSON.parse(text);
+        show($("jobs-more"), answer.next !== null && limit < LIST_LIMIT);
+        const jobs = merge(answer.jobs);
         live = jobs.some((job) => !done(job));
         render(jobs);
       }
@@ -305,14 +315,21 @@ function listView() {
     if (!stopped) timer = setTimeout(poll, POLL_MS);
   }
 
+  function refresh() {
+    if (timer !== null) clearTimeout(timer);
+    poll();
+  }
+
+  $("jobs-more").onclick = () => {
+    limit = Math.min(limit + PAGE, LIST_LIMIT);
+    refresh();
+  };
   poll();
   return {
-    refresh() {
-      if (timer !== null) clearTimeout(timer);
-      poll();
-    },
+    refresh,
     stop() {
       stopped = true;
+      $("jobs-more").onclick = null;
       if (timer !== null) clearTimeout(timer);
     },
   };
