@@ -31,7 +31,11 @@ class FdWatcher:
         self._loop = loop
         self._epoll = select.epoll()  # close-on-exec, like every fd Python opens
         self._callbacks: dict[int, FdCallback] = {}
-        loop.add_handler(self._epoll.fileno(), self._on_ready, IOLoop.READ)
+        # The epoll object, not its fd number: a loop closed with all_fds=True then closes
+        # the object, which knows it is closed. Given the number, the loop would close it
+        # behind the object's back, and the object's own close (or its collection) would
+        # later close that number again: by then, perhaps, a command's pipe.
+        loop.add_handler(self._epoll, self._on_ready, IOLoop.READ)
 
     def __len__(self) -> int:
         return len(self._callbacks)
@@ -50,7 +54,7 @@ class FdWatcher:
         """Stop watching everything and close the epoll fd."""
         if self._epoll.closed:
             return
-        self._loop.remove_handler(self._epoll.fileno())
+        self._loop.remove_handler(self._epoll)
         self._callbacks.clear()
         self._epoll.close()
 
