@@ -23,10 +23,17 @@ import socket
 from typing import TYPE_CHECKING
 
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPHeaders
 from tornado.netutil import bind_sockets
 
 from taskrunner.config import Config
-from taskrunner.errors import IndexUnreachable, SpawnError, StartupError, StoreError
+from taskrunner.errors import (
+    IndexUnreachable,
+    SpawnError,
+    StartupError,
+    StoreError,
+    Unauthorized,
+)
 from taskrunner.jobs.callbacks import (
     SHUTDOWN_GRACE,
     CallbackHosts,
@@ -201,6 +208,7 @@ class Server:
             make_app(self.ctx),
             max_connections=(config.max_connections
                              or default_max_connections(admission.max_running)),
+            trusts=self._trusts,
             # Not xheaders: web.access.apply_proxy_address reads X-Real-IP without a getaddrinfo.
             max_body_size=_UNREACHABLE_BODY_LIMIT,
             # Idle connections, and slow request headers, are bounded by idle_timeout; a
@@ -232,6 +240,16 @@ class Server:
                  instance, loop_module.partition(".")[0])
         if config.callers:
             log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
+
+    def _trusts(self, headers: HTTPHeaders) -> bool:
+        # Which connections are strangers to the cap (taskrunner.web.connections): asked of
+        # the callers the handlers will ask, as they are now.
+        assert self.ctx is not None
+        try:
+            self.ctx.callers.identify(headers.get("Authorization"))
+        except Unauthorized:
+            return False
+        return True
 
     def _load_callers(self, previous: Callers | None) -> Callers:
         return load_callers(self.config.callers, self.config, os.environ, self._base_env,
