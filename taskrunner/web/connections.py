@@ -16,9 +16,11 @@ would want:
   stranger whose request body is still arriving (the instance will not use it: the request
   is refused, or its route takes no body); the stranger idle longest; and, only while
   strangers hold less than half the cap, the trusted connection idle longest. An idle one
-  with bytes already waiting in the kernel is skipped: a request is arriving on it. So
-  strangers cannot take more than half the cap from trusted callers, however slowly they
-  send, and a token holder's new connection always finds room while strangers hold any;
+  with bytes already waiting in the kernel is skipped: a request is arriving on it; so is
+  one idle, or in the doorway, for less than `IDLE_GRACE` (a new caller's request may be
+  an instant behind its connection). So strangers cannot take more than half the cap from
+  trusted callers, however slowly they send, and a token holder's new connection finds
+  room while strangers hold any;
 * when every connection is busy and trusted, accepting waits (new callers wait in the
   listen backlog) until one closes or turns idle.
 
@@ -78,6 +80,9 @@ stderr and stdin pipes and its pidfd."""
 
 MIN_CONNECTIONS = 16
 
+IDLE_GRACE = 0.5
+"""Seconds a connection that turned idle, or opened, is kept from being closed for room."""
+
 _WARN_EVERY = 10.0  # seconds between two "at the cap" warnings
 
 Trusts = Callable[[HTTPHeaders], bool]
@@ -114,16 +119,17 @@ class CappedHTTPServer(DrainingHTTPServer):
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
         self.trusts = trusts
-        # Idle connections, the one idle longest first; strangers whose body is arriving,
-        # the oldest first; trusted ones; shed ones until Tornado's on_close.
-        self._idle: OrderedDict[Any, None] = OrderedDict()
+        # Idle connections (and since when), the one idle longest first; strangers whose
+        # body is arriving, the oldest first; trusted ones; shed ones until on_close.
+        self._idle: OrderedDict[Any, float] = OrderedDict()
         self._draining: OrderedDict[Any, None] = OrderedDict()
         self._trusted: set[Any] = set()
         self._shed: set[Any] = set()
         self._room_waiters: list[Callable[[], None]] = []
+        self._grace_timer: object | None = None
         self.shed_total = 0
         self._shed_unreported = 0
-        self._last_warning = float("-inf")
+        self._last_warning: dict[str, float] = {}
         # HTTPS: new connections before their first byte (taskrunner.web.tlsdoor), oldest
         # first; bounded by the idle timeout, as slow request headers are.
         self._doorways: dict[Doorway, None] = {}
@@ -170,20 +176,41 @@ class CappedHTTPServer(DrainingHTTPServer):
         return True
 
     def when_room(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, when a connection closes or turns idle."""
+        """Call ``callback`` once, when a connection closes, turns idle, or has been idle
+        (or in the doorway) for `IDLE_GRACE`."""
         self._room_waiters.append(callback)
-        self._warn(f"at --max-connections {self.max_connections} with every connection "
-                   "busy: new connections wait in the listen backlog")
+        if self._grace_timer is None:
+            # Both are in the order their connections turned idle or opened.
+            now = time.monotonic()
+            ripe = [next((at for at in (since + IDLE_GRACE for since in times) if at > now),
+                         None)
+                    for times in (self._idle.values(), (d.opened for d in self._doorways))]
+            later = [at for at in ripe if at is not None]
+            if later:
+                self._grace_timer = IOLoop.current().call_later(min(later) - now,
+                                                                self._grace_over)
+        self._warn("busy", f"at --max-connections {self.max_connections} with every "
+                   "connection busy (or opened a moment ago): new connections wait in the "
+                   "listen backlog")
+
+    def _grace_over(self) -> None:
+        self._grace_timer = None
+        self._wake_waiters()
 
     def _victim(self, trusted_too: bool) -> Callable[[], None] | None:
         if self._lingering:
             return next(iter(self._lingering)).close
-        if self._doorways:  # the oldest of those that have sent nothing at all
-            return next(iter(self._doorways)).close
+        ripe = time.monotonic() - IDLE_GRACE
+        # The oldest of those that have sent nothing at all.
+        doorway = next(iter(self._doorways), None)
+        if doorway is not None and doorway.opened <= ripe:
+            return doorway.close
         if self._draining:
             return functools.partial(self._shed_connection, next(iter(self._draining)))
         for trusted in (False, True) if trusted_too else (False,):
-            for server_conn in self._idle:
+            for server_conn, since in self._idle.items():
+                if since > ripe:
+                    break  # and so are those after it
                 if (server_conn in self._trusted) == trusted and self._quiet(server_conn):
                     return functools.partial(self._shed_connection, server_conn)
         return None
@@ -252,7 +279,7 @@ class CappedHTTPServer(DrainingHTTPServer):
         stream = self._stream(server_conn)
         stream.awaiting_headers, stream.body_pending = True, False
         self._draining.pop(server_conn, None)
-        self._idle[server_conn] = None
+        self._idle[server_conn] = time.monotonic()
         self._idle.move_to_end(server_conn)
         self._wake_waiters()
         return _Tracked(self, server_conn, request_conn,
@@ -330,18 +357,19 @@ class CappedHTTPServer(DrainingHTTPServer):
     def _count_shed(self) -> None:
         self.shed_total += 1
         self._shed_unreported += 1
-        if self._warn(f"at --max-connections {self.max_connections}: closed "
+        if self._warn("shed", f"at --max-connections {self.max_connections}: closed "
                       f"{self._shed_unreported} strangers' and idle connections for new "
                       "ones"):
             self._shed_unreported = 0
 
-    def _warn(self, message: str) -> bool:
-        # Once per _WARN_EVERY seconds at most: a flood must not flood the log too.
+    def _warn(self, kind: str, message: str) -> bool:
+        # Once per _WARN_EVERY seconds at most for each kind: a flood must not flood the
+        # log too.
         now = time.monotonic()
-        if now - self._last_warning < _WARN_EVERY:
+        if now - self._last_warning.get(kind, float("-inf")) < _WARN_EVERY:
             return False
         log.warning("%s", message)
-        self._last_warning = now
+        self._last_warning[kind] = now
         return True
 
 

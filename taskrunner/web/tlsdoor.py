@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,7 @@ class Doorway:
         self.on_plain = on_plain
         self.loop = IOLoop.current()
         self.fd = sock.fileno()
+        self.opened = time.monotonic()
         self.done = False
         self.loop.add_handler(self.fd, self._on_readable, IOLoop.READ)
         self.timer: object | None = self.loop.call_later(timeout, self.close)
