@@ -140,14 +140,19 @@ class Config:
         -1, "requests that may wait for a free slot, beyond which 429; -1: 2 x max-running"
     )
     max_connections: int = _setting(
-        0, "client connections held at once; at the cap a new one replaces the connection "
-        "idle longest, and while all are busy new ones wait in the listen backlog. 0: auto, "
-        "open-file limit - 64 - 4 x max-running (at least 16)"
+        0, "client connections held at once; at the cap a new one replaces a stranger's "
+        "(no valid token: first one whose refused body is arriving, then the one idle "
+        "longest), a caller's idle one only while strangers hold under half the cap, and "
+        "while all are busy new ones wait in the listen backlog. 0: auto, open-file limit - "
+        "64 - 4 x max-running (at least 16)"
     )
     idle_timeout: float = _setting(
         60.0, "seconds a connection may sit idle, or take to send its request headers"
     )
-    body_timeout: float = _setting(60.0, "seconds a client may take to send a request body")
+    body_timeout: float = _setting(
+        60.0, "seconds a client may take to send a request body; a body the instance will "
+        "not use (refused, or to a route that takes none) gets at most 1 s and 64 KiB"
+    )
     certfile: str = _setting(
         "", "PEM certificate (its chain after it) to serve HTTPS with, TLS 1.2 or later; "
         "empty: plain HTTP"

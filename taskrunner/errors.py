@@ -23,6 +23,7 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── HostNotAllowed                   (421, "host_not_allowed")  a Host it does not answer to
     ├── SpawnError                       (422, "spawn_failed")    the command could not start
     ├── TooManyRequests                  (429, "too_many_requests")
+    ├── HeadersTooLarge                  (431, "headers_too_large")  answered by the connection
     ├── OutOfResources                   (503, "out_of_resources")  no fds or processes left
     ├── ServiceUnavailable               (503, "shutting_down")
     ├── StoreUnavailable                 (503, "store_unavailable")  the job index cannot be used
@@ -188,6 +189,15 @@ class TooManyRequests(TaskRunnerError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after: int | None = retry_after
+
+
+class HeadersTooLarge(TaskRunnerError):
+    """The request line and headers are over the connection's limit, in bytes or in header
+    fields; answered by the connection layer (no handler sees such a request), which then
+    closes the connection."""
+
+    status = 431
+    code = "headers_too_large"
 
 
 class OutOfResources(TaskRunnerError):

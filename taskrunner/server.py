@@ -23,10 +23,17 @@ import socket
 from typing import TYPE_CHECKING
 
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPHeaders
 from tornado.netutil import bind_sockets
 
 from taskrunner.config import Config
-from taskrunner.errors import IndexUnreachable, SpawnError, StartupError, StoreError
+from taskrunner.errors import (
+    IndexUnreachable,
+    SpawnError,
+    StartupError,
+    StoreError,
+    Unauthorized,
+)
 from taskrunner.jobs.callbacks import (
     SHUTDOWN_GRACE,
     CallbackHosts,
@@ -211,6 +218,7 @@ class Server:
             make_app(self.ctx),
             max_connections=(config.max_connections
                              or default_max_connections(admission.max_running)),
+            trusts=self._trusts,
             # Not xheaders: web.access.apply_proxy_address reads X-Real-IP without a getaddrinfo.
             max_body_size=_UNREACHABLE_BODY_LIMIT,
             # Idle connections, and slow request headers, are bounded by idle_timeout; a
@@ -246,6 +254,16 @@ class Server:
     def _close_callers(self) -> None:
         if self._callers is not None:
             self._callers.close()
+
+    def _trusts(self, headers: HTTPHeaders) -> bool:
+        # Which connections are strangers to the cap (taskrunner.web.connections): asked of
+        # the callers the handlers will ask, as they are now.
+        assert self.ctx is not None
+        try:
+            self.ctx.callers.identify(headers.get("Authorization"))
+        except Unauthorized:
+            return False
+        return True
 
     def _load_callers(self, previous: Callers | None) -> Callers:
         return load_callers(self.config.callers, self.config, os.environ, self._base_env,

@@ -58,7 +58,7 @@ class FdWatcher:
         self._callbacks.clear()
         self._epoll.close()
 
-    def _on_ready(self, fd: int, events: int) -> None:
+    def _on_ready(self, epoll: select.epoll, events: int) -> None:
         for ready, ready_events in self._epoll.poll(0, _MAX_EVENTS):
             # A callback may have unwatched another fd of this batch (e.g. a command's
             # exit closes its pipes): it is skipped then.

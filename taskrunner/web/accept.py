@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -53,9 +54,10 @@ def accept_waiting(sock: socket.socket, callback: ConnectionCallback,
     memory (logged once)."""
     accepted = 0
     while limit is None or accepted < limit:
-        # Only the first accept of a wake-up knows that a connection waits (the socket
-        # was readable), so only it may make room; the event loop calls again for more.
-        if gate is not None and not (gate.make_room() if accepted == 0 else gate.has_room()):
+        # Room is made (a connection closed) only for a connection known to wait: the
+        # first of a wake-up (the socket was readable), or one the socket still shows.
+        if gate is not None and not gate.has_room() and (
+                (accepted > 0 and not _readable(sock)) or not gate.make_room()):
             return True
         try:
             connection, address = sock.accept()
@@ -71,6 +73,12 @@ def accept_waiting(sock: socket.socket, callback: ConnectionCallback,
         accepted += 1
         callback(connection, address)
     return True
+
+
+def _readable(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Acceptor:

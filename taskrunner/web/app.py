@@ -14,6 +14,7 @@ from taskrunner.web.page import PageHandler
 from taskrunner.web.recycle import drain_transform
 from taskrunner.web.run import RunHandler
 from taskrunner.web.service import HealthHandler, MetricsHandler, OpenAPIHandler
+from taskrunner.web.streams import EarlyAnswerTransform
 
 
 def make_app(ctx: InstanceContext, **settings: Any) -> Application:
@@ -44,4 +45,5 @@ def make_app(ctx: InstanceContext, **settings: Any) -> Application:
     )
     app.add_transform(RequestIdTransform)
     app.add_transform(drain_transform(ctx))
+    app.add_transform(EarlyAnswerTransform)
     return app

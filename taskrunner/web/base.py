@@ -3,14 +3,20 @@
 `JSONHandler.write_error` is the one place that turns any error into
 ``{"error": code, "message": text}`` with the right status; nothing else writes errors.
 
-An answered error leaves the connection usable. Tornado closes a connection whose answer
-went out before the request body was read, without saying so (an RST if body bytes were
-still coming); nginx counts that as a failure of the instance and stops sending it requests
-(``max_fails``), so a stranger's wrong token could take the stack's instances out. Hence the
-browser's rules (web/edge.py), then the token, are checked first on every route and method,
-but a body handler reads (and drops) the body before it answers 421, 403, 415 or 401; only
-errors about the body itself (too large, too slow) are answered before it is read, and they
-say ``Connection: close``.
+An answered error leaves the connection usable where it can. Tornado closes a connection
+whose answer went out before the request body was read; nginx counts that as a failure of
+the instance and stops sending it requests (``max_fails``), so a stranger's wrong token
+could take the stack's instances out. Hence the browser's rules (web/edge.py), then the
+token, are checked first on every route and method, but a body handler reads (and drops) a
+refused body before it answers 421, 403, 415 or 401, within a small budget (`DRAIN_BYTES`,
+`DRAIN_TIME`), so that strangers cannot hold connections with slow refused bodies: past it
+the refusal is answered at once. An answer that goes out before the body is read says
+``Connection: close``, and the connection closes in a
+lingering close (`taskrunner.web.streams`), so the client reads the answer.
+
+Every handler reads its request body itself, streamed: Tornado never buffers a body whole
+(its own limit is out of reach, see `BodyHandler`). A route that takes no body reads and
+drops at most `DRAIN_BYTES` of one, for at most `DRAIN_TIME`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from taskrunner.process.engine import CommandSpec
 from taskrunner.process.launcher import Policy
 from taskrunner.web.callers import Caller
 from taskrunner.web.context import InstanceContext
+from taskrunner.web.streams import body_arriving
 from taskrunner.web.validation import parse_job_request, parse_run_request
 
 log = logging.getLogger("taskrunner.http")
@@ -46,7 +53,15 @@ log = logging.getLogger("taskrunner.http")
 _TORNADO_CODES = {400: "bad_request", 404: "not_found",
                   413: "body_too_large"}
 
+DRAIN_BYTES = 64 * 1024
+"""Bytes of a body the instance will not use (a refused request's, or one sent to a route
+that takes none) read and dropped before the answer; past them it is answered at once."""
 
+DRAIN_TIME = 1.0
+"""Seconds such a body may take (at most ``--body-timeout``), likewise."""
+
+
+@stream_request_body
 class JSONHandler(RequestHandler):
     """Base of every handler: JSON bodies, JSON errors, request accounting."""
 
@@ -57,6 +72,11 @@ class JSONHandler(RequestHandler):
     """The scope (``run``, ``jobs``, ``admin``) a caller needs here; None: any caller."""
     caller: Caller | None = None
     """Who is calling, once the token is checked (None on a public route)."""
+    keeps_body = False
+    """True where the route uses the request body (`BodyHandler`); elsewhere it is dropped."""
+    refusal: EdgeRefusal | Unauthorized | MissingScope | None = None
+    """Why the caller may not make this request; answered once the body is in."""
+    _body_timer: object | None = None
 
     def initialize(self, ctx: InstanceContext) -> None:
         self.ctx = ctx
@@ -65,6 +85,11 @@ class JSONHandler(RequestHandler):
         self._counted = False
         self.closing = False
         """The answer goes out before the request body was read: say ``Connection: close``."""
+        self.body = bytearray()
+        self.received = 0
+        self._body_seconds = DRAIN_TIME
+        if not self.keeps_body and body_arriving(self.request):
+            self._time_body(min(DRAIN_TIME, ctx.config.body_timeout))
         if self.request.method not in self.SUPPORTED_METHODS:
             # Tornado answers a method it does not know with 405 before prepare(), that is
             # before the token is checked (and with the body unread): take the method in
@@ -100,9 +125,11 @@ class JSONHandler(RequestHandler):
         setattr(self, str(self.request.method).lower(), answer)
 
     def on_finish(self) -> None:
+        self.body_complete()
         self._uncount()
 
     def on_connection_close(self) -> None:
+        self.body_complete()
         super().on_connection_close()
         self._uncount()
 
@@ -165,6 +192,56 @@ class JSONHandler(RequestHandler):
         return [m for m in ("GET", "POST", "DELETE")
                 if getattr(type(self), m.lower()) is not getattr(RequestHandler, m.lower())]
 
+    # -- the request body ----------------------------------------------------------------
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self.received += len(chunk)
+        if self.received > self.body_limit():
+            self.body = bytearray()
+            self.closing = True
+            self.send_task_error(self.over_limit())
+        elif self.keeps_body and self.refusal is None:  # any other body is only counted
+            self.body += chunk
+
+    def body_limit(self) -> int:
+        """The most body bytes read before answering: ``--max-body`` for a body this route
+        uses, `DRAIN_BYTES` at most for one it drops."""
+        max_body = self.ctx.config.max_body
+        return max_body if self.keeps_body and self.refusal is None else min(max_body,
+                                                                            DRAIN_BYTES)
+
+    def over_limit(self) -> TaskRunnerError:
+        """The answer to a body over `body_limit`."""
+        if self.refusal is not None:
+            return self.refusal
+        if self.keeps_body:
+            return PayloadTooLarge(
+                f"request body is larger than the limit of {self.ctx.config.max_body} bytes")
+        return PayloadTooLarge(f"{self.request.method} {self.request.path} takes no request "
+                               f"body, and at most {self.body_limit()} bytes of one are read")
+
+    def body_complete(self) -> None:
+        """The whole body is in (the handler method runs): stop the body timer."""
+        if self._body_timer is not None:
+            IOLoop.current().remove_timeout(self._body_timer)
+            self._body_timer = None
+
+    def _time_body(self, seconds: float) -> None:
+        # Our own timer rather than HTTPServer's body_timeout, which wraps every body read
+        # in gen.with_timeout (a task and a chained future per request).
+        self.body_complete()
+        self._body_seconds = seconds
+        self._body_timer = IOLoop.current().call_later(seconds, self._body_too_slow)
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if not self._finished and body_arriving(self.request):
+            self.closing = True
+            self.send_task_error(self.refusal or BodyTimeout(
+                f"the request body did not arrive within {self._body_seconds:g} seconds"))
+
 
 class NotFoundHandler(JSONHandler):
     """Every path no route matches."""
@@ -183,18 +260,16 @@ def _length_above(declared: str, limit: int) -> bool:
     return len(declared.lstrip("0")) > 18 or int(declared) > limit
 
 
-@stream_request_body
 class BodyHandler(JSONHandler):
-    """A handler that reads its request body itself, so an oversized one gets a 413.
+    """A handler that uses its request body, so an oversized one gets a 413.
 
     Tornado's own ``max_body_size`` drops the connection instead; here the server's limit
     is set out of reach and ``--max-body`` is enforced on the declared length and on the
-    bytes as they arrive.
+    bytes as they arrive. A refused request's body is only drained, within `DRAIN_BYTES`
+    and `DRAIN_TIME`.
     """
 
-    _body_timer: object | None = None
-    refusal: EdgeRefusal | Unauthorized | MissingScope | None = None
-    """Why the caller may not make this request; answered once the body is in."""
+    keeps_body = True
 
     def prepare(self) -> None:
         try:
@@ -202,52 +277,12 @@ class BodyHandler(JSONHandler):
         except (*EDGE_REFUSALS, Unauthorized, MissingScope) as refusal:
             self.refusal = refusal
             self.answer_in_place(refusal)
-        self.body = bytearray()
-        self.received = 0
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and _length_above(declared, self.ctx.config.max_body):
+        if declared is not None and _length_above(declared, self.body_limit()):
             self.closing = True
-            raise self.refusal or PayloadTooLarge(self._too_large_message())
-        # Our own timer rather than HTTPServer's body_timeout, which wraps every body read
-        # in gen.with_timeout (a task and a chained future per request).
-        self._body_timer = IOLoop.current().call_later(self.ctx.config.body_timeout,
-                                                       self._body_too_slow)
-
-    def body_complete(self) -> None:
-        """The whole body is in (the handler method runs): stop the body timer."""
-        if self._body_timer is not None:
-            IOLoop.current().remove_timeout(self._body_timer)
-            self._body_timer = None
-
-    def _body_too_slow(self) -> None:
-        self._body_timer = None
-        if not self._finished:
-            self.closing = True
-            self.send_task_error(self.refusal or BodyTimeout(
-                f"the request body did not arrive within {self.ctx.config.body_timeout:g} "
-                "seconds"))
-
-    def on_finish(self) -> None:
-        self.body_complete()
-        super().on_finish()
-
-    def on_connection_close(self) -> None:
-        self.body_complete()
-        super().on_connection_close()
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished:
-            return
-        self.received += len(chunk)
-        if self.received > self.ctx.config.max_body:
-            self.body = bytearray()
-            self.closing = True
-            self.send_task_error(self.refusal or PayloadTooLarge(self._too_large_message()))
-        elif self.refusal is None:  # a refused request's body is only counted
-            self.body += chunk
-
-    def _too_large_message(self) -> str:
-        return f"request body is larger than the limit of {self.ctx.config.max_body} bytes"
+            raise self.over_limit()
+        timeout = self.ctx.config.body_timeout
+        self._time_body(timeout if self.refusal is None else min(timeout, DRAIN_TIME))
 
 
 class CommandHandler(BodyHandler):

@@ -6,19 +6,19 @@ wrong. nginx answers it instead ("The plain HTTP request was sent to HTTPS port"
 does this: a `Doorway` waits for a new connection's first byte without reading it. A TLS
 record starts with 0x16 (handshake): the connection goes on to Tornado untouched. Anything
 else is answered `PLAIN_HTTP_RESPONSE` in clear text, the error shape every answer has,
-and closed the way nginx's lingering close does it: write, shut the write side, read and
-drop what the client still sends until it closes or `LINGER` seconds pass, so the kernel
-does not reset the connection (and drop the answer) over unread request bytes.
+and closed the way nginx's lingering close does it (`taskrunner.web.linger`), so the
+kernel does not reset the connection (and drop the answer) over unread request bytes.
 
 A connection in the doorway is bounded by ``--idle-timeout`` like slow request headers,
-counts against ``--max-connections`` and is the first to go when room is needed (it has
-sent nothing); see `taskrunner.web.connections`.
+counts against ``--max-connections`` and is among the first to go when room is needed (it
+has sent nothing); see `taskrunner.web.connections`.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,9 +30,6 @@ log = logging.getLogger("taskrunner.tls")
 TLS_HANDSHAKE = 0x16
 """The first byte of a TLS record of type handshake: how every TLS client begins."""
 
-LINGER = 5.0
-"""Seconds a plain HTTP client may take to close after its 400, before it is closed."""
-
 _BODY = orjson.dumps({
     "error": "plain_http",
     "message": "this port speaks HTTPS: the request went out in clear text; use https://",
@@ -41,26 +38,28 @@ PLAIN_HTTP_RESPONSE = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
     b"Content-Length: " + str(len(_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + _BODY
 )
-_DROP = 65536  # bytes read and dropped per wake-up while lingering
 
 
 class Doorway:
     """One new connection to the HTTPS port, until its first byte says what it speaks.
 
-    ``on_tls`` gets the connection, untouched, when a TLS handshake begins; ``on_leave`` is
-    called once when the doorway lets go of it (handed on or closed).
+    ``on_tls`` gets the connection, untouched, when a TLS handshake begins; ``on_plain``
+    gets it with the answer to send before its lingering close; ``on_leave`` is called once
+    when the doorway lets go of it (handed on or closed).
     """
 
     def __init__(self, sock: socket.socket, address: Any, timeout: float,
                  on_tls: Callable[[socket.socket, Any], None],
-                 on_leave: Callable[[Doorway], None]) -> None:
+                 on_leave: Callable[[Doorway], None],
+                 on_plain: Callable[[socket.socket, bytes], None]) -> None:
         self.sock = sock
         self.address = address
         self.on_tls = on_tls
         self.on_leave = on_leave
+        self.on_plain = on_plain
         self.loop = IOLoop.current()
         self.fd = sock.fileno()
-        self.lingering = False
+        self.opened = time.monotonic()
         self.done = False
         self.loop.add_handler(self.fd, self._on_readable, IOLoop.READ)
         self.timer: object | None = self.loop.call_later(timeout, self.close)
@@ -81,9 +80,6 @@ class Doorway:
         self.on_leave(self)
 
     def _on_readable(self, fd: Any, events: int) -> None:
-        if self.lingering:
-            self._drop_input()
-            return
         try:
             head = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -96,30 +92,7 @@ class Doorway:
             self._leave()
             self.on_tls(self.sock, self.address)
         else:
-            self._answer_plain_http()
-
-    def _answer_plain_http(self) -> None:
-        log.info("plain HTTP from %s on the HTTPS port: answered 400 plain_http",
-                 self.address[0] if isinstance(self.address, tuple) else self.address)
-        self._drop_input()
-        try:
-            # A fresh connection's send buffer holds far more than this: one send does.
-            self.sock.send(PLAIN_HTTP_RESPONSE, socket.MSG_DONTWAIT)
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self.close()
-            return
-        self.lingering = True
-        if self.timer is not None:
-            self.loop.remove_timeout(self.timer)
-        self.timer = self.loop.call_later(LINGER, self.close)
-
-    def _drop_input(self) -> None:
-        try:
-            data = self.sock.recv(_DROP, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data and self.lingering:
-            self.close()  # the client read its answer and closed
+            log.info("plain HTTP from %s on the HTTPS port: answered 400 plain_http",
+                     self.address[0] if isinstance(self.address, tuple) else self.address)
+            self._leave()
+            self.on_plain(self.sock, PLAIN_HTTP_RESPONSE)
