@@ -116,7 +116,7 @@ def test_a_408_arrives_while_the_client_is_still_sending(spawn_instance):
                            env={"TASKRUNNER_TOKEN": TOKEN})
     size = 8 * MIB
     with socket.create_connection(("127.0.0.1", child.port), timeout=30) as sock:
-        sock.sendall(f"POST /run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        sock.sendall(f"POST /run HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n"
                      f"Content-Length: {size}\r\n\r\n{{".encode())
         time.sleep(1.0)  # the 408 goes out meanwhile; then the rest of the body comes
         sock.sendall(b"x" * (size - 1))
@@ -146,7 +146,7 @@ FLOODS = [
 def test_a_header_flood_gets_a_json_431(plain, headers, says):
     with socket.create_connection(("127.0.0.1", plain.port), timeout=30) as sock:
         status, response_headers, answer = raw_request(
-            sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+            sock, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n")
     assert (status, answer["error"]) == (431, "headers_too_large")
     assert says in answer["message"]
     assert response_headers["Content-Type"] == "application/json"
@@ -163,7 +163,7 @@ def test_a_header_flood_gets_a_json_431_over_https(tls, cert, headers, says):
     raw = socket.create_connection(("127.0.0.1", tls.port), timeout=30)
     with cert.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
         status, _, answer = raw_request(
-            sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+            sock, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n")
     assert (status, answer["error"]) == (431, "headers_too_large")
     assert says in answer["message"]
 
@@ -172,7 +172,8 @@ def test_a_header_flood_still_sending_reads_its_431(plain):
     # 4 MiB of header: the instance answers after 64 KiB, while the client still sends.
     with socket.create_connection(("127.0.0.1", plain.port), timeout=30) as sock:
         status, _, answer = raw_request(
-            sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * MIB) + b"\r\n\r\n")
+            sock, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * (4 * MIB)
+            + b"\r\n\r\n")
     assert (status, answer["error"]) == (431, "headers_too_large")
 
 
@@ -194,7 +195,7 @@ def test_a_body_sent_to_a_route_that_takes_none_is_not_buffered(plain):
 
     before = rss_mib()
     with socket.create_connection(("127.0.0.1", plain.port), timeout=30) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
                      % (1 << 40))
         chunk = b"x" * MIB
         answer = b""
@@ -229,7 +230,7 @@ def test_a_slow_body_on_a_route_that_takes_none_is_cut_off_in_a_second(plain):
     with socket.create_connection(("127.0.0.1", plain.port), timeout=30) as sock:
         started = time.monotonic()
         status, headers, answer = raw_request(
-            sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx")
+            sock, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nx")
         assert (status, answer["error"]) == (408, "body_timeout")
         assert headers["Connection"] == "close"
         assert time.monotonic() - started < 3

@@ -147,7 +147,8 @@ class Tricklers:
                 continue
             self.connections += 1
             try:
-                writer.write(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                writer.write(b"POST /run HTTP/1.1\r\nHost: localhost\r\n"
+                             b"Content-Type: application/json"
                              b"\r\nContent-Length: 100000\r\n\r\n{")
                 while not self.stopping:
                     try:
@@ -187,7 +188,7 @@ def test_a_refused_body_is_drained_for_a_second_then_answered_and_closed(spawn_i
     child = spawn_instance("--body-timeout", "30", env={"TASKRUNNER_TOKEN": TOKEN})
     with socket.create_connection(("127.0.0.1", child.port), timeout=10) as sock:
         started = time.monotonic()
-        sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        sock.sendall(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{")
         response = http.client.HTTPResponse(sock)
         response.begin()  # without sending more: answered within the drain budget
         assert response.status == 401 and response.getheader("Connection") == "close"
@@ -201,7 +202,7 @@ def test_a_refused_body_past_64_kib_is_answered_at_once(spawn_instance):
     with socket.create_connection(("127.0.0.1", child.port), timeout=5) as sock:
         # Chunked, so no declared length gives it away: the instance counts, and answers
         # once 64 KiB are in, without waiting for more (nor up to --max-body).
-        sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        sock.sendall(b"POST /run HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"20000\r\n" + b"x" * 0x20000 + b"\r\n")
         response = http.client.HTTPResponse(sock)
         response.begin()
@@ -225,7 +226,7 @@ def test_strangers_cannot_take_more_than_half_the_cap_from_token_holders(spawn_i
             sock = socket.create_connection(("127.0.0.1", child.port), timeout=10)
             strangers.append(sock)
             if len(strangers) % 2:
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert authorized_run(child.port)[0] == 200  # room for a new token holder too
         for conn, sock in zip(kept, sockets, strict=True):
             conn.request("GET", "/jobs", headers=AUTH)
