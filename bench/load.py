@@ -36,6 +36,8 @@ and CPU; median of --rounds.
                 --certfile cert.pem --keyfile key.pem'      # wrk and the checks over TLS
   scripts/bench --cmd 'python3 -m taskrunner --port 8885' \\
                 --compare-peers tornado_seed,tornado_sub,webhook   # ../shared/bench, interleaved
+
+What the load does not measure has an experiment: scripts/bench experiment --list.
 """
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 W2_IDEAL = 400.0  # 200 connections / 0.5 s

@@ -10,20 +10,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import timeit
-from collections.abc import Callable
-from typing import Any
 
 import orjson
 
+from bench.timing import best
 from bench.workloads import W3_FILE, ensure_w3_file
-
-
-def best(call: Callable[[], Any], repeat: int) -> float:
-    """Seconds per call, the best of ``repeat`` timings."""
-    timer = timeit.Timer(call)
-    number, _ = timer.autorange()
-    return min(timer.repeat(repeat=repeat, number=number)) / number
 
 
 def main(argv: list[str]) -> int:
