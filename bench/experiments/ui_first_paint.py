@@ -43,7 +43,9 @@ new PerformanceObserver((list) => lcp.push(...list.getEntries()))
 setTimeout(() => {
   const fcp = performance.getEntriesByName("first-contentful-paint")[0];
   const mark = performance.getEntriesByName("taskrunner:jobs-rendered")[0];
-  const jobs = performance.getEntriesByType("resource").filter((e) => /\\/jobs$/.test(e.name))[0];
+  // the list's GET /jobs?limit=..., not a job's own URL
+  const jobs = performance.getEntriesByType("resource")
+    .filter((e) => /\\/jobs(\\?|$)/.test(e.name))[0];
   done({
     fcp: fcp ? fcp.startTime : null,
     rendered: mark ? mark.startTime : null,
