@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from bench.instance import REPO
+
 ENV_VAR = "TASKRUNNER_SHARED_BENCH"
 HARNESS_WORKLOADS = ("W1", "W2", "W3")
 

@@ -1,31 +1,28 @@
 """Jobs with a store (--state-dir): what finished jobs cost in memory, and POST /jobs rates.
 
 Starts ``python -m taskrunner`` from SOURCE (a checkout; compare two commits by exporting
-one with ``git archive COMMIT | tar -x -C DIR``) with a fresh --state-dir, then:
-
-* ``rss N``: N jobs each writing 2 MiB to stdout, four at a time, each polled until done
-  and its whole output checked; the instance's RSS before and a second after.
-* ``post N C``: N ``POST /jobs {"args": ["true"]}``, C connections at a time; jobs/s and
-  the latency of the 202 (p50, p99).
-
-Usage: python3 scripts/bench_job_store.py SOURCE rss 300
-       python3 scripts/bench_job_store.py SOURCE post 800 8
+one with ``git archive COMMIT | tar -x -C DIR``) with a fresh --state-dir, then ``rss N``:
+N jobs each writing 2 MiB to stdout, four at a time, each polled until done and its whole
+output checked, and the instance's RSS before and a second after; or ``post N C``: N
+``POST /jobs {"args": ["true"]}``, C connections at a time, and the jobs/s and the latency
+of the 202 (p50, p99).
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
-import os
 import re
 import shutil
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from benchutil import start_instance
+from bench.instance import taskrunner
 
 MIB2 = 2 << 20
 
@@ -85,22 +82,25 @@ def posts(port: int, n: int, c: int) -> str:
             f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms")
 
 
-def main() -> None:
-    source, mode, *numbers = sys.argv[1:]
-    state = tempfile.mkdtemp(prefix="bench-job-store-")
-    proc, port = start_instance(
-        ["--state-dir", os.path.join(state, "store"), "--max-output", str(MIB2),
-         "--max-jobs", "100000"], os.path.join(state, "log"), source)
+def main(argv: list[str]) -> int:
+    """Run ``rss`` or ``post`` against a fresh instance of SOURCE; one line of figures."""
+    ap = argparse.ArgumentParser(prog="scripts/bench experiment job_store",
+                                 description=__doc__.split("\n\n")[1])
+    ap.add_argument("source", type=Path, metavar="SOURCE", help="the checkout to start")
+    ap.add_argument("mode", choices=("rss", "post"))
+    ap.add_argument("n", type=int, metavar="N", help="jobs")
+    ap.add_argument("c", type=int, nargs="?", default=8, metavar="C",
+                    help="connections at a time (post)")
+    args = ap.parse_args(argv)
+    state = Path(tempfile.mkdtemp(prefix="bench-job-store-"))
     try:
-        if mode == "rss":
-            print(finished_jobs(port, int(numbers[0]), proc.pid))
-        else:
-            print(posts(port, int(numbers[0]), int(numbers[1])))
+        with taskrunner(["--state-dir", str(state / "store"), "--max-output", str(MIB2),
+                         "--max-jobs", "100000"], state / "log", args.source) as instance:
+            assert instance.port is not None
+            if args.mode == "rss":
+                print(finished_jobs(instance.port, args.n, instance.pid))
+            else:
+                print(posts(instance.port, args.n, args.c))
     finally:
-        proc.terminate()
-        proc.wait(30)
         shutil.rmtree(state)
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -6,14 +6,14 @@
 -- next takes the oldest poll (at once, no sleep), or else submits a new job. Each connection
 -- has one request in flight, and each job at most one. Job latency runs from the 202 to the
 -- response that shows the end state (the POST's own time is in wrk's per-request latency).
--- At the end prints one line "WRKJSON {...}" for taskbench.wrk.
+-- At the end prints one line "WRKJSON {...}" for bench.wrk.
 
 local ffi = require("ffi") -- wrk embeds LuaJIT; os.clock() is CPU time, os.time() whole seconds
 ffi.cdef [[
-typedef struct { long tv_sec; long tv_nsec; } taskbench_timespec;
-int clock_gettime(int clock_id, taskbench_timespec *tp);
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock_id, bench_timespec *tp);
 ]]
-local ts = ffi.new("taskbench_timespec")
+local ts = ffi.new("bench_timespec")
 local function now_us()
   ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
   return tonumber(ts.tv_sec) * 1000000 + math.floor(tonumber(ts.tv_nsec) / 1000)

@@ -1,5 +1,5 @@
 -- wrk script for W1-W3: POST $WRK_BODY (JSON) to the URL's path; at the end print one line
--- "WRKJSON {...}" for taskbench.wrk. Same requests as ../shared/bench/wrk_post.lua.
+-- "WRKJSON {...}" for bench.wrk. Same requests as ../shared/bench/wrk_post.lua.
 -- No response() callback on purpose: with one, wrk copies every body (1 MiB in W3) into Lua.
 wrk.method = "POST"
 wrk.body = os.getenv("WRK_BODY") or '{"args": ["true"], "timeout": 3}'

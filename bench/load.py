@@ -1,4 +1,4 @@
-"""The command line of ``scripts/bench``: options, the rounds, and the report.
+"""The load tool, ``scripts/bench [options]``: options, the rounds, and the report.
 
 Per round: [start ``--cmd`` and wait until it answers] -> 2 s warm-up -> for each workload:
 contract check, one wrk run with the server's RSS and CPU sampled, drain (one probe request),
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskbench import peers, procs, target, workloads, wrk
-from taskbench.workloads import WORKLOADS, Workload
+from bench import peers, procs, workloads, wrk
+from bench.instance import REPO, Instance, become_subreaper, port_open, sweep_orphans
+from bench.workloads import WORKLOADS, Workload
 
 USAGE = """\
 Load a taskrunner on this machine with wrk: W1 ["true"] x32 connections, W2 ["sleep","0.5"]
@@ -35,6 +36,8 @@ and CPU; median of --rounds.
                 --certfile cert.pem --keyfile key.pem'      # wrk and the checks over TLS
   scripts/bench --cmd 'python3 -m taskrunner --port 8885' \\
                 --compare-peers tornado_seed,tornado_sub,webhook   # ../shared/bench, interleaved
+
+What the load does not measure has an experiment: scripts/bench experiment --list.
 """
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 W2_IDEAL = 400.0  # 200 connections / 0.5 s
@@ -90,7 +93,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     ap.add_argument("--cmd", help="start the target with this shell command in --cwd (it must "
                     "stay in the foreground and serve --url), stop its process group afterwards;"
                     " restarted every round")
-    ap.add_argument("--cwd", default=str(peers.REPO), help="working directory for --cmd")
+    ap.add_argument("--cwd", default=str(REPO), help="working directory for --cmd")
     ap.add_argument("--pids", default="", help="server pids to sample (RSS/CPU); default: "
                     "whatever listens on --server-ports, with its descendants")
     ap.add_argument("--server-ports", default="", help="ports whose listeners make up the server, "
@@ -142,13 +145,13 @@ def server_pids(opts: Options) -> set[int]:
     return procs.process_tree(roots)
 
 
-def wait_ready(opts: Options, tgt: target.Target, timeout: float = 30.0) -> None:
+def wait_ready(opts: Options, tgt: Instance, timeout: float = 30.0) -> None:
     """Until one W1 request passes its check; exit if the command dies or the time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (code := tgt.exited()) is not None:
             raise SystemExit(f"bench: --cmd exited with {code}; see {tgt.log_path}")
-        if (target.port_open(opts.host, opts.port)
+        if (port_open(opts.host, opts.port)
                 and workloads.check(WORKLOADS["W1"], opts.base) == "ok"):
             return
         time.sleep(0.2)
@@ -226,8 +229,8 @@ def session(opts: Options) -> list[dict[str, Any]]:
         tgt = None
         if opts.cmd:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            tgt = target.Target(opts.cmd, opts.cwd, opts.host, opts.port,
-                                opts.out / "logs" / f"{stamp}-target.log")
+            tgt = Instance(["sh", "-c", opts.cmd], opts.out / "logs" / f"{stamp}-target.log",
+                           cwd=opts.cwd, host=opts.host, port=opts.port, sweep=True)
         try:
             if tgt:
                 tgt.start()
@@ -326,8 +329,8 @@ def ratios(records: list[dict[str, Any]], peer_names: list[str]) -> list[dict[st
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark session the options describe and report it."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark session the options describe and report it; 0 (a failure exits)."""
     opts = parse_options(argv)
     wrk.ensure_wrk()
     workloads.ensure_w3_file()
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             "nproc": os.cpu_count(), "loadavg_at_start": os.getloadavg()[0]}
     say(f"# scripts/bench {json.dumps(head)}")
     # orphans of --cmd (or of the peers the harness starts) re-parent to us, to be swept
-    target.become_subreaper()
+    become_subreaper()
     if opts.compare_peers:
         names = [w for w in opts.workloads if w in peers.HARNESS_WORKLOADS]
         if dropped := [w for w in opts.workloads if w not in names]:
@@ -348,13 +351,13 @@ def main(argv: list[str] | None = None) -> None:
                                     opts.rounds, opts.duration, opts.threads,
                                     opts.out / started.strftime("%Y%m%d-%H%M%S"), opts.json)
         finally:
-            if left := target.sweep_orphans():
+            if left := sweep_orphans():
                 say(f"bench: warning: {len(left)} processes were left behind (killed): {left}")
         if opts.json:
             print(json.dumps({**head, "mode": "compare-peers", "peers": opts.compare_peers,
                               "ratios": ratios(records, opts.compare_peers),
                               "records": records}, indent=1))
-        return
+        return 0
     records = session(opts)
     summary = summarize(records, opts.workloads)
     if opts.json:
@@ -364,3 +367,4 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n# {head['date']}  {opts.base}  cmd={opts.cmd!r}  {opts.rounds} round(s) x "
               f"{opts.duration} s, wrk -t{opts.threads}")
         print_table(summary)
+    return 0

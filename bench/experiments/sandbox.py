@@ -1,30 +1,22 @@
-"""Sandboxes per second of /bin/true, four at a time, for each bubblewrap option set: which
-namespace or mount costs what. Measures the kernel set-up alone, without taskrunner. The
-variants are interleaved, round after round, and the median of the rounds is printed, so
-that a change in the machine's load hits every variant alike.
+"""Sandboxes per second of /bin/true for each bubblewrap option set, without taskrunner.
 
-With ``--in-flight N``, instead: N ``sleep 0.5`` kept running at once, plain and under the
-full ``--sandbox`` option set, interleaved: completions per second and the p50 latency
-(W2 without taskrunner).
-
-Usage: python3 scripts/bench_sandbox.py [SECONDS [ROUNDS]]   (default 3 s, 3 rounds; needs bwrap)
-       python3 scripts/bench_sandbox.py --in-flight 200 [SECONDS [ROUNDS]]
+Four at a time, for each option set: which namespace or mount costs what, the kernel set-up
+alone. The variants are interleaved, round after round, and the median of the rounds is
+printed, so that a change in the machine's load hits every variant alike. With
+``--in-flight N``, instead: N ``sleep 0.5`` kept running at once, plain and under the full
+``--sandbox`` option set, interleaved: completions per second and the p50 latency (W2
+without taskrunner). Needs bwrap.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ARGS = sys.argv[1:]
-IN_FLIGHT = int(ARGS[1]) if ARGS[:1] == ["--in-flight"] else 0
-ARGS = ARGS[2:] if IN_FLIGHT else ARGS
-SECONDS = float(ARGS[0]) if ARGS else 3.0
-ROUNDS = int(ARGS[1]) if len(ARGS) > 1 else 3
 PARALLEL = 4
 TRUE = "/bin/true"
 ROOT = ["--ro-bind", "/", "/"]
@@ -61,10 +53,10 @@ def worker(prefix: list[str], deadline: float) -> int:
     return count
 
 
-def in_flight(prefix: list[str], count: int) -> tuple[float, float]:
+def in_flight(prefix: list[str], count: int, seconds: float) -> tuple[float, float]:
     running: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
     latencies: list[float] = []
-    deadline = time.monotonic() + SECONDS
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         while len(running) < count:
             process = subprocess.Popen([*prefix, "/bin/sleep", "0.5"])
@@ -75,33 +67,33 @@ def in_flight(prefix: list[str], count: int) -> tuple[float, float]:
     for process, _ in running.values():
         process.kill()
         process.wait()
-    return len(latencies) / SECONDS, statistics.median(latencies)
+    return len(latencies) / seconds, statistics.median(latencies)
 
 
-def main_in_flight(count: int) -> None:
-    print(f"# {count} sleep 0.5 in flight, {SECONDS:g} s each, {ROUNDS} rounds, "
+def main_in_flight(count: int, seconds: float, rounds: int) -> None:
+    print(f"# {count} sleep 0.5 in flight, {seconds:g} s each, {rounds} rounds, "
           f"loadavg {os.getloadavg()[0]:.2f}")
     variants = {"plain": [], "--sandbox": VARIANTS["+ net ns (= --sandbox)"]}
     rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, prefix in variants.items():
-            rates[name].append(in_flight(prefix, count))
+            rates[name].append(in_flight(prefix, count, seconds))
     for name, values in rates.items():
         print(f"{name:12s} {statistics.median(r for r, _ in values):6.0f}/s  "
               f"p50 {statistics.median(lat for _, lat in values) * 1000:5.0f} ms")
     print(f"# loadavg at the end {os.getloadavg()[0]:.2f}")
 
 
-def main() -> None:
-    print(f"# {PARALLEL} at a time, {SECONDS:g} s each, {ROUNDS} rounds, uid {os.geteuid()}, "
+def main_option_sets(seconds: float, rounds: int) -> None:
+    print(f"# {PARALLEL} at a time, {seconds:g} s each, {rounds} rounds, uid {os.geteuid()}, "
           f"loadavg {os.getloadavg()[0]:.2f}")
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, prefix in VARIANTS.items():
-            deadline = time.monotonic() + SECONDS
+            deadline = time.monotonic() + seconds
             with ThreadPoolExecutor(PARALLEL) as pool:
                 results = list(pool.map(worker, [prefix] * PARALLEL, [deadline] * PARALLEL))
-            rates[name].append(sum(results) / SECONDS)
+            rates[name].append(sum(results) / seconds)
     plain = statistics.median(rates["plain /bin/true"])
     for name, values in rates.items():
         median = statistics.median(values)
@@ -110,8 +102,19 @@ def main() -> None:
     print(f"# loadavg at the end {os.getloadavg()[0]:.2f}")
 
 
-if __name__ == "__main__":
-    if IN_FLIGHT:
-        main_in_flight(IN_FLIGHT)
+
+def main(argv: list[str]) -> int:
+    """The option sets (or ``--in-flight``), one line per variant."""
+    ap = argparse.ArgumentParser(prog="scripts/bench experiment sandbox",
+                                 description=__doc__.split("\n\n")[1])
+    ap.add_argument("--in-flight", type=int, default=0, metavar="N",
+                    help="N sleep 0.5 at once, plain and sandboxed, instead")
+    ap.add_argument("seconds", nargs="?", type=float, default=3.0, metavar="SECONDS",
+                    help="per variant and round")
+    ap.add_argument("rounds", nargs="?", type=int, default=3, metavar="ROUNDS")
+    args = ap.parse_args(argv)
+    if args.in_flight:
+        main_in_flight(args.in_flight, args.seconds, args.rounds)
     else:
-        main()
+        main_option_sets(args.seconds, args.rounds)
+    return 0

@@ -1,12 +1,10 @@
-"""Compare instances started with different flags, in one run: ``scripts/bench`` on each
-variant in turn, round after round, so that a busy machine weighs on all of them alike.
+"""Compare instances started with different flags, interleaved round after round.
 
-Usage (see docs/bench.md):
-    python3 scripts/bench_variants.py --rounds 5 --duration 10 --workloads W1,W2 \\
-        plain= cgroups='--memory-max 256 --pids-max 64 --cpu-max 1'
-
-Prints, per workload and variant, the median req/s over rounds (min-max) and the median
-of the per-round ratios to the first variant.
+The load tool (``scripts/bench --cmd ...``) on each variant in turn, round after round, so
+that a busy machine weighs on all of them alike. Prints, per workload and variant, the
+median req/s over rounds (min-max) and the median of the per-round ratios to the first
+variant. Example: ``--rounds 5 --duration 10 --workloads W1,W2 plain= cgroups='--memory-max
+256 --pids-max 64 --cpu-max 1'``.
 """
 
 from __future__ import annotations
@@ -19,25 +17,28 @@ import statistics
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from bench.instance import REPO
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> int:
+    """Load every variant once per round; print the table."""
+    ap = argparse.ArgumentParser(prog="scripts/bench experiment variants",
+                                 description=__doc__.split("\n\n")[1])
     ap.add_argument("variants", nargs="+", help="NAME=FLAGS; the first is the baseline")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--workloads", default="W1,W2")
     ap.add_argument("--port", type=int, default=8971)
     ap.add_argument("--python", default=sys.executable)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     variants = [v.partition("=")[::2] for v in args.variants]
     rps: dict[tuple[str, str], list[float]] = {}
     for rnd in range(1, args.rounds + 1):
         for name, flags in variants:
             cmd = f"{shlex.quote(args.python)} -m taskrunner --port {args.port} {flags}"
+            # A load tool of its own per run: it becomes the subreaper of that instance alone.
             out = subprocess.run(
-                [os.path.join(HERE, "bench"), "--cmd", cmd, "--url",
+                [str(REPO / "scripts" / "bench"), "--cmd", cmd, "--url",
                  f"http://127.0.0.1:{args.port}", "--workloads", args.workloads,
                  "--duration", str(args.duration), "--rounds", "1", "--json"],
                 capture_output=True, text=True, env={**os.environ, "PYTHON": args.python},
@@ -58,7 +59,4 @@ def main() -> None:
             print(f"| {workload} | {name} | {statistics.median(runs):,.1f} "
                   f"({min(runs):,.1f}-{max(runs):,.1f}) | {statistics.median(ratios):.2f} "
                   f"({min(ratios):.2f}-{max(ratios):.2f}) |")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,19 +1,19 @@
-"""Spawns per second through the engine under each containment setting, as configured by
-taskrunner itself (`containment_from_config`), with and without the watchdog's hooks.
+"""Spawns per second through the engine under each containment setting and the watchdog.
 
-Usage (as root for --user): PYTHONPATH=. python3 scripts/bench_engine_containment.py [N] [ROUNDS]
-Runs /bin/true N times, 4 at a time, per variant; variants alternate (in a rotating order)
-for ROUNDS rounds so all see the same machine load; prints the median rate and the
-instance's CPU time per spawn (steadier than the rate on a busy machine).
+Each setting as configured by taskrunner itself (`containment_from_config`), with and
+without the watchdog's hooks; the --user rows as root only. Runs /bin/true N times, 4 at a
+time, per variant; variants alternate (in a rotating order) for ROUNDS rounds so all see
+the same machine load; prints the median rate and the instance's CPU time per spawn
+(steadier than the rate on a busy machine).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import os
 import statistics
-import sys
 import time
 
 from taskrunner.config import Config
@@ -21,14 +21,12 @@ from taskrunner.process.containment import containment_from_config
 from taskrunner.process.engine import CommandSpec, ProcessEngine
 from taskrunner.process.watchdog import Watchdog
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 LIMITED = Config(limit_as=1024, limit_nofile=256)
 
 
-async def rate(engine: ProcessEngine, prefix: tuple[str, ...]) -> tuple[float, float]:
+async def rate(engine: ProcessEngine, n: int, prefix: tuple[str, ...]) -> tuple[float, float]:
     spec = CommandSpec(args=["/bin/true"], timeout=10)
-    left = N
+    left = n
 
     async def worker() -> None:
         nonlocal left
@@ -39,10 +37,10 @@ async def rate(engine: ProcessEngine, prefix: tuple[str, ...]) -> tuple[float, f
 
     started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(4)))
-    return N / (time.perf_counter() - started), (time.process_time() - cpu_started) / N
+    return n / (time.perf_counter() - started), (time.process_time() - cpu_started) / n
 
 
-async def main() -> None:
+async def measure(n: int, rounds: int) -> None:
     ballast = bytearray(30 << 20)  # a parent of realistic size
     watchdog = Watchdog()
     plain = ProcessEngine(max_output=1 << 20)
@@ -56,12 +54,12 @@ async def main() -> None:
     prefixes = {name: containment_from_config(config, os.environ).prefix
                 for name, _, config in variants}
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in variants}
-    await rate(plain, ())
-    for round_ in range(ROUNDS):
+    await rate(plain, n, ())
+    for round_ in range(rounds):
         # Rotate the order each round: whichever runs first in a round tends to be faster.
         shift = round_ % len(variants)
         for name, engine, _ in variants[shift:] + variants[:shift]:
-            results[name].append(await rate(engine, prefixes[name]))
+            results[name].append(await rate(engine, n, prefixes[name]))
     for name, runs in results.items():
         print(f"{name:28s} {statistics.median(r for r, _ in runs):7.0f} spawns/s "
               f"{statistics.median(c for _, c in runs) * 1e6:6.0f} us instance CPU/spawn")
@@ -71,4 +69,14 @@ async def main() -> None:
     del ballast
 
 
-asyncio.run(main())
+
+def main(argv: list[str]) -> int:
+    """Measure every setting; one line each."""
+    ap = argparse.ArgumentParser(prog="scripts/bench experiment engine_containment",
+                                 description=__doc__.split("\n\n")[1])
+    ap.add_argument("n", nargs="?", type=int, default=1000, metavar="N",
+                    help="spawns per variant and round")
+    ap.add_argument("rounds", nargs="?", type=int, default=5, metavar="ROUNDS")
+    args = ap.parse_args(argv)
+    asyncio.run(measure(args.n, args.rounds))
+    return 0

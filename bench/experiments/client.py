@@ -1,27 +1,27 @@
-"""The CLI's overhead: ``trun run -- echo hi`` against ``curl`` + ``POST /run``, each a whole
-process from exec to exit, as a person at a shell would see it.
+"""The CLI's overhead: ``trun run -- echo hi`` against curl + ``POST /run``, whole processes.
 
-Starts ``python -m taskrunner --port 0`` (this checkout), then runs each command RUNS times,
-interleaved so both see the same machine, checking every answer, and prints the median,
-10th and 90th percentiles of the wall time, and the median CPU time (user + system, which
-a loaded machine stretches less than the wall time). Also times ``python -c pass`` and importing
-the CLI, which together say how much of trun's time is the interpreter and its imports.
-
-Usage: python3 scripts/bench_client.py [RUNS]      (default 50)
+Each command is a whole process from exec to exit, as a person at a shell would see it.
+Starts an instance of this checkout (`bench.instance.taskrunner`), then runs each command
+RUNS times, interleaved so both see the same machine, checking every answer, and prints
+the median, 10th and 90th percentiles of the wall time, and the median CPU time (user +
+system, which a loaded machine stretches less than the wall time). Also times ``python -c
+pass`` and importing the CLI, which together say how much of trun's time is the
+interpreter and its imports.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from benchutil import start_instance
+from bench.instance import taskrunner
 
 
 def timed(argv: list[str], expect: bytes, env: dict[str, str]) -> tuple[float, float]:
@@ -46,11 +46,18 @@ def summary(name: str, samples: list[tuple[float, float]]) -> str:
             f"CPU median {cpu * 1000:6.1f} ms")
 
 
-def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+def main(argv: list[str]) -> int:
+    """Time the four commands RUNS times each and print one summary line per command."""
+    ap = argparse.ArgumentParser(prog="scripts/bench experiment client",
+                                 description=__doc__.split("\n\n")[1])
+    ap.add_argument("runs", nargs="?", type=int, default=50, metavar="RUNS",
+                    help="rounds of the four commands (at least 2)")
+    runs = ap.parse_args(argv).runs
+    if runs < 2:
+        ap.error("RUNS must be at least 2 (the percentiles need two samples)")
     with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
-        proc, port = start_instance([], os.path.join(tmp, "instance.log"))
-        url = f"http://127.0.0.1:{port}"
+        instance = taskrunner([], Path(tmp) / "instance.log")
+        url = f"http://127.0.0.1:{instance.port}"
         env = {**os.environ, "TASKRUNNER_URL": url}
         env.pop("TASKRUNNER_TOKEN", None)
         commands = {
@@ -63,19 +70,13 @@ def main() -> None:
                                         "import taskrunner.client.cli; print('hi')"], b"hi"),
         }
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
-        try:
-            for argv, expect in commands.values():  # warm the page cache
-                timed(argv, expect, env)
+        with instance:
+            for cmd, expect in commands.values():  # warm the page cache
+                timed(cmd, expect, env)
             for _ in range(runs):
-                for name, (argv, expect) in commands.items():
-                    times[name].append(timed(argv, expect, env))
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+                for name, (cmd, expect) in commands.items():
+                    times[name].append(timed(cmd, expect, env))
     print(f"{runs} runs each, interleaved, against {url}")
     for name, values in times.items():
         print(summary(name, values))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,11 +1,10 @@
-"""W1 and W3 through the front of a two-host cluster (scripts/cluster) against one host's
-stack (scripts/stack), interleaved in one run: each round runs every workload on both,
-the order alternating from round to round; medians, and the median of the per-round
-ratios. Both run at once on this machine (idle while the other is loaded), with the same
-token, so the only difference is the front and the hosts' network. Needs root (the
-cluster's namespaces) and wrk. The figures go to docs/bench.md.
+"""W1 and W3 through the front of a two-host cluster against one host's stack.
 
-    python3 scripts/bench_cluster.py [--rounds 5] [--duration 10]
+The cluster (scripts/cluster) and the stack (scripts/stack) are loaded in one run: each
+round runs every workload on both, the order alternating from round to round; medians, and
+the median of the per-round ratios. Both run at once on this machine (idle while the other
+is loaded), with the same token, so the only difference is the front and the hosts'
+network. Needs root (the cluster's namespaces) and wrk.
 """
 
 from __future__ import annotations
@@ -18,9 +17,10 @@ import sys
 import tempfile
 from typing import Any
 
-from taskbench import workloads, wrk
+from bench import workloads, wrk
+from bench.instance import REPO
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = REPO / "scripts"
 STACK_PORT, STACK_BASE = 19680, 19685
 FRONT_PORT, FIRST_PORT, PG_PORT = 19690, 18900, 55530
 CLUSTER_FLAGS = ["--hosts", "2", "--instances", "2", "--port", str(FRONT_PORT),
@@ -29,7 +29,7 @@ CLUSTER_FLAGS = ["--hosts", "2", "--instances", "2", "--port", str(FRONT_PORT),
 
 
 def _script(name: str, *args: str, env: dict[str, str] | None = None) -> None:
-    done = subprocess.run([os.path.join(HERE, name), *args], capture_output=True, text=True,
+    done = subprocess.run([str(SCRIPTS / name), *args], capture_output=True, text=True,
                           env={**os.environ, "PYTHON": sys.executable, **(env or {})},
                           check=False, timeout=180)
     if done.returncode != 0:
@@ -77,7 +77,9 @@ def report(found: dict[str, list[dict[str, float]]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bench_cluster.py", description=__doc__.split(".")[0])
+    """Bring the cluster and the stack up, measure both, take them down; 1 on a failure."""
+    parser = argparse.ArgumentParser(prog="scripts/bench experiment cluster",
+                                     description=__doc__.split("\n\n")[1])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=10)
     args = parser.parse_args(argv)
@@ -95,17 +97,14 @@ def main(argv: list[str]) -> int:
         _script("stack", "up", env={**stack_env, "TASKRUNNER_TOKEN": token})
         found = measure(args.rounds, args.duration, token)
     except RuntimeError as exc:
-        print(f"bench_cluster: {exc}", file=sys.stderr)
+        print(f"bench experiment cluster: {exc}", file=sys.stderr)
         return 1
     finally:
-        subprocess.run([os.path.join(HERE, "cluster"), "down", *cluster], check=False,
+        subprocess.run([str(SCRIPTS / "cluster"), "down", *cluster], check=False,
                        capture_output=True, env={**os.environ, "PYTHON": sys.executable})
-        subprocess.run([os.path.join(HERE, "stack"), "down"], check=False,
+        subprocess.run([str(SCRIPTS / "stack"), "down"], check=False,
                        capture_output=True,
                        env={**os.environ, "PYTHON": sys.executable, **stack_env})
     print(report(found))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

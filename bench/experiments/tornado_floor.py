@@ -1,26 +1,23 @@
-"""The least a Tornado server can do for W1: a yardstick, not a product.
+"""The least a Tornado server can do for W1: a yardstick, not a product (serves PORT).
 
 Per ``POST /run`` it parses the JSON body, starts ``args`` with ``posix_spawnp`` in a
 session of its own with stdout/stderr pipes, waits for the pidfd on the loop, reads the
 pipes and answers the result as JSON: the system calls taskrunner makes for a command, and
 none of its validation, limits, admission, logging, metrics, timeouts or cleanup. Its
 stdout and stderr are read only after the command exits, so keep outputs under a pipe's
-64 KiB (W1's ``true`` writes nothing).
-
-What it measures: how far a Tornado-based server can go on this machine at all. Run one
-on a port and four behind the stack's nginx (stop the stack's instances with
-``supervisorctl stop 'taskrunner:*'`` and start this on 8885-8888 instead), then W1 at both
-and at webhook, interleaved; README "Benchmark" has the figures.
-
-Usage: python3 scripts/bench_tornado_floor.py PORT
+64 KiB (W1's ``true`` writes nothing). It measures how far a Tornado-based server can go on
+this machine at all: run one on a port and four behind the stack's nginx (stop the stack's
+instances with ``supervisorctl stop 'taskrunner:*'`` and start this on 8885-8888 instead),
+then W1 at both and at webhook, interleaved. Serves until interrupted.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import os
-import sys
 
 import tornado.httpserver
 import tornado.web
@@ -76,5 +73,13 @@ async def serve(port: int) -> None:
     await asyncio.Event().wait()
 
 
-if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+
+def main(argv: list[str]) -> int:
+    """Serve on 127.0.0.1:PORT until interrupted."""
+    ap = argparse.ArgumentParser(prog="scripts/bench experiment tornado_floor",
+                                 description=__doc__.split("\n\n")[1])
+    ap.add_argument("port", type=int, metavar="PORT")
+    port = ap.parse_args(argv).port
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops
+        uvloop.run(serve(port))
+    return 0

@@ -1,15 +1,15 @@
-"""Where the time of the cgroup limits goes: spawns per second through the engine, and the
-instance's CPU per spawn, plain and with a cgroup per command (reused from the pool, or made
-and removed for each command), next to what an exec wrapper alone would cost.
+"""Where the time of the cgroup limits goes: spawns/s and CPU per spawn through the engine.
 
-Usage (as root, on cgroup v1 or v2 with memory, pids and cpu):
-    PYTHONPATH=. python3 scripts/bench_engine_cgroups.py [N] [ROUNDS]
-Runs /bin/true N times, 4 at a time, per variant; variants alternate in a rotating order for
-ROUNDS rounds so that all see the same machine load; prints medians.
+Spawns per second through the engine, and the instance's CPU per spawn, plain and with a
+cgroup per command (reused from the pool, or made and removed for each command), next to
+what an exec wrapper alone would cost. Runs /bin/true N times, 4 at a time, per variant;
+variants alternate in a rotating order for ROUNDS rounds so that all see the same machine
+load; prints medians. As root, on cgroup v1 or v2 with memory, pids and cpu.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import statistics
@@ -23,8 +23,6 @@ from taskrunner.process.cgroups import Cgroup, CgroupLimits, V1Hierarchy
 from taskrunner.process.engine import CommandSpec, ProcessEngine
 from taskrunner.process.launcher import Launcher
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 LIMITS = CgroupLimits(memory_max=256 << 20, pids_max=64, cpu_max=1.0)
 SH_WRAPPER = ("/bin/sh", "-c", 'exec "$@"', "sh")
 
@@ -41,9 +39,10 @@ class WrapperV1(V1Hierarchy):
         yield
 
 
-async def rate(launcher: Launcher, prefix: tuple[str, ...] = ()) -> tuple[float, float]:
+async def rate(launcher: Launcher, n: int,
+               prefix: tuple[str, ...] = ()) -> tuple[float, float]:
     spec = CommandSpec(args=[*prefix, "/bin/true"], timeout=10)
-    left = N
+    left = n
 
     async def worker() -> None:
         nonlocal left
@@ -54,10 +53,10 @@ async def rate(launcher: Launcher, prefix: tuple[str, ...] = ()) -> tuple[float,
 
     started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(4)))
-    return N / (time.perf_counter() - started), (time.process_time() - cpu_started) / N
+    return n / (time.perf_counter() - started), (time.process_time() - cpu_started) / n
 
 
-async def main() -> None:
+async def measure(n: int, rounds: int) -> None:
     ballast = bytearray(30 << 20)  # a parent of realistic size
     engine = ProcessEngine(max_output=1 << 20)
     pooled = CgroupPool(detect_hierarchy(LIMITS, ""), keep=64)
@@ -79,13 +78,13 @@ async def main() -> None:
         variants["v1 placed by a sh wrapper, pooled"] = (Launcher(engine, cgroups=wrapped), ())
     print(f"{pooled.hierarchy.describe()}", file=sys.stderr)
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    await rate(variants["plain"][0])
+    await rate(variants["plain"][0], n)
     names = list(variants)
-    for round_ in range(ROUNDS):
+    for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             launcher, prefix = variants[name]
-            results[name].append(await rate(launcher, prefix))
+            results[name].append(await rate(launcher, n, prefix))
     for name, runs in results.items():
         print(f"| {name} | {statistics.median(r for r, _ in runs):,.0f} | "
               f"{statistics.median(c for _, c in runs) * 1e6:,.0f} µs |")
@@ -98,4 +97,14 @@ async def main() -> None:
     del ballast
 
 
-asyncio.run(main())
+
+def main(argv: list[str]) -> int:
+    """Measure every variant; one Markdown table row each."""
+    ap = argparse.ArgumentParser(prog="scripts/bench experiment engine_cgroups",
+                                 description=__doc__.split("\n\n")[1])
+    ap.add_argument("n", nargs="?", type=int, default=1000, metavar="N",
+                    help="spawns per variant and round")
+    ap.add_argument("rounds", nargs="?", type=int, default=5, metavar="ROUNDS")
+    args = ap.parse_args(argv)
+    asyncio.run(measure(args.n, args.rounds))
+    return 0

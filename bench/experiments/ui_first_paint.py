@@ -3,36 +3,34 @@
 Starts ``python -m taskrunner`` from SOURCE (a checkout) with a token and ``--max-jobs``
 above N, makes N quick jobs (``true``, four at a time, each polled until it ended), then
 loads ``/ui`` ROUNDS times in headless Chromium (Debian's, through /usr/bin/chromedriver)
-with the token already in the tab's sessionStorage, as after the reader typed it:
-
-* cold: the browser's cache emptied first (the page, its script and style sheet fetched);
-* warm: a reload (the page revalidated, 304; its script and style sheet from the cache).
+with the token already in the tab's sessionStorage, as after the reader typed it: cold (the
+browser's cache emptied first: the page, its script and style sheet fetched) and warm (a
+reload: the page revalidated, 304; its script and style sheet from the cache).
 
 Each load reports the Performance API's ``first-contentful-paint``, the page's own mark
 ``taskrunner:jobs-rendered`` (the table built from the first ``GET /jobs``, its rows
 counted: the newest 50 at most, the page's first page), ``largest-contentful-paint``, and
 the ``GET /jobs`` fetch (end and size). Prints one line per load and the medians.
-
-Usage: python3 scripts/bench_ui_first_paint.py [SOURCE] [N] [ROUNDS]
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from benchutil import start_instance
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
+
+from bench.instance import REPO, taskrunner
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,7 +43,9 @@ new PerformanceObserver((list) => lcp.push(...list.getEntries()))
 setTimeout(() => {
   const fcp = performance.getEntriesByName("first-contentful-paint")[0];
   const mark = performance.getEntriesByName("taskrunner:jobs-rendered")[0];
-  const jobs = performance.getEntriesByType("resource").filter((e) => /\\/jobs$/.test(e.name))[0];
+  // the list's GET /jobs?limit=..., not a job's own URL
+  const jobs = performance.getEntriesByType("resource")
+    .filter((e) => /\\/jobs(\\?|$)/.test(e.name))[0];
   done({
     fcp: fcp ? fcp.startTime : null,
     rendered: mark ? mark.startTime : null,
@@ -112,19 +112,27 @@ def load(driver: webdriver.Chrome, n: int, reload: bool) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
-    source = sys.argv[1] if len(sys.argv) > 1 else os.getcwd()
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 7
-    tmp = tempfile.mkdtemp(prefix="taskrunner-bench-ui-")
-    proc, port = start_instance(["--max-jobs", str(n + 100)], os.path.join(tmp, "log"), source,
-                                {"TASKRUNNER_TOKEN": TOKEN})
+def main(argv: list[str]) -> int:
+    """Make the jobs, load the page ROUNDS times cold and warm; print each and the medians."""
+    ap = argparse.ArgumentParser(prog="scripts/bench experiment ui_first_paint",
+                                 description=__doc__.split("\n\n")[1])
+    ap.add_argument("source", nargs="?", type=Path, default=REPO, metavar="SOURCE",
+                    help="the checkout to start")
+    ap.add_argument("n", nargs="?", type=int, default=1000, metavar="N", help="jobs")
+    ap.add_argument("rounds", nargs="?", type=int, default=7, metavar="ROUNDS")
+    args = ap.parse_args(argv)
+    n, rounds = args.n, args.rounds
+    tmp = Path(tempfile.mkdtemp(prefix="taskrunner-bench-ui-"))
+    instance = taskrunner(["--max-jobs", str(n + 100)], tmp / "log", args.source,
+                          {"TASKRUNNER_TOKEN": TOKEN})
+    port = instance.port
+    assert port is not None
     driver = None
     try:
         began = time.monotonic()
         make_jobs(port, n)
         print(f"{n} jobs made in {time.monotonic() - began:.1f} s")
-        driver = browser(os.path.join(tmp, "profile"))
+        driver = browser(str(tmp / "profile"))
         url = f"http://127.0.0.1:{port}/ui"
         driver.get(url)
         driver.execute_script(f"sessionStorage.setItem('taskrunner.token', '{TOKEN}')")
@@ -148,10 +156,6 @@ def main() -> None:
     finally:
         if driver is not None:
             driver.quit()
-        proc.terminate()
-        proc.wait(30)
+        instance.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
+    return 0
