@@ -1,40 +1,32 @@
-"""The one renderer of the configs of a deployment: nginx's (the whole nginx.conf that
-scripts/stack and scripts/cluster run, or the http-context part for a distribution's
-conf.d) and a host's supervisord program, from a list of instances or an inventory
-(scripts/inventory.py).
+"""nginx, one target of the renderer: the front of the stack and of a cluster, as the
+http-context part a distribution's nginx takes in its conf.d, or as a whole nginx.conf whose
+files are all under one run directory.
 
-The nginx text comes from deploy/nginx.conf.template, which holds
-deploy/nginx-http.conf.template at ``@HTTP@``; only the lists (upstream servers, the
-per-owner upstreams, the job map) and the settings are made here.
-
-    python3 scripts/render.py stack --port 8080 --base-port 8885 --run-dir RUN [--max-body N]
-
-prints the stack's nginx.conf (its instances are 127.0.0.1:BASE..BASE+3 named by their
-port; TLS from ``TASKRUNNER_TLS_CERT`` and ``TASKRUNNER_TLS_KEY``). scripts/cluster's
-``print-front`` and ``print-host`` print the others.
+The text is the package's templates/nginx.conf.template around
+templates/nginx-http.conf.template (at ``@HTTP@``); only the lists (upstream servers, the
+per-owner upstreams, the job map, the names the front answers to) and the settings are made
+here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import re
-import shlex
-import sys
 from collections.abc import Sequence
+from importlib import resources
 
-from inventory import LOOPBACK, Front, Host, Instance, Inventory
+from taskrunner.deploy.inventory import Front, Instance
+from taskrunner.deploy.programs import stack_instances
+from taskrunner.deploy.settings import Settings
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WHOLE_TEMPLATE = os.path.join(REPO, "deploy", "nginx.conf.template")
-HTTP_TEMPLATE = os.path.join(REPO, "deploy", "nginx-http.conf.template")
-STACK_INSTANCES = 4
+MALLOC_TUNABLES = "glibc.malloc.trim_threshold=33554432:glibc.malloc.mmap_threshold=4194304"
+"""``GLIBC_TUNABLES`` for nginx: its workers keep their freed proxy buffers (up to 32 MiB of
+heap each) instead of page-faulting them back in for every large response
+(docs/deploy.md, "nginx")."""
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
+def _template(name: str) -> str:
+    return resources.files("taskrunner.deploy").joinpath("templates", name).read_text()
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
@@ -83,7 +75,7 @@ def http_snippet(instances: Sequence[Instance], front: Front) -> str:
         raise ValueError("no instances to put behind the front")
     servers = "\n".join(f"    server {i.endpoint} max_fails=1 fail_timeout=2s;"
                         for i in instances)
-    return _fill(_read(HTTP_TEMPLATE), {
+    return _fill(_template("nginx-http.conf.template"), {
         "LISTEN": front.listen,
         "SSL": " ssl" if front.tls_cert else "",
         "TLS": _tls(front),
@@ -104,7 +96,7 @@ def nginx_conf(instances: Sequence[Instance], front: Front, run_dir: str) -> str
                                 access_log=os.path.join(run_dir, "log", "nginx-access.log"))
     http = "\n".join(f"    {line}" if line else ""
                      for line in http_snippet(instances, front).rstrip("\n").split("\n"))
-    return _fill(_read(WHOLE_TEMPLATE), {
+    return _fill(_template("nginx.conf.template"), {
         # As root, the workers run as nobody (they need no more).
         "USER": "user nobody nogroup;" if os.geteuid() == 0 else "",
         "RUN_DIR": run_dir,
@@ -112,84 +104,8 @@ def nginx_conf(instances: Sequence[Instance], front: Front, run_dir: str) -> str
     })
 
 
-def stack_instances(base_port: int) -> list[Instance]:
-    """The stack's four instances: 127.0.0.1, named by their port (the default --instance)."""
-    return [Instance(str(port), "127.0.0.1", port)
-            for port in range(base_port, base_port + STACK_INSTANCES)]
-
-
-def instance_command(instance: Instance, inventory: Inventory, python: str,
-                     run_dir: str) -> list[str]:
-    """The command line of one instance of a cluster host."""
-    command = [python, "-m", "taskrunner", "--address", instance.address,
-               "--port", str(instance.port), "--instance", instance.name,
-               *inventory.index_flags,
-               "--lost-after", f"{inventory.lost_after:g}",
-               "--recycle-lock", os.path.join(run_dir, "recycle.lock")]
-    if inventory.token_file:
-        command += ["--token-file", inventory.token_file]
-    # nginx passes the Host it answered to; the instances check it again (a rebound name
-    # that reached the front still runs nothing). The loopback names they take anyway.
-    for name in inventory.front.names:
-        if name.strip("[]") not in LOOPBACK:
-            command += ["--allowed-host", name]
-    return command + list(inventory.instance_args)
-
-
-def _quote(word: str) -> str:
-    # supervisord splits the command as a shell would, after expanding %(process_num)d.
-    return word if re.fullmatch(r"[\w@%+=:,./()-]+", word) else shlex.quote(word)
-
-
-def supervisord_program(host: Host, inventory: Inventory, python: str, run_dir: str,
-                        log_dir: str) -> str:
-    """The ``[program:...]`` section of ``host``'s instances, for a supervisord.conf (or a
-    distribution's /etc/supervisor/conf.d). ``run_dir`` holds the host's recycle lock."""
-    # One program, numprocs instances: process_num is the port, so supervisord expands
-    # the one command line into each instance's. supervisord reads %(...)s in values, so
-    # a literal % (say, in the index's URL) is written %%.
-    template = Instance(f"{host.name}-PORT", host.address, 0)
-    words = instance_command(template, inventory, python, run_dir)
-    words = [w.replace("%", "%%") for w in words]
-    words[words.index("--port") + 1] = "%(process_num)d"
-    words[words.index("--instance") + 1] = f"{host.name}-%(process_num)d"
-    return "\n".join([
-        f"; The taskrunner instances of host {host.name}: {host.address} ports "
-        f"{host.first_port}..{host.first_port + host.instances - 1}.",
-        f"[program:taskrunner_{host.name}]",
-        f"numprocs={host.instances}",
-        f"numprocs_start={host.first_port}",
-        "process_name=%(program_name)s-%(process_num)d",
-        "command=" + " ".join(_quote(w) for w in words),
-        "autostart=true",
-        "; Always: an instance that recycled (--max-requests) exits 0 and must come back too.",
-        "autorestart=true",
-        "startsecs=1",
-        "startretries=5",
-        "; On TERM an instance drains for --grace (10 s), kills the rest and exits.",
-        "stopsignal=TERM",
-        "stopwaitsecs=30",
-        "redirect_stderr=true",
-        f"stdout_logfile={os.path.join(log_dir, '%(program_name)s-%(process_num)d.log')}",
-        "stdout_logfile_maxbytes=50MB",
-        "stdout_logfile_backups=5",
-    ]) + "\n"
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="render.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("stack",))
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--base-port", type=int, required=True)
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--max-body", type=int, default=1048576)
-    args = parser.parse_args(argv)
-    cert = os.environ.get("TASKRUNNER_TLS_CERT", "")
-    key = os.environ.get("TASKRUNNER_TLS_KEY", "")
-    front = Front(f"127.0.0.1:{args.port}", cert, key, args.max_body)
-    sys.stdout.write(nginx_conf(stack_instances(args.base_port), front, args.run_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def stack_conf(settings: Settings) -> str:
+    """The stack's whole nginx.conf: its four instances behind ``127.0.0.1:port``."""
+    front = Front(f"127.0.0.1:{settings.port}", settings.tls_cert, settings.tls_key,
+                  settings.max_body)
+    return nginx_conf(stack_instances(settings.base_port), front, settings.run_dir)
