@@ -36,9 +36,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import cluster_parts as parts
-import inventory as inv
-import render
 from netns import Net, NetError, available, listening
+
+from taskrunner.deploy import inventory as inv
+from taskrunner.deploy import nginx, supervisord
+from taskrunner.deploy.settings import Settings as DeploySettings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Instances of a local cluster listen on their namespace's address, which only this machine
@@ -289,15 +291,15 @@ def print_front(path: str, whole: bool, run_dir: str | None) -> int:
     if whole:
         if not run_dir:
             raise UsageError("print-front --whole needs --run-dir (nginx's files go there)")
-        sys.stdout.write(render.nginx_conf(inventory.instances, inventory.front, run_dir))
+        sys.stdout.write(nginx.nginx_conf(inventory.instances, inventory.front, run_dir))
     else:
-        sys.stdout.write(render.http_snippet(inventory.instances, inventory.front))
+        sys.stdout.write(nginx.http_snippet(inventory.instances, inventory.front))
     return 0
 
 
 def print_host(path: str, name: str, python: str, run_dir: str, log_dir: str) -> int:
     inventory = inv.load(path)
-    sys.stdout.write(render.supervisord_program(_host(inventory, name), inventory, python,
+    sys.stdout.write(supervisord.supervisord_program(_host(inventory, name), inventory, python,
                                                 run_dir, log_dir))
     return 0
 
@@ -337,10 +339,11 @@ def parser() -> argparse.ArgumentParser:
     h = sub.add_parser("print-host", help="a host's supervisord program section")
     h.add_argument("name")
     h.add_argument("--inventory", required=True)
-    h.add_argument("--python", default="/usr/bin/python3",
+    deploy = DeploySettings()
+    h.add_argument("--python", default=deploy.python,
                    help="the interpreter with taskrunner installed")
-    h.add_argument("--run-dir", default="/run/taskrunner", help="the recycle lock's directory")
-    h.add_argument("--log-dir", default="/var/log/taskrunner")
+    h.add_argument("--run-dir", default=deploy.run_dir, help="the recycle lock's directory")
+    h.add_argument("--log-dir", default=deploy.log_dir)
     return p
 
 
