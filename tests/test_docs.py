@@ -70,6 +70,19 @@ def test_the_deploy_flag_table_is_the_deploy_settings():
         "docs/deploy.md's taskrunner-deploy table differs from taskrunner.deploy.settings.table()"
 
 
+def test_the_local_clusters_up_flags_are_its_settings():
+    """docs/deploy.md's table of ``scripts/cluster up``'s flags: a row per field of its
+    `Settings`, as the field makes the flag (default and help)."""
+    import dataclasses
+
+    from cluster import Settings  # scripts/, on the path by conftest.py
+
+    text = read("docs/deploy.md").split("| flag of `up` |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in text.splitlines() if line.startswith("| `--")]
+    fields = dataclasses.fields(Settings)
+    assert rows[:len(fields)] == [deploy_settings.row(f, commands=False) for f in fields]
+
+
 def test_every_error_code_is_in_the_api_error_table_with_its_status():
     """Every error a client can get; the base classes are categories to catch, not codes."""
     text = read("docs/api.md")

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from taskrunner.deploy import nginx, supervisord
 from taskrunner.deploy.inventory import InventoryError, load
-from taskrunner.deploy.settings import COMMANDS, Settings, flag, settings
+from taskrunner.deploy.settings import COMMANDS, Settings, add_arguments, settings
 
 PROG = "taskrunner-deploy"
 STACK_FILES = ("nginx", "supervisord")
@@ -40,14 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands["print-stack"].add_argument("file", choices=STACK_FILES,
                                          help="which of the stack's configs")
     for name, command in commands.items():
-        for setting in settings(name):
-            if isinstance(setting.default, bool):  # a switch: --flag turns it on
-                command.add_argument(flag(setting), action="store_true",
-                                     help=setting.metadata["help"])
-                continue
-            kind: Any = type(setting.default)
-            command.add_argument(flag(setting), type=kind, default=setting.default,
-                                 help=setting.metadata["help"], metavar=setting.name.upper())
+        add_arguments(command, settings(name))
     return parser
 
 

@@ -10,6 +10,7 @@ config and an instance started without flags agree.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,43 +33,45 @@ STACK_INSTANCES = 4
 _INSTANCE = Config()
 
 
-def _setting(default: Any, help: str, *commands: str) -> Any:
-    return field(default=default, metadata={"help": help, "commands": commands})
+def setting(default: Any, help: str, *commands: str, flag: str = "") -> Any:
+    """A dataclass field that is a setting: its default, its help, the commands that take it
+    and its flag (default: ``--`` and the field's name with ``-`` for ``_``)."""
+    return field(default=default, metadata={"help": help, "commands": commands, "flag": flag})
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every setting of ``taskrunner-deploy``; a command reads the ones it takes."""
 
-    whole: bool = _setting(
+    whole: bool = setting(
         False, "a whole nginx.conf, its files under --run-dir, instead of the http-context "
         "part", "print-front")
-    python: str = _setting(
+    python: str = setting(
         "/usr/bin/python3", "the host's interpreter that has taskrunner installed",
         "print-host")
-    run_dir: str = _setting(
+    run_dir: str = setting(
         "/run/taskrunner", "runtime files: the instances' recycle lock; nginx's pid file, "
         "logs and temp files in a whole nginx.conf; the stack's supervisord files",
         "print-front", "print-host", "print-stack")
-    log_dir: str = _setting(
+    log_dir: str = setting(
         "/var/log/taskrunner", "the instances' logs, one taskrunner_NAME.log each",
         "print-host")
-    stop_wait: int = _setting(
+    stop_wait: int = setting(
         30, "seconds supervisord gives an instance to stop after TERM (stopwaitsecs): "
         f"above its --grace ({_INSTANCE.grace:g}) plus the kill, the last answers and the "
         "callbacks' 3 s", "print-host", "print-stack", "print-supervisord")
-    port: int = _setting(8080, "the stack's nginx port on 127.0.0.1", "print-stack")
-    base_port: int = _setting(
+    port: int = setting(8080, "the stack's nginx port on 127.0.0.1", "print-stack")
+    base_port: int = setting(
         _INSTANCE.port, f"the stack's first instance port; its {STACK_INSTANCES} are "
         "consecutive", "print-stack", "print-supervisord")
-    max_body: int = _setting(
+    max_body: int = setting(
         _INSTANCE.max_body, "nginx's body limit in bytes; keep it equal to the instances' "
         "--max-body", "print-stack")
-    tls_cert: str = _setting(
+    tls_cert: str = setting(
         "", "PEM certificate, its chain after it: the stack's nginx serves HTTPS "
         "(with --tls-key)", "print-stack")
-    tls_key: str = _setting("", "PEM private key of --tls-cert", "print-stack")
-    directory: str = _setting(
+    tls_key: str = setting("", "PEM private key of --tls-cert", "print-stack")
+    directory: str = setting(
         "", "the instances' working directory; empty: the directory of the supervisord.conf",
         "print-stack", "print-supervisord")
 
@@ -102,15 +105,38 @@ def settings(command: str | None = None) -> list[dataclasses.Field[Any]]:
 
 def flag(setting: dataclasses.Field[Any]) -> str:
     """The ``--flag`` of ``setting``."""
-    return "--" + setting.name.replace("_", "-")
+    return setting.metadata.get("flag") or "--" + setting.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser,
+                  fields: list[dataclasses.Field[Any]]) -> None:
+    """One ``--flag`` per field, with its default and help; its value goes to the field's name."""
+    for setting in fields:
+        if isinstance(setting.default, bool):  # a switch: --flag turns it on
+            parser.add_argument(flag(setting), action="store_true", dest=setting.name,
+                                help=setting.metadata["help"])
+            continue
+        kind: Any = type(setting.default)
+        parser.add_argument(flag(setting), type=kind, default=setting.default,
+                            dest=setting.name, help=setting.metadata["help"],
+                            metavar=flag(setting)[2:].replace("-", "_").upper())
+
+
+def row(setting: dataclasses.Field[Any], commands: bool = True) -> str:
+    """``setting``'s row in a docs table: its flag, its default, [the commands that take it,]
+    its help."""
+    default = setting.default
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    shown = "(none)" if default == "" else "off" if default is False else f"`{default}`"
+    cells = [f"`{flag(setting)}`", shown]
+    if commands:
+        cells.append(", ".join(f"`{c}`" for c in setting.metadata["commands"]))
+    return "| " + " | ".join([*cells, setting.metadata["help"]]) + " |"
 
 
 def table() -> str:
     """docs/deploy.md's table of ``taskrunner-deploy``'s flags: flag, default, commands, help."""
     rows = ["| flag | default | commands | meaning |", "|---|---|---|---|"]
-    for setting in settings():
-        default = setting.default
-        shown = "(none)" if default == "" else "off" if default is False else f"`{default}`"
-        commands = ", ".join(f"`{c}`" for c in setting.metadata["commands"])
-        rows.append(f"| `{flag(setting)}` | {shown} | {commands} | {setting.metadata['help']} |")
+    rows += [row(setting) for setting in settings()]
     return "\n".join(rows) + "\n"
