@@ -19,6 +19,9 @@ from taskrunner.deploy.inventory import Front, Instance
 from taskrunner.deploy.programs import stack_instances
 from taskrunner.deploy.settings import Settings
 
+__all__ = ["MALLOC_TUNABLES", "http_snippet", "nginx_conf", "stack_conf", "stack_instances",
+           "upstream_name"]
+
 MALLOC_TUNABLES = "glibc.malloc.trim_threshold=33554432:glibc.malloc.mmap_threshold=4194304"
 """``GLIBC_TUNABLES`` for nginx: its workers keep their freed proxy buffers (up to 32 MiB of
 heap each) instead of page-faulting them back in for every large response
