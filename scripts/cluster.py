@@ -32,13 +32,17 @@ import secrets
 import sys
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import cluster_parts as parts
-import inventory as inv
-import render
 from netns import Net, NetError, available, listening
+
+from taskrunner.config import Config
+from taskrunner.deploy import inventory as inv
+from taskrunner.deploy import nginx, supervisord
+from taskrunner.deploy.settings import Settings as DeploySettings
+from taskrunner.deploy.settings import add_arguments, setting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Instances of a local cluster listen on their namespace's address, which only this machine
@@ -52,16 +56,23 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """What ``up`` was told; kept in the run directory for the other commands."""
+    """What ``up`` was told; kept in the run directory for the other commands. Each field
+    makes one flag of ``up``, and its row in docs/deploy.md's table (tests/test_docs.py)."""
 
-    hosts: int = 2
-    instances: int = 2
-    front_port: int = 8090
-    first_port: int = 8885
-    pg_port: int = 55432
-    prefix: str = "trc"
-    subnet: str = "10.77.0.0/16"
-    lost_after: float = 15.0
+    hosts: int = setting(2, "hosts (namespaces `PREFIX-h1`, …)")
+    instances: int = setting(2, "instances on each host")
+    front_port: int = setting(int(inv.Front.listen.rpartition(":")[2]),
+                              "the front's port on 127.0.0.1", flag="--port")
+    first_port: int = setting(Config().port, "first instance port of every host (each host "
+                              "has its own address)")
+    pg_port: int = setting(55432, "PostgreSQL's port")
+    prefix: str = setting("trc", "names of the namespaces (`trc-h1`), veths (`trc-1r`, "
+                          "`trc-1n`) and the index address's label (`lo:trc`); 1-8 lower-case "
+                          "letters and digits")
+    subnet: str = setting("10.77.0.0/16", "host *i* is `10.77.i.0/24` (its instances on `.2`, "
+                          "its gateway `.1`); the index on `10.77.0.1`; refused if a route of "
+                          "the machine overlaps it")
+    lost_after: float = setting(inv.DEFAULT_LOST_AFTER, "every instance's `--lost-after`")
 
     def inventory(self, layout: parts.Layout, net: Net) -> inv.Inventory:
         """The inventory of this cluster (what ``up`` writes to ``cluster.toml``)."""
@@ -290,15 +301,15 @@ def print_front(path: str, whole: bool, run_dir: str | None) -> int:
     if whole:
         if not run_dir:
             raise UsageError("print-front --whole needs --run-dir (nginx's files go there)")
-        sys.stdout.write(render.nginx_conf(inventory.instances, inventory.front, run_dir))
+        sys.stdout.write(nginx.nginx_conf(inventory.instances, inventory.front, run_dir))
     else:
-        sys.stdout.write(render.http_snippet(inventory.instances, inventory.front))
+        sys.stdout.write(nginx.http_snippet(inventory.instances, inventory.front))
     return 0
 
 
 def print_host(path: str, name: str, python: str, run_dir: str, log_dir: str) -> int:
     inventory = inv.load(path)
-    sys.stdout.write(render.supervisord_program(_host(inventory, name), inventory, python,
+    sys.stdout.write(supervisord.supervisord_program(_host(inventory, name), inventory, python,
                                                 run_dir, log_dir))
     return 0
 
@@ -307,27 +318,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scripts/cluster", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     run_dir = os.path.join(REPO, "run", "cluster")
-    defaults = Settings()
     commands = {name: sub.add_parser(name) for name in
                 ("up", "down", "status", "stop-host", "start-host", "add-host")}
     for command in commands.values():
         command.add_argument("--run-dir", default=run_dir,
                              help="the cluster's files (default: run/cluster)")
-    u = commands["up"]
-    u.add_argument("--hosts", type=int, default=defaults.hosts, help="hosts (namespaces)")
-    u.add_argument("--instances", type=int, default=defaults.instances,
-                   help="instances on each host")
-    u.add_argument("--port", type=int, default=defaults.front_port,
-                   help="the front's port on 127.0.0.1")
-    u.add_argument("--first-port", type=int, default=defaults.first_port,
-                   help="first instance port of every host")
-    u.add_argument("--pg-port", type=int, default=defaults.pg_port,
-                   help="PostgreSQL's port")
-    u.add_argument("--prefix", default=defaults.prefix,
-                   help="names of the namespaces and devices: PREFIX-...")
-    u.add_argument("--subnet", default=defaults.subnet, help="an IPv4 /16 for the hosts")
-    u.add_argument("--lost-after", type=float, default=defaults.lost_after,
-                   help="--lost-after of every instance (seconds)")
+    add_arguments(commands["up"], list(fields(Settings)))
     commands["status"].add_argument("--json", action="store_true")
     for name in ("stop-host", "start-host"):
         commands[name].add_argument("name", help="a host of the inventory, e.g. h1")
@@ -338,10 +334,11 @@ def parser() -> argparse.ArgumentParser:
     h = sub.add_parser("print-host", help="a host's supervisord program section")
     h.add_argument("name")
     h.add_argument("--inventory", required=True)
-    h.add_argument("--python", default="/usr/bin/python3",
+    deploy = DeploySettings()
+    h.add_argument("--python", default=deploy.python,
                    help="the interpreter with taskrunner installed")
-    h.add_argument("--run-dir", default="/run/taskrunner", help="the recycle lock's directory")
-    h.add_argument("--log-dir", default="/var/log/taskrunner")
+    h.add_argument("--run-dir", default=deploy.run_dir, help="the recycle lock's directory")
+    h.add_argument("--log-dir", default=deploy.log_dir)
     return p
 
 
@@ -358,11 +355,8 @@ def main(argv: list[str]) -> int:
             raise UsageError(why)
         layout = parts.Layout(os.path.abspath(args.run_dir))
         if args.command == "up":
-            settings = replace(Settings(), hosts=args.hosts, instances=args.instances,
-                               front_port=args.port, first_port=args.first_port,
-                               pg_port=args.pg_port, prefix=args.prefix, subnet=args.subnet,
-                               lost_after=args.lost_after)
-            return up(layout, settings)
+            return up(layout, Settings(**{f.name: getattr(args, f.name)
+                                          for f in fields(Settings)}))
         if args.command == "down":
             return down(layout)
         if args.command == "status":

@@ -23,16 +23,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import render
 import stack_procs
-from inventory import Host, Instance, Inventory
 from netns import Net
 from pgserver import PgServer
 
-# glibc keeps nginx's freed proxy buffers (see scripts/stack, where the figure is).
-NGINX_MALLOC = "glibc.malloc.trim_threshold=33554432:glibc.malloc.mmap_threshold=4194304"
-HOST_STOP = 40.0
-"""Seconds for a host's supervisord to stop its instances (stopwaitsecs=30, and a margin)."""
+from taskrunner.deploy import nginx, supervisord
+from taskrunner.deploy.inventory import Host, Instance, Inventory
+from taskrunner.deploy.settings import STOP_WAIT
+
+HOST_STOP = STOP_WAIT + 10.0
+"""Seconds for a host's supervisord to stop its instances (its stopwaitsecs, and a margin)."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,8 @@ def host_conf(layout: Layout, inventory: Inventory, host: Host, python: str) -> 
     supervisord settings around it, everything under the host's directory); its path."""
     directory = layout.host(host.name)
     os.makedirs(os.path.join(directory, "log"), exist_ok=True)
-    program = render.supervisord_program(host, inventory, python, directory,
-                                         os.path.join(directory, "log"))
+    program = supervisord.supervisord_program(host, inventory, python, directory,
+                                              os.path.join(directory, "log"))
     path = os.path.join(directory, "supervisord.conf")
     with open(path, "w") as f:
         f.write("\n".join([
@@ -221,7 +221,7 @@ def start_front(layout: Layout, inventory: Inventory) -> None:
             for name in [root, *(os.path.join(root, d) for d in dirs)]:
                 os.chown(name, 65534, -1)
     write_front_conf(layout, inventory)
-    env = {**os.environ, "GLIBC_TUNABLES": NGINX_MALLOC + (
+    env = {**os.environ, "GLIBC_TUNABLES": nginx.MALLOC_TUNABLES + (
         ":" + os.environ["GLIBC_TUNABLES"] if os.environ.get("GLIBC_TUNABLES") else "")}
     done = subprocess.run([*nginx_command(layout)], env=env, capture_output=True, text=True,
                           check=False, stdin=subprocess.DEVNULL)
@@ -233,7 +233,7 @@ def write_front_conf(layout: Layout, inventory: Inventory) -> None:
     """Render the front's whole nginx.conf from ``inventory``, replacing the old at once."""
     path = os.path.join(layout.front, "nginx.conf")
     with open(path + ".new", "w") as f:
-        f.write(render.nginx_conf(inventory.instances, inventory.front, layout.front))
+        f.write(nginx.nginx_conf(inventory.instances, inventory.front, layout.front))
     os.replace(path + ".new", path)
 
 

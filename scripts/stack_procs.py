@@ -34,8 +34,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-INSTANCE_STOP = 40.0
-"""Seconds for supervisord and the instances to stop (supervisord.conf's stopwaitsecs=30,
+from taskrunner.deploy.settings import STOP_WAIT
+
+INSTANCE_STOP = STOP_WAIT + 10.0
+"""Seconds for supervisord and the instances to stop (supervisord.conf's stopwaitsecs,
 itself above an instance's --grace, and a margin)."""
 WATCHDOG_STOP = 5.0
 NGINX_STOP = 10.0

@@ -28,6 +28,18 @@ def _limit(default: Any, help: str, **extra: Any) -> Any:
 MIB = 1024 * 1024
 EVENT_LOOPS = ("uvloop", "asyncio")
 
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+"""The TLS 1.2 cipher suites an HTTPS instance, and the stack's and the cluster's nginx,
+offer (one list: the instance's TLS context and taskrunner.deploy's nginx configs both
+take it from here): Mozilla's "intermediate" list without DHE (forward secrecy from ECDHE,
+AEAD only). No CBC suite: their MAC-then-encrypt construction is what padding-oracle
+attacks (Lucky Thirteen) feed on. It does not touch TLS 1.3, whose suites OpenSSL sets
+apart."""
+
 
 @dataclass(frozen=True)
 class Config:

@@ -80,7 +80,7 @@ class Stack:
     def ctl(self, *args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisorctl", "-c",
-             os.path.join(self.run_dir, "supervisord.override.conf"), *args],
+             os.path.join(self.run_dir, "supervisord.conf"), *args],
             capture_output=True, text=True, timeout=30, check=False)
         return done.stdout
 

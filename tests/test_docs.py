@@ -10,6 +10,7 @@ from helpers import REPO
 
 from taskrunner import errors
 from taskrunner.config import Config, settings
+from taskrunner.deploy import settings as deploy_settings
 
 # [text](target#anchor): the target up to a space or a closing parenthesis.
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s#]*)(?:#([^)\s]*))?\)")
@@ -56,6 +57,30 @@ def test_the_readmes_few_flags_are_real_and_show_their_defaults():
         name = flag[2:].replace("-", "_")
         assert name in {setting.name for setting in settings()}, f"README: no flag {flag}"
         assert shown == (_shown_default(name) or "(none)"), (flag, shown)
+
+
+def test_the_deploy_flag_table_is_the_deploy_settings():
+    """docs/deploy.md's table of taskrunner-deploy's flags is `Settings`' own text: every
+    field, its default, the commands that take it and its help, nothing else."""
+    text = read("docs/deploy.md").split("\n### taskrunner-deploy\n", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(--[a-z-]+)` \| .*$", text, re.MULTILINE)
+    flags = [deploy_settings.flag(s) for s in deploy_settings.settings()]
+    assert rows == flags, f"docs/deploy.md's taskrunner-deploy table names {rows}, not {flags}"
+    assert deploy_settings.table() in text, \
+        "docs/deploy.md's taskrunner-deploy table differs from taskrunner.deploy.settings.table()"
+
+
+def test_the_local_clusters_up_flags_are_its_settings():
+    """docs/deploy.md's table of ``scripts/cluster up``'s flags: a row per field of its
+    `Settings`, as the field makes the flag (default and help)."""
+    import dataclasses
+
+    from cluster import Settings  # scripts/, on the path by conftest.py
+
+    text = read("docs/deploy.md").split("| flag of `up` |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in text.splitlines() if line.startswith("| `--")]
+    fields = dataclasses.fields(Settings)
+    assert rows[:len(fields)] == [deploy_settings.row(f, commands=False) for f in fields]
 
 
 def test_every_error_code_is_in_the_api_error_table_with_its_status():

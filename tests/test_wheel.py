@@ -1,10 +1,10 @@
 """The wheel built from the repo installs into a clean virtual environment and serves.
 
-Catches a module or data file (openapi.json, watchdog.sh, the page's ui/ files) that works
-from the checkout but is missing from the wheel, and anything beside the product (the bench
-tool) that gets into it. The build runs on a copy of the repo's files
-(tracked, or new and not ignored), so no stale ``build/`` directory of the checkout can add
-to the wheel.
+Catches a module or data file (openapi.json, watchdog.sh, the page's ui/ files, the deploy
+tools' templates) that works from the checkout but is missing from the wheel, and anything
+beside the product (the bench tool, the lab) that gets into it. The build runs on a copy of
+the repo's files (tracked, or new and not ignored), so no stale ``build/`` directory of the
+checkout can add to the wheel.
 """
 
 import contextlib
@@ -66,9 +66,14 @@ def test_the_wheel_installs_into_a_clean_venv_and_serves():
              "--quiet", "--wheel-dir", wheels, source])
         (wheel,) = os.listdir(wheels)
         with zipfile.ZipFile(os.path.join(wheels, wheel)) as archive:
-            tops = {name.split("/", 1)[0] for name in archive.namelist()}
+            names = set(archive.namelist())
+        tops = {name.split("/", 1)[0] for name in names}
         # The product alone: the bench tool (bench/) is the repository's, not the user's.
         assert {top for top in tops if not top.endswith(".dist-info")} == {"taskrunner"}, tops
+        for name in ("taskrunner/deploy/cli.py", "taskrunner/deploy/cluster.example.toml",
+                     "taskrunner/deploy/templates/nginx.conf.template",
+                     "taskrunner/deploy/templates/nginx-http.conf.template"):
+            assert name in names, f"{name} is not in the wheel"
         run([sys.executable, "-m", "venv", venv])  # no --system-site-packages
         python = os.path.join(venv, "bin", "python")
         pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
@@ -79,6 +84,11 @@ def test_the_wheel_installs_into_a_clean_venv_and_serves():
         where = run([python, "-c", "import taskrunner; print(taskrunner.__file__)"],
                     cwd=tmp, env=env)
         assert where.startswith(venv), where  # the wheel's copy, not the checkout
+        # The deploy tools, as an operator runs them: the console script and its templates.
+        example = os.path.join(os.path.dirname(where.strip()), "deploy", "cluster.example.toml")
+        front = run([os.path.join(venv, "bin", "taskrunner-deploy"), "print-front", example,
+                     "--whole", "--run-dir", tmp], cwd=tmp, env=env)
+        assert "upstream taskrunner_h1-8885 {" in front and f"pid {tmp}/nginx.pid;" in front
         log_path = os.path.join(tmp, "instance.log")
         with open(log_path, "wb") as log:
             # cwd outside the checkout: "python -m" puts the cwd first on sys.path.

@@ -17,7 +17,7 @@ that nginx may still use:
    error``: the request was never sent, so even a POST is safe to retry).
 3. Keep serving the connections that are open, answering with ``Connection: close``: nginx
    drops each of them after its response. nginx closes idle ones itself after its upstream
-   ``keepalive_timeout`` (deploy/nginx.conf.template).
+   ``keepalive_timeout`` (taskrunner/deploy/templates/nginx-http.conf.template).
 4. When no connection is left, or after `LINGER` seconds (longer than that timeout), shut
    down as on SIGTERM: running commands get ``--grace`` seconds, then the process exits 0.
 """
@@ -52,7 +52,8 @@ one's successor to start and for nginx to send it requests again (``fail_timeout
 
 LINGER = 15.0
 """Seconds to wait for nginx to close the open connections; more than nginx's upstream
-``keepalive_timeout``, which deploy/nginx.conf.template sets and docs/deploy.md explains."""
+``keepalive_timeout``, which taskrunner/deploy/templates/nginx-http.conf.template sets and
+docs/deploy.md explains."""
 
 _RETRY = 0.5
 

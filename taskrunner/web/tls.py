@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import ssl
 
-from taskrunner.config import Config
+from taskrunner.config import TLS12_CIPHERS, Config
 from taskrunner.errors import StartupError
 from taskrunner.web.auth import is_loopback
 
@@ -26,15 +26,6 @@ log = logging.getLogger("taskrunner.tls")
 
 ALPN = ["http/1.1"]
 
-TLS12_CIPHERS = ":".join([
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-])
-"""The TLS 1.2 cipher suites an HTTPS instance, and the stack's and the cluster's nginx,
-offer: Mozilla's "intermediate" list without DHE (forward secrecy from ECDHE, AEAD only).
-No CBC suite: their MAC-then-encrypt construction is what padding-oracle attacks (Lucky
-Thirteen) feed on. It does not touch TLS 1.3, whose suites OpenSSL sets apart."""
 
 # What OpenSSL's reason codes mean for someone holding the two files.
 _REASONS = {

@@ -251,7 +251,7 @@ def test_print_host_is_a_program_section_supervisord_reads(tmp_path, inventory_f
 
 
 def test_the_example_inventory_is_valid():
-    example = os.path.join(REPO, "deploy", "cluster.example.toml")
+    example = os.path.join(REPO, "taskrunner", "deploy", "cluster.example.toml")
     done = cluster_cli("print-host", "h2", "--inventory", example)
     assert done.returncode == 0, done.stderr
     assert "--instance h2-%(process_num)d" in done.stdout
@@ -323,8 +323,8 @@ def test_the_cluster_commands_want_root_and_say_so():
 
 
 def test_stack_renders_through_the_same_renderer(tmp_path):
-    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(CLUSTER), "render.py"),
-                           "stack", "--port", "18080", "--base-port", "18885", "--run-dir",
+    done = subprocess.run([sys.executable, "-m", "taskrunner.deploy", "print-stack", "nginx",
+                           "--port", "18080", "--base-port", "18885", "--run-dir",
                            str(tmp_path)], capture_output=True, text=True, check=True)
     text = done.stdout
     connections, files = descriptors(text)

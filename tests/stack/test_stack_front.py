@@ -133,7 +133,7 @@ def test_every_error_page_of_nginx_is_json_with_its_status():
     # What a test cannot easily provoke through a live stack (500, 503, 504...) is checked
     # where it is written: each error_page leads to a page that answers the status the
     # client is meant to see, with a JSON body in the one error shape.
-    with open(f"{REPO}/deploy/nginx-http.conf.template") as f:
+    with open(f"{REPO}/taskrunner/deploy/templates/nginx-http.conf.template") as f:
         text = f.read()
     pages = dict(re.findall(r"location = (/\.taskrunner-error/\d+) \{(.*?)\}\n", text, re.S))
     routed = re.findall(r"error_page (\d+) (?:=(\d+) )?(\S+);", text)

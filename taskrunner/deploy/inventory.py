@@ -9,7 +9,7 @@ hosts with their instances; read and checked here, every mistake a one-line erro
 
     [front]
     listen = "127.0.0.1:8090"       # nginx's address:port
-    # tls_cert, tls_key: PEM files, both or neither; max_body: bytes (1048576);
+    # tls_cert, tls_key: PEM files, both or neither; max_body: bytes (--max-body's default);
     # access_log: nginx's access log of the front (/var/log/nginx/taskrunner-access.log)
     # server_names: the names clients reach it by (["tasks.example.com"]); the front and its
     # instances (--allowed-host) answer to no other. Default: listen's address (and the
@@ -23,8 +23,8 @@ hosts with their instances; read and checked here, every mistake a one-line erro
 
 An instance is named ``<host>-<port>`` (``h1-8885``), the ``--instance`` it runs with and
 the first part of its job ids; host names have no ``-``, so the name splits back in one
-way only. deploy/cluster.example.toml is a commented example; docs/deploy.md ("Scaling
-out") the manual.
+way only. cluster.example.toml, beside this module, is a commented example; docs/deploy.md
+("Scaling out") the manual.
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from taskrunner.config import Config
+
 NAME = re.compile(r"[A-Za-z0-9_]+")
 # A host name or an IP address: nothing that could end an nginx or supervisord line.
 ADDRESS = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]+\]?")
-DEFAULT_LOST_AFTER = 15.0
-DEFAULT_MAX_BODY = 1048576
+# What an instance started without these flags has, so that the front and it agree.
+DEFAULT_LOST_AFTER = Config().lost_after
+DEFAULT_MAX_BODY = Config().max_body
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 

@@ -1,0 +1,142 @@
+"""The deploy tools' settings: one frozen dataclass, each field with its default, its help and
+the commands that take it, as `taskrunner.config.Config` is for an instance.
+
+`taskrunner.deploy.cli` makes its flags from these fields only, and the table of
+``taskrunner-deploy``'s flags in docs/deploy.md is `table`'s text (a test compares them), so
+the command line, ``--help`` and the manual cannot drift apart. What an instance is told as
+well (the body limit, the first port) is taken from `Config`'s defaults, so that a rendered
+config and an instance started without flags agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskrunner.config import Config
+
+COMMANDS = {
+    "print-front": "the front's nginx: the http-context part for a distribution's conf.d, "
+                   "or with --whole a whole nginx.conf",
+    "print-host": "a host's supervisord program: its instances, as one [program:...] section",
+    "print-stack": "the stack's nginx.conf or supervisord.conf (four instances on one machine)",
+    "print-supervisord": "the repository's supervisord.conf (the stack's instances, paths "
+                         "relative to the file)",
+}
+"""The subcommands of ``taskrunner-deploy``, each with its help."""
+
+STACK_INSTANCES = 4
+"""The stack runs four instances, on consecutive ports from ``--base-port``."""
+
+_INSTANCE = Config()
+
+
+def setting(default: Any, help: str, *commands: str, flag: str = "") -> Any:
+    """A dataclass field that is a setting: its default, its help, the commands that take it
+    and its flag (default: ``--`` and the field's name with ``-`` for ``_``)."""
+    return field(default=default, metadata={"help": help, "commands": commands, "flag": flag})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of ``taskrunner-deploy``; a command reads the ones it takes."""
+
+    whole: bool = setting(
+        False, "a whole nginx.conf, its files under --run-dir, instead of the http-context "
+        "part", "print-front")
+    python: str = setting(
+        "/usr/bin/python3", "the host's interpreter that has taskrunner installed",
+        "print-host")
+    run_dir: str = setting(
+        "/run/taskrunner", "runtime files: the instances' recycle lock; nginx's pid file, "
+        "logs and temp files in a whole nginx.conf; the stack's supervisord files",
+        "print-front", "print-host", "print-stack")
+    log_dir: str = setting(
+        "/var/log/taskrunner", "the instances' logs, one taskrunner_NAME.log each",
+        "print-host")
+    stop_wait: int = setting(
+        30, "seconds supervisord gives an instance to stop after TERM (stopwaitsecs): "
+        f"above its --grace ({_INSTANCE.grace:g}) plus the kill, the last answers and the "
+        "callbacks' 3 s", "print-host", "print-stack", "print-supervisord")
+    port: int = setting(8080, "the stack's nginx port on 127.0.0.1", "print-stack")
+    base_port: int = setting(
+        _INSTANCE.port, f"the stack's first instance port; its {STACK_INSTANCES} are "
+        "consecutive", "print-stack", "print-supervisord")
+    max_body: int = setting(
+        _INSTANCE.max_body, "nginx's body limit in bytes; keep it equal to the instances' "
+        "--max-body", "print-stack")
+    tls_cert: str = setting(
+        "", "PEM certificate, its chain after it: the stack's nginx serves HTTPS "
+        "(with --tls-key)", "print-stack")
+    tls_key: str = setting("", "PEM private key of --tls-cert", "print-stack")
+    directory: str = setting(
+        "", "the instances' working directory; empty: the directory of the supervisord.conf",
+        "print-stack", "print-supervisord")
+
+    def __post_init__(self) -> None:
+        for name in ("port", "base_port"):
+            if not 1 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be 1..65535, not {getattr(self, name)}")
+        if self.base_port + STACK_INSTANCES - 1 > 65535:
+            raise ValueError(f"base_port: the {STACK_INSTANCES} instance ports go past 65535")
+        for name in ("max_body", "stop_wait"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+
+    @property
+    def stack_ports(self) -> range:
+        """The ports of the stack's instances."""
+        return range(self.base_port, self.base_port + STACK_INSTANCES)
+
+
+STOP_WAIT: int = Settings().stop_wait
+"""supervisord's ``stopwaitsecs`` when no one says otherwise."""
+
+
+def settings(command: str | None = None) -> list[dataclasses.Field[Any]]:
+    """The fields of `Settings` in declaration order; with ``command``, the ones it takes."""
+    return [f for f in dataclasses.fields(Settings)
+            if command is None or command in f.metadata["commands"]]
+
+
+def flag(setting: dataclasses.Field[Any]) -> str:
+    """The ``--flag`` of ``setting``."""
+    return setting.metadata.get("flag") or "--" + setting.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser,
+                  fields: list[dataclasses.Field[Any]]) -> None:
+    """One ``--flag`` per field, with its default and help; its value goes to the field's name."""
+    for setting in fields:
+        if isinstance(setting.default, bool):  # a switch: --flag turns it on
+            parser.add_argument(flag(setting), action="store_true", dest=setting.name,
+                                help=setting.metadata["help"])
+            continue
+        kind: Any = type(setting.default)
+        parser.add_argument(flag(setting), type=kind, default=setting.default,
+                            dest=setting.name, help=setting.metadata["help"],
+                            metavar=flag(setting)[2:].replace("-", "_").upper())
+
+
+def row(setting: dataclasses.Field[Any], commands: bool = True) -> str:
+    """``setting``'s row in a docs table: its flag, its default, [the commands that take it,]
+    its help."""
+    default = setting.default
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    shown = "(none)" if default == "" else "off" if default is False else f"`{default}`"
+    cells = [f"`{flag(setting)}`", shown]
+    if commands:
+        cells.append(", ".join(f"`{c}`" for c in setting.metadata["commands"]))
+    return "| " + " | ".join([*cells, setting.metadata["help"]]) + " |"
+
+
+def table() -> str:
+    """docs/deploy.md's table of ``taskrunner-deploy``'s flags: flag, default, commands, help."""
+    rows = ["| flag | default | commands | meaning |", "|---|---|---|---|"]
+    rows += [row(setting) for setting in settings()]
+    return "\n".join(rows) + "\n"
