@@ -157,14 +157,14 @@ def test_the_run_directory_is_the_stacks_alone(stack):
         for name in [*dirs, *files]:
             path = os.path.join(directory, name)
             modes[os.path.relpath(path, stack.run_dir)] = stat.S_IMODE(os.lstat(path).st_mode)
-    assert {"state/jobs.sqlite3", "log/taskrunner_19085.log", "supervisord.override.conf",
+    assert {"state/jobs.sqlite3", "log/taskrunner_19085.log", "supervisord.conf",
             "supervisor.sock", "nginx.conf"} <= set(modes), modes
     assert not {path: mode for path, mode in modes.items() if mode & 0o077}
     assert stat.S_IMODE(os.stat(stack.run_dir).st_mode) == (0o711 if root else 0o700)
     if not root:
         return
     nobody = pwd.getpwnam("nobody")  # the user commands run as with --user nobody
-    files = ["state/jobs.sqlite3", "log/taskrunner_19085.log", "supervisord.override.conf",
+    files = ["state/jobs.sqlite3", "log/taskrunner_19085.log", "supervisord.conf",
              "nginx.conf"]
     tried = subprocess.run(
         ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
