@@ -1,5 +1,6 @@
-"""scripts/cluster: taskrunner on several hosts behind one front, on this machine (each host a
-network namespace), and the print commands that render a real cluster's configs.
+"""The local cluster, behind scripts/cluster: taskrunner on several hosts behind one front,
+on this machine (each host a network namespace), and the print commands that render a real
+cluster's configs.
 
     scripts/cluster up [--hosts 2] [--instances 2]   PostgreSQL, the hosts, the front on
                                                      127.0.0.1:8090; exit 0 when all are
@@ -35,10 +36,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import cluster_parts as parts
-import inventory as inv
-import render
-from netns import Net, NetError, available, listening
+from lab import cluster_parts as parts
+from lab.deploy import inventory as inv
+from lab.deploy import nginx, supervisord
+from lab.netns import Net, NetError, available, listening
+from lab.stack import nginx_binary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Instances of a local cluster listen on their namespace's address, which only this machine
@@ -102,8 +104,8 @@ def up(layout: parts.Layout, settings: Settings) -> int:
                          "'scripts/cluster down' first")
     if not 1 <= settings.hosts <= 250:
         raise UsageError("--hosts: from 1 to 250")
-    if not os.access(parts.nginx_binary(), os.X_OK):
-        raise UsageError(f"nginx not found ({parts.nginx_binary()}): run scripts/install")
+    if not os.access(nginx_binary(), os.X_OK):
+        raise UsageError(f"nginx not found ({nginx_binary()}): run scripts/install")
     if importlib.util.find_spec("supervisor") is None:
         raise UsageError(f"supervisor is not installed for {sys.executable}: run "
                          "scripts/install, or set PYTHON to the environment that has it")
@@ -290,15 +292,15 @@ def print_front(path: str, whole: bool, run_dir: str | None) -> int:
     if whole:
         if not run_dir:
             raise UsageError("print-front --whole needs --run-dir (nginx's files go there)")
-        sys.stdout.write(render.nginx_conf(inventory.instances, inventory.front, run_dir))
+        sys.stdout.write(nginx.nginx_conf(inventory.instances, inventory.front, run_dir))
     else:
-        sys.stdout.write(render.http_snippet(inventory.instances, inventory.front))
+        sys.stdout.write(nginx.http_snippet(inventory.instances, inventory.front))
     return 0
 
 
 def print_host(path: str, name: str, python: str, run_dir: str, log_dir: str) -> int:
     inventory = inv.load(path)
-    sys.stdout.write(render.supervisord_program(_host(inventory, name), inventory, python,
+    sys.stdout.write(supervisord.supervisord_program(_host(inventory, name), inventory, python,
                                                 run_dir, log_dir))
     return 0
 

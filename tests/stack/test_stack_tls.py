@@ -14,11 +14,11 @@ import subprocess
 import warnings
 
 import pytest
-import render
 from conftest import Certificate
 from helpers import REPO, TLS12_AEAD, TLS12_CBC, tls12_cipher
 from stackutil import STACK, needs_stack, running_stack
 
+from lab.deploy import nginx
 from taskrunner.web.tls import TLS12_CIPHERS
 
 pytestmark = needs_stack()
@@ -106,7 +106,7 @@ def test_tls_12_takes_ecdhe_with_aead_only_never_cbc(stack, cert):
 
 
 def test_nginx_and_its_documented_server_block_have_the_instances_ciphers():
-    assert render.TLS12_CIPHERS == TLS12_CIPHERS
+    assert nginx.TLS12_CIPHERS == TLS12_CIPHERS
     with open(os.path.join(REPO, "docs", "deploy.md")) as f:
         assert f"    ssl_ciphers {TLS12_CIPHERS};\n" in f.read()
 

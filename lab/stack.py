@@ -1,0 +1,452 @@
+"""The local stack, behind scripts/stack: four taskrunner instances under supervisord, nginx
+in front of them.
+
+    scripts/stack up       start supervisord (4 instances) and nginx; wait until all are
+                           healthy; exit 0 (or 1, having stopped what it started)
+    scripts/stack down     stop the instances (each drains: its commands in flight finish,
+                           up to --grace), then nginx; whatever state the stack is in
+                           (supervisord killed, stale pid files), what it started is
+                           found by what it is (lab/procs.py), never by pid alone
+    scripts/stack status   show each part; exit 0 only if all are up
+    scripts/stack reload   rolling restart: SIGHUP makes each instance recycle in turn
+                           (drain, exit 0, restarted by supervisord) without losing requests
+
+Settings (environment, or the flags in brackets):
+
+    TASKRUNNER_PORT       [--port]       nginx's port on 127.0.0.1             (8080)
+    TASKRUNNER_BASE_PORT  [--base-port]  first instance port; 4 in a row      (8885)
+    TASKRUNNER_RUN_DIR    [--run-dir]    pid files, sockets, logs, nginx conf (./run)
+    TASKRUNNER_ARGS                      extra flags for every instance       (none)
+    TASKRUNNER_STATE_DIR                 the job index all four share: their
+                                         --state-dir (one jobs.sqlite3)  ($RUN_DIR/state)
+    TASKRUNNER_MAX_BODY                  nginx's body limit, bytes; keep it equal to the
+                                         instances' --max-body                 (1048576)
+    TASKRUNNER_TLS_CERT                  nginx serves HTTPS with this PEM certificate
+    TASKRUNNER_TLS_KEY                   (chain after it) and key; both or neither
+    TASKRUNNER_TOKEN                     the instances' token (they inherit it); status
+                                         sends it to read each instance's whole /healthz
+                                         (with --callers: any caller's token, for status)
+    PYTHON                               interpreter for supervisord and the instances
+    NGINX                                the nginx binary (nginx on PATH, or /usr/sbin/nginx)
+
+supervisord reads the repository's supervisord.conf, then an override of the run
+directory's paths and the first port; nginx's config comes from the renderer
+(`lab.deploy`), as the cluster's front does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from lab import procs
+from lab.deploy import inventory, nginx, supervisord
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = ("up", "down", "status", "reload")
+USAGE = "usage: scripts/stack up|down|status|reload [--port N] [--base-port N] [--run-dir DIR]"
+INSTANCES_HEALTHY = 30.0
+"""Seconds for the four instances to answer /healthz after supervisord starts."""
+FRONT_HEALTHY = 10.0
+"""Seconds for nginx to answer /healthz after it starts."""
+NGINX_MALLOC = "glibc.malloc.trim_threshold=33554432:glibc.malloc.mmap_threshold=4194304"
+"""nginx's GLIBC_TUNABLES. glibc's malloc, by default, hands the top of the heap back to
+the kernel as soon as 128 KiB of it are free, so an nginx worker returned its proxy buffers
+after every large response and page-faulted them back in for the next: 0.8 ms of nginx CPU
+per 1 MiB response, a third of it in page faults. Keeping up to 32 MiB of freed heap per
+worker (and taking buffers up to 4 MiB from the heap, not from one mmap each) cut that to
+0.5 ms (W3, stack). An operator's own GLIBC_TUNABLES come last and win."""
+
+
+class StackError(Exception):
+    """A one-line refusal or failure, printed as ``stack: ...``; ``status`` is the exit
+    status (2: a mistake of the caller's)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the stack is told, from its flags and environment."""
+
+    port: int
+    base_port: int
+    run_dir: str
+    max_body: int
+    tls_cert: str
+    tls_key: str
+    python: str
+    nginx: str
+
+    @property
+    def ports(self) -> list[int]:
+        """The instances' ports."""
+        return [instance.port for instance in supervisord.stack_instances(self.base_port)]
+
+    @property
+    def scheme(self) -> str:
+        """nginx's scheme: https when it has a certificate."""
+        return "https" if self.tls_cert else "http"
+
+
+def nginx_binary(environ: Mapping[str, str] = os.environ) -> str:
+    """``$NGINX``, else nginx on PATH, else /usr/sbin/nginx."""
+    return environ.get("NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _number(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise StackError(f"{what}: not a number: {value!r}", 2) from None
+
+
+def parse(argv: list[str], environ: Mapping[str, str]) -> tuple[str, Settings]:
+    """The command (unchecked) and the settings (the run directory not yet checked nor
+    resolved)."""
+    command = argv[0] if argv else ""
+    port = environ.get("TASKRUNNER_PORT") or "8080"
+    base = environ.get("TASKRUNNER_BASE_PORT") or "8885"
+    run_dir = environ.get("TASKRUNNER_RUN_DIR") or os.path.join(REPO, "run")
+    rest = argv[1:]
+    while rest:
+        flag = rest.pop(0)
+        if flag not in ("--port", "--base-port", "--run-dir"):
+            raise StackError(f"unknown argument {flag}", 2)
+        if not rest:
+            raise StackError(f"{flag} needs a value", 2)
+        value = rest.pop(0)
+        if flag == "--port":
+            port = value
+        elif flag == "--base-port":
+            base = value
+        else:
+            run_dir = value
+    cert = environ.get("TASKRUNNER_TLS_CERT", "")
+    key = environ.get("TASKRUNNER_TLS_KEY", "")
+    if bool(cert) != bool(key):
+        raise StackError("TASKRUNNER_TLS_CERT and TASKRUNNER_TLS_KEY go together: set both "
+                         "or neither", 2)
+    python = environ.get("PYTHON") or "python3"
+    found = shutil.which(python)
+    if not found:
+        raise StackError(f"{python}: not found (set PYTHON, or put python3 on PATH)")
+    return command, Settings(
+        port=_number(port, "--port"), base_port=_number(base, "--base-port"),
+        run_dir=run_dir,
+        max_body=_number(environ.get("TASKRUNNER_MAX_BODY") or "1048576",
+                         "TASKRUNNER_MAX_BODY"),
+        tls_cert=cert, tls_key=key, python=os.path.abspath(found),
+        nginx=nginx_binary(environ))
+
+
+def claim_run_dir(path: str) -> str:
+    """Make or check the run directory; its absolute path.
+
+    It holds the job index, the logs (every command line), the configs and supervisord's
+    socket: it is the stack's alone. Made 0700, and everything in it 0600 (the umask, set
+    by `main` and inherited by supervisord, nginx and the instances); as root, 0711, so
+    that nginx's workers (nobody) reach their temp directories, listing nothing. An
+    existing one that others may write, or that is not the stack's (no log/ in it) and
+    others may read, is refused: it may be shared, and is left as it is."""
+    try:
+        if not os.path.exists(path):
+            os.mkdir(path, 0o700)
+        info = os.stat(path)
+    except OSError as exc:
+        raise StackError(f"run directory {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StackError(f"run directory {path}: not a directory")
+    if info.st_uid != os.geteuid():
+        raise StackError(f"run directory {path} belongs to uid {info.st_uid}, not to this "
+                         "user: give the stack a directory of its own (--run-dir)")
+    mode = stat.S_IMODE(info.st_mode)
+    # Anything but user bits and the 0711 traversal: writable by others, sticky, or
+    # readable by others without being the stack's (one from a checkout or an earlier
+    # version, with a log/, is tightened below).
+    if mode & 0o7066 and (mode & 0o7022 or not os.path.isdir(os.path.join(path, "log"))):
+        raise StackError(f"run directory {path} is readable or writable by others (mode "
+                         f"{mode:o}): give the stack a directory of its own (--run-dir; a "
+                         "missing one is made 0700)")
+    path = os.path.abspath(path)
+    os.chmod(path, 0o711 if os.geteuid() == 0 else 0o700)
+    return path
+
+
+def stack_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of supervisord and the instances (supervisord.conf reads it)."""
+    return {**environ, "PYTHON": settings.python, "TASKRUNNER_RUN_DIR": settings.run_dir,
+            "TASKRUNNER_ARGS": environ.get("TASKRUNNER_ARGS", ""),
+            "TASKRUNNER_STATE_DIR": (environ.get("TASKRUNNER_STATE_DIR")
+                                     or os.path.join(settings.run_dir, "state"))}
+
+
+class Stack:
+    """The stack of one run directory: its processes, found by what they are
+    (`lab.procs`), and the four commands."""
+
+    def __init__(self, settings: Settings, env: dict[str, str]) -> None:
+        self.settings = settings
+        self.run_dir = settings.run_dir
+        self.env = env
+
+    def running(self, role: str) -> int | None:
+        """The pid of this stack's supervisord or nginx, if it runs."""
+        found = procs.find(self.run_dir, self.settings.port)[role]
+        return found[0].pid if found else None
+
+    def ctl(self, *args: str, out: int | None = None) -> subprocess.CompletedProcess[str]:
+        """supervisorctl of this stack; its output captured, unless ``out`` takes it."""
+        return subprocess.run(
+            [self.settings.python, "-m", "supervisor.supervisorctl", "-c",
+             os.path.join(self.run_dir, "supervisord.override.conf"), *args],
+            env=self.env, text=True, check=False,
+            stdout=subprocess.PIPE if out is None else out)
+
+    def up(self) -> int:
+        s = self.settings
+        found = procs.find(self.run_dir, s.port)
+        if any(found.values()):
+            lines = [f"  {role} {p.pid}" for role, ps in found.items() for p in ps]
+            raise StackError("\n".join([f"already running (run dir {self.run_dir}); "
+                                        "'scripts/stack down' first", *lines]))
+        if not os.access(s.nginx, os.X_OK):
+            raise StackError("nginx not found; run scripts/install")
+        busy = [str(port) for port in [s.port, *s.ports] if not _bindable(port)]
+        if busy:
+            raise StackError(f"port(s) {', '.join(busy)} already in use")
+        for sub in ("log", "nginx/client_body", "nginx/proxy", "nginx/fastcgi", "nginx/uwsgi",
+                    "nginx/scgi"):
+            os.makedirs(os.path.join(self.run_dir, sub), exist_ok=True)
+        if os.geteuid() == 0:  # nginx's workers run as nobody and write their temp files
+            _chown_tree(os.path.join(self.run_dir, "nginx"), pwd.getpwnam("nobody").pw_uid)
+        os.chmod(os.path.join(self.run_dir, "log"), 0o700)  # 0755 from a checkout or before
+        self.write_supervisord_conf()
+        self.write_nginx_conf()
+        started = subprocess.run([s.python, "-m", "supervisor.supervisord", "-c",
+                                  os.path.join(self.run_dir, "supervisord.conf")],
+                                 env=self.env, check=False)
+        if started.returncode != 0:
+            return started.returncode
+        pending = wait_healthy(s.ports, INSTANCES_HEALTHY)
+        if pending:
+            _err(_not_healthy(INSTANCES_HEALTHY, pending))
+            sys.stderr.flush()
+            self.ctl("status", out=sys.stderr.fileno())
+            for port in s.ports:
+                _err(f"--- {self.run_dir}/log/taskrunner_{port}.log (end)", prefix="")
+                _err("".join(_tail(os.path.join(self.run_dir, "log",
+                                                f"taskrunner_{port}.log"), 5)), prefix="",
+                     end="")
+            return self.undo()
+        # nginx starts once every instance listens: else it would mark them down
+        # (fail_timeout).
+        tunables = self.env.get("GLIBC_TUNABLES")
+        env = {**self.env,
+               "GLIBC_TUNABLES": NGINX_MALLOC + (f":{tunables}" if tunables else "")}
+        if subprocess.run(self.nginx_command(), env=env, check=False).returncode != 0:
+            return self.undo()
+        pending = wait_healthy([s.port], FRONT_HEALTHY, front=(s.scheme, s.port))
+        if pending:
+            _err(_not_healthy(FRONT_HEALTHY, pending))
+            return self.undo()
+        _out(f"stack: up: nginx on {s.scheme}://127.0.0.1:{s.port}, instances on "
+             f"{' '.join(map(str, s.ports))} (run dir {self.run_dir})")
+        return 0
+
+    def undo(self) -> int:
+        """`down` after a failed `up`, saying what it does on stderr; 1."""
+        with contextlib.redirect_stdout(sys.stderr):
+            self.down()
+        return 1
+
+    def down(self) -> int:
+        sys.stdout.flush()
+        if procs.down(self.run_dir, self.settings.port) != 0:
+            raise StackError(f"could not stop everything (run dir {self.run_dir})")
+        for name in ("supervisord.pid", "nginx.pid", "supervisor.sock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.run_dir, name))
+        _out(f"stack: down (run dir {self.run_dir})")
+        return 0
+
+    def status(self) -> int:
+        s = self.settings
+        ok = True
+        pid = self.running("nginx")
+        if pid is not None:
+            _out(f"nginx:       running, pid {pid}, {s.scheme}://127.0.0.1:{s.port}")
+        else:
+            _out("nginx:       not running")
+            ok = False
+        pid = self.running("supervisord")
+        if pid is not None:
+            _out(f"supervisord: running, pid {pid}")
+            # Not counted: an instance supervisord does not have running does not answer.
+            for line in self.ctl("status").stdout.splitlines():
+                _out(f"  {line}")
+        else:
+            _out("supervisord: not running")
+            ok = False
+        for port in s.ports:
+            health = instance_health(port, self.env.get("TASKRUNNER_TOKEN", "").strip())
+            _out(f"instance {port}: {health if health is not None else 'not answering'}")
+            ok = ok and health is not None
+        return 0 if ok else 1
+
+    def reload(self) -> int:
+        if self.running("supervisord") is None:
+            raise StackError("not running")
+        sys.stdout.flush()
+        return self.ctl("signal", "HUP", "taskrunner:*", out=sys.stdout.fileno()).returncode
+
+    def write_supervisord_conf(self) -> None:
+        """supervisord reads the repository's supervisord.conf, then the override, whose
+        values win: the run directory's paths and the first port (configparser merges a
+        section read twice)."""
+        run = self.run_dir
+        _write(os.path.join(run, "supervisord.override.conf"), "\n".join([
+            "[unix_http_server]", f"file={run}/supervisor.sock",
+            "[supervisord]", "umask=077", f"pidfile={run}/supervisord.pid",
+            f"logfile={run}/log/supervisord.log", f"childlogdir={run}/log",
+            "[supervisorctl]", f"serverurl=unix://{run}/supervisor.sock",
+            "[program:taskrunner]", f"numprocs_start={self.settings.base_port}",
+            f"stdout_logfile={run}/log/%(program_name)s_%(process_num)d.log", ""]))
+        _write(os.path.join(run, "supervisord.conf"), "\n".join([
+            "; Generated by scripts/stack: the repo's supervisord.conf with this run "
+            "directory's paths.",
+            "[include]",
+            f"files = {REPO}/supervisord.conf {run}/supervisord.override.conf", ""]))
+
+    def write_nginx_conf(self) -> None:
+        """nginx.conf from the renderer the cluster's front uses, replaced at once."""
+        s = self.settings
+        front = inventory.Front(f"127.0.0.1:{s.port}", s.tls_cert, s.tls_key, s.max_body)
+        path = os.path.join(self.run_dir, "nginx.conf")
+        _write(path + ".new", nginx.nginx_conf(supervisord.stack_instances(s.base_port),
+                                               front, self.run_dir))
+        os.replace(path + ".new", path)
+
+    def nginx_command(self) -> list[str]:
+        """nginx with this stack's files."""
+        return [self.settings.nginx, "-p", os.path.join(self.run_dir, "nginx"), "-e",
+                os.path.join(self.run_dir, "log", "nginx-error.log"), "-c",
+                os.path.join(self.run_dir, "nginx.conf")]
+
+
+def wait_healthy(ports: list[int], timeout: float,
+                 front: tuple[str, int] | None = None) -> list[int]:
+    """Ask each port's GET /healthz until all answer 200 or ``timeout`` passes; the ports
+    that did not. The ``front`` (scheme, port) is asked in its scheme: whether it is up,
+    not who it is, so a certificate (made out to a public name) is not checked."""
+    unchecked = ssl.create_default_context()
+    unchecked.check_hostname, unchecked.verify_mode = False, ssl.CERT_NONE
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending and time.monotonic() < deadline:
+        for port in list(pending):
+            scheme = front[0] if front and port == front[1] else "http"
+            try:
+                with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/healthz",
+                                            timeout=1, context=unchecked) as answer:
+                    if answer.status == 200:
+                        pending.remove(port)
+            except (OSError, http.client.HTTPException):
+                pass
+        if pending:
+            time.sleep(0.1)
+    return pending
+
+
+def instance_health(port: int, token: str) -> str | None:
+    """The instance's /healthz, asked with ``token`` if there is one (without a valid
+    token, an instance that has one says its status only); None if it does not answer."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
+                                     headers={"Authorization": f"Bearer {token}"}
+                                     if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            body: bytes = answer.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    return body.decode(errors="replace").rstrip("\n")
+
+
+def _not_healthy(timeout: float, ports: list[int]) -> str:
+    return f"not healthy after {timeout:g}s: port(s) {', '.join(map(str, ports))}"
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _chown_tree(top: str, uid: int) -> None:
+    os.chown(top, uid, -1)
+    for root, dirs, files in os.walk(top):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, -1, follow_symlinks=False)
+
+
+def _tail(path: str, lines: int) -> list[str]:
+    try:
+        with open(path, errors="replace") as f:
+            return f.readlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _err(line: str, prefix: str = "stack: ", end: str = "\n") -> None:
+    print(prefix + line, end=end, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str], environ: Mapping[str, str] = os.environ) -> int:
+    try:
+        command, settings = parse(argv, environ)
+        if command not in COMMANDS:
+            _err(USAGE, prefix="")
+            return 2
+        os.makedirs(os.path.dirname(os.path.abspath(settings.run_dir)), exist_ok=True)
+        os.umask(0o077)
+        settings = replace(settings, run_dir=claim_run_dir(settings.run_dir))
+        stack = Stack(settings, stack_environment(settings, environ))
+        return {"up": stack.up, "down": stack.down, "status": stack.status,
+                "reload": stack.reload}[command]()
+    except StackError as exc:
+        _err(str(exc))
+        return exc.status
+    except OSError as exc:
+        _err(str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
