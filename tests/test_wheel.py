@@ -1,4 +1,5 @@
-"""The wheel built from the repo installs into a clean virtual environment and serves.
+"""The wheel built from the repo installs into a clean virtual environment and serves, and
+holds the package alone (not the lab, the tests or the bench, which stay in the checkout).
 
 Catches a module or data file (openapi.json, watchdog.sh, the page's ui/ files) that works
 from the checkout but is missing from the wheel. The build runs on a copy of the repo's files
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 
 from helpers import REPO, post_run_blocking
 
@@ -63,6 +65,9 @@ def test_the_wheel_installs_into_a_clean_venv_and_serves():
         run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
              "--quiet", "--wheel-dir", wheels, source])
         (wheel,) = os.listdir(wheels)
+        with zipfile.ZipFile(os.path.join(wheels, wheel)) as archive:
+            tops = {name.split("/")[0] for name in archive.namelist()}
+        assert {top for top in tops if not top.endswith(".dist-info")} == {"taskrunner"}, tops
         run([sys.executable, "-m", "venv", venv])  # no --system-site-packages
         python = os.path.join(venv, "bin", "python")
         pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
