@@ -25,6 +25,7 @@ from helpers import PY, REPO
 from openapi_check import checker
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
+from lab.pgserver import PgServer  # the server scripts/cluster runs
 from taskrunner.config import Config
 from taskrunner.server import Server
 
@@ -238,8 +239,6 @@ def postgres() -> Iterator[Any]:
     directory = tempfile.mkdtemp(prefix="taskrunner-pg-", dir="/tmp")
     os.chmod(directory, 0o755)  # the server's own user must reach its data directory
     port = 55400 + os.getpid() % 100
-    from lab.pgserver import PgServer  # the server scripts/cluster runs
-
     server = PgServer(os.path.join(directory, "pg"), port=port)
     before = os.environ.get("PGPASSFILE")
     try:
