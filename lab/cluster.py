@@ -40,7 +40,7 @@ from lab import cluster_parts as parts
 from lab.deploy import inventory as inv
 from lab.deploy import nginx, supervisord
 from lab.netns import Net, NetError, available, listening
-from lab.stack import nginx_binary
+from lab.stack_settings import nginx_binary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Instances of a local cluster listen on their namespace's address, which only this machine

@@ -27,7 +27,7 @@ from lab.deploy import inventory as inv
 from lab.deploy import nginx, supervisord
 from lab.netns import Net
 from lab.pgserver import PgServer
-from lab.stack import NGINX_MALLOC, nginx_binary
+from lab.stack_settings import NGINX_MALLOC, nginx_binary
 
 HOST_STOP = 40.0
 """Seconds for a host's supervisord to stop its instances (stopwaitsecs=30, and a margin)."""
