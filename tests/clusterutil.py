@@ -23,9 +23,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from netns import Net, available  # scripts/, on the path by conftest.py
-from pgserver import PgServer
 from stackutil import REPO, nginx_available, supervisor_available
+
+from lab.netns import Net, available
+from lab.pgserver import PgServer
 
 CLUSTER = os.path.join(REPO, "scripts", "cluster")
 

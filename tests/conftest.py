@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,13 +25,9 @@ from helpers import PY, REPO
 from openapi_check import checker
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
+from lab.pgserver import PgServer  # the server scripts/cluster runs
 from taskrunner.config import Config
 from taskrunner.server import Server
-
-# scripts/ is not a package: its modules (pgserver, netns, ...) are imported by name.
-SCRIPTS = os.path.join(REPO, "scripts")
-if SCRIPTS not in sys.path:
-    sys.path.append(SCRIPTS)
 
 
 @pytest.fixture
@@ -244,8 +239,6 @@ def postgres() -> Iterator[Any]:
     directory = tempfile.mkdtemp(prefix="taskrunner-pg-", dir="/tmp")
     os.chmod(directory, 0o755)  # the server's own user must reach its data directory
     port = 55400 + os.getpid() % 100
-    from pgserver import PgServer  # the server scripts/cluster runs
-
     server = PgServer(os.path.join(directory, "pg"), port=port)
     before = os.environ.get("PGPASSFILE")
     try:

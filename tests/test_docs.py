@@ -75,7 +75,7 @@ def test_the_local_clusters_up_flags_are_its_settings():
     `Settings`, as the field makes the flag (default and help)."""
     import dataclasses
 
-    from cluster import Settings  # scripts/, on the path by conftest.py
+    from lab.cluster import Settings
 
     text = read("docs/deploy.md").split("| flag of `up` |", 1)[1].split("\n\n", 1)[0]
     rows = [line for line in text.splitlines() if line.startswith("| `--")]

@@ -1,4 +1,5 @@
-"""The wheel built from the repo installs into a clean virtual environment and serves.
+"""The wheel built from the repo installs into a clean virtual environment and serves, and
+holds the package alone (not the lab, the tests or the bench, which stay in the checkout).
 
 Catches a module or data file (openapi.json, watchdog.sh, the page's ui/ files, the deploy
 tools' templates) that works from the checkout but is missing from the wheel, and anything

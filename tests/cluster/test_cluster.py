@@ -21,8 +21,9 @@ import time
 import pytest
 from clusterutil import CLUSTER, FRONT_PORT, needs_cluster, running_cluster
 from helpers import pid_alive, wait_until
-from netns import listening as listening_anywhere
 from stackutil import Load, listening
+
+from lab.netns import listening as listening_anywhere
 
 pytestmark = needs_cluster()
 

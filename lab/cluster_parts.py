@@ -1,11 +1,11 @@
 """The parts of a local cluster (scripts/cluster) and their lifecycles: a host (its
 supervisord and instances, inside the host's network namespace), the front (nginx in the
-root namespace) and the job index (PostgreSQL, scripts/pgserver.py).
+root namespace) and the job index (PostgreSQL, lab/pgserver.py).
 
 Every file of a cluster is under its run directory (`Layout`). Processes are found by what
 they are, never by a pid file alone: a host's are the processes of its namespace
 (``ip netns pids``), the front's are the nginx whose command line names the front's config
-(scripts/stack_procs.py), the index's is what pg_ctl knows of its data directory.
+(lab/procs.py), the index's is what pg_ctl knows of its data directory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,12 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import stack_procs
-from netns import Net
-from pgserver import PgServer
-
+from lab import procs
+from lab.netns import Net
+from lab.pgserver import PgServer
+from lab.stack_settings import nginx_binary
+from taskrunner.deploy import inventory as inv
 from taskrunner.deploy import nginx, supervisord
-from taskrunner.deploy.inventory import Host, Instance, Inventory
 from taskrunner.deploy.settings import STOP_WAIT
 
 HOST_STOP = STOP_WAIT + 10.0
@@ -90,7 +89,7 @@ def read_token(path: str) -> str:
         return ""
 
 
-def health(instance: Instance, token: str = "") -> dict[str, Any] | None:
+def health(instance: inv.Instance, token: str = "") -> dict[str, Any] | None:
     """The instance's ``/healthz``, or None if it does not answer 200. Without a valid
     ``token`` an instance that has one answers its status only (no pid, no version)."""
     try:
@@ -100,8 +99,8 @@ def health(instance: Instance, token: str = "") -> dict[str, Any] | None:
     return body if status == 200 and isinstance(body, dict) else None
 
 
-def wait_healthy(instances: list[Instance], timeout: float,
-                 layout: Layout | None = None) -> list[Instance]:
+def wait_healthy(instances: list[inv.Instance], timeout: float,
+                 layout: Layout | None = None) -> list[inv.Instance]:
     """Wait until every instance answers ``/healthz``; the ones that did not in time. With
     the cluster's ``layout``, stop waiting early once supervisord has given an instance up
     (FATAL: it kept exiting at startup)."""
@@ -119,7 +118,7 @@ def wait_healthy(instances: list[Instance], timeout: float,
     return pending
 
 
-def given_up(layout: Layout, instances: list[Instance]) -> bool:
+def given_up(layout: Layout, instances: list[inv.Instance]) -> bool:
     """Whether supervisord has given up one of ``instances`` (FATAL)."""
     for host in {i.name.split("-", 1)[0] for i in instances}:
         conf = os.path.join(layout.host(host), "supervisord.conf")
@@ -131,7 +130,7 @@ def given_up(layout: Layout, instances: list[Instance]) -> bool:
     return False
 
 
-def last_words(layout: Layout, instance: Instance, host: Host) -> str:
+def last_words(layout: Layout, instance: inv.Instance, host: inv.Host) -> str:
     """The last line the instance wrote to its log (why it did not start), or ''."""
     path = os.path.join(layout.host(host.name), "log", f"taskrunner_{instance.name}.log")
     try:
@@ -145,7 +144,7 @@ def last_words(layout: Layout, instance: Instance, host: Host) -> str:
 # -- a host ------------------------------------------------------------------------------
 
 
-def host_conf(layout: Layout, inventory: Inventory, host: Host, python: str) -> str:
+def host_conf(layout: Layout, inventory: inv.Inventory, host: inv.Host, python: str) -> str:
     """Write host ``host``'s supervisord.conf (the renderer's program section and the
     supervisord settings around it, everything under the host's directory); its path."""
     directory = layout.host(host.name)
@@ -167,7 +166,7 @@ def host_conf(layout: Layout, inventory: Inventory, host: Host, python: str) -> 
     return path
 
 
-def start_host(net: Net, layout: Layout, host: Host, python: str) -> None:
+def start_host(net: Net, layout: Layout, host: inv.Host, python: str) -> None:
     """Start the host's supervisord in its namespace (it starts the instances and
     daemonizes); `RuntimeError` if it would not start."""
     conf = os.path.join(layout.host(host.name), "supervisord.conf")
@@ -180,7 +179,7 @@ def start_host(net: Net, layout: Layout, host: Host, python: str) -> None:
                            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
 
-def supervisord_pid(net: Net, host: Host) -> int | None:
+def supervisord_pid(net: Net, host: inv.Host) -> int | None:
     """The pid of the host's supervisord, if one runs in its namespace."""
     for pid in net.pids(host.name):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -189,7 +188,7 @@ def supervisord_pid(net: Net, host: Host) -> int | None:
     return None
 
 
-def stop_host(net: Net, host: Host) -> None:
+def stop_host(net: Net, host: inv.Host) -> None:
     """Stop the host in order: supervisord TERMs its instances (each drains), then exits;
     whatever is left in the namespace after `HOST_STOP` seconds is killed."""
     pid = supervisord_pid(net, host)
@@ -205,12 +204,12 @@ def stop_host(net: Net, host: Host) -> None:
 # -- the front ---------------------------------------------------------------------------
 
 
-def front_port(inventory: Inventory) -> int:
+def front_port(inventory: inv.Inventory) -> int:
     """The port of the front's ``listen``."""
     return int(inventory.front.listen.rpartition(":")[2])
 
 
-def start_front(layout: Layout, inventory: Inventory) -> None:
+def start_front(layout: Layout, inventory: inv.Inventory) -> None:
     """Render the whole nginx.conf of the front and start nginx (it daemonizes)."""
     directory = layout.front
     for sub in ("log", "nginx/client_body", "nginx/proxy", "nginx/fastcgi", "nginx/uwsgi",
@@ -229,7 +228,7 @@ def start_front(layout: Layout, inventory: Inventory) -> None:
         raise RuntimeError(f"nginx did not start: {done.stderr.strip()}")
 
 
-def write_front_conf(layout: Layout, inventory: Inventory) -> None:
+def write_front_conf(layout: Layout, inventory: inv.Inventory) -> None:
     """Render the front's whole nginx.conf from ``inventory``, replacing the old at once."""
     path = os.path.join(layout.front, "nginx.conf")
     with open(path + ".new", "w") as f:
@@ -246,11 +245,6 @@ def reload_front(layout: Layout) -> None:
         raise RuntimeError(f"nginx -s reload: {done.stderr.strip()}")
 
 
-def nginx_binary() -> str:
-    """``$NGINX``, else nginx on PATH, else /usr/sbin/nginx (as scripts/stack)."""
-    return os.environ.get("NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
-
-
 def nginx_command(layout: Layout, *args: str) -> list[str]:
     """`nginx_binary` with the front's files, then ``args``."""
     return [nginx_binary(), "-p", os.path.join(layout.front, "nginx"), "-e",
@@ -258,18 +252,18 @@ def nginx_command(layout: Layout, *args: str) -> list[str]:
             os.path.join(layout.front, "nginx.conf"), *args]
 
 
-def front_pid(layout: Layout, inventory: Inventory) -> int | None:
+def front_pid(layout: Layout, inventory: inv.Inventory) -> int | None:
     """The pid of the front's nginx master, if one runs."""
-    masters = stack_procs.find(layout.front, front_port(inventory))["nginx"]
+    masters = procs.find(layout.front, front_port(inventory))["nginx"]
     return masters[0].pid if masters else None
 
 
-def stop_front(layout: Layout, inventory: Inventory) -> None:
+def stop_front(layout: Layout, inventory: inv.Inventory) -> None:
     """nginx finishes the answers it carries (QUIT), then is made to stop."""
-    roles = stack_procs.find(layout.front, front_port(inventory))
-    handles = [stack_procs.Handle(p) for p in roles["nginx"] + roles["nginx-worker"]]
+    roles = procs.find(layout.front, front_port(inventory))
+    handles = [procs.Handle(p) for p in roles["nginx"] + roles["nginx-worker"]]
     try:
-        stack_procs.stop(handles, signal.SIGQUIT, stack_procs.NGINX_STOP, "nginx")
+        procs.stop(handles, signal.SIGQUIT, procs.NGINX_STOP, "nginx")
     finally:
         for h in handles:
             h.close()

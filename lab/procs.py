@@ -16,8 +16,8 @@ so:
 Signals go through pidfds opened after the check (and checked again), so a pid reused in
 the meantime is never hit.
 
-    python3 scripts/stack_procs.py list RUN_DIR PORT   "role pid", one line each
-    python3 scripts/stack_procs.py down RUN_DIR PORT   stop all of it; exit 1 if any is left
+    python -m lab.procs list RUN_DIR PORT   "role pid", one line each
+    python -m lab.procs down RUN_DIR PORT   stop all of it; exit 1 if any is left
 
 ``down`` stops the instances first, while nginx still carries their answers: each drains
 (finishes its commands in flight, up to its ``--grace``) and exits; then nginx stops
@@ -253,7 +253,7 @@ def down(run_dir: str, port: int) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[1] not in ("list", "down"):
-        print("usage: stack_procs.py list|down RUN_DIR PORT", file=sys.stderr)
+        print("usage: python -m lab.procs list|down RUN_DIR PORT", file=sys.stderr)
         return 2
     run_dir, port = argv[2], int(argv[3])
     if argv[1] == "down":

@@ -2,10 +2,10 @@
 programs (package ``postgresql``, see scripts/install), a data directory of its own, run
 by an unprivileged user, stopped and removed by whoever started it.
 
-    python3 scripts/pgserver.py start DIR [--port 55432] [--listen 127.0.0.1,10.77.0.1]
+    python -m lab.pgserver start DIR [--port 55432] [--listen 127.0.0.1,10.77.0.1]
                                           [--allow 10.77.0.0/16]
-    python3 scripts/pgserver.py stop DIR [--immediate]
-    python3 scripts/pgserver.py url DIR
+    python -m lab.pgserver stop DIR [--immediate]
+    python -m lab.pgserver url DIR
 
 ``start`` creates ``DIR/data`` on first use (initdb) with two roles: the superuser
 ``postgres``, who logs in only on the server's Unix socket (in DIR, ``trust``; the socket
@@ -153,7 +153,7 @@ class PgServer:
                  *(f"host all {USER} {net} scram-sha-256" for net in nets)]
         path = os.path.join(self.data, "pg_hba.conf")
         with open(path, "w") as file:  # an existing file: its owner and mode stay
-            file.write("# Written by scripts/pgserver.py at every start.\n"
+            file.write("# Written by lab/pgserver.py at every start.\n"
                        + "".join(f"{line}\n" for line in lines))
 
     def _initdb(self, account: pwd.struct_passwd | None) -> None:

@@ -1,5 +1,6 @@
-"""scripts/cluster: taskrunner on several hosts behind one front, on this machine (each host a
-network namespace), and the print commands that render a real cluster's configs.
+"""The local cluster, behind scripts/cluster: taskrunner on several hosts behind one front,
+on this machine (each host a network namespace), and the print commands that render a real
+cluster's configs.
 
     scripts/cluster up [--hosts 2] [--instances 2]   PostgreSQL, the hosts, the front on
                                                      127.0.0.1:8090; exit 0 when all are
@@ -35,9 +36,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-import cluster_parts as parts
-from netns import Net, NetError, available, listening
-
+from lab import cluster_parts as parts
+from lab.netns import Net, NetError, available, listening
+from lab.stack_settings import nginx_binary
 from taskrunner.config import Config
 from taskrunner.deploy import inventory as inv
 from taskrunner.deploy import nginx, supervisord
@@ -113,8 +114,8 @@ def up(layout: parts.Layout, settings: Settings) -> int:
                          "'scripts/cluster down' first")
     if not 1 <= settings.hosts <= 250:
         raise UsageError("--hosts: from 1 to 250")
-    if not os.access(parts.nginx_binary(), os.X_OK):
-        raise UsageError(f"nginx not found ({parts.nginx_binary()}): run scripts/install")
+    if not os.access(nginx_binary(), os.X_OK):
+        raise UsageError(f"nginx not found ({nginx_binary()}): run scripts/install")
     if importlib.util.find_spec("supervisor") is None:
         raise UsageError(f"supervisor is not installed for {sys.executable}: run "
                          "scripts/install, or set PYTHON to the environment that has it")
