@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import hmac
 import http.server
+import itertools
 import json
 import os
 import signal
@@ -177,7 +178,7 @@ async def test_the_default_schedule_retries_after_2_then_4_seconds(instance, rec
     await until(tried_three_times, 20)
     final = await wait_callback(instance, job["id"])
     assert final["callback"] == {"status": "delivered", "attempts": 3, "error": None}
-    gaps = [later - earlier for earlier, later in zip(arrived, arrived[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrived)]
     assert 1.5 < gaps[0] < 3.5 and 3.5 < gaps[1] < 6, gaps
 
 

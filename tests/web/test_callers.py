@@ -256,7 +256,7 @@ async def test_with_a_job_index_a_caller_lists_only_its_own_jobs(spawn_instance,
     async def all_done():
         for name, ids in owned.items():
             for job_id in ids:
-                code, job = await call(child, name, "GET", f"/jobs/{job_id}")
+                _, job = await call(child, name, "GET", f"/jobs/{job_id}")
                 if job["state"] != "exited":
                     return False
         return True
