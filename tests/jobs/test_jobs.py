@@ -148,7 +148,7 @@ async def test_without_a_store_the_pages_hold_every_job_once(instance):
     jobs = [await submit(instance, {"args": ["true"]}) for _ in range(23)]
     for job in jobs:
         await wait_done(instance, job["id"])
-    for query in ("", "&state=exited"):
+    for query in ("", "&state=exited", f"&instance={jobs[0]['instance']}"):
         seen, before, pages = [], None, 0
         while True:
             after = f"&before={before}" if before else ""
@@ -163,6 +163,9 @@ async def test_without_a_store_the_pages_hold_every_job_once(instance):
                 break
         assert seen == [job["id"] for job in reversed(jobs)], query
         assert pages == 6
+    for query in ("state=running", "instance=another"):
+        response = await instance.request("GET", f"/jobs?{query}")
+        assert json.loads(response.body) == {"jobs": [], "next": None}, query
 
 @pytest.mark.gen_test
 async def test_stdin_env_cwd_reach_a_job(instance, tmp_path):
