@@ -21,6 +21,7 @@ import subprocess
 import sys
 
 import mutmut.__main__ as mutmut_main
+from mutmut.configuration import config
 from mutmut.state import state
 from mutmut.utils.format_utils import mangled_name_from_mutant_name
 
@@ -58,6 +59,45 @@ GUARDS: dict[str, tuple[str, ...]] = {
     "taskrunner.process.engine.xǁCommandǁ_on_timeout*": (
         "tests/web/test_run.py",
         "tests/jobs/test_jobs.py",
+    ),
+    # who a token is: the digest comparison, the implicit caller, the callers file
+    "taskrunner.web.callers.*": (
+        "tests/web/test_callers.py",
+        "tests/web/test_auth.py",
+    ),
+    # a listing of the index: the caller's filter, states as shown, the cursor
+    "taskrunner.jobs.index.*": (
+        "tests/web/test_callers.py",
+        "tests/jobs/test_index.py",
+    ),
+    # the listing without an index, and the page built from either
+    "taskrunner.jobs.registry.xǁJobRegistryǁ_matching*": (
+        "tests/jobs/test_jobs.py",
+        "tests/web/test_callers.py",
+    ),
+    "taskrunner.jobs.registry.xǁJobRegistryǁpage*": (
+        "tests/jobs/test_jobs.py",
+        "tests/web/test_callers.py",
+        "tests/jobs/test_index.py",
+    ),
+    # judging lost owners (the warm-up rule)
+    "taskrunner.jobs.store.xǁJobStoreǁlost_owners*": (
+        "tests/jobs/test_index_outage.py",
+        "tests/jobs/test_index.py",
+    ),
+    # callback delivery and its retries
+    "taskrunner.jobs.callbacks.*": (
+        "tests/jobs/test_callbacks.py",
+    ),
+    # the sandbox's bubblewrap arguments and work roots
+    "taskrunner.process.sandbox.*": (
+        "tests/process/test_sandbox.py",
+        "tests/web/test_sandboxed_run.py",
+    ),
+    # cgroup limits, kills and OOM counting (v1 here, v2 where its controllers exist)
+    "taskrunner.process.cgroups.*": (
+        "tests/process/test_cgroups.py",
+        "tests/web/test_cgroup_limits.py",
     ),
 }
 DESELECT = "not ten_thousand_runs"  # 13 s of spawning per mutant, caught by others
@@ -97,8 +137,18 @@ def with_test_files(globs: list[str]) -> None:
     mutmut_main.collect_or_load_stats = collect_or_load_stats
 
 
+def select_test_files(globs: list[str]) -> None:
+    # mutmut's first (stats) run runs every test file of its configuration; only the files
+    # that guard the mutants asked for are needed (a run of a few modules stays short).
+    files = {f for pattern, guarded in GUARDS.items() for f in guarded
+             if any(fnmatch.fnmatch(pattern, glob) or fnmatch.fnmatch(glob, pattern)
+                    for glob in globs)}
+    config().pytest_add_cli_args_test_selection = sorted(files)
+
+
 if __name__ == "__main__":
     workers, *names = sys.argv[1:]
     globs = names or list(GUARDS)
+    select_test_files(globs)
     with_test_files(globs)
     mutmut_main._run(globs, int(workers))

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import hmac
 import http.server
+import itertools
 import json
 import os
 import re
@@ -212,6 +213,26 @@ async def test_a_receiver_answering_500_twice_gets_it_on_the_third_try(instance,
     assert [headers["X-Taskrunner-Attempt"] for headers, _ in tries] == ["1", "2", "3"]
     assert len({body for _, body in tries}) == 1  # the same bytes every time
     assert all(verify(headers, body) for headers, body in tries)
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_the_default_schedule_retries_after_2_then_4_seconds(instance, receiver):
+    # The schedule as shipped (the other tests shorten it): a receiver down for its first
+    # two tries gets the callback on the third, about 2 + 4 s after the first.
+    receiver.script["/down"] = [503, 503]
+    arrived: list[float] = []
+    job = await submit(instance, {"args": ["true"], "callback_url": receiver.url("/down")})
+
+    async def tried_three_times():
+        while len(arrived) < len(receiver.received("/down")):
+            arrived.append(time.monotonic())
+        return len(arrived) == 3
+
+    await until(tried_three_times, 20)
+    final = await wait_callback(instance, job["id"])
+    assert final["callback"] == {"status": "delivered", "attempts": 3, "error": None}
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrived)]
+    assert 1.5 < gaps[0] < 3.5 and 3.5 < gaps[1] < 6, gaps
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -5,6 +5,7 @@ and their results reach the index once it is back, and each instance logs the ou
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -59,6 +60,55 @@ async def test_the_index_going_away_loses_no_result_and_stops_no_run(
         log = instance.output()
         assert len(re.findall(r"job store: writing .* failed", log)) == 1, log
         assert len(re.findall(r"job store: writes to .* succeed again", log)) == 1, log
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_after_an_outage_longer_than_lost_after_a_late_sibling_is_not_lost(
+        spawn_instance, postgres, state_url):
+    # After an outage every heartbeat is old. The first instance whose writes succeed again
+    # must not take a sibling that has not written yet for dead: b is held (SIGSTOP) until
+    # a is back and has looked, then let go.
+    lost_after = 3
+    a, b = (spawn_instance("--instance", name, "--lost-after", str(lost_after),
+                           "--state-url", state_url) for name in ("a", "b"))
+    on_a = await submit(a, {"args": ["sleep", "600"]})
+    on_b = await submit(b, {"args": ["sleep", "600"]})
+    await until(lambda: seen_running(a, on_b["id"]), 10)
+    postgres.stop(immediate=True)
+    try:
+        await asyncio.sleep(lost_after + 2)
+        b.signal(signal.SIGSTOP)
+    finally:
+        postgres.start()
+    try:
+        await until(lambda: "succeed again" in a.output(), 20)
+        deadline, looks = time.monotonic() + lost_after - 1, 0  # a looks, b still silent
+        while time.monotonic() < deadline:
+            # A read may still meet a connection the outage broke (503): only answers count.
+            if await seen_running(a, on_b["id"], allow_unavailable=True) is not None:
+                looks += 1
+            listing = await a.request("GET", "/jobs?state=lost")
+            if listing.code == 200:
+                assert json.loads(listing.body)["jobs"] == [], listing.body
+            await asyncio.sleep(0.1)
+        assert looks >= 5
+    finally:
+        b.signal(signal.SIGCONT)
+    await until(lambda: "succeed again" in b.output(), 20)
+    for instance in (a, b):
+        for job in (on_a, on_b):
+            await until(functools.partial(seen_running, instance, job["id"], True), 10)
+
+
+async def seen_running(instance, job_id, allow_unavailable=False):
+    """True if ``instance`` shows the job running (never lost); None for a 503 if allowed."""
+    response = await instance.request("GET", f"/jobs/{job_id}")
+    if response.code == 503 and allow_unavailable:
+        return None
+    assert response.code == 200, response.body
+    state = json.loads(response.body)["state"]
+    assert state != "lost", f"a live job of {job_id.split('.')[0]} reported lost"
+    return state == "running"
 
 
 def free_port():

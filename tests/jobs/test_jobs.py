@@ -140,6 +140,33 @@ async def test_list_is_newest_first_without_output(instance):
     assert "stdout" not in jobs[0]
 
 
+
+@pytest.mark.gen_test(timeout=60)
+async def test_without_a_store_the_pages_hold_every_job_once(instance):
+    # The in-memory listing (no --state-dir): each page starts right after the cursor, so
+    # no job repeats at a page boundary and none is skipped.
+    jobs = [await submit(instance, {"args": ["true"]}) for _ in range(23)]
+    for job in jobs:
+        await wait_done(instance, job["id"])
+    for query in ("", "&state=exited", f"&instance={jobs[0]['instance']}"):
+        seen, before, pages = [], None, 0
+        while True:
+            after = f"&before={before}" if before else ""
+            response = await instance.request("GET", f"/jobs?limit=4{query}{after}")
+            assert response.code == 200, response.body
+            page = json.loads(response.body)
+            assert 0 < len(page["jobs"]) <= 4
+            seen += [job["id"] for job in page["jobs"]]
+            pages += 1
+            before = page["next"]
+            if before is None:
+                break
+        assert seen == [job["id"] for job in reversed(jobs)], query
+        assert pages == 6
+    for query in ("state=running", "instance=another"):
+        response = await instance.request("GET", f"/jobs?{query}")
+        assert json.loads(response.body) == {"jobs": [], "next": None}, query
+
 @pytest.mark.gen_test
 async def test_a_listing_cuts_args_to_a_few_kib_and_the_job_has_them_whole(instance):
     many = ["x" * 300, *(f"{n}" * 100 for n in range(100))]  # too long, then too many

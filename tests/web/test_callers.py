@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import PY, REPO, wait_until
+from helpers import PY, REPO, until, wait_until
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789",
           "carol": "carol-token-0123456789", "root": "admin-token-0123456789",
@@ -278,6 +278,74 @@ async def test_the_job_store_keeps_each_jobs_caller(spawn_instance, callers_file
     assert (code, body["caller"], body["stdout"]) == (200, "alice", "kept\n")
     code, body = await call(second, "bob", "GET", f"/jobs/{job['id']}")
     assert code == 404
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_with_a_job_index_a_caller_lists_only_its_own_jobs(spawn_instance, callers_file,
+                                                                 shared_index):
+    # What the stack and the cluster run: listings come from the index (SQLite or
+    # PostgreSQL), filtered by caller there, not from the instance's memory.
+    child = spawn_instance("--callers", str(callers_file), *shared_index)
+    owned = {"alice": [], "bob": []}
+    for name, args in (("alice", ["echo", "a"]), ("bob", ["true"]), ("bob", ["true"])):
+        code, job = await call(child, name, "POST", "/jobs", {"args": args})
+        assert code == 202, job
+        owned[name].append(job["id"])
+
+    async def all_done():
+        for name, ids in owned.items():
+            for job_id in ids:
+                _, job = await call(child, name, "GET", f"/jobs/{job_id}")
+                if job["state"] != "exited":
+                    return False
+        return True
+
+    await until(all_done, 20)
+    for name, ids in owned.items():
+        for query in ("", "?state=exited", "?limit=1"):
+            code, body = await call(child, name, "GET", f"/jobs{query}")
+            assert code == 200, body
+            listed = [job["id"] for job in body["jobs"]]
+            assert set(listed) <= set(ids), (name, query, body)
+            assert {job["caller"] for job in body["jobs"]} <= {name}
+        code, body = await call(child, name, "GET", "/jobs")
+        assert sorted(job["id"] for job in body["jobs"]) == sorted(ids)
+        # Paging through its own jobs one at a time meets no one else's.
+        seen, before = [], ""
+        while True:
+            code, body = await call(child, name, "GET", f"/jobs?limit=1{before}")
+            seen += [job["id"] for job in body["jobs"]]
+            if body["next"] is None:
+                break
+            before = f"&before={body['next']}"
+        assert sorted(seen) == sorted(ids), name
+    code, body = await call(child, "root", "GET", "/jobs")  # admin: everyone's
+    assert sorted(job["id"] for job in body["jobs"]) == sorted(owned["alice"] + owned["bob"])
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_token_whose_hash_shares_all_but_a_part_of_a_callers_is_refused(
+        spawn_instance, tmp_path):
+    # Only a token whose whole SHA-256 matches is let in. No SHA-256 collision is at hand,
+    # but the file is: callers whose stored hashes share a prefix, a suffix or all but one
+    # byte with the hash of dave's token (dave has no entry).
+    wanted = sha(TOKENS["dave"])
+    near = {
+        "alice": wanted[:8] + sha(TOKENS["alice"])[8:],   # the first 4 bytes
+        "bob": wanted[:62] + ("00" if wanted[62:] != "00" else "01"),  # all but the last
+        "carol": ("00" if wanted[:2] != "00" else "01") + wanted[2:],  # all but the first
+    }
+    text = CALLERS
+    for name, digest in near.items():
+        text = text.replace(sha(TOKENS[name]), digest)
+    path = tmp_path / "near.toml"
+    path.write_text(text)
+    child = spawn_instance("--callers", str(path))
+    for method, route, body in (("POST", "/run", {"args": ["true"]}), ("GET", "/jobs", None)):
+        code, answer = await call(child, "dave", method, route, body)
+        assert (code, answer.get("error")) == (401, "unauthorized"), (route, answer)
+    code, answer = await call(child, "root", "GET", "/jobs")  # the file itself is in use
+    assert code == 200, answer
 
 
 def _healthz(child):  # outside an event loop only

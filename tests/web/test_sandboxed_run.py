@@ -4,6 +4,7 @@ an instance killed with kill -9 leaving nothing of its sandboxes behind."""
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -116,6 +117,36 @@ def test_after_kill_9_of_the_instance_nothing_of_its_sandboxes_survives(spawn_in
     successor = spawn_instance("--sandbox")
     assert not os.path.exists(root), successor.output()
     stop_cleanly(successor)
+
+
+def test_a_killed_instance_takes_its_sandboxes_along_where_the_watchdog_cannot(
+        spawn_instance):
+    # The watchdog is stopped (it cannot act, and the instance does not replace it: it is
+    # not dead), then the instance is killed: bubblewrap's parent-death signal alone ends
+    # the sandboxes, escapees included.
+    child = spawn_instance("--sandbox")
+    watchdog = int(re.search(r"watchdog pid (\d+)", child.output()).group(1))
+    main, escapee = unique_sleep(), unique_sleep()
+    body = json.dumps({"args": ["sh", "-c", f"setsid sleep {escapee} & sleep {main}"],
+                       "timeout": 60}).encode()
+    sock = socket.create_connection(("127.0.0.1", child.port))
+    try:
+        sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        # The sleeps themselves (their argv is "sleep\0<marker>"), not only the sandbox's
+        # processes that name them in their arguments.
+        assert wait_until(lambda: processes_with(f"sleep\0{main}\0")
+                          and processes_with(f"sleep\0{escapee}\0"), 10)
+        os.kill(watchdog, signal.SIGSTOP)
+        os.kill(child.proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: not processes_with(main) and not processes_with(escapee), 5)
+        assert pid_alive(watchdog)  # still there, stopped: it did none of this
+    finally:
+        sock.close()
+        os.kill(watchdog, signal.SIGKILL)
+        for marker in (main, escapee):
+            for pid in processes_with(marker):
+                os.kill(pid, signal.SIGKILL)
 
 
 def stop_cleanly(child):

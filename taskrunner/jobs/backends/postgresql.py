@@ -198,7 +198,8 @@ class PostgresIndex:
             return await cursor.fetchall()
 
 
-_TRANSIENT = ("starting up", "shutting down", "in recovery", "too many clients")
+_TRANSIENT = ("starting up", "not yet accepting connections", "shutting down", "in recovery",
+              "too many clients")
 
 
 def _unreachable(exc: psycopg.Error) -> bool:
