@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
 
 from taskrunner.config import Config
 from taskrunner.errors import SpawnError, StartupError, StoreError
@@ -57,6 +56,7 @@ from taskrunner.process.launcher import Launcher
 from taskrunner.process.watchdog import Watchdog, WatchdogError
 from taskrunner.web.app import make_app
 from taskrunner.web.auth import load_token
+from taskrunner.web.bind import bind_sockets
 from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.connections import CappedHTTPServer, default_max_connections
 from taskrunner.web.context import InstanceContext
@@ -215,7 +215,7 @@ class Server:
     def _bind(self, undo: contextlib.AsyncExitStack) -> None:
         config = self.config
         try:
-            self.sockets = bind_sockets(config.port, config.address, backlog=2048)
+            self.sockets = bind_sockets(config.address, config.port, backlog=2048)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.address}:{config.port}: "
                                f"{exc.strerror or exc}") from None
