@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,7 +35,6 @@ from taskrunner.cli import parse_config
 from taskrunner.errors import StartupError
 from taskrunner.server import Server
 
-SANDBOX_PARENT = "/var/tmp"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
@@ -127,13 +126,12 @@ class Leftovers:
     listening: frozenset[int]
     children: frozenset[int]
     cgroups: frozenset[str]
-    roots: frozenset[str]
 
 
 def leftovers(pid: int) -> Leftovers:
     """What process ``pid`` holds now (fds and listening sockets: only while it lives)."""
     return Leftovers(fds=_count_fds(pid), listening=_listening(pid), children=_children(pid),
-                     cgroups=_cgroups_of(pid), roots=_unheld_sandbox_roots())
+                     cgroups=_cgroups_of(pid))
 
 
 def _count_fds(pid: int) -> int:
@@ -180,22 +178,11 @@ def _cgroups_of(pid: int) -> frozenset[str]:
                      if own.fullmatch(os.path.basename(path)))
 
 
-def _unheld_sandbox_roots() -> frozenset[str]:
-    # Work roots no live instance holds (their lock is free): what a dead one left.
-    unheld = set()
-    for path in glob.glob(f"{SANDBOX_PARENT}/taskrunner-sandbox-*"):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            unheld.add(path)
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
-    return frozenset(unheld)
+def _work_roots_left(log: str, sandboxed: bool) -> list[str]:
+    # The sandbox's work roots the log named ("work directories in ..."): none may stay.
+    named = set(re.findall(r"work directories in (/[^,)\s]+)", log))
+    assert bool(named) is sandboxed, log
+    return [root for root in named if os.path.exists(root)]
 
 
 # -- the real command: exit 1, one line ------------------------------------------------
@@ -203,7 +190,6 @@ def _unheld_sandbox_roots() -> frozenset[str]:
 @pytest.mark.parametrize("case", PARAMS)
 def test_each_refused_step_exits_1_with_one_line(world: World, case: Case) -> None:
     flags = ["--port", "0", *case.flags(world)]
-    before = _unheld_sandbox_roots()
     env = {k: v for k, v in os.environ.items() if k != "TASKRUNNER_TOKEN"}
     proc = subprocess.Popen([PY, "-m", "taskrunner", "--log-format", "json", *flags],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -222,7 +208,7 @@ def test_each_refused_step_exits_1_with_one_line(world: World, case: Case) -> No
     assert all(json.loads(line)["level"] != "ERROR" for line in err.splitlines()
                if line.startswith("{")), err
     assert not _cgroups_of(proc.pid)
-    assert _unheld_sandbox_roots() <= before
+    assert not _work_roots_left(err, "--sandbox" in flags)
 
 
 # -- in this process: nothing held afterwards ------------------------------------------
@@ -233,29 +219,34 @@ def _refuse(io_loop: object, flags: list[str], says: str) -> None:
         io_loop.run_sync(server.startup, timeout=60)  # type: ignore[attr-defined]
 
 
-def _twice_leaves_nothing(attempt: Callable[[], None]) -> None:
+def _twice_leaves_nothing(attempt: Callable[[], None], caplog: pytest.LogCaptureFixture,
+                          sandboxed: bool) -> None:
     # The first attempt may load what stays loaded (a module's own fd, say): the second
     # must add no fd; neither may add anything else. The garbage collector is off: what
     # was made is closed by the undo, not found later by chance.
     gc.collect()
     gc.disable()
     try:
-        start = leftovers(os.getpid())
-        attempt()
-        warm = leftovers(os.getpid())
-        attempt()
-        end = leftovers(os.getpid())
+        with caplog.at_level(logging.INFO):
+            start = leftovers(os.getpid())
+            attempt()
+            warm = leftovers(os.getpid())
+            attempt()
+            end = leftovers(os.getpid())
     finally:
         gc.enable()
     assert end.fds == warm.fds
     assert replace(end, fds=0) == replace(start, fds=0)
+    assert not _work_roots_left(caplog.text, sandboxed)
 
 
 @pytest.mark.parametrize("case", PARAMS)
 def test_each_refused_step_leaves_nothing_behind_in_the_process(io_loop, world, case,
-                                                                 monkeypatch):
+                                                                 monkeypatch, caplog):
     monkeypatch.delenv("TASKRUNNER_TOKEN", raising=False)
-    _twice_leaves_nothing(lambda: _refuse(io_loop, case.flags(world), case.says))
+    flags = case.flags(world)
+    _twice_leaves_nothing(lambda: _refuse(io_loop, flags, case.says), caplog,
+                          "--sandbox" in flags)
 
 
 def test_a_refused_bind_gives_the_instance_name_back(io_loop, world):
@@ -268,7 +259,7 @@ def test_a_refused_bind_gives_the_instance_name_back(io_loop, world):
     io_loop.run_sync(server.shutdown, timeout=60)
 
 
-def test_a_failure_at_the_last_step_undoes_every_step_before_it(world):
+def test_a_failure_at_the_last_step_undoes_every_step_before_it(world, caplog):
     # Signals can be handled on the main thread only: a server that wants them, started on
     # another thread, fails at its last step, after the watchdog, the index, the engine and
     # the listening socket were made.
@@ -288,11 +279,12 @@ def test_a_failure_at_the_last_step_undoes_every_step_before_it(world):
         assert [type(exc) for exc in failures] == [RuntimeError], failures
         assert "main thread" in str(failures.pop())
 
-    _twice_leaves_nothing(attempt)
+    _twice_leaves_nothing(attempt, caplog, SANDBOX)
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_startup_cancelled_while_waiting_for_its_index_undoes_what_it_made(world):
+async def test_a_startup_cancelled_while_waiting_for_its_index_undoes_what_it_made(world,
+                                                                                  caplog):
     # Named after the port it gets, it binds first, then waits for an index nobody answers
     # (hosts and their index may start in any order): Ctrl-C comes meanwhile.
     pytest.importorskip("psycopg")
@@ -301,6 +293,7 @@ async def test_a_startup_cancelled_while_waiting_for_its_index_undoes_what_it_ma
         closed = probe.getsockname()[1]
     config = parse_config(["--port", "0", *MADE_EARLY, "--state-url",
                            f"postgresql://taskrunner@127.0.0.1:{closed}/taskrunner"])
+    caplog.set_level(logging.INFO)
     before = leftovers(os.getpid())
     server = Server(config, handle_signals=False, watchdog=True)
     starting = asyncio.ensure_future(server.startup())
@@ -310,9 +303,10 @@ async def test_a_startup_cancelled_while_waiting_for_its_index_undoes_what_it_ma
     with pytest.raises(asyncio.CancelledError):
         await starting
     assert leftovers(os.getpid()) == before
+    assert not _work_roots_left(caplog.text, SANDBOX)
 
 
-def test_a_startup_that_completes_is_undone_whole_by_its_shutdown(io_loop, world):
+def test_a_startup_that_completes_is_undone_whole_by_its_shutdown(io_loop, world, caplog):
     flags = ["--port", "0", *MADE_EARLY, "--state-dir", world.path("state")]
 
     def serve_and_stop() -> None:
@@ -322,4 +316,4 @@ def test_a_startup_that_completes_is_undone_whole_by_its_shutdown(io_loop, world
         assert _listening(os.getpid())
         io_loop.run_sync(server.shutdown, timeout=60)
 
-    _twice_leaves_nothing(serve_and_stop)
+    _twice_leaves_nothing(serve_and_stop, caplog, SANDBOX)
