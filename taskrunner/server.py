@@ -234,7 +234,7 @@ class Server:
 
     def _start_engine(self, undo: contextlib.AsyncExitStack) -> ProcessEngine:
         watchdog = self.watchdog
-        undo.callback(self.trimmer.close)  # after the engine's: it asks for trims
+        undo.callback(self.trimmer.close)  # undone after the engine, which asks for trims
         engine = ProcessEngine(
             max_output=self.config.max_output, base_env=self._base_env,
             on_spawn=watchdog.spawned if watchdog else None,
