@@ -1,4 +1,5 @@
-"""Prometheus metrics of one instance, and ``GET /metrics`` that serves them.
+"""Prometheus metrics of one instance, in the text format ``GET /metrics`` serves
+(`taskrunner.web.service.MetricsHandler`).
 
 Each `Metrics` owns a `CollectorRegistry` of its own (no module-level registry), so every
 test and every instance has its own counters.
@@ -44,7 +45,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 
 class StoreHealth(Protocol):
-    """What the metrics read of a job store (`taskrunner.job_store.JobStore`)."""
+    """What the metrics read of a job store (`taskrunner.jobs.store.JobStore`)."""
 
     healthy: bool
     on_write_failure: Any

@@ -1,10 +1,17 @@
-"""`Server`: one instance's lifecycle — startup, serving, and shutdown in stages.
+"""`Server`: one instance's lifecycle — startup in steps, serving, shutdown in stages.
 
-Shutdown (on SIGTERM or SIGINT): stop listening and refuse new commands, let the running
-ones finish for up to ``--grace`` seconds, SIGKILL the groups of those still running, let
-their responses go out, close every connection, then give completion callbacks still
-being delivered a short grace (`taskrunner.jobs.callbacks.SHUTDOWN_GRACE`) before they are
-recorded failed.
+Startup (`Server.startup`) is a row of small steps. Each makes one thing and at once puts
+what undoes it on one `contextlib.AsyncExitStack`, so a step that fails — a `StartupError`
+with one line, a cancellation while the index is awaited, anything — leaves the stack to
+undo exactly what the steps before it made, newest first, and nothing else. A startup that
+completes keeps the stack for `shutdown`.
+
+Shutdown (on SIGTERM or SIGINT), in stages as uvicorn's: stop listening and refuse new
+commands; let the running ones finish for up to ``--grace`` seconds; SIGKILL the groups of
+those still running and let their responses go out; then unwind the stack: close every
+connection, give completion callbacks still being delivered a short grace
+(`taskrunner.jobs.callbacks.SHUTDOWN_GRACE`) before they are recorded failed, and undo the
+other steps, newest first.
 
 SIGHUP: with ``--callers``, re-read the callers file (requests in flight keep the caller
 they were given; a file that cannot be used keeps the old callers, and the log says why);
@@ -20,26 +27,22 @@ import logging
 import os
 import signal
 import socket
+import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders
-from tornado.netutil import bind_sockets
 
 from taskrunner.config import Config
-from taskrunner.errors import (
-    IndexUnreachable,
-    SpawnError,
-    StartupError,
-    StoreError,
-    Unauthorized,
-)
+from taskrunner.errors import SpawnError, StartupError, StoreError, Unauthorized
 from taskrunner.jobs.callbacks import (
     SHUTDOWN_GRACE,
     CallbackHosts,
     CallbackSender,
     load_secret,
 )
+from taskrunner.jobs.open_store import open_store
 from taskrunner.jobs.registry import JobRegistry
 from taskrunner.jobs.state_url import state_url
 from taskrunner.metrics import Metrics
@@ -54,6 +57,7 @@ from taskrunner.process.launcher import Launcher
 from taskrunner.process.watchdog import Watchdog, WatchdogError
 from taskrunner.web.app import make_app
 from taskrunner.web.auth import load_token
+from taskrunner.web.bind import bind_sockets
 from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.connections import CappedHTTPServer, default_max_connections
 from taskrunner.web.context import InstanceContext
@@ -61,14 +65,12 @@ from taskrunner.web.recycle import Recycler
 from taskrunner.web.tls import check_protected, server_context
 
 if TYPE_CHECKING:
-    from taskrunner.jobs.index import Backend
     from taskrunner.jobs.store import JobStore
 
 log = logging.getLogger("taskrunner.server")
 
 # Tornado's own body limit drops the connection; BodyHandler enforces --max-body with a 413.
 _UNREACHABLE_BODY_LIMIT = 1 << 62
-
 
 class Server:
     """One taskrunner instance: listens, serves, and shuts down cleanly."""
@@ -87,7 +89,7 @@ class Server:
         self.recycler: Recycler | None = None
         self.trimmer = HeapTrimmer()
         self._base_env: dict[str, str] = {}
-        self._callers: Callers | None = None
+        self._undo: contextlib.AsyncExitStack | None = None  # what startup made; shutdown's
 
     @property
     def port(self) -> int:
@@ -106,116 +108,192 @@ class Server:
         """Ask `serve` to shut down (what SIGTERM and SIGINT do)."""
         self._should_exit.set()
 
-    async def startup(self) -> None:
-        """Bind the socket, build the engine and the app, start serving.
+    # -- startup ---------------------------------------------------------------------------
 
-        Raise `StartupError` (before binding) if the configuration is unsafe or unusable.
+    async def startup(self) -> None:
+        """Make everything the instance needs, step by step, and start serving.
+
+        Raise `StartupError` (one line) if the configuration is unsafe or unusable. Whatever
+        stops a startup, what its earlier steps made is undone, newest first.
         """
+        async with contextlib.AsyncExitStack() as undo:
+            await self._start(undo)
+            self._undo = undo.pop_all()  # from now on shutdown's to unwind
+
+    async def _start(self, undo: contextlib.AsyncExitStack) -> None:
         config = self.config
+        # Checks that make nothing come first: refused here, there is nothing to undo.
         token = load_token(config, os.environ)
         check_protected(config)
         check_pass_env(config.pass_env)
         index_url = state_url(config)
-        # What is made before _startup is undone if anything after it fails.
-        with contextlib.ExitStack() as undo:
-            containment = containment_from_config(config, os.environ)
-            undo.callback(containment.close)
-            # The commands' environment: a clean base, --pass-env, then the wrapper's.
-            base_env = {**base_environment(os.environ, config.pass_env,
-                                           containment.env.get("HOME")), **containment.env}
-            try:
-                allowlist = Allowlist(config.allow, base_env) if config.allow else None
-            except SpawnError as exc:
-                raise StartupError(f"--allow: {exc.message}") from None
-            # Idle cgroups kept: as many as may run at once.
-            cgroups = cgroups_from_config(config,
-                                          keep=config.max_running or default_max_running())
-            if cgroups is not None:
-                undo.callback(cgroups.close)
-            undo.callback(self._close_callers)  # those loaded before a later failure
-            await self._startup(config, token, containment, base_env, allowlist, cgroups,
-                                index_url)
-            undo.pop_all()
-
-    async def _startup(self, config: Config, token: str | None, containment: Containment,
-                       base_env: dict[str, str], allowlist: Allowlist | None,
-                       cgroups: CgroupPool | None, index_url: str) -> None:
+        containment = self._contain(undo)
+        # The commands' environment: a clean base, --pass-env, then the wrapper's.
+        self._base_env = {**base_environment(os.environ, config.pass_env,
+                                             containment.env.get("HOME")), **containment.env}
+        allowlist = self._allow()
+        cgroups = self._make_cgroups(undo)
         tls = server_context(config.certfile, config.keyfile) if config.certfile else None
-        callbacks = CallbackSender(
-            CallbackHosts(config.callback_allow),
-            load_secret(config.callback_secret_file) if config.callback_secret_file else None,
-            max_clients=config.max_jobs)
-        self._base_env = base_env
-        callers = self._load_callers(None) if config.callers else implicit_callers(token)
-        self._callers = callers
-        # The job index first, before anything is started that would then need stopping,
-        # and before the port listens: an instance waiting for its index's server must not
-        # hold a socket whose connections nobody answers. Only an instance named after a
-        # port the kernel picks (--port 0) learns its name by listening first.
+        secret = load_secret(config.callback_secret_file) if config.callback_secret_file else None
+        callers = self._load_callers(undo, token)
+        # The job index before the port listens: an instance waiting for its index's server
+        # must not hold a socket whose connections nobody answers. Its name is held in the
+        # index from then on (a second process asking for it is refused) until the undo
+        # gives it back. Only an instance named after a port the kernel picks (--port 0)
+        # learns its name by listening first.
         named = bool(config.instance) or config.port != 0
-        store = await _open_store(config, index_url, config.instance or str(config.port),
-                                  config.port, callers.realm) if named else None
-        try:
-            self.sockets = bind_sockets(config.port, config.address, backlog=2048)
-        except OSError as exc:
-            if store is not None:
-                store.close()
-            raise StartupError(f"cannot listen on {config.address}:{config.port}: "
-                               f"{exc.strerror or exc}") from None
-        instance = config.instance or str(self.port)
-        try:
-            if not named:
-                store = await _open_store(config, index_url, instance, self.port, callers.realm)
-            if self.use_watchdog:
-                try:
-                    self.watchdog = Watchdog()
-                except WatchdogError as exc:
-                    if store is not None:
-                        store.close()
-                    raise StartupError(str(exc)) from None
-                self.watchdog.watch()
-        except StartupError:
-            for sock in self.sockets:
-                sock.close()
-            raise
-        engine = ProcessEngine(
-            max_output=config.max_output, base_env=base_env,
-            on_spawn=self.watchdog.spawned if self.watchdog else None,
-            on_reap=self.watchdog.reaped if self.watchdog else None,
-            on_large_output=self.trimmer.request,
-        )
+        store = await self._open_index(undo, index_url, config.port, callers) if named else None
+        self._bind(undo)
+        if not named:
+            store = await self._open_index(undo, index_url, self.port, callers)
+        # The watchdog before the engine: no command starts unguarded, and the watchdog is
+        # let go only once the engine has ended every command (undone in reverse).
+        self._start_watchdog(undo)
+        engine = self._start_engine(undo)
         admission = Admission.from_config(config)
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
                             admission=admission, cgroups=cgroups)
-        jobs = JobRegistry(
-            launcher, instance, max_output=config.max_output, job_ttl=config.job_ttl,
-            max_jobs=config.max_jobs, store=store, callbacks=callbacks,
+        jobs = self._build_registry(undo, launcher, store, secret)
+        ctx = self._build_context(engine, admission, launcher, jobs, callers)
+        # After the context: the metrics count the callbacks of the jobs found lost.
+        self._restore_jobs(ctx, store)
+        # The listener: bind (above), the HTTP server (connection cap, TLS door, draining),
+        # recycling, then accepting, the last step that lets anyone in.
+        http = self._make_http_server(ctx, admission, tls)
+        recycler = self._start_recycler(ctx, http)
+        self._listen(undo, http)
+        self._handle_signals(undo, recycler)
+        loop_module = type(asyncio.get_running_loop()).__module__
+        log.info("listening on %s:%s (%s, pid %s, instance %s, event loop %s)",
+                 config.address, self.port, "https" if tls else "http", ctx.pid,
+                 ctx.instance, loop_module.partition(".")[0])
+        if config.callers:
+            log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
+
+    def _contain(self, undo: contextlib.AsyncExitStack) -> Containment:
+        # The wrappers of every command; with --sandbox a work root, locked while we live.
+        containment = containment_from_config(self.config, os.environ)
+        undo.callback(containment.close)
+        return containment
+
+    def _allow(self) -> Allowlist | None:
+        # Programs are resolved in the commands' environment, which the containment sets.
+        if not self.config.allow:
+            return None
+        try:
+            return Allowlist(self.config.allow, self._base_env)
+        except SpawnError as exc:
+            raise StartupError(f"--allow: {exc.message}") from None
+
+    def _make_cgroups(self, undo: contextlib.AsyncExitStack) -> CgroupPool | None:
+        # The instance's parent cgroups, locked while we live; idle cgroups are kept for as
+        # many commands as may run at once.
+        config = self.config
+        cgroups = cgroups_from_config(config, keep=config.max_running or default_max_running())
+        if cgroups is not None:
+            undo.callback(cgroups.close)
+        return cgroups
+
+    def _load_callers(self, undo: contextlib.AsyncExitStack, token: str | None) -> Callers:
+        # A caller's own sandbox is made here; the set closed at the end is the one in use
+        # then (a reload retires the sets it replaces).
+        callers = self._read_callers(None) if self.config.callers else implicit_callers(token)
+
+        def close() -> None:
+            (self.ctx.callers if self.ctx is not None else callers).close()
+
+        undo.callback(close)
+        return callers
+
+    async def _open_index(self, undo: contextlib.AsyncExitStack, url: str, port: int,
+                          callers: Callers) -> JobStore | None:
+        config = self.config
+        store = await open_store(config, url, config.instance or str(port), port, callers.realm)
+        if store is not None:
+            undo.callback(store.close)  # gives the instance's name back
+        return store
+
+    def _bind(self, undo: contextlib.AsyncExitStack) -> None:
+        config = self.config
+        try:
+            self.sockets = bind_sockets(config.address, config.port, backlog=2048)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {config.address}:{config.port}: "
+                               f"{exc.strerror or exc}") from None
+        for sock in self.sockets:
+            undo.callback(sock.close)
+
+    def _start_watchdog(self, undo: contextlib.AsyncExitStack) -> None:
+        if not self.use_watchdog:
+            return
+        try:
+            self.watchdog = Watchdog()
+        except WatchdogError as exc:
+            raise StartupError(str(exc)) from None
+        undo.callback(self.watchdog.close)
+        self.watchdog.watch()
+
+    def _start_engine(self, undo: contextlib.AsyncExitStack) -> ProcessEngine:
+        watchdog = self.watchdog
+        undo.callback(self.trimmer.close)  # undone after the engine, which asks for trims
+        engine = ProcessEngine(
+            max_output=self.config.max_output, base_env=self._base_env,
+            on_spawn=watchdog.spawned if watchdog else None,
+            on_reap=watchdog.reaped if watchdog else None,
+            on_large_output=self.trimmer.request,
         )
+        undo.callback(engine.close)
+        return engine
+
+    def _build_registry(self, undo: contextlib.AsyncExitStack, launcher: Launcher,
+                        store: JobStore | None, secret: bytes | None) -> JobRegistry:
+        config = self.config
+        callbacks = CallbackSender(CallbackHosts(config.callback_allow), secret,
+                                   max_clients=config.max_jobs)
+        jobs = JobRegistry(
+            launcher, config.instance or str(self.port), max_output=config.max_output,
+            job_ttl=config.job_ttl, max_jobs=config.max_jobs, store=store, callbacks=callbacks,
+        )
+
+        async def close() -> None:
+            await jobs.stop_callbacks(SHUTDOWN_GRACE)
+            await jobs.close_reads()
+            jobs.close()  # the final states of the jobs just killed reach the store
+
+        undo.push_async_callback(close)
+        return jobs
+
+    def _build_context(self, engine: ProcessEngine, admission: Admission, launcher: Launcher,
+                       jobs: JobRegistry, callers: Callers) -> InstanceContext:
         metrics = Metrics(
-            instance, running=lambda: engine.running, queued=lambda: admission.queued,
+            jobs.instance, running=lambda: engine.running, queued=lambda: admission.queued,
             job_states=lambda: (job.state for job in jobs.jobs.values()),
         )
         launcher.observer = metrics
-        metrics.watch_callbacks(callbacks)
+        metrics.watch_callbacks(jobs.callbacks)
         admission.on_wait = metrics.queue_waited
         self.ctx = InstanceContext(
-            config=config, engine=engine, launcher=launcher, port=self.port, callers=callers,
-            instance=instance, metrics=metrics, jobs=jobs,
+            config=self.config, engine=engine, launcher=launcher, port=self.port,
+            callers=callers, instance=jobs.instance, metrics=metrics, jobs=jobs,
         )
         self.ctx.observers.append(metrics.request_done)
+        return self.ctx
+
+    def _restore_jobs(self, ctx: InstanceContext, store: JobStore | None) -> None:
+        # Starts the store's writer and the heartbeat: undone with the registry.
         try:
-            jobs.restore()
+            ctx.jobs.restore()
         except StoreError as exc:
-            for sock in self.sockets:
-                sock.close()
-            engine.close()
-            if self.watchdog is not None:
-                self.watchdog.close()
             raise StartupError(str(exc)) from None
         if store is not None:
-            metrics.watch_job_store(store)
+            ctx.metrics.watch_job_store(store)
+
+    def _make_http_server(self, ctx: InstanceContext, admission: Admission,
+                          tls: ssl.SSLContext | None) -> CappedHTTPServer:
+        # Holds nothing until it listens.
+        config = self.config
         self.http = CappedHTTPServer(
-            make_app(self.ctx),
+            make_app(ctx),
             max_connections=(config.max_connections
                              or default_max_connections(admission.max_running)),
             trusts=self._trusts,
@@ -229,31 +307,43 @@ class Server:
             # never finishes it is bounded by idle_timeout like slow headers are.
             ssl_options=tls,
         )
-        self.recycler = Recycler(self.ctx, self.http, config.max_requests, self.request_exit,
+        return self.http
+
+    def _start_recycler(self, ctx: InstanceContext, http: CappedHTTPServer) -> Recycler:
+        config = self.config
+        self.recycler = Recycler(ctx, http, config.max_requests, self.request_exit,
                                  config.recycle_lock)
         if config.max_requests:
-            self.ctx.observers.append(self.recycler.request_done)
-        self.http.add_sockets(self.sockets)
-        if self.handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_exit)
+            ctx.observers.append(self.recycler.request_done)
+        return self.recycler
+
+    def _listen(self, undo: contextlib.AsyncExitStack, http: CappedHTTPServer) -> None:
+        http.add_sockets(self.sockets)
+
+        async def close() -> None:
+            http.stop()  # shutdown stopped listening already; a failed startup has not
+            await http.close_all_connections()
+
+        undo.push_async_callback(close)
+
+    def _handle_signals(self, undo: contextlib.AsyncExitStack, recycler: Recycler) -> None:
+        if not self.handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        handlers: dict[signal.Signals, Callable[[], None]] = {
+            signal.SIGTERM: self.request_exit,
+            signal.SIGINT: self.request_exit,
             # SIGHUP: re-read the callers file, or (without one) recycle now: a rolling
             # restart that loses no request behind nginx.
-            loop.add_signal_handler(signal.SIGHUP, self.reload_callers if config.callers
-                                    else self.recycler.recycle)
+            signal.SIGHUP: self.reload_callers if self.config.callers else recycler.recycle,
             # SIGUSR2: recycle now, with or without --callers.
-            loop.add_signal_handler(signal.SIGUSR2, self.recycler.recycle)
-        loop_module = type(asyncio.get_running_loop()).__module__
-        log.info("listening on %s:%s (%s, pid %s, instance %s, event loop %s)",
-                 config.address, self.port, "https" if tls else "http", self.ctx.pid,
-                 instance, loop_module.partition(".")[0])
-        if config.callers:
-            log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
+            signal.SIGUSR2: recycler.recycle,
+        }
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
+            undo.callback(_ignore_signal, loop, sig)
 
-    def _close_callers(self) -> None:
-        if self._callers is not None:
-            self._callers.close()
+    # -- serving ---------------------------------------------------------------------------
 
     def _trusts(self, headers: HTTPHeaders) -> bool:
         # Which connections are strangers to the cap (taskrunner.web.connections): asked of
@@ -265,7 +355,7 @@ class Server:
             return False
         return True
 
-    def _load_callers(self, previous: Callers | None) -> Callers:
+    def _read_callers(self, previous: Callers | None) -> Callers:
         return load_callers(self.config.callers, self.config, os.environ, self._base_env,
                             containment_from_config, previous)
 
@@ -274,7 +364,7 @@ class Server:
         cannot be used, and log why."""
         assert self.ctx is not None
         try:
-            callers = self._load_callers(self.ctx.callers)
+            callers = self._read_callers(self.ctx.callers)
         except StartupError as exc:
             log.error("callers not reloaded, the previous ones stay: %s", exc)
             return
@@ -282,88 +372,52 @@ class Server:
         previous.retire()  # their sandboxes go once no command of theirs runs
         log.info("callers reloaded from %s: %s", self.config.callers, ", ".join(callers.names))
 
+    # -- shutdown --------------------------------------------------------------------------
+
     async def shutdown(self) -> None:
-        """Stop listening, give running commands ``--grace`` seconds, then kill the rest."""
-        assert self.ctx is not None and self.http is not None
-        ctx, engine = self.ctx, self.ctx.engine
-        ctx.shutting_down = True
-        ctx.draining = True
-        self.http.stop()
-        if ctx.launcher.admission is not None:
-            ctx.launcher.admission.close()  # queued requests get a 503 now
-        if engine.running:
-            log.info("shutting down: waiting up to %ss for %s running commands",
-                     self.config.grace, engine.running)
-        if not await engine.wait_all(self.config.grace):
-            log.warning("grace period over: killing %s commands", engine.running)
-            if ctx.jobs is not None:
-                ctx.jobs.cancel_running()
-            engine.kill_all()
-            await engine.wait_all(5.0)
-        await ctx.wait_idle(2.0)
-        await self.http.close_all_connections()
-        if ctx.jobs is not None:
-            await ctx.jobs.stop_callbacks(SHUTDOWN_GRACE)
-        engine.close()
-        if ctx.launcher.cgroups is not None:
-            ctx.launcher.cgroups.close()
-        ctx.launcher.containment.close()
-        ctx.callers.close()  # the callers' sandboxes (those of replaced sets went already)
-        self.trimmer.close()
-        if self.watchdog is not None:
-            self.watchdog.close()
-        if ctx.jobs is not None:
-            await ctx.jobs.close_reads()
-            ctx.jobs.close()  # the final states of the jobs just killed reach the store
-        if self.handle_signals:
-            # We are exiting anyway: a second SIGTERM now must not turn exit 0 into a kill.
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
-                signal.signal(sig, signal.SIG_IGN)
+        """Stop listening, give running commands ``--grace`` seconds, kill the rest, then
+        undo every step of the startup, newest first."""
+        assert self.ctx is not None and self._undo is not None
+        self._stop_listening()
+        if not await self._drain(self.config.grace):
+            await self._force()
+        await self.ctx.wait_idle(2.0)  # the responses of the commands just ended go out
+        undo, self._undo = self._undo, None
+        await undo.aclose()
         log.info("stopped")
 
+    def _stop_listening(self) -> None:
+        # New connections are refused and queued requests get a 503 now; responses say
+        # Connection: close.
+        assert self.ctx is not None and self.http is not None
+        self.ctx.shutting_down = True
+        self.ctx.draining = True
+        self.http.stop()
+        if self.ctx.launcher.admission is not None:
+            self.ctx.launcher.admission.close()
 
-async def _open_store(config: Config, url: str, instance: str, port: int,
-                      realm: str) -> JobStore | None:
-    # The job index of --state-dir or --state-url, opened. A server that does not answer
-    # is waited for (one warning, then a try every few seconds), so that hosts and their
-    # index may start in any order, after a power cut say, and no supervisor gives up.
-    delay = 1.0
-    while True:
-        try:
-            return _job_store(config, url, instance, port, realm)
-        except IndexUnreachable as exc:
-            if delay == 1.0:
-                log.warning("%s; waiting for it (tried again every few seconds)", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    async def _drain(self, grace: float) -> bool:
+        # True if every running command ended within the grace.
+        assert self.ctx is not None
+        engine = self.ctx.engine
+        if engine.running:
+            log.info("shutting down: waiting up to %ss for %s running commands", grace,
+                     engine.running)
+        return await engine.wait_all(grace)
+
+    async def _force(self) -> None:
+        assert self.ctx is not None
+        engine = self.ctx.engine
+        log.warning("grace period over: killing %s commands", engine.running)
+        if self.ctx.jobs is not None:
+            self.ctx.jobs.cancel_running()
+        engine.kill_all()
+        await engine.wait_all(5.0)
 
 
-def _job_store(config: Config, url: str, instance: str, port: int,
-               realm: str) -> JobStore | None:
-    # Imported here, not at the top: an instance without an index never loads sqlite3 or
-    # psycopg.
-    if not (config.state_dir or url):
-        return None
-    from taskrunner.jobs.store import JobStore
-
-    backend: Backend
-    if url:
-        try:
-            from taskrunner.jobs.backends.postgresql import PostgresIndex
-        except ImportError as exc:
-            raise StartupError(f"--state-url needs psycopg ({exc}): install taskrunner with "
-                               "its postgresql extra, or requirements/serve.txt") from None
-        backend = PostgresIndex(url)
-    else:
-        from taskrunner.jobs.backends.sqlite import SQLiteIndex
-
-        backend = SQLiteIndex(config.state_dir)
-    store = JobStore(backend, instance, realm=realm, lost_after=config.lost_after,
-                     listening=f"{config.address}:{port}")
-    try:
-        store.open()
-    except IndexUnreachable:
-        raise
-    except StoreError as exc:
-        raise StartupError(str(exc)) from None
-    return store
+def _ignore_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+    # Undoing a handler means ignoring the signal: we are exiting anyway, and a second
+    # SIGTERM now must not turn exit 0 into a kill. The loop's handler goes first, so that
+    # closing the loop does not put the default action back.
+    loop.remove_signal_handler(sig)
+    signal.signal(sig, signal.SIG_IGN)

@@ -156,7 +156,7 @@ class CappedHTTPServer(DrainingHTTPServer):
             self._handlers[sock.fileno()] = add_accept_handler(
                 sock, self._handle_connection, gate=self)
 
-    # -- the accept gate (see taskrunner.accept.AcceptGate) ---------------------------
+    # -- the accept gate (see taskrunner.web.accept.AcceptGate) -----------------------
 
     def has_room(self) -> bool:
         """True while under the cap."""
