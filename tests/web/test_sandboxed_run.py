@@ -131,7 +131,7 @@ def test_a_killed_instance_takes_its_sandboxes_along_where_the_watchdog_cannot(
                        "timeout": 60}).encode()
     sock = socket.create_connection(("127.0.0.1", child.port))
     try:
-        sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         # The sleeps themselves (their argv is "sleep\0<marker>"), not only the sandbox's
         # processes that name them in their arguments.
