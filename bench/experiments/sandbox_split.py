@@ -15,6 +15,8 @@ a reap never waits behind the spawns of the next sandboxes. Needs bwrap and bash
 from __future__ import annotations
 
 import argparse
+import functools
+import operator
 import os
 import statistics
 import subprocess
@@ -41,7 +43,8 @@ class InFlight:
         self.slots = threading.Semaphore(count)
         self.changed = threading.Condition()
         self.started: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
-        self.spawned = self.reaped = self.pid = 0
+        self.spawned = self.reaped = 0
+        self.failed: list[str] = []  # what sandboxes that did not run their command said
         self.done = False
         self.elapsed = 0.0  # from the first spawn until the last is reaped
         self.splits: list[tuple[float, float]] = []
@@ -66,6 +69,9 @@ class InFlight:
             self.changed.notify()
         reaper.join()
         self.elapsed = time.monotonic() - began
+        if self.failed:
+            raise SystemExit(f"{len(self.failed)} sandboxes failed ({' '.join(self.prefix)}), "
+                             f"e.g. {self.failed[0]}")
         return self.splits
 
     def reap(self) -> None:
@@ -74,17 +80,20 @@ class InFlight:
                 self.changed.wait_for(lambda: self.done or self.reaped < self.spawned)
                 if self.reaped == self.spawned:
                     return
-            self.pid, status = os.wait()  # there is a child: spawned and not yet reaped
+            pid, status = os.wait()  # there is a child: spawned and not yet reaped
             ended = time.time()
             self.reaped += 1
             with self.changed:  # it may have ended before its Popen returned
-                self.changed.wait_for(lambda: self.pid in self.started)
-                process, started = self.started.pop(self.pid)
+                self.changed.wait_for(functools.partial(operator.contains, self.started, pid))
+                process, started = self.started.pop(pid)
             process.returncode = os.waitstatus_to_exitcode(status)
             assert process.stdout is not None
-            ran = float(process.stdout.read())  # a few bytes: they sit in the pipe's buffer
+            out = process.stdout.read()  # a few bytes: they sit in the pipe's buffer
             process.stdout.close()
-            self.splits.append((ran - started, ended - ran))
+            try:
+                self.splits.append((float(out) - started, ended - float(out)))
+            except ValueError:
+                self.failed.append(f"status {process.returncode}, output {out!r}")
             self.slots.release()
 
 
