@@ -4,9 +4,10 @@ For each SOURCE (a checkout; compare commits by exporting one with ``git archive
 tar -x -C DIR``), in turn for ROUNDS rounds: start ``--instances`` instances from it, each
 ``python -m taskrunner --port 0`` with FLAGS (``{run}`` in them becomes a directory shared
 by the round's instances; by default ``--recycle-lock {run}/recycle.lock``, as the stack's
-supervisord.conf starts them), wait until they listen and ``--settle`` seconds more, then sum
-VmRSS of each instance and of its children (the watchdog), and stop them. Prints per
-SOURCE the median over rounds of one instance (itself + its children) and of them all.
+supervisord.conf started them when the log's entry was measured; it now adds ``--state-dir
+{run}/state``), wait until they listen and ``--settle`` seconds more, then sum VmRSS of
+each instance and of its children (the watchdog), and stop them. Prints per SOURCE the
+median over rounds of one instance (itself + its children) and of them all.
 """
 
 from __future__ import annotations
