@@ -1,6 +1,7 @@
 """scripts/bench, the one bench tool, run for real and briefly: the experiments it lists,
 each one's --help, a short load run against an instance it starts, and one experiment end
-to end with tiny numbers."""
+to end with tiny numbers; and docs/bench.md's log, whose every entry names a command that
+re-runs it and which uses every experiment."""
 
 import json
 import os
