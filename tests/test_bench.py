@@ -1,6 +1,7 @@
 """scripts/bench, the one bench tool, run for real and briefly: the experiments it lists,
 each one's --help, a short load run against an instance it starts, and one experiment end
-to end with tiny numbers."""
+to end with tiny numbers; and docs/bench.md's log, whose every entry names a command that
+re-runs it and which uses every experiment."""
 
 import json
 import os
@@ -38,11 +39,43 @@ def test_the_list_names_every_experiment_with_its_purpose():
     assert all(len(purpose.strip()) > 20 for purpose in listed.values()), listed
 
 
+def bench_md():
+    with open(os.path.join(REPO, "docs", "bench.md")) as f:
+        return f.read()
+
+
+# A command at the start of a code span or of a line of a code block, as the log writes them.
+RERUN = re.compile(r"(?:`|^)(?:scripts/bench|python -m pytest)\b", re.MULTILINE)
+
+
+def entries(text):
+    """The log's dated entries: {heading: body}."""
+    log = text.split("\n## The log\n", 1)[1]
+    parts = re.split(r"^### (\d{4}-\d\d-\d\d .+)$", log, flags=re.MULTILINE)[1:]
+    return dict(zip(parts[::2], parts[1::2], strict=True))
+
+
+def test_every_entry_of_the_log_names_a_command_that_re_runs_it():
+    """Every figure in docs/bench.md names the command that re-runs it (issue 20): as far as
+    a test can tell, every dated entry names one, of the bench tool or, for figures a test
+    prints, of pytest."""
+    found = entries(bench_md())
+    assert len(found) > 20, sorted(found)
+    assert [heading for heading, body in found.items() if not RERUN.search(body)] == []
+
+
+def test_the_check_for_a_command_sees_an_entry_without_one():
+    text = ("# B\n\n## The log\n\n### 2026-12-07 With one\n\n`scripts/bench experiment "
+            "x 1`: 3/s\n\n### 2026-12-07 Without\n\nA one-off run by hand: 4/s, as "
+            "scripts/bench would say\n")
+    found = entries(text)
+    assert [h for h, body in found.items() if not RERUN.search(body)] == ["2026-12-07 Without"]
+
+
 def test_the_log_uses_every_experiment_and_names_only_existing_ones():
     """An experiment no entry of docs/bench.md re-runs is deleted (issue 20), and every
     experiment an entry names exists."""
-    with open(os.path.join(REPO, "docs", "bench.md")) as f:
-        text = f.read()
+    text = bench_md()
     named = set(re.findall(r"scripts/bench\s+experiment\s+([a-z_0-9]+)", text))
     assert named == set(EXPERIMENTS)
     # and each is re-run through the tool, not as a file of scripts/

@@ -1,10 +1,12 @@
 """Spawns per second through the engine under each containment setting and the watchdog.
 
-Each setting as configured by taskrunner itself (`containment_from_config`), with and
-without the watchdog's hooks; the --user rows as root only. Runs /bin/true N times, 4 at a
-time, per variant; variants alternate (in a rotating order) for ROUNDS rounds so all see
-the same machine load; prints the median rate and the instance's CPU time per spawn
-(steadier than the rate on a busy machine).
+Each setting as configured by taskrunner itself (`containment_from_config`), with the
+watchdog's hooks, and with hooks that do nothing (so that plain, watchdog hooks and no-op
+hooks are an A/B/C of the hooks); the --user rows as root only. Runs /bin/true N times, 4
+at a time, per variant; variants alternate (in a rotating order) for ROUNDS rounds so all
+see the same machine load; prints the median rate and the instance's CPU time per spawn
+(steadier than the rate on a busy machine). Then the watchdog's own CPU time over all those
+spawns, and what one command's two hook calls cost in-process (best of 5).
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ import os
 import statistics
 import time
 
+from bench import procs
+from bench.timing import best
 from taskrunner.config import Config
 from taskrunner.process.containment import containment_from_config
 from taskrunner.process.engine import CommandSpec, ProcessEngine
 from taskrunner.process.watchdog import Watchdog
 
 LIMITED = Config(limit_as=1024, limit_nofile=256)
+
+
+def ignore(pgid: int) -> None:
+    """A hook that does nothing: the C of the hooks' A/B/C."""
 
 
 async def rate(engine: ProcessEngine, n: int, prefix: tuple[str, ...]) -> tuple[float, float]:
@@ -46,7 +54,9 @@ async def measure(n: int, rounds: int) -> None:
     plain = ProcessEngine(max_output=1 << 20)
     hooked = ProcessEngine(max_output=1 << 20, on_spawn=watchdog.spawned,
                            on_reap=watchdog.reaped)
+    noop = ProcessEngine(max_output=1 << 20, on_spawn=ignore, on_reap=ignore)
     variants = [("plain", plain, Config()), ("watchdog hooks", hooked, Config()),
+                ("no-op hooks", noop, Config()),
                 ("--limit-as --limit-nofile", plain, LIMITED)]
     if os.geteuid() == 0:
         variants += [("--user nobody", plain, Config(user="nobody")),
@@ -63,8 +73,18 @@ async def measure(n: int, rounds: int) -> None:
     for name, runs in results.items():
         print(f"{name:28s} {statistics.median(r for r, _ in runs):7.0f} spawns/s "
               f"{statistics.median(c for _, c in runs) * 1e6:6.0f} us instance CPU/spawn")
+    watched = len(results["watchdog hooks"]) * n
+    print(f"the watchdog's CPU over {watched:,} hooked spawns: "
+          f"{procs.cpu_seconds(procs.process_tree([watchdog.pid])):.3f} s")
+    def hooks() -> None:
+        watchdog.spawned(1)
+        watchdog.reaped(1)
+
+    print(f"one command's hooks in the instance (spawned + reaped): "
+          f"{best(hooks, 5) * 1e6:.2f} us")
     plain.close()
     hooked.close()
+    noop.close()
     watchdog.close()
     del ballast
 

@@ -2,7 +2,8 @@
 
 A resident 30 MiB parent, like an instance, spawns /bin/true with piped stdout and stderr
 in a session of its own, reads both pipes and reaps it, N times per variant; each variant
-twice, interleaved. Both are given the environment explicitly, as the engine does.
+twice, interleaved. Both are given the environment explicitly, as the engine does; with
+``--inherit-env`` Popen is given none (the child inherits it, and Popen builds nothing).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def posix_spawn(out_w: int, err_w: int) -> int:
         (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)])
 
 
-def popen(out_w: int, err_w: int) -> int:
+def popen(out_w: int, err_w: int, env: dict[str, str] | None = None) -> int:
     p = subprocess.Popen(["/bin/true"], stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-                         env=os.environ, close_fds=True, start_new_session=True)
+                         env=env, close_fds=True, start_new_session=True)
     p.returncode = 0  # reaped by run's waitpid
     return p.pid
 
@@ -53,10 +54,18 @@ def main(argv: list[str]) -> int:
                                  description=__doc__.split("\n\n")[1])
     ap.add_argument("n", nargs="?", type=int, default=2000, metavar="N",
                     help="spawns per variant and run")
-    n = ap.parse_args(argv).n
+    ap.add_argument("--inherit-env", action="store_true",
+                    help="Popen without env=: the child inherits the environment")
+    args = ap.parse_args(argv)
+    n = args.n
+    env = None if args.inherit_env else dict(os.environ)
+
+    def popen_env(out_w: int, err_w: int) -> int:
+        return popen(out_w, err_w, env)
+
     ballast = bytes(range(256)) * (30 << 12)  # a resident 30 MiB parent, like an instance
     variants: tuple[tuple[str, Start], ...] = (("posix_spawnp+setsid", posix_spawn),
-                                               ("Popen", popen))
+                                               ("Popen", popen_env))
     for name, start in variants * 2:
         rate, cpu = run(start, n)
         print(f"{name:20} {rate:6.0f} spawns/s {cpu:5.0f} us parent CPU per spawn")
