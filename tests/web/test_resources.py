@@ -233,7 +233,11 @@ async def test_at_the_cap_the_connection_idle_longest_is_shed_first(instance):
 
 def test_max_connections_defaults_to_what_the_descriptors_leave_for_connections(capsys):
     from taskrunner.cli import parse_config
-    from taskrunner.web.connections import FD_RESERVE, FDS_PER_COMMAND, default_max_connections
+    from taskrunner.listener.descriptors import (
+        FD_RESERVE,
+        FDS_PER_COMMAND,
+        default_max_connections,
+    )
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY:
