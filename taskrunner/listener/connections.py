@@ -6,8 +6,10 @@ the instance never holds more than the cap, and at the cap it makes room the way
 would want:
 
 * a connection is *trusted* while its last request carried a valid token (or the instance
-  needs none), judged by the same callers the handlers ask; any other connection — a new
-  one, one in the HTTPS doorway, one whose request had no valid token — is a *stranger*;
+  needs none), as the ``trusts`` callable says (the server passes one that asks the
+  callers the handlers ask: the listener knows nothing of them); any other connection —
+  a new one, one in the HTTPS doorway, one whose request had no valid token — is a
+  *stranger*;
 * a connection is *idle* while no request is in progress on it: between keep-alive
   requests, and before its request headers are complete (a slow-header caller holds
   nothing worth keeping). It is *busy* from its complete headers to the end of its response;
@@ -70,7 +72,8 @@ IDLE_GRACE = 0.5
 _WARN_EVERY = 10.0  # seconds between two "at the cap" warnings
 
 Trusts = Callable[[HTTPHeaders], bool]
-"""Whether a request's headers carry what the instance asks of a caller (a valid token)."""
+"""Whether a request's headers carry what the instance asks of a caller (a valid token): a
+decision of the layers above, passed in."""
 
 
 def _has_body(headers: HTTPHeaders) -> bool:
@@ -106,8 +109,8 @@ class CappedHTTPServer(DrainingHTTPServer):
         self.shed_total = 0
         self._shed_unreported = 0
         self._last_warning: dict[str, float] = {}
-        # HTTPS: new connections before their first byte (taskrunner.listener.tlsdoor), oldest
-        # first; bounded by the idle timeout, as slow request headers are.
+        # HTTPS: new connections before their first byte (taskrunner.listener.tlsdoor),
+        # oldest first; bounded by the idle timeout, as slow request headers are.
         self._doorways: dict[Doorway, None] = {}
         self._doorway_timeout = float(kwargs.get("idle_connection_timeout") or 3600)
         self._lingering: dict[Lingering, None] = {}
@@ -132,7 +135,7 @@ class CappedHTTPServer(DrainingHTTPServer):
             self._handlers[sock.fileno()] = add_accept_handler(
                 sock, self._handle_connection, gate=self)
 
-    # -- the accept gate (see taskrunner.listener.accept.AcceptGate) ---------------------------
+    # -- the accept gate (see taskrunner.listener.accept.AcceptGate) ----------------------
 
     def has_room(self) -> bool:
         """True while under the cap."""
