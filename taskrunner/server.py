@@ -45,6 +45,9 @@ from taskrunner.jobs.callbacks import (
 from taskrunner.jobs.open_store import open_store
 from taskrunner.jobs.registry import JobRegistry
 from taskrunner.jobs.state_url import state_url
+from taskrunner.listener.bind import bind_sockets
+from taskrunner.listener.connections import CappedHTTPServer
+from taskrunner.listener.descriptors import default_max_connections
 from taskrunner.metrics import Metrics
 from taskrunner.process.admission import Admission, default_max_running
 from taskrunner.process.allowlist import Allowlist
@@ -57,9 +60,7 @@ from taskrunner.process.launcher import Launcher
 from taskrunner.process.watchdog import Watchdog, WatchdogError
 from taskrunner.web.app import make_app
 from taskrunner.web.auth import load_token
-from taskrunner.web.bind import bind_sockets
 from taskrunner.web.callers import Callers, implicit_callers, load_callers
-from taskrunner.web.connections import CappedHTTPServer, default_max_connections
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.recycle import Recycler
 from taskrunner.web.tls import check_protected, server_context
@@ -346,8 +347,8 @@ class Server:
     # -- serving ---------------------------------------------------------------------------
 
     def _trusts(self, headers: HTTPHeaders) -> bool:
-        # Which connections are strangers to the cap (taskrunner.web.connections): asked of
-        # the callers the handlers will ask, as they are now.
+        # Which connections are strangers to the cap (taskrunner.listener.connections):
+        # asked of the callers the handlers will ask, as they are now.
         assert self.ctx is not None
         try:
             self.ctx.callers.identify(headers.get("Authorization"))

@@ -144,3 +144,46 @@ def sqlite_store(state_dir: str, instance: str, **settings):
     from taskrunner.jobs.store import JobStore
 
     return JobStore(SQLiteIndex(state_dir), instance, **settings)
+
+
+def processes_running(argument: str) -> list[int]:
+    """Pids of the live (non-zombie) processes whose command line includes ``argument``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argument.encode() in words and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def closed_by_server(sock: socket.socket, wait: float) -> bool:
+    """True if the server closed ``sock`` (an EOF or a reset) within ``wait`` seconds."""
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def https(port, method, path, cafile, body=None, headers=None, timeout=30.0):
+    """One request over HTTPS to ``localhost:port``, trusting the certificate in ``cafile``
+    only."""
+    conn = http.client.HTTPSConnection("localhost", port, timeout=timeout,
+                                       context=ssl.create_default_context(cafile=cafile))
+    try:
+        conn.request(method, path, None if body is None else json.dumps(body),
+                     headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()

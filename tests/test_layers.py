@@ -1,6 +1,7 @@
 """The layers are code, not prose: import-linter's contracts in pyproject.toml
-(``[tool.importlinter]``: web above jobs above process, leaves that import nothing of the
-package, no cycles, type-only imports included), and the process layer free of Tornado's
+(``[tool.importlinter]``: web above jobs above process, web above the listener, which
+imports nothing of the jobs, the commands or the wiring; leaves that import nothing of the
+package; no cycles; type-only imports included), and the process layer free of Tornado's
 HTTP modules, which import-linter cannot name (it sees external packages whole).
 """
 

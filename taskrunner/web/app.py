@@ -6,6 +6,7 @@ from typing import Any
 
 from tornado.web import Application, RequestHandler
 
+from taskrunner.listener.streams import EarlyAnswerTransform
 from taskrunner.web.access import RequestIdTransform, log_request
 from taskrunner.web.base import NotFoundHandler
 from taskrunner.web.context import InstanceContext
@@ -14,7 +15,6 @@ from taskrunner.web.page import PageHandler
 from taskrunner.web.recycle import drain_transform
 from taskrunner.web.run import RunHandler
 from taskrunner.web.service import HealthHandler, MetricsHandler, OpenAPIHandler
-from taskrunner.web.streams import EarlyAnswerTransform
 
 
 def make_app(ctx: InstanceContext, **settings: Any) -> Application:

@@ -12,7 +12,7 @@ refused body before it answers 421, 403, 415 or 401, within a small budget (`DRA
 `DRAIN_TIME`), so that strangers cannot hold connections with slow refused bodies: past it
 the refusal is answered at once. An answer that goes out before the body is read says
 ``Connection: close``, and the connection closes in a
-lingering close (`taskrunner.web.streams`), so the client reads the answer.
+lingering close (`taskrunner.listener.streams`), so the client reads the answer.
 
 Every handler reads its request body itself, streamed: Tornado never buffers a body whole
 (its own limit is out of reach, see `BodyHandler`). A route that takes no body reads and
@@ -41,11 +41,11 @@ from taskrunner.errors import (
     TaskRunnerError,
     Unauthorized,
 )
+from taskrunner.listener.streams import body_arriving
 from taskrunner.process.engine import CommandSpec
 from taskrunner.process.launcher import Policy
 from taskrunner.web.callers import Caller
 from taskrunner.web.context import InstanceContext
-from taskrunner.web.streams import body_arriving
 from taskrunner.web.validation import parse_job_request, parse_run_request
 
 log = logging.getLogger("taskrunner.http")

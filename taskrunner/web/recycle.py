@@ -12,9 +12,10 @@ that nginx may still use:
    before ``startsecs`` as a failed start) and, with ``--recycle-lock``, until it holds the
    deployment's recycle lock and no sibling recycled in the last `COOLDOWN` seconds, so the
    instances of a stack never recycle all at once (that would leave nginx nobody to ask).
-2. Accept what is already in the listen backlog, then close the listening socket. nginx's
-   new connections are refused, which nginx retries on another instance (``proxy_next_upstream
-   error``: the request was never sent, so even a POST is safe to retry).
+2. Accept what is already in the listen backlog, then close the listening socket
+   (`taskrunner.listener.draining`). nginx's new connections are refused, which nginx
+   retries on another instance (``proxy_next_upstream error``: the request was never sent,
+   so even a POST is safe to retry).
 3. Keep serving the connections that are open, answering with ``Connection: close``: nginx
    drops each of them after its response. nginx closes idle ones itself after its upstream
    ``keepalive_timeout`` (taskrunner/deploy/templates/nginx-http.conf.template).
@@ -25,20 +26,17 @@ that nginx may still use:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
-import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPServerRequest
 from tornado.web import OutputTransform, RequestHandler
 
-from taskrunner.web.accept import accept_waiting, add_accept_handler
+from taskrunner.listener.draining import DrainingHTTPServer
 from taskrunner.web.context import InstanceContext
 
 log = logging.getLogger("taskrunner.server")
@@ -115,54 +113,6 @@ class RecycleLock:
             data = f"{time.time():.3f}\n".encode()
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, data, 0)
-
-
-class DrainingHTTPServer(HTTPServer):
-    """An `HTTPServer` that stops listening without resetting queued connections and can
-    wait for its last connection to close."""
-
-    def initialize(self, *args: Any, **kwargs: Any) -> None:
-        super().initialize(*args, **kwargs)
-        self._no_connections = asyncio.Event()
-
-    def on_close(self, server_conn: Any) -> None:
-        super().on_close(server_conn)
-        if not self._connections:
-            self._no_connections.set()
-
-    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
-        """Listen on ``sockets``, pausing rather than spinning when out of descriptors."""
-        for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = add_accept_handler(sock, self._handle_connection)
-
-    @property
-    def open_connections(self) -> int:
-        """How many client connections are open."""
-        return len(self._connections)
-
-    def stop_accepting(self) -> None:
-        """Take the connections waiting in the listen backlog, then close the listeners.
-
-        Connections the kernel has completed but Tornado has not accepted yet would be
-        reset by close(), after nginx may have written a request on them. Between the last
-        accept() and close() nothing yields to the event loop.
-        """
-        for sock in self._sockets.values():
-            with contextlib.suppress(OSError):
-                accept_waiting(sock, self._handle_connection)
-        self.stop()
-
-    async def wait_no_connections(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until no connection is open; True if none is."""
-        if not self._connections:
-            return True
-        self._no_connections.clear()
-        try:
-            await asyncio.wait_for(self._no_connections.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
 
 class Recycler:

@@ -3,7 +3,6 @@ the instance closes such a connection the way nginx's lingering close does, so t
 still sending, reads its JSON answer instead of a connection reset. Plain HTTP and HTTPS."""
 
 import http.client
-import inspect
 import json
 import os
 import socket
@@ -13,8 +12,6 @@ import httpx
 import pytest
 from conftest import Certificate
 from helpers import wait_until
-from tornado.iostream import BaseIOStream
-from tornado.tcpserver import TCPServer
 
 TOKEN = "early-answers-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -175,15 +172,6 @@ def test_a_header_flood_still_sending_reads_its_431(plain):
             sock, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * (4 * MIB)
             + b"\r\n\r\n")
     assert (status, answer["error"]) == (431, "headers_too_large")
-
-
-def test_the_tornado_entry_point_the_connection_layer_takes_over_is_there():
-    # web/connections.py makes each connection's stream itself by overriding TCPServer's
-    # private _handle_connection; the 431 and the lingering close depend on it. If a
-    # Tornado release renames it, this fails (and so do the tests above), loudly.
-    assert list(inspect.signature(TCPServer._handle_connection).parameters) == [
-        "self", "connection", "address"]
-    assert "close_fd" in vars(BaseIOStream)  # the documented hook for subclasses
 
 
 def test_a_body_sent_to_a_route_that_takes_none_is_not_buffered(plain):

@@ -6,12 +6,12 @@ wrong. nginx answers it instead ("The plain HTTP request was sent to HTTPS port"
 does this: a `Doorway` waits for a new connection's first byte without reading it. A TLS
 record starts with 0x16 (handshake): the connection goes on to Tornado untouched. Anything
 else is answered `PLAIN_HTTP_RESPONSE` in clear text, the error shape every answer has,
-and closed the way nginx's lingering close does it (`taskrunner.web.linger`), so the
+and closed the way nginx's lingering close does it (`taskrunner.listener.linger`), so the
 kernel does not reset the connection (and drop the answer) over unread request bytes.
 
 A connection in the doorway is bounded by ``--idle-timeout`` like slow request headers,
 counts against ``--max-connections`` and is among the first to go when room is needed (it
-has sent nothing); see `taskrunner.web.connections`.
+has sent nothing); see `taskrunner.listener.connections`.
 """
 
 from __future__ import annotations

@@ -2,17 +2,18 @@
 closes.
 
 `CappedHTTPServer` serves every connection on a `ClientStream` (`ClientSSLStream` over
-HTTPS): Tornado's stream, plus what `taskrunner.web.connections` records as requests come —
-whether the connection awaits a request's headers, whether a request's body is still
-arriving, whether its last request carried a valid token — and one change to closing.
+HTTPS): Tornado's stream, plus what `taskrunner.listener.connections` records as requests
+come — whether the connection awaits a request's headers, whether a request's body is
+still arriving, whether its last request carried a valid token — and one change to
+closing.
 
 Tornado closes a connection silently when the request line and headers are over its limit,
 and at once after an answer that went out before the request's body was read. Either way
 the client may still be sending, and the close resets the connection before the client has
 read anything. `ClientStream.close_fd` (the method Tornado's ``BaseIOStream`` leaves to
-subclasses) hands the socket to a lingering close instead (`taskrunner.web.linger`): with a
-JSON 431 `headers_too_large` first when the headers were too large, so the client learns
-why. A connection the server closes to make room (``evicted``) is closed at once.
+subclasses) hands the socket to a lingering close instead (`taskrunner.listener.linger`):
+with a JSON 431 `headers_too_large` first when the headers were too large, so the client
+learns why. A connection the server closes to make room (``evicted``) is closed at once.
 """
 
 from __future__ import annotations

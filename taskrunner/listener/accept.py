@@ -6,9 +6,10 @@ CPU, until a descriptor frees up. `add_accept_handler` here does what nginx does
 it logs one warning, stops accepting for `PAUSE` seconds (the pending connections wait in
 the listen backlog) and tries again.
 
-With an `AcceptGate` (``--max-connections``, see `taskrunner.web.connections`) it accepts only
-while the gate has room; when the gate cannot make room it stops accepting until the gate
-calls back, so a full instance does not spin on a readable listening socket either.
+With an `AcceptGate` (``--max-connections``, see `taskrunner.listener.connections`) it
+accepts only while the gate has room; when the gate cannot make room it stops accepting
+until the gate calls back, so a full instance does not spin on a readable listening socket
+either.
 """
 
 from __future__ import annotations

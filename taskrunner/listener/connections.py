@@ -6,13 +6,15 @@ the instance never holds more than the cap, and at the cap it makes room the way
 would want:
 
 * a connection is *trusted* while its last request carried a valid token (or the instance
-  needs none), judged by the same callers the handlers ask; any other connection — a new
-  one, one in the HTTPS doorway, one whose request had no valid token — is a *stranger*;
+  needs none), as the ``trusts`` callable says (the server passes one that asks the
+  callers the handlers ask: the listener knows nothing of them); any other connection —
+  a new one, one in the HTTPS doorway, one whose request had no valid token — is a
+  *stranger*;
 * a connection is *idle* while no request is in progress on it: between keep-alive
   requests, and before its request headers are complete (a slow-header caller holds
   nothing worth keeping). It is *busy* from its complete headers to the end of its response;
 * a new connection takes the place of, in this order: a connection in a lingering close
-  (answered, `taskrunner.web.linger`); one in the HTTPS doorway (it has sent nothing); a
+  (answered, `taskrunner.listener.linger`); one in the HTTPS doorway (it has sent nothing); a
   stranger whose request body is still arriving (the instance will not use it: the request
   is refused, or its route takes no body); the stranger idle longest; and, only while
   strangers hold less than half the cap, the trusted connection idle longest. An idle one
@@ -26,59 +28,43 @@ would want:
 
 Request headers are bounded here too: over `MAX_HEADER_BYTES` bytes (Tornado's read limit)
 or `MAX_HEADER_FIELDS` fields, the connection answers a JSON 431 itself and closes, where
-Tornado alone would drop it without a word (see `taskrunner.web.streams`).
+Tornado alone would drop it without a word (see `taskrunner.listener.streams`).
 
-The default cap leaves descriptors for the work the connections ask for: the open-file
-limit, less `FD_RESERVE` for the instance's own files, less `FDS_PER_COMMAND` for each of
-``--max-running`` commands.
+The default cap leaves descriptors for the work the connections ask for
+(`taskrunner.listener.descriptors`). The server is Tornado's `HTTPServer` taken over where
+Tornado has no public hook (its private attributes, named in
+tests/listener/test_tornado_internals.py).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import resource
 import socket
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from tornado.httputil import (
-    HTTPConnection,
-    HTTPHeaders,
-    HTTPMessageDelegate,
-    RequestStartLine,
-    ResponseStartLine,
-)
+from tornado.httputil import HTTPConnection, HTTPHeaders, HTTPMessageDelegate
 from tornado.ioloop import IOLoop
 from tornado.netutil import ssl_wrap_socket
 
-from taskrunner.web.accept import add_accept_handler
-from taskrunner.web.linger import Lingering
-from taskrunner.web.recycle import DrainingHTTPServer
-from taskrunner.web.streams import (
+from taskrunner.listener.accept import add_accept_handler
+from taskrunner.listener.draining import DrainingHTTPServer
+from taskrunner.listener.linger import Lingering
+from taskrunner.listener.streams import (
     MAX_HEADER_BYTES,
     MAX_HEADER_FIELDS,
     OVERSIZED_HEADERS,
     ClientSSLStream,
     ClientStream,
-    headers_too_large,
 )
-from taskrunner.web.tlsdoor import Doorway
+from taskrunner.listener.tlsdoor import Doorway
+from taskrunner.listener.tracked import TrackedRequest
 
 log = logging.getLogger("taskrunner.connections")
-
-FD_RESERVE = 64
-"""Descriptors kept for the instance's own files: listening socket, event loop, log, job
-store, watchdog, /dev/null."""
-
-FDS_PER_COMMAND = 4
-"""Descriptors a running command holds besides its caller's connection: its stdout,
-stderr and stdin pipes and its pidfd."""
-
-MIN_CONNECTIONS = 16
 
 IDLE_GRACE = 0.5
 """Seconds a connection that turned idle, or opened, is kept from being closed for room."""
@@ -86,15 +72,8 @@ IDLE_GRACE = 0.5
 _WARN_EVERY = 10.0  # seconds between two "at the cap" warnings
 
 Trusts = Callable[[HTTPHeaders], bool]
-"""Whether a request's headers carry what the instance asks of a caller (a valid token)."""
-
-
-def default_max_connections(max_running: int) -> int:
-    """The default ``--max-connections`` for this process's open-file limit."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return max(MIN_CONNECTIONS, soft - FD_RESERVE - FDS_PER_COMMAND * max_running)
+"""Whether a request's headers carry what the instance asks of a caller (a valid token): a
+decision of the layers above, passed in."""
 
 
 def _has_body(headers: HTTPHeaders) -> bool:
@@ -130,8 +109,8 @@ class CappedHTTPServer(DrainingHTTPServer):
         self.shed_total = 0
         self._shed_unreported = 0
         self._last_warning: dict[str, float] = {}
-        # HTTPS: new connections before their first byte (taskrunner.web.tlsdoor), oldest
-        # first; bounded by the idle timeout, as slow request headers are.
+        # HTTPS: new connections before their first byte (taskrunner.listener.tlsdoor),
+        # oldest first; bounded by the idle timeout, as slow request headers are.
         self._doorways: dict[Doorway, None] = {}
         self._doorway_timeout = float(kwargs.get("idle_connection_timeout") or 3600)
         self._lingering: dict[Lingering, None] = {}
@@ -156,7 +135,7 @@ class CappedHTTPServer(DrainingHTTPServer):
             self._handlers[sock.fileno()] = add_accept_handler(
                 sock, self._handle_connection, gate=self)
 
-    # -- the accept gate (see taskrunner.web.accept.AcceptGate) -----------------------
+    # -- the accept gate (see taskrunner.listener.accept.AcceptGate) ----------------------
 
     def has_room(self) -> bool:
         """True while under the cap."""
@@ -282,8 +261,9 @@ class CappedHTTPServer(DrainingHTTPServer):
         self._idle[server_conn] = time.monotonic()
         self._idle.move_to_end(server_conn)
         self._wake_waiters()
-        return _Tracked(self, server_conn, request_conn,
-                        super().start_request(server_conn, request_conn))
+        return TrackedRequest(request_conn, super().start_request(server_conn, request_conn),
+                              functools.partial(self._headers_in, server_conn),
+                              functools.partial(self._body_in, server_conn))
 
     def _headers_in(self, server_conn: Any, headers: HTTPHeaders) -> str | None:
         """Record a request's arrival; the reason to refuse it with a 431, if any."""
@@ -378,38 +358,3 @@ def _peer(sock: socket.socket | None) -> str:
         return str(sock.getpeername()[0]) if sock is not None else "?"
     except OSError:
         return "?"
-
-
-class _Tracked(HTTPMessageDelegate):
-    """Passes a request through, telling the server when its headers and its body are in;
-    answers 431 itself, in the application's stead, to headers with too many fields."""
-
-    def __init__(self, server: CappedHTTPServer, server_conn: object,
-                 request_conn: HTTPConnection, delegate: HTTPMessageDelegate) -> None:
-        self.server = server
-        self.server_conn = server_conn
-        self.request_conn = request_conn
-        self.delegate = delegate
-        self.refused = False
-
-    def headers_received(self, start_line: RequestStartLine | ResponseStartLine,
-                         headers: HTTPHeaders) -> Awaitable[None] | None:
-        why = self.server._headers_in(self.server_conn, headers)
-        if why is not None:
-            self.refused = True
-            self.request_conn.write_headers(*headers_too_large(why))
-            self.request_conn.finish()  # before the body: the connection closes after it
-            return None
-        return self.delegate.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        return None if self.refused else self.delegate.data_received(chunk)
-
-    def finish(self) -> None:
-        self.server._body_in(self.server_conn)
-        if not self.refused:
-            self.delegate.finish()
-
-    def on_connection_close(self) -> None:
-        if not self.refused:
-            self.delegate.on_connection_close()

@@ -11,8 +11,8 @@ sees the answer end; what the client still sends is read and dropped until it cl
 at most `LINGER_TIME` seconds and `LINGER_BYTES` bytes (as nginx's ``lingering_time``);
 then the connection is closed.
 
-A lingering connection still holds a descriptor: `taskrunner.web.connections` counts it
-against ``--max-connections`` and closes it first when room is needed.
+A lingering connection still holds a descriptor: `taskrunner.listener.connections` counts
+it against ``--max-connections`` and closes it first when room is needed.
 """
 
 from __future__ import annotations
