@@ -114,6 +114,18 @@ async def test_a_command_that_cannot_start_gives_its_slot_back(instance):
     assert code == 200
 
 
+@pytest.mark.gen_test(timeout=20)
+@with_config(max_running=1, max_queued=1)
+async def test_a_request_that_would_wait_for_a_missing_program_gets_its_422_at_once(
+        instance, tmp_path):
+    blocker = await blocked(instance, tmp_path / "go")
+    code, body = await instance.run({"args": ["no-such-program-xyz"]})
+    assert (code, body["error"]) == (422, "spawn_failed")  # while the slot is still held
+    assert admission(instance).queued == 0 and admission(instance).running == 1
+    (tmp_path / "go").touch()
+    assert (await blocker)[0] == 200
+
+
 @pytest.mark.gen_test
 async def test_a_slot_handed_to_a_waiter_cancelled_in_the_same_instant_is_passed_on():
     gate = Admission(max_running=1, max_queued=5)
