@@ -30,9 +30,8 @@ from typing import Any
 from taskrunner.errors import ServiceUnavailable, TaskRunnerError
 from taskrunner.jobs.index import summary_args
 from taskrunner.jobs.schema import Chunk, JobRecord
-from taskrunner.process.admission import Share
-from taskrunner.process.engine import Command, CommandResult, CommandSpec
-from taskrunner.process.launcher import Policy
+from taskrunner.process.engine import Command, CommandResult
+from taskrunner.process.launcher import Reservation
 from taskrunner.process.output import OutputCursor, OutputLog
 
 
@@ -131,10 +130,9 @@ class Job:
         self.output: OutputLog | None = OutputLog(limit)
         """None once the output lives only in the store."""
         self.command: Command | None = None
-        self.spec: CommandSpec | None = None  # while queued: what to start
-        self.waiter: asyncio.Future[None] | None = None  # while queued: the admission place
-        self.policy: Policy | None = None  # until it ends: its caller's checks and wrapper
-        self.share: Share | None = None  # until it ends: the caller's share it holds
+        self.reservation: Reservation | None = None
+        """Until it starts (or is cancelled): its slot or place in the queue, and its
+        caller's share, which its command holds once it runs."""
         self.flushed = OutputCursor()  # how much of the output the store was given
         self.seq = 0  # the next chunk's number in the store
         self._change: asyncio.Future[None] | None = None
@@ -171,7 +169,6 @@ class Job:
         """Its command started: from now on its output is the command's own log."""
         self.command = command
         self.output = command.output
-        self.spec = None
         self._transition(JobState.RUNNING)
 
     def finish(self, result: CommandResult) -> None:
@@ -191,7 +188,6 @@ class Job:
 
     def abandon(self, error: TaskRunnerError | None) -> None:
         """It never started: cancelled (no error, or the instance stopping), or failed."""
-        self.spec = None
         if error is not None:
             self.error = {"error": error.code, "message": error.message}
         if error is None or isinstance(error, ServiceUnavailable):

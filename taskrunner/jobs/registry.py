@@ -38,19 +38,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from taskrunner.errors import (
-    JobNotFound,
-    SpawnError,
-    TaskRunnerError,
-    TooManyRequests,
-)
+from taskrunner.errors import JobNotFound, TaskRunnerError, TooManyRequests
 from taskrunner.jobs.callbacks import CallbackSender
 from taskrunner.jobs.index import JobQuery, cursor, in_view
 from taskrunner.jobs.job import Job, JobState, new_job_id
 from taskrunner.jobs.output import OutputCache
 from taskrunner.jobs.schema import JobRecord
 from taskrunner.process.engine import CommandResult, CommandSpec
-from taskrunner.process.environment import command_environment
 from taskrunner.process.output import OutputLog
 
 if TYPE_CHECKING:
@@ -200,89 +194,46 @@ class JobRegistry:
         ``callback_url`` (checked by the caller against the sender's hosts) is called once
         the job ends."""
         self._make_room()
-        policy = policy or self.launcher.policy
-        admission = self.launcher.admission
-        checked = self._checked(spec, policy, queued=False)
-        share = policy.share
-        if share is not None:
-            share.take()  # else 429 now
-        try:
-            place = admission.enqueue() if admission is not None else None  # else 429 now
-        except BaseException:
-            if share is not None:
-                share.give()
-            raise
-        if place is not None and not place.done():
-            try:
-                self._checked(spec, policy, queued=True)
-            except SpawnError:
-                admission.leave(place)  # type: ignore[union-attr]
-                if share is not None:
-                    share.give()
-                raise
+        reservation = self.launcher.reserve(spec, policy)  # 403, 422, 429 now
         job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output,
                   caller=caller, callback_url=callback_url, realm=realm)
-        job.spec = checked
-        # The launcher starts it with the policy's checks done and without the share,
-        # which the job holds itself (queued included) and gives back in _release.
-        job.policy = dataclasses.replace(policy, share=None)
-        job.share = share
+        job.reservation = reservation
         # Stored as it is about to be: running if it holds a slot (if it then cannot start,
         # the row goes), else queued.
         record = job.record()
-        if place is None or place.done():
+        if reservation.ready.done():
             record = dataclasses.replace(record, state=str(JobState.RUNNING))
         if self.store is not None:
             self._accepting += 1
             try:
                 await self.store.create(record)
             except BaseException:
-                if place is not None:
-                    admission.leave(place)  # type: ignore[union-attr]
-                self._release(job)
+                job.reservation = None
+                reservation.cancel()
                 raise
             finally:
                 self._accepting -= 1
         self.jobs[job.id] = job
-        if place is None or place.done():
+        if reservation.ready.done():
             try:
-                self._start(job, place)
+                self._start(job)
             except TaskRunnerError:
                 self._forget(job)  # it never started: the caller gets the error, as for /run
                 raise
             if record.state != job.state:
                 self._save(job)  # a slot came while the row was being written
         else:
-            job.waiter = place
-            place.add_done_callback(lambda _: self._on_slot(job))
+            reservation.ready.add_done_callback(lambda _: self._on_slot(job))
             log.debug("job %s queued: program %s", job.id, job.args[0])
         return job
-
-    def _checked(self, spec: CommandSpec, policy: Policy, queued: bool) -> CommandSpec:
-        # 403 / 422 before the job is accepted. The launcher's checks (allowlist, wrapper)
-        # run on every job; when neither is in force it leaves finding the program to the
-        # spawn, which is now for a job that starts at once, but later for a queued one:
-        # so a queued job's program and cwd are checked here, as the wrapper would.
-        launcher = self.launcher
-        try:
-            if not queued:
-                return launcher.check(spec, policy)
-            if policy.allowlist is None and not policy.containment.active:
-                env = command_environment(launcher.engine.base_env, spec.env)
-                policy.containment.check(spec.args[0], env, spec.cwd)
-            return spec
-        except SpawnError as exc:
-            if launcher.observer is not None:
-                launcher.observer.spawn_failed(spec, exc)
-            raise
 
     async def cancel(self, job: Job) -> Job:
         """Cancel a queued job (it never starts), or SIGKILL a running job's group and return
         once it is reaped; a job that has ended is as it is."""
         if job.state is JobState.QUEUED:
-            if job.waiter is not None and self.launcher.admission is not None:
-                self.launcher.admission.leave(job.waiter)
-            job.waiter = None
+            if job.reservation is not None:
+                job.reservation.cancel()  # it leaves the queue, or passes on its slot
+                job.reservation = None
             job.abandon(None)
             log.info("job %s cancelled before it started: program %s", job.id, job.args[0])
             self._ended(job)
@@ -321,7 +272,7 @@ class JobRegistry:
         if job.state is not JobState.QUEUED:
             return  # cancelled meanwhile; cancel() passed the slot on
         try:
-            self._start(job, job.waiter)
+            self._start(job)
         except TaskRunnerError as exc:
             job.abandon(exc)
             log.info("job %s %s: not started: %s", job.id, job.state, exc.message)
@@ -329,23 +280,12 @@ class JobRegistry:
             return
         self._save(job)  # stored as queued until now
 
-    def _start(self, job: Job, place: asyncio.Future[None] | None) -> None:
-        # Start a job that holds a slot (``place`` done) or runs without admission.
-        job.waiter = None
-        spec = job.spec
-        assert spec is not None
-        policy = job.policy
-        if place is None:
-            command = self.launcher.start_now(spec, job.on_output, policy)
-        else:
-            error = place.exception()
-            if error is not None:
-                raise error  # the instance is stopping: the line was closed
-            admission = self.launcher.admission
-            assert admission is not None
-            command = admission.start_with(
-                lambda: self.launcher.start_now(spec, job.on_output, policy))
-        assert command is not None, "a slot was held"
+    def _start(self, job: Job) -> None:
+        # Start a job whose reservation's turn has come; if it cannot start, the
+        # reservation gave everything back and this raises.
+        reservation, job.reservation = job.reservation, None
+        assert reservation is not None
+        command = reservation.start(job.on_output)
         job.start(command)
         pid = command.pid
         # Synchronous: the job's state is final by the time command.result is set.
@@ -358,14 +298,7 @@ class JobRegistry:
                  pid, job.status, job.duration or 0.0, job.args[0])
         self._ended(job)
 
-    def _release(self, job: Job) -> None:
-        # The job gives back its caller's share: it ended, or was refused.
-        share, job.share, job.policy = job.share, None, None
-        if share is not None:
-            share.give()
-
     def _ended(self, job: Job) -> None:
-        self._release(job)
         self._finished[job.id] = job
         if self.store is not None:
             # Its state and the rest of its output in one write; once written (_written),
@@ -414,7 +347,6 @@ class JobRegistry:
 
     def _forget(self, job: Job) -> None:
         # A job refused after its row was written: as if it had never been.
-        self._release(job)
         del self.jobs[job.id]
         if self.store is not None:
             self.store.delete(job.id)

@@ -7,9 +7,9 @@ cancelled (its caller disconnected) leaves the queue; if a slot reached it in th
 instant, the slot is passed on. A command's timeout starts when it starts, not while it
 waits.
 
-A job does not wait in a request: `Admission.enqueue` takes a slot or a place in line at
-once (or raises 429), and the job, answered ``queued``, starts when `Admission.start_with`
-hands it the slot that reached its place.
+`Admission.enqueue` takes a slot or a place in line at once (or raises 429), without
+waiting: a job is answered ``queued`` and starts when the slot reaches its place. Only a
+`taskrunner.process.launcher.Reservation` takes a slot or a place, and gives it back.
 
 Default ``--max-running``: min(256 x CPUs, (soft RLIMIT_NOFILE - 256) / 4). Most commands
 wait — on I/O, the network, a sleep — so the CPU count alone is a poor cap (CPU-bound ones
@@ -29,12 +29,9 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
 
 from taskrunner.config import Config
 from taskrunner.errors import ServiceUnavailable, TooManyRequests
-
-T = TypeVar("T")
 
 
 def default_max_running() -> int:
@@ -57,7 +54,6 @@ class Admission:
         self.running = 0
         self.closed = False
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._claim = False
 
     @classmethod
     def from_config(cls, config: Config) -> Admission:
@@ -75,9 +71,6 @@ class Admission:
         """Take a free slot now if there is one (and nobody waits for it); False if not."""
         if self.closed:
             raise ServiceUnavailable()
-        if self._claim:  # inside start_with: the slot handed to that waiter
-            self._claim = False
-            return True
         if self.running < self.max_running and not self._waiters:
             self.running += 1
             return True
@@ -96,8 +89,8 @@ class Admission:
         """Take a slot or a place in line now, without waiting: a future that is done when
         the slot is ours (at once if one is free); `TooManyRequests` if the line is full.
 
-        The holder of a done future holds a slot: it starts its command through
-        `start_with`, or gives the slot back with `leave`.
+        The holder of a done future holds a slot: it gives it back with `release` once
+        its command has ended, or with `leave` if it does not start one.
         """
         waiter = asyncio.get_running_loop().create_future()
         if self.try_acquire():
@@ -122,19 +115,6 @@ class Admission:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
             waiter.cancel()
-
-    def start_with(self, start: Callable[[], T]) -> T:
-        """Call ``start`` with the slot an `enqueue` future was handed: its one call of
-        `try_acquire` (e.g. in `Launcher.start_now`) takes that slot, not another, even
-        though others wait in line. If ``start`` raises before taking it, it is passed on.
-        """
-        self._claim = True
-        try:
-            return start()
-        finally:
-            if self._claim:
-                self._claim = False
-                self.release()
 
     def release(self) -> None:
         """Give a finished command's slot to the oldest waiter, or free it."""

@@ -11,7 +11,8 @@ command left behind) are still charged to it; otherwise it is removed, and a fre
 made for a later command. A cgroup still busy with processes that are dying is retried on
 later calls and at `close`.
 
-`CommandCgroup` is the engine's `taskrunner.process.engine.Enclosure` for one command.
+`CommandCgroup` is one command's: `taskrunner.process.confinement.Confinement` puts its
+wrapper (v2) before the command's and holds it for the engine until the command has ended.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class CommandCgroup:
     def __init__(self, pool: CgroupPool, cgroup: Cgroup, counters: tuple[int, int]) -> None:
         self.cgroup = cgroup
         self.prefix: Sequence[str] = pool.hierarchy.wrapper(cgroup)
+        """The wrapper that enters the cgroup as the command starts (v2; empty on v1)."""
         self._pool = pool
         self._counters = counters  # (OOM kills, times throttled) before the command
         self._closed = False

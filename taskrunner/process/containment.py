@@ -16,7 +16,8 @@ processes and does not enforce for root — pair it with ``--user``.
 
 With ``--sandbox`` (`taskrunner.process.sandbox`) the wrappers nest: ``prlimit``, then
 ``bwrap``, then ``setpriv`` inside the sandbox (bubblewrap makes its namespaces as root
-when the service runs as root, and needs no user namespace then).
+when the service runs as root, and needs no user namespace then). They are put together
+for each command, with its cgroup's, by `taskrunner.process.confinement`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Containment:
     """The wrapper put before every command, and what ``--user`` changes in its env.
 
     ``prefix`` is the whole wrapper without a sandbox; with one, what runs before
-    ``bwrap``, and ``inner`` what runs inside it.
+    ``bwrap``, and ``inner`` what runs inside it (`Confinement` puts them together).
     """
 
     prefix: tuple[str, ...] = ()
@@ -88,21 +89,6 @@ class Containment:
             if cwd is not None:
                 self.sandbox.check(os.path.realpath(cwd), "working directory", program)
         return real
-
-    def enter(self, cwd: str | None) -> tuple[list[str], str | None]:
-        """The prefix for one command, and its sandbox work directory (None without a
-        sandbox; give it to `leave` when the command has ended). OSError if it cannot be
-        made."""
-        if self.sandbox is None:
-            return list(self.prefix), None
-        # A relative cwd is relative to the instance's, as without a sandbox.
-        sandboxed, work = self.sandbox.enter(os.path.abspath(cwd) if cwd else None)
-        return [*self.prefix, *sandboxed, *self.inner], work
-
-    def leave(self, work: str | None) -> None:
-        """Remove what `enter` made for a command that has ended (or never started)."""
-        if work is not None and self.sandbox is not None:
-            self.sandbox.leave(work)
 
     def retire(self) -> None:
         """Release what the wrappers hold once no command uses them (a caller's, replaced

@@ -101,11 +101,9 @@ class CommandResult:
         return self.output.truncated("stderr")
 
 class Enclosure(Protocol):
-    """What holds a command's whole process tree beyond its process group (its cgroup:
-    `taskrunner.process.cgroup_pool.CommandCgroup`), so that a ``setsid`` escapee dies too."""
-
-    prefix: Sequence[str]
-    """Put before the command's argument list (e.g. a wrapper that enters the cgroup)."""
+    """What holds a command's whole process tree beyond its process group (its cgroup),
+    so that a ``setsid`` escapee dies too, and what else it holds until it has ended (a
+    sandbox work directory): `taskrunner.process.confinement.Confinement`."""
 
     def spawning(self) -> AbstractContextManager[None]:
         """The block the spawn happens in."""
@@ -168,14 +166,13 @@ class ProcessEngine:
         """Spawn ``spec`` now; raise `SpawnError` if it cannot start, `OutOfResources` if
         this process is out of fds or processes (nothing is left running or open then).
 
-        ``argv_prefix`` (e.g. a ``prlimit`` wrapper) is put before ``spec.args``, and before
-        it ``enclosure``'s own; the command owns ``enclosure`` once it has started (the
-        caller closes it if this raises).
+        ``argv_prefix``, the command's wrappers (`Confinement.prefix`), is put before
+        ``spec.args``; ``enclosure`` is spawned into, killed with the command's group and
+        closed when it has ended: the command owns it once it has started (the caller
+        closes it if this raises).
         """
         env = command_environment(self.base_env, spec.env)
         argv = [*argv_prefix, *spec.args]
-        if enclosure is not None and enclosure.prefix:
-            argv = [*enclosure.prefix, *argv]
         opened: list[int] = []  # every fd made here; the parent's are closed on failure
         try:
             out_r, out_w = _pipe(opened)

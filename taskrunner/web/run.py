@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from taskrunner.process.engine import Command, CommandResult
+from taskrunner.process.launcher import Reservation
 from taskrunner.web.base import CommandHandler
 
 log = logging.getLogger("taskrunner.http")
@@ -18,26 +19,26 @@ class RunHandler(CommandHandler):
     scope = "run"
     command: Command | None = None
     client_gone = False
-    launching: asyncio.Future[Command] | None = None
+    reservation: Reservation | None = None
 
     async def post(self) -> None:
         if self._finished:
             return
-        spec = self.parse_command()
-        policy = self.policy
-        self.command = self.ctx.launcher.start_now(spec, policy=policy)
-        if self.command is None:
-            # Wait for a slot in a task, so that a caller who leaves meanwhile leaves the
-            # queue (on_connection_close cancels it).
-            self.launching = asyncio.ensure_future(self.ctx.launcher.launch(spec, policy=policy))
+        reservation = self.reservation = self.ctx.launcher.reserve(self.parse_command(),
+                                                                  self.policy)
+        if not reservation.ready.done():
+            # A caller who leaves meanwhile cancels the reservation (on_connection_close):
+            # it leaves the queue, and the wait ends.
             try:
-                self.command = await self.launching
+                await reservation.wait()
             except asyncio.CancelledError:
-                if self.launching.cancelled():  # by on_connection_close: it never started
-                    log.info("client left while queued; %s not started", self.program)
-                    self.set_status(499, "Client Closed Request")
-                    return
-                raise
+                if not self.client_gone:
+                    raise
+            if self.client_gone:
+                log.info("client left while queued; %s not started", self.program)
+                self.set_status(499, "Client Closed Request")
+                return
+        self.command = reservation.start()
         result = await self.command.result
         self.exit_status = result.status
         if self.client_gone:
@@ -49,8 +50,8 @@ class RunHandler(CommandHandler):
     def on_connection_close(self) -> None:
         # The caller went away: nobody will read the result, so end the command now.
         self.client_gone = True
-        if self.launching is not None and not self.launching.done():
-            self.launching.cancel()
+        if self.reservation is not None:
+            self.reservation.cancel()  # still queued: it leaves the queue; else nothing
         if self.command is not None and not self.command.result.done():
             log.info("client left; killing pid %s (%s)", self.command.pid, self.command.program)
             self.command.cancel()

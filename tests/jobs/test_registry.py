@@ -32,10 +32,12 @@ def _in_registry(io_loop: Any, body: Callable[[JobRegistry], Awaitable[Any]], *,
         try:
             return await body(registry)
         finally:
+            # As the server shuts down: the queue first, so that no queued job starts (and
+            # is left unreaped) while the running ones are killed.
+            admission.close()
             registry.cancel_running()
             await engine.wait_all(10)
             registry.close()
-            admission.close()
             engine.close()
 
     return io_loop.run_sync(run, timeout=60)

@@ -114,6 +114,18 @@ async def test_a_command_that_cannot_start_gives_its_slot_back(instance):
     assert code == 200
 
 
+@pytest.mark.gen_test(timeout=20)
+@with_config(max_running=1, max_queued=1)
+async def test_a_request_that_would_wait_for_a_missing_program_gets_its_422_at_once(
+        instance, tmp_path):
+    blocker = await blocked(instance, tmp_path / "go")
+    code, body = await instance.run({"args": ["no-such-program-xyz"]})
+    assert (code, body["error"]) == (422, "spawn_failed")  # while the slot is still held
+    assert admission(instance).queued == 0 and admission(instance).running == 1
+    (tmp_path / "go").touch()
+    assert (await blocker)[0] == 200
+
+
 @pytest.mark.gen_test
 async def test_a_slot_handed_to_a_waiter_cancelled_in_the_same_instant_is_passed_on():
     gate = Admission(max_running=1, max_queued=5)
@@ -217,7 +229,7 @@ async def test_the_default_admits_200_concurrent_sleeping_commands(open_files_fo
 
 
 @pytest.mark.gen_test
-async def test_enqueue_takes_a_slot_or_a_place_at_once_and_start_with_uses_that_slot():
+async def test_enqueue_takes_a_slot_or_a_place_at_once_and_a_place_handed_a_slot_holds_it():
     gate = Admission(max_running=1, max_queued=2)
     first = gate.enqueue()
     assert first.done() and gate.running == 1
@@ -226,19 +238,16 @@ async def test_enqueue_takes_a_slot_or_a_place_at_once_and_start_with_uses_that_
     with pytest.raises(TooManyRequests):
         gate.enqueue()
     gate.release()  # the slot goes to `second`, in line first
-    assert second.done() and not third.done() and gate.running == 1
-    # Its start takes exactly that slot, though `third` still waits.
-    assert gate.start_with(gate.try_acquire) is True
-    assert gate.running == 1 and gate.queued == 1
+    assert second.done() and not third.done() and gate.running == 1 and gate.queued == 1
     assert gate.try_acquire() is False  # nobody else gets a slot past the line
     gate.leave(third)  # cancelled while waiting: leaves the line
     assert gate.queued == 0
-    gate.release()
+    gate.release()  # `second`'s command ended
     assert gate.running == 0
 
 
 @pytest.mark.gen_test
-async def test_a_slot_reaching_a_place_given_up_or_not_taken_is_passed_on():
+async def test_a_slot_reaching_a_place_given_up_is_passed_on():
     gate = Admission(max_running=1, max_queued=2)
     gate.enqueue()
     a, b = gate.enqueue(), gate.enqueue()
@@ -246,12 +255,7 @@ async def test_a_slot_reaching_a_place_given_up_or_not_taken_is_passed_on():
     assert a.done()
     gate.leave(a)  # a had the slot: b gets it
     assert b.done() and gate.running == 1
-
-    def refuse():
-        raise RuntimeError("the command was refused before it took its slot")
-
-    with pytest.raises(RuntimeError):
-        gate.start_with(refuse)
+    gate.leave(b)  # b gives it up too: nobody waits, it is free
     assert gate.running == 0 and gate.queued == 0
 
 
@@ -272,16 +276,17 @@ async def test_a_callers_share_is_held_while_waiting_and_given_back_whatever_hap
     await until(lambda: admission(instance).queued == 1)
     assert share.held == 1  # waiting counts against the share
     with pytest.raises(TooManyRequests, match="'a'"):
-        launcher.start_now(CommandSpec(["true"], 5.0), policy=policy)
+        launcher.reserve(CommandSpec(["true"], 5.0), policy)
     waiting.cancel()  # its caller left the queue
     await until(lambda: admission(instance).queued == 0)
     assert share.held == 0
     (tmp_path / "go").touch()
     await blocker
+    reservation = launcher.reserve(CommandSpec(["/nonexistent/program"], 5.0), policy)
     with pytest.raises(SpawnError):
-        launcher.start_now(CommandSpec(["/nonexistent/program"], 5.0), policy=policy)
+        reservation.start()
     assert share.held == 0  # it could not start
-    command = launcher.start_now(CommandSpec(["true"], 5.0), policy=policy)
-    assert command is not None and share.held == 1
+    command = launcher.reserve(CommandSpec(["true"], 5.0), policy).start()
+    assert share.held == 1
     await command.result
     assert share.held == 0 and admission(instance).running == 0
