@@ -35,6 +35,7 @@ GUARDS: dict[str, tuple[str, ...]] = {
         "tests/process/test_containment.py",
     ),
     "taskrunner.process.launcher.*": (
+        "tests/process/test_launcher.py",
         "tests/process/test_allowlist.py",
         "tests/process/test_containment.py",
         "tests/process/test_admission.py",
