@@ -57,6 +57,9 @@ async def test_the_index_going_away_loses_no_result_and_stops_no_run(
     new = await submit(b, {"args": ["true"]})
     await wait_done(b, new["id"])
     for instance in (a, b):
+        # Each writer says so at its own next try (at most 5 s apart), not when b has read.
+        assert wait_until(lambda instance=instance: re.search(
+            r"job store: writes to .* succeed again", instance.output()), 10)
         log = instance.output()
         assert len(re.findall(r"job store: writing .* failed", log)) == 1, log
         assert len(re.findall(r"job store: writes to .* succeed again", log)) == 1, log
