@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import timeit
 from collections.abc import Callable
 from typing import Any
@@ -13,3 +14,12 @@ def best(call: Callable[[], Any], repeat: int) -> float:
     timer = timeit.Timer(call)
     number, _ = timer.autorange()
     return min(timer.repeat(repeat=repeat, number=number)) / number
+
+
+def drain(*fds: int) -> None:
+    """Read each pipe to its end, then close it: what a spawn loop does with a child's
+    stdout and stderr (in turn: the children of these loops write nothing)."""
+    for fd in fds:
+        while os.read(fd, 65536):
+            pass
+        os.close(fd)

@@ -14,6 +14,8 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from bench.timing import drain
+
 Start = Callable[[int, int], int]
 
 
@@ -26,12 +28,7 @@ def run(start: Start, n: int) -> tuple[float, float]:
         pid = start(out_w, err_w)
         os.close(out_w)
         os.close(err_w)
-        while os.read(out_r, 65536):
-            pass
-        while os.read(err_r, 65536):
-            pass
-        os.close(out_r)
-        os.close(err_r)
+        drain(out_r, err_r)
         os.waitpid(pid, 0)
     return n / (time.perf_counter() - wall), (time.process_time() - cpu) / n * 1e6
 

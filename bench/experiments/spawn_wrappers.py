@@ -15,6 +15,8 @@ import resource
 import subprocess
 import time
 
+from bench.timing import drain
+
 TRUE = "/bin/true"
 
 
@@ -25,12 +27,7 @@ def spawn(argv: list[str], **kwargs: object) -> None:
                          close_fds=True, start_new_session=True, **kwargs)  # type: ignore[call-overload]
     os.close(out_w)
     os.close(err_w)
-    while os.read(out_r, 65536):
-        pass
-    while os.read(err_r, 65536):
-        pass
-    os.close(out_r)
-    os.close(err_r)
+    drain(out_r, err_r)
     p.wait()
     assert p.returncode == 0, (argv, p.returncode)
 
