@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import with_config
-from helpers import PY, REPO, post_run_blocking
+from helpers import PY, REPO, post_run_blocking, until
 
 from taskrunner.config import Config
 
@@ -231,13 +231,6 @@ async def test_loader_variables_cannot_load_code_into_an_allowed_program(instanc
     assert body["message"].endswith("it could load other code into an allowed program")
     code, _ = await instance.run({"args": ["echo"], "env": {"LANG": "C"}})
     assert code == 200
-
-
-async def until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 # -- the symlink flip: what was checked is what runs -----------------------------------------
