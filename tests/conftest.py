@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -259,7 +260,10 @@ def postgres() -> Iterator[Any]:
 
     directory = tempfile.mkdtemp(prefix="taskrunner-pg-", dir="/tmp")
     os.chmod(directory, 0o755)  # the server's own user must reach its data directory
-    port = 55400 + os.getpid() % 100
+    # A port the kernel has free now: one made of our pid collided with another session's.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     server = PgServer(os.path.join(directory, "pg"), port=port)
     before = os.environ.get("PGPASSFILE")
     try:
