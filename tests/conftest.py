@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from helpers import PY, REPO, Runtime, build_runtime
+from helpers import PY, REPO, Runtime, build_runtime, wait_until
 from openapi_check import checker
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
@@ -141,15 +141,16 @@ class ChildInstance:
             return f.read().decode("utf-8", "replace")
 
     def _wait_for_port(self, timeout: float = 20.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def port() -> int | None:
             match = re.search(r"listening on \S+:(\d+)", self.output())
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
+            if not match and self.proc.poll() is not None:
                 raise RuntimeError(f"instance exited early:\n{self.output()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"instance did not start:\n{self.output()}")
+            return int(match.group(1)) if match else None
+
+        found = wait_until(port, timeout)
+        if found is None:
+            raise RuntimeError(f"instance did not start:\n{self.output()}")
+        return int(found)
 
     async def request(self, method: str, path: str, body: Any = None,
                       **kwargs: Any) -> HTTPResponse:

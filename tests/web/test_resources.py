@@ -16,7 +16,7 @@ import time
 import deny_syscall
 import pytest
 from conftest import with_config
-from helpers import PY, wait_until
+from helpers import PY, until, wait_until
 from helpers import post_run_blocking as post
 
 
@@ -206,21 +206,15 @@ async def test_at_the_cap_the_connection_idle_longest_is_shed_first(instance):
         await reader.readexactly(length)
         return head.split()[1]
 
-    async def held(count):
-        deadline = time.monotonic() + 10
-        while http.held_connections != count and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return http.held_connections
-
     opened: list = []
     try:
         a, b, c = [await connect() for _ in range(3)]
-        assert await held(3) == 3
+        await until(lambda: http.held_connections == 3)
         assert await get_healthz(*b) == b"200"  # b was used: now c, then a, idle longest
         d = await connect()
         assert await get_healthz(*d) == b"200"
         assert await eof_within(a[0], 10)  # a was idle longest
-        assert await held(3) == 3
+        await until(lambda: http.held_connections == 3)
         e = await connect()
         assert await get_healthz(*e) == b"200"
         assert await eof_within(c[0], 10)  # then c, which was idle longer than b
