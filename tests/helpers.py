@@ -231,8 +231,8 @@ def _interpreters() -> list[str]:
 
 
 def _as_user(user: str, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as ``user`` (no other group) when we are root, else as ourselves, from
-    ``/``: it must not need the working directory either."""
+    # As ``user`` (no other group) when we are root, else as ourselves; from ``/``: what
+    # runs as another user must not need the working directory either.
     ids: dict[str, Any] = {}
     if os.geteuid() == 0:
         entry = pwd.getpwnam(user)
