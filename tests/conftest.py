@@ -12,7 +12,9 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -21,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from helpers import PY, REPO
+from helpers import PY, REPO, Runtime, build_runtime, wait_until
 from openapi_check import checker
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
@@ -118,15 +120,18 @@ def with_config(**changes: Any) -> Any:
 
 
 class ChildInstance:
-    """``python -m taskrunner`` running as a child process in its own process group."""
+    """``python -m taskrunner`` running as a child process in its own process group; with a
+    `Runtime`, its interpreter and copy of the package, from ``/``."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 wrapper: list[str] | None = None) -> None:
+                 wrapper: list[str] | None = None, runtime: Runtime | None = None) -> None:
         self.log_path = f"/tmp/taskrunner-test-{os.getpid()}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w+b")  # noqa: SIM115 - closed in stop()
+        python, cwd = (PY, REPO) if runtime is None else (runtime.python, "/")
         self.proc = subprocess.Popen(
-            [*(wrapper or []), PY, "-m", "taskrunner", *args], cwd=REPO, stdout=self.log,
-            stderr=self.log, start_new_session=True, env={**os.environ, **(env or {})},
+            [*(wrapper or []), python, "-m", "taskrunner", *args], cwd=cwd, stdout=self.log,
+            stderr=self.log, start_new_session=True,
+            env={**os.environ, **(runtime.env() if runtime else {}), **(env or {})},
         )
         self.port = self._wait_for_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -136,15 +141,16 @@ class ChildInstance:
             return f.read().decode("utf-8", "replace")
 
     def _wait_for_port(self, timeout: float = 20.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def port() -> int | None:
             match = re.search(r"listening on \S+:(\d+)", self.output())
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
+            if not match and self.proc.poll() is not None:
                 raise RuntimeError(f"instance exited early:\n{self.output()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"instance did not start:\n{self.output()}")
+            return int(match.group(1)) if match else None
+
+        found = wait_until(port, timeout)
+        if found is None:
+            raise RuntimeError(f"instance did not start:\n{self.output()}")
+        return int(found)
 
     async def request(self, method: str, path: str, body: Any = None,
                       **kwargs: Any) -> HTTPResponse:
@@ -176,16 +182,33 @@ def spawn_instance() -> Iterator[Callable[..., ChildInstance]]:
     """Start ``python -m taskrunner --port 0 ARGS...`` as a child; all are stopped at teardown."""
     started: list[ChildInstance] = []
 
-    def start(*args: str, env: dict[str, str] | None = None,
-              wrapper: list[str] | None = None) -> ChildInstance:
-        """``wrapper`` (e.g. ``["prlimit", "--nofile=64"]``) execs the instance."""
-        child = ChildInstance(["--port", "0", *args], env=env, wrapper=wrapper)
+    def start(*args: str, env: dict[str, str] | None = None, wrapper: list[str] | None = None,
+              runtime: Runtime | None = None) -> ChildInstance:
+        """``wrapper`` (e.g. ``["prlimit", "--nofile=64"]``) execs the instance; give the
+        `reachable_runtime` when the wrapper makes it another user."""
+        child = ChildInstance(["--port", "0", *args], env=env, wrapper=wrapper,
+                              runtime=runtime)
         started.append(child)
         return child
 
     yield start
     for child in started:
         child.stop()
+
+
+@pytest.fixture(scope="session")
+def reachable_runtime() -> Iterator[Runtime]:
+    """A `Runtime` for what a test runs as another user (``nobody``): copies of the package
+    and its dependencies that user may read, built once a session under /tmp (pytest's own
+    temporary directories are 0700) and removed at its end. Never loosen the checkout's
+    modes instead: it may be in a user's home."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="taskrunner-runtime-", dir="/tmp")
+    try:
+        yield build_runtime(directory)
+    finally:
+        shutil.rmtree(directory)
 
 
 class Certificate:
@@ -238,7 +261,10 @@ def postgres() -> Iterator[Any]:
 
     directory = tempfile.mkdtemp(prefix="taskrunner-pg-", dir="/tmp")
     os.chmod(directory, 0o755)  # the server's own user must reach its data directory
-    port = 55400 + os.getpid() % 100
+    # A port the kernel has free now: one made of our pid collided with another session's.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     server = PgServer(os.path.join(directory, "pg"), port=port)
     before = os.environ.get("PGPASSFILE")
     try:

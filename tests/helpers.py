@@ -1,21 +1,27 @@
 """What the tests share besides fixtures: clients that check every answer against the
 OpenAPI document, and waiting for a condition with a deadline (never a bare sleep).
 
-The fixtures (`instance`, `spawn_instance`, `config`) are in conftest.py; stack helpers in
-stackutil.py. Each test imports what it needs from here by name.
+The fixtures (`instance`, `spawn_instance`, `config`, `reachable_runtime`) are in conftest.py;
+stack helpers in stackutil.py. Each test imports what it needs from here by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http.client
+import importlib.metadata
 import json
 import os
+import pwd
+import re
+import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from openapi_check import checker
@@ -187,3 +193,91 @@ def https(port, method, path, cafile, body=None, headers=None, timeout=30.0):
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+@dataclass(frozen=True)
+class Runtime:
+    """What another user (``nobody``) runs taskrunner with: the checkout and its virtual
+    environment may be where only root goes (a clone in root's home, mode 0700), and a
+    process of nobody's may neither exec nor import from there. ``path`` is one directory
+    every user may read, holding a copy of the package, the lab, the doors in ``scripts/``
+    and the distributions of requirements/serve.txt as installed here; ``python`` is an
+    interpreter nobody was seen to run, importing the package from ``path``."""
+
+    python: str
+    path: str
+
+    def env(self) -> dict[str, str]:
+        """The environment that makes `python` import from `path`."""
+        return {"PYTHONPATH": self.path}
+
+
+def build_runtime(directory: str, user: str = "nobody") -> Runtime:
+    """Fill ``directory`` (made 0755) with the copies of `Runtime` and prove that ``user``
+    (when we are root; else ourselves) can import the server from it."""
+    os.chmod(directory, 0o755)
+    skip = shutil.ignore_patterns("__pycache__")
+    for part in ("taskrunner", "lab", "scripts"):
+        shutil.copytree(os.path.join(REPO, part), os.path.join(directory, part), ignore=skip)
+    for name in _serve_requirements():
+        _copy_distribution(name, directory)
+    for root, _, files in os.walk(directory):
+        os.chmod(root, 0o755)
+        for file in files:
+            path = os.path.join(root, file)
+            os.chmod(path, os.stat(path).st_mode & 0o777 | 0o444)
+    probes = []
+    for python in _interpreters():
+        try:
+            probe = _as_user(user, [python, "-c", "import taskrunner.server, psycopg_pool"],
+                             env={**os.environ, "PYTHONPATH": directory})
+        except PermissionError as e:  # the exec itself: a directory on its path is closed
+            probes.append(f"{python}: {e.strerror}")
+            continue
+        if probe.returncode == 0:
+            return Runtime(python, directory)
+        probes.append(f"{python}: {probe.stderr.strip()[-300:]}")
+    raise RuntimeError(f"{user} can run no interpreter of this Python version that imports "
+                       "the copied package: " + "; ".join(probes))
+
+
+def _serve_requirements() -> list[str]:
+    with open(os.path.join(REPO, "requirements", "serve.txt")) as f:
+        return re.findall(r"^([A-Za-z0-9_.-]+)==", f.read(), re.MULTILINE)
+
+
+def _copy_distribution(name: str, directory: str) -> None:
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return  # its marker left it out here (tzdata: Windows only)
+    for file in dist.files or ():
+        if file.parts[0] == "..":  # a console script in the environment's bin/
+            continue
+        target = os.path.join(directory, *file.parts)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(str(dist.locate_file(file)), target)
+
+
+def _interpreters() -> list[str]:
+    # Ours first (a virtual environment's python is a link to it); else the system's
+    # interpreter of the same version, which loads the same compiled extensions. A copy of
+    # ours would not do: a shared build finds libpython by an absolute RUNPATH, in the
+    # place nobody may enter.
+    version = "python{}.{}".format(*sys.version_info[:2])
+    found = [os.path.realpath(getattr(sys, "_base_executable", sys.executable))]
+    for directory in ("/usr/local/bin", "/usr/bin", "/bin"):
+        candidate = os.path.join(directory, version)
+        if os.path.exists(candidate) and os.path.realpath(candidate) not in found:
+            found.append(os.path.realpath(candidate))
+    return found
+
+
+def _as_user(user: str, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # As ``user`` (no other group) when we are root, else as ourselves; from ``/``: what
+    # runs as another user must not need the working directory either.
+    ids: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(user)
+        ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    return subprocess.run(argv, cwd="/", env=env, capture_output=True, text=True, timeout=60,
+                          check=False, **ids)

@@ -16,11 +16,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import zipfile
 
-from helpers import REPO, post_run_blocking
+from helpers import REPO, post_run_blocking, wait_until
 
 
 def repo_files():
@@ -45,16 +44,16 @@ def run(args, **kwargs):
 
 
 def wait_for_port(log_path, proc, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def started():
         with open(log_path) as f:
             output = f.read()
-        match = re.search(r"listening on \S+:(\d+)", output)
-        if match:
-            return int(match.group(1)), output
         assert proc.poll() is None, f"the instance exited:\n{output}"
-        time.sleep(0.05)
-    raise AssertionError("the instance did not start")
+        match = re.search(r"listening on \S+:(\d+)", output)
+        return match and (int(match.group(1)), output)
+
+    found = wait_until(started, timeout)
+    assert found, "the instance did not start"
+    return found
 
 
 def test_the_wheel_installs_into_a_clean_venv_and_serves():

@@ -35,6 +35,10 @@ def trun(url: str, *args: str, token: str | None = None, input: bytes | None = N
 
 def _take_the_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # As a shell starts its foreground job: a Ctrl-C ends it by default, even when the
+    # test run itself ignores SIGINT (a shell's background job does), which the program
+    # would inherit and keep (Python does), and never see the Ctrl-C typed here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Terminal:

@@ -1,7 +1,8 @@
 """``trun run`` on a real terminal (a pty that is its controlling tty): a typed Ctrl-C is a
 real SIGINT and cancels the remote command (the job cancelled, its process gone); a second
-one leaves without waiting and names the job; a long job shows a status line with its
-elapsed time on the terminal, and none when stderr is a pipe."""
+one leaves without waiting and names the job; before a job exists (reading stdin, waiting
+to retry a busy instance) it leaves at once and starts nothing; a long job shows a status
+line with its elapsed time on the terminal, and none when stderr is a pipe."""
 
 from __future__ import annotations
 
@@ -91,8 +92,22 @@ def test_ctrl_c_before_a_job_exists_exits_quietly(terminal):
     term = terminal("http://127.0.0.1:9", "run", "--stdin", "-", "--", "cat")
     assert wait_until(lambda: reads_stdin(term.proc.pid), timeout=30)
     term.type(b"\x03")
-    assert term.wait() == 128 + signal.SIGINT
+    assert term.wait(timeout=5) == 128 + signal.SIGINT  # at once: nothing to wait for
     assert b"Traceback" not in term.screen
+
+
+def test_ctrl_c_while_waiting_to_retry_exits_at_once_and_starts_nothing(spawn_instance,
+                                                                         terminal, tmp_path):
+    child = spawn_instance("--max-running", "1", "--max-queued", "0")
+    holder = trun(child.url, "run", "-d", "--", "sh", "-c", wait_for(tmp_path / "gate"))
+    assert holder.returncode == 0
+    term = terminal(child.url, "run", "--retry", "--", "echo", "late")
+    term.read_until(b"trying again in")
+    term.type(b"\x03")
+    assert term.wait(timeout=5) == 128 + signal.SIGINT  # not after its ten retries
+    assert b"Traceback" not in term.screen
+    with Client(child.url) as client:
+        assert len(client.jobs()) == 1  # the holder's alone
 
 
 def reads_stdin(pid):

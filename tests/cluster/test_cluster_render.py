@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -310,37 +309,18 @@ def test_print_host_of_an_unknown_host_is_a_usage_error(inventory_file):
     assert done.stderr == "cluster: no host 'h9' in the inventory (hosts: h1, h2)\n"
 
 
-def test_the_cluster_commands_want_root_and_say_so():
-    # As root, the commands are run as nobody, with the system's Python (the lab needs only
-    # the standard library to refuse), from a copy of the door and what it runs that anyone
-    # may read: the checkout may be where only root goes (root's home).
+def test_the_cluster_commands_want_root_and_say_so(reachable_runtime):
+    # As root, the commands are run as nobody, from the copy of the door and what it runs
+    # that nobody may read: the checkout may be where only root goes (root's home).
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] \
         if os.geteuid() == 0 else []
-    copy = reachable_copy("scripts", "lab", "taskrunner")
-    try:
-        done = subprocess.run([*prefix, os.path.join(copy, "scripts", "cluster"), "status"],
-                              capture_output=True, text=True, timeout=60, check=False,
-                              cwd="/", env={**os.environ, "PYTHON": "/usr/bin/python3"})
-    finally:
-        shutil.rmtree(copy)
+    door = os.path.join(reachable_runtime.path, "scripts", "cluster")
+    done = subprocess.run([*prefix, door, "status"], capture_output=True, text=True,
+                          timeout=60, check=False, cwd="/",
+                          env={**os.environ, "PYTHON": reachable_runtime.python})
     assert done.returncode == 2, done.stderr
     assert done.stderr == ("cluster: must run as root: it makes network namespaces and veth "
                            "pairs\n")
-
-
-def reachable_copy(*parts: str) -> str:
-    """A copy of the checkout's ``parts`` in a new directory under /tmp that every user may
-    enter and read (pytest's own temporary directories are 0700)."""
-    copy = tempfile.mkdtemp(prefix="taskrunner-copy-", dir="/tmp")
-    for part in parts:
-        shutil.copytree(os.path.join(REPO, part), os.path.join(copy, part),
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for root, _, files in os.walk(copy):
-        os.chmod(root, 0o755)
-        for name in files:
-            path = os.path.join(root, name)
-            os.chmod(path, os.stat(path).st_mode & 0o777 | 0o444)
-    return copy
 
 
 def test_stack_renders_through_the_same_renderer(tmp_path):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import with_config
-from helpers import PY, REPO, post_run_blocking
+from helpers import PY, REPO, post_run_blocking, until
 
 from taskrunner.config import Config
 
@@ -125,16 +125,34 @@ async def test_the_real_path_is_what_runs(instance, tmp_path):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("config", [
-    Config(port=0, grace=2.0, allow=(PY,), limit_nofile=1024),
-    *([Config(port=0, grace=2.0, allow=(PY,), user="nobody")] if os.geteuid() == 0 else []),
-], ids=lambda config: "user" if config.user else "limits")
+@with_config(allow=(PY,), limit_nofile=1024)
 async def test_through_the_wrappers_the_real_path_is_what_runs(instance, tmp_path):
+    await runs_by_its_real_path(instance, tmp_path, PY)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--user needs root")
+class TestAsAnotherUser:
+    """--user nobody, with an interpreter nobody may run: the checkout's may be out of its
+    reach (a clone in root's home)."""
+
+    @pytest.fixture
+    def config(self, reachable_runtime):
+        return Config(port=0, grace=2.0, allow=(reachable_runtime.python,), user="nobody")
+
+    @pytest.mark.gen_test
+    async def test_through_the_wrappers_the_real_path_is_what_runs(self, instance, tmp_path,
+                                                                   reachable_runtime):
+        await runs_by_its_real_path(instance, tmp_path, reachable_runtime.python)
+
+
+async def runs_by_its_real_path(instance, tmp_path, python):
+    """A symlink to ``python`` runs as ``python``'s real path: both what the kernel
+    executed and the program's own argv[0] say so."""
     tmp_path.chmod(0o755)
-    (tmp_path / "py").symlink_to(PY)
+    (tmp_path / "py").symlink_to(python)
     code, body = await instance.run({"args": [str(tmp_path / "py"), "-c", SHOW_EXEC]})
     assert code == 200, body
-    assert body["stdout"].splitlines() == [os.path.realpath(PY)] * 2
+    assert body["stdout"].splitlines() == [os.path.realpath(python)] * 2
 
 
 @pytest.mark.gen_test
@@ -213,13 +231,6 @@ async def test_loader_variables_cannot_load_code_into_an_allowed_program(instanc
     assert body["message"].endswith("it could load other code into an allowed program")
     code, _ = await instance.run({"args": ["echo"], "env": {"LANG": "C"}})
     assert code == 200
-
-
-async def until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 # -- the symlink flip: what was checked is what runs -----------------------------------------

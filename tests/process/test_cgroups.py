@@ -6,16 +6,14 @@ pool left nothing behind (no cgroup, no process), even when the test failed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from helpers import PY, pid_alive, wait_until
+from helpers import PY, pid_alive, until, wait_until
 
 from taskrunner.errors import StartupError
 from taskrunner.process.cgroup_pool import CgroupPool
@@ -123,14 +121,6 @@ def limited(make_launcher, version) -> Callable[[CgroupLimits], Launcher]:
         return launcher
 
     return make
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait on the loop (a test helper) until ``predicate`` is true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def run(launcher: Launcher, args: list[str], timeout: float = 20) -> CommandResult:

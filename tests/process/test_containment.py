@@ -86,13 +86,13 @@ async def test_under_a_wrapper_a_missing_program_or_cwd_is_still_a_clean_422(ins
 @pytest.mark.skipif(not is_root, reason="--user needs root")
 @pytest.mark.gen_test
 @with_config(user="nobody")
-async def test_user_runs_commands_as_that_user_with_its_groups(instance):
+async def test_user_runs_commands_as_that_user_with_its_groups(instance, reachable_runtime):
     nobody = pwd.getpwnam("nobody")
     code, body = await instance.run({"args": ["id"]})
     assert code == 200, body
     assert f"uid={nobody.pw_uid}(nobody)" in body["stdout"]
     assert f"gid={nobody.pw_gid}(" in body["stdout"]
-    code, body = await instance.run({"args": [PY, "-c",
+    code, body = await instance.run({"args": [reachable_runtime.python, "-c",
         "import os; print(os.getuid(), os.geteuid(), os.getgid(), os.getegid(), "
         "sorted(os.getgroups()), os.environ['USER'], os.environ['HOME'])"]})
     expected_groups = sorted(os.getgrouplist("nobody", nobody.pw_gid))
@@ -106,8 +106,8 @@ async def test_user_runs_commands_as_that_user_with_its_groups(instance):
 @pytest.mark.skipif(not is_root, reason="--user needs root")
 @pytest.mark.gen_test
 @with_config(user="nobody", limit_as=256)
-async def test_user_and_limits_together(instance):
-    code, body = await instance.run({"args": [PY, "-c",
+async def test_user_and_limits_together(instance, reachable_runtime):
+    code, body = await instance.run({"args": [reachable_runtime.python, "-c",
         "import os, resource; print(os.getuid(), resource.getrlimit(resource.RLIMIT_AS)[0])"]})
     assert code == 200, body
     assert body["stdout"] == f"{pwd.getpwnam('nobody').pw_uid} {256 << 20}\n"

@@ -15,9 +15,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
-from helpers import pid_alive
+from helpers import pid_alive, wait_until
 from stackutil import REPO, listening, needs_stack, request
 
 pytestmark = needs_stack()
@@ -34,14 +33,6 @@ def _fresh_clone(dest: str) -> None:
         if os.path.isfile(source):
             os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
             shutil.copy2(source, os.path.join(dest, name))
-
-
-def _all_healthy(deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        if all(_healthy(port) for port in PORTS):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _healthy(port: int) -> bool:
@@ -65,7 +56,7 @@ def test_supervisord_starts_the_four_instances_from_a_fresh_clone(tmp_path):
         started = subprocess.run([supervisord, "-c", "supervisord.conf"], cwd=clone, env=env,
                                  capture_output=True, text=True, timeout=30, check=False)
         assert started.returncode == 0, started.stdout + started.stderr
-        assert _all_healthy(time.monotonic() + 30), \
+        assert wait_until(lambda: all(_healthy(port) for port in PORTS), 30), \
             pathlib.Path(clone, "run", "log", "supervisord.log").read_text()
     finally:
         _shut_down(clone, env, pidfile)
@@ -78,8 +69,5 @@ def _shut_down(clone: str, env: dict[str, str], pidfile: str) -> None:
                    check=False)
     with contextlib.suppress(FileNotFoundError, ValueError):
         pid = int(pathlib.Path(pidfile).read_text())
-        deadline = time.monotonic() + 40
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_alive(pid):
+        if not wait_until(lambda: not pid_alive(pid), 40):
             os.kill(pid, signal.SIGKILL)

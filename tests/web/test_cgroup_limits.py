@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import with_config
-from helpers import PY, pid_alive, wait_until
+from helpers import PY, pid_alive, wait_done, wait_until
 from test_metrics import sample, scrape
 
 MISSING = [c for c in ("memory", "pids", "cpu") if not os.path.isdir(f"/sys/fs/cgroup/{c}")]
@@ -18,17 +18,6 @@ needs_v1 = pytest.mark.skipif(
     reason=f"needs root and cgroup v1 memory, pids and cpu (missing: {MISSING})")
 
 ALLOCATE = [PY, "-c", "x = bytearray(200 << 20); print('survived')"]
-
-
-async def finished(instance, job_id, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await instance.request("GET", f"/jobs/{job_id}")
-        body = json.loads(response.body)
-        if body["state"] not in ("queued", "running"):
-            return body
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.05)
 
 
 @needs_v1
@@ -57,7 +46,7 @@ async def test_a_job_killed_by_the_memory_limit_says_so_and_the_store_keeps_it(
     response = await child.request("POST", "/jobs", {"args": ALLOCATE, "timeout": 20})
     assert response.code == 202
     job_id = json.loads(response.body)["id"]
-    body = await finished(child, job_id)
+    body = await wait_done(child, job_id, timeout=30)
     assert (body["state"], body["status"], body["oom_killed"]) == ("exited", -9, True)
     child.signal(15)
     assert child.wait() == 0
@@ -88,7 +77,7 @@ async def test_cancelling_a_job_kills_its_setsid_escapee(instance):
         await asyncio.sleep(0.02)
     response = await instance.request("DELETE", f"/jobs/{job_id}")
     assert response.code in (200, 202)
-    body = await finished(instance, job_id)
+    body = await wait_done(instance, job_id, timeout=30)
     assert body["state"] == "cancelled" and body["oom_killed"] is False
     assert wait_until(lambda: not pid_alive(escapee))
 

@@ -8,11 +8,10 @@ import re
 import shutil
 import signal
 import socket
-import tempfile
 
 import pytest
 from conftest import processes_with, unique_sleep, with_config
-from helpers import REPO, pid_alive, post_run_blocking, wait_until
+from helpers import pid_alive, post_run_blocking, wait_until
 
 from taskrunner.process.sandbox import sweep_stale_roots
 
@@ -156,24 +155,11 @@ def stop_cleanly(child):
     assert not os.path.exists(work_root(child.output()))
 
 
-@pytest.fixture
-def readable_package():
-    """A copy of the package in a directory anyone can read: nobody may not be able to read
-    the checkout (a clone under a private directory), nor pytest's 0700 temp directories."""
-    directory = tempfile.mkdtemp(prefix="taskrunner-package-")
-    try:
-        os.chmod(directory, 0o755)
-        shutil.copytree(os.path.join(REPO, "taskrunner"), os.path.join(directory, "taskrunner"))
-        yield directory
-    finally:
-        shutil.rmtree(directory)
-
-
 @pytest.mark.skipif(not is_root, reason="needs root to start the instance as nobody")
 def test_an_unprivileged_instance_sandboxes_through_a_user_namespace(spawn_instance,
-                                                                     readable_package):
+                                                                     reachable_runtime):
     nobody = pwd.getpwnam("nobody")
-    child = spawn_instance("--sandbox", env={"PYTHONPATH": readable_package}, wrapper=[
+    child = spawn_instance("--sandbox", runtime=reachable_runtime, wrapper=[
         "setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"])
     try:
         code, body = post_run_blocking(child.port, {"args": [
