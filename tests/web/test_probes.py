@@ -166,6 +166,20 @@ async def test_a_foreign_host_gets_421(instance, path):
     assert json.loads(response.body)["error"] == "host_not_allowed"
 
 
+def test_on_a_wildcard_bind_a_probe_to_the_machines_own_address_is_answered(spawn_instance):
+    # What a kubelet sends: Host is the pod's address and port, and no token.
+    child = spawn_instance("--address", "0.0.0.0", "--insecure-http",
+                           env={"TASKRUNNER_TOKEN": TOKEN})
+    for path in ("/livez", "/readyz"):
+        for host, status in ((f"127.0.0.3:{child.port}", 200), ("evil.example", 421)):
+            conn = http.client.HTTPConnection("127.0.0.1", child.port, timeout=10)
+            try:
+                response, _ = get(conn, path, {"Host": host})
+            finally:
+                conn.close()
+            assert response.status == status, (path, host)
+
+
 def test_readiness_is_starting_until_marked_ready_and_draining_keeps_its_first_reason(
         instance):
     # Startup marks the instance ready as its last step; before, it is starting.
