@@ -35,8 +35,9 @@ class ProbeHandler(JSONHandler):
         store = self.ctx.jobs.store
         if store is None:
             return True, None
-        return store.healthy, {"ok": store.healthy, "write_failures": store.write_failures,
-                               "error": None if store.healthy else store.last_error}
+        healthy = store.healthy  # read once: the store's writer thread changes it
+        return healthy, {"ok": healthy, "write_failures": store.write_failures,
+                         "error": None if healthy else store.last_error}
 
 
 class HealthHandler(ProbeHandler):
