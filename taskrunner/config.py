@@ -96,7 +96,8 @@ class Config:
 
     # -- security and containment (see docs/security.md) --------------------------------
     token_file: str = _setting(
-        "", "file holding the bearer token every route but GET /healthz requires "
+        "", "file holding the bearer token every route but the probes (/healthz, /livez, "
+        "/readyz) requires "
         "(or set TASKRUNNER_TOKEN); empty: no token"
     )
     allowed_host: tuple[str, ...] = _setting(

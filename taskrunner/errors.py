@@ -26,6 +26,7 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── HeadersTooLarge                  (431, "headers_too_large")  answered by the connection
     ├── OutOfResources                   (503, "out_of_resources")  no fds or processes left
     ├── ServiceUnavailable               (503, "shutting_down")
+    ├── NotReady                         (503, "not_ready")  /readyz: starting or draining
     ├── StoreUnavailable                 (503, "store_unavailable")  the job index cannot be used
     └── OwnerUnreachable                 (503, "owner_unreachable")  a job runs elsewhere
 
@@ -220,6 +221,15 @@ class ServiceUnavailable(TaskRunnerError):
 
     def __init__(self, message: str = "the instance is shutting down; try another one") -> None:
         super().__init__(message)
+
+
+class NotReady(TaskRunnerError):
+    """``GET /readyz`` while the instance is starting or draining (after SIGTERM, or a
+    recycle): a load balancer should send new requests elsewhere; the message says which."""
+
+    status = 503
+    code = "not_ready"
+    retry_after = 1
 
 
 class StoreUnavailable(TaskRunnerError):

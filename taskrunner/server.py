@@ -170,6 +170,10 @@ class Server:
                  ctx.instance, loop_module.partition(".")[0])
         if config.callers:
             log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
+        # The last step: /readyz answers 200 from here on. Nothing above awaits once the
+        # listener accepts, so a connection made while starting waits in the backlog and
+        # meets a ready instance; a step that awaits there would be answered "starting".
+        ctx.ready = True
 
     def _contain(self, undo: contextlib.AsyncExitStack) -> Containment:
         # The wrappers of every command; with --sandbox a work root, locked while we live.
@@ -392,7 +396,7 @@ class Server:
         # Connection: close.
         assert self.ctx is not None and self.http is not None
         self.ctx.shutting_down = True
-        self.ctx.draining = True
+        self.ctx.begin_draining("shutting down")
         self.http.stop()
         if self.ctx.launcher.admission is not None:
             self.ctx.launcher.admission.close()

@@ -14,7 +14,13 @@ from taskrunner.web.jobs import JobHandler, JobOutputHandler, JobsHandler
 from taskrunner.web.page import PageHandler
 from taskrunner.web.recycle import drain_transform
 from taskrunner.web.run import RunHandler
-from taskrunner.web.service import HealthHandler, MetricsHandler, OpenAPIHandler
+from taskrunner.web.service import (
+    HealthHandler,
+    LiveHandler,
+    MetricsHandler,
+    OpenAPIHandler,
+    ReadyHandler,
+)
 
 
 def make_app(ctx: InstanceContext, **settings: Any) -> Application:
@@ -22,6 +28,8 @@ def make_app(ctx: InstanceContext, **settings: Any) -> Application:
     routes = [
         (r"/run", RunHandler, {"ctx": ctx}),
         (r"/healthz", HealthHandler, {"ctx": ctx}),
+        (r"/livez", LiveHandler, {"ctx": ctx}),
+        (r"/readyz", ReadyHandler, {"ctx": ctx}),
         (r"/metrics", MetricsHandler, {"ctx": ctx}),
         (r"/jobs", JobsHandler, {"ctx": ctx}),
         (r"/jobs/([^/]+)", JobHandler, {"ctx": ctx}),

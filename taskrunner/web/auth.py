@@ -7,8 +7,8 @@ stored in `Config` (which is logged and shown); it becomes the one implicit call
 and a token beside it is refused at startup: an all-scope token next to scoped callers
 would make their scopes moot. `JSONHandler.prepare` identifies the caller first thing, so
 every route — including unknown paths, which would otherwise tell a stranger which paths
-exist — is covered; only ``GET /healthz`` is public, so a load balancer can probe without a
-secret.
+exist — is covered; only the probes (``GET /healthz``, ``/livez``, ``/readyz``) and the
+page's files are public, so a load balancer can probe without a secret.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class JSONHandler(RequestHandler):
 
     ctx: InstanceContext
     public_methods: tuple[str, ...] = ()
-    """Methods served without the bearer token (only ``GET /healthz``)."""
+    """Methods served without the bearer token (the probes' ``GET``, the page's)."""
     scope: str | None = None
     """The scope (``run``, ``jobs``, ``admin``) a caller needs here; None: any caller."""
     caller: Caller | None = None

@@ -45,6 +45,11 @@ class InstanceContext:
     in_flight: int = 0
     draining: bool = False
     """Set while the instance is going away: responses say ``Connection: close``."""
+    ready: bool = False
+    """Set as the last step of startup, cleared when draining begins: what ``/readyz``
+    answers (`not_ready`)."""
+    drain_reason: str = ""
+    """Why the instance drains (``shutting down``, ``recycling``), once it does."""
     observers: list[Callable[[RequestHandler], None]] = field(default_factory=list)
     """Called with each finished request's handler, after its access-log line."""
     _idle: asyncio.Event | None = None
@@ -53,6 +58,19 @@ class InstanceContext:
 
     def __post_init__(self) -> None:
         self.edge = BrowserEdge(self.config)
+
+    def begin_draining(self, reason: str) -> None:
+        """The instance is going away (SIGTERM, a recycle): no longer ready, and from now
+        on every response says ``Connection: close``."""
+        self.ready = False
+        self.draining = True
+        self.drain_reason = self.drain_reason or reason  # the first reason stays
+
+    def not_ready(self) -> str | None:
+        """Why the instance is not ready (``starting``, ``draining: <reason>``); None if it is."""
+        if self.ready:
+            return None
+        return f"draining: {self.drain_reason}" if self.draining else "starting"
 
     def request_started(self) -> None:
         """Count a request that is being served."""

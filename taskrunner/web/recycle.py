@@ -144,7 +144,7 @@ class Recycler:
     async def _recycle(self) -> None:
         await self._wait_for_turn()
         log.info("recycling after %s requests: no longer accepting connections", self.served)
-        self.ctx.draining = True
+        self.ctx.begin_draining("recycling")
         if self.lock is not None:
             self.lock.stamp()
         self.http.stop_accepting()

@@ -66,10 +66,11 @@ def test_the_issues_curl_requests_are_refused_each_with_its_own_error(plain, mar
         415, "unsupported_media_type")
 
 @pytest.mark.parametrize("method,path", [
-    ("GET", "/healthz"), ("GET", "/ui"), ("GET", "/ui/app.js"), ("GET", "/jobs"),
-    ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/jobs/x.y"),
-    ("GET", "/jobs/x.y/output"), ("DELETE", "/jobs/x.y"), ("POST", "/jobs"), ("POST", "/run"),
-    ("GET", "/no/such/route"), ("PUT", "/run"), ("OPTIONS", "/run")])
+    ("GET", "/healthz"), ("GET", "/livez"), ("GET", "/readyz"), ("GET", "/ui"),
+    ("GET", "/ui/app.js"), ("GET", "/jobs"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+    ("GET", "/jobs/x.y"), ("GET", "/jobs/x.y/output"), ("DELETE", "/jobs/x.y"),
+    ("POST", "/jobs"), ("POST", "/run"), ("GET", "/no/such/route"), ("PUT", "/run"),
+    ("OPTIONS", "/run")])
 def test_a_foreign_host_is_refused_on_every_route_before_the_token(guarded, method, path,
                                                                     marker):
     port = guarded.port
