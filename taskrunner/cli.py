@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, type=kind, default=setting.default,
                             help=setting.metadata["help"], metavar=setting.name.upper())
     parser.add_argument("--version", action="version", version=f"taskrunner {__version__}")
-    add_completion_flag(parser, "taskrunner")
+    add_completion_flag(parser, "taskrunner", 1)  # 1: as any refused start
     return parser
 
 

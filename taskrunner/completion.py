@@ -19,11 +19,14 @@ SHELLS = ("bash", "zsh")
 """The shells we test (tests/test_completion.py); shtab knows more."""
 
 
-def add_completion_flag(parser: argparse.ArgumentParser, command: str) -> None:
+def add_completion_flag(parser: argparse.ArgumentParser, command: str,
+                        missing_status: int) -> None:
     """Add ``--print-completion SHELL`` to ``parser``: print the completion script of the
     command named ``command`` (what a user types: a shell completes a command by its name,
-    so ``python -m taskrunner``'s script is for ``taskrunner``) and exit 0."""
+    so ``python -m taskrunner``'s script is for ``taskrunner``) and exit 0. Without shtab,
+    one line (taskrunner/missing.py) and exit ``missing_status``, the command's own."""
     parser.add_argument("--print-completion", action=_PrintCompletion, command=command,
+                        missing_status=missing_status,
                         choices=SHELLS, metavar="{" + ",".join(SHELLS) + "}",
                         help=f"print the {command} completion script for this shell "
                              f"(bash: source <({command} --print-completion bash))")
@@ -33,16 +36,17 @@ class _PrintCompletion(argparse.Action):
     """Prints the script and exits, as ``--version`` does (so no other argument is needed)."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, command: str,
-                 **kwargs: Any) -> None:
+                 missing_status: int, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=None, default=argparse.SUPPRESS, **kwargs)
         self.command = command
+        self.missing_status = missing_status
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         try:
             import shtab
         except ModuleNotFoundError as error:
-            exit_missing(self.command, error, self.command, 2)
+            exit_missing(self.command, error, self.command, self.missing_status)
         parser.prog = self.command  # the name the script registers; we exit right after
         sys.stdout.write(shtab.complete(parser, shell=values))
         parser.exit(0)

@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
         "whom.")
     top.add_argument("--url", default=None,
                      help=f"the instance (default: $TASKRUNNER_URL, else {DEFAULT_URL})")
-    add_completion_flag(top, "trun")
+    add_completion_flag(top, "trun", EXIT_FAILED)
     sub = top.add_subparsers(dest="action", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a command, its output live, its exit status ours")
