@@ -14,6 +14,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from taskrunner import __version__
+from taskrunner.completion import add_completion_flag
 from taskrunner.config import Config, settings
 from taskrunner.errors import StartupError
 from taskrunner.logs import setup_logging
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, type=kind, default=setting.default,
                             help=setting.metadata["help"], metavar=setting.name.upper())
     parser.add_argument("--version", action="version", version=f"taskrunner {__version__}")
+    add_completion_flag(parser, "taskrunner", 1)  # 1: as any refused start
     return parser
 
 

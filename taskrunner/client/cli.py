@@ -22,6 +22,7 @@ from taskrunner.client.attach import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, Attache
 from taskrunner.client.models import JobInfo
 from taskrunner.client.views import job_table
 from taskrunner.client.visible import visible
+from taskrunner.completion import add_completion_flag
 
 DEFAULT_URL = "http://127.0.0.1:8885"
 #: trun itself failed: no instance there, a bad URL or token, the request refused.
@@ -42,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
         "whom.")
     top.add_argument("--url", default=None,
                      help=f"the instance (default: $TASKRUNNER_URL, else {DEFAULT_URL})")
+    add_completion_flag(top, "trun", EXIT_FAILED)
     sub = top.add_subparsers(dest="action", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a command, its output live, its exit status ours")
