@@ -64,11 +64,15 @@ def test_a_missing_dependency_is_one_line(package_copy, argv, program, module, s
 
 
 @bare
-def test_in_a_checkout_the_line_names_its_venv_trun():
-    trun = os.path.join(REPO, ".venv", "bin", "trun")
-    if not os.access(trun, os.X_OK):
-        pytest.skip("the checkout has no .venv/bin/trun (tests run in another environment)")
-    done = _run_bare(REPO, "-m", "taskrunner.client", "ps")
+def test_in_a_checkout_the_line_names_its_venv_trun(tmp_path):
+    # A checkout as scripts/serve leaves it: the package beside a .venv that has trun.
+    shutil.copytree(os.path.join(REPO, "taskrunner"), tmp_path / "taskrunner",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    trun = tmp_path / ".venv" / "bin" / "trun"
+    trun.parent.mkdir(parents=True)
+    trun.write_text("#!/bin/sh\n")
+    trun.chmod(0o755)
+    done = _run_bare(str(tmp_path), "-m", "taskrunner.client", "ps")
     assert done.returncode == 125
     assert done.stderr.splitlines() == [
         f"trun: needs httpx, which this Python ({SYSTEM_PYTHON}) lacks: use {trun}, or "
