@@ -83,7 +83,8 @@ class JobRegistry:
             store.on_written = lambda records: loop.add_callback(self._written, records)
 
     def restore(self) -> None:
-        """Open ``--state-dir``, load its jobs (unfinished ones as ``lost``), start writing.
+        """Open the job index (``--state-dir`` or ``--state-url``), load this instance's jobs
+        (unfinished ones as ``lost``), start writing.
 
         Raise `taskrunner.errors.StoreError` if the store cannot be used.
         """

@@ -1,4 +1,5 @@
-"""The bearer token: every route but GET /healthz needs it; protected mode; no leaks."""
+"""The bearer token: every route but the probes (GET /healthz, /livez, /readyz) needs it;
+protected mode; no leaks."""
 
 import http.client
 import json
