@@ -9,10 +9,10 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 
 import pytest
+from helpers import serving
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -70,15 +70,8 @@ def page_server(address: str, html: str = "<!doctype html><title>elsewhere</titl
         def log_message(self, format: str, *args: object) -> None:
             pass  # the test's output is for the test
 
-    server = http.server.ThreadingHTTPServer((address, 0), Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{address}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(Page, address) as url:
+        yield url
 
 
 _ATTACK = """

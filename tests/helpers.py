@@ -8,7 +8,9 @@ stack helpers in stackutil.py. Each test imports what it needs from here by name
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import http.server
 import importlib.metadata
 import json
 import os
@@ -19,8 +21,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,3 +284,19 @@ def _as_user(user: str, argv: list[str], env: dict[str, str]) -> subprocess.Comp
         ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     return subprocess.run(argv, cwd="/", env=env, capture_output=True, text=True, timeout=60,
                           check=False, **ids)
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler],
+            address: str = "127.0.0.1") -> Iterator[str]:
+    """A threaded ``http.server`` of ``handler`` on ``address`` and a free port, for as long
+    as the block lasts; yields its base URL. Stopped and closed at the end, even on failure."""
+    server = http.server.ThreadingHTTPServer((address, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{address}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -63,10 +63,9 @@ def host_of(header: str) -> str:
 
 
 def is_own_address(name: str) -> bool:
-    """Whether ``name`` is an IP address of this machine: one a socket can be bound to.
-
-    Asked each time, so an address added after start (a pod's, a new interface) counts.
-    """
+    """Whether ``name`` is an IP address of this machine: one a socket can be bound to (a
+    system call; `BrowserEdge` keeps the addresses found so, and asks again only of others,
+    so an address added after start, a pod's or a new interface's, counts)."""
     try:
         address = ipaddress.ip_address(name)
     except ValueError:
@@ -93,11 +92,19 @@ class BrowserEdge:
             names |= {normal_host(hostname), normal_host(socket.getfqdn(hostname))}
         self.names = frozenset(names)
         self.origins = frozenset(o.lower() for o in config.allowed_origin)
+        self._own: set[str] = set()
+        """On a wildcard bind, the addresses found to be this machine's: a probe's Host,
+        request after request, costs no system call. At most the machine's addresses; one
+        removed later still counts (it was this machine's)."""
 
     def host_allowed(self, name: str) -> bool:
         """Whether the instance answers to the (normalised) host ``name``."""
-        return (self.any_host or name in self.names
-                or (self.wildcard and is_own_address(name)))
+        if self.any_host or name in self.names or name in self._own:
+            return True
+        if self.wildcard and is_own_address(name):
+            self._own.add(name)
+            return True
+        return False
 
     def check(self, method: str, headers: HTTPHeaders) -> None:
         """Raise the error of the first rule the request breaks; return if it breaks none."""
