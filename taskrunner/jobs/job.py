@@ -127,6 +127,19 @@ class Job:
         self.error: dict[str, str] | None = None
         self.callback_url = callback_url
         self.callback = None if callback_url is None else CallbackOutcome()
+        self.timeout: float | None = None
+        """The deadline it was given, in seconds (None: stored before it was kept)."""
+        self.cwd: str | None = None
+        self.env_names: list[str] | None = None
+        """The names of the request's ``env``; its values are never kept."""
+        self.action: str | None = None
+        """The named action it runs (``--actions``); None for a plain argv job."""
+        self.params: dict[str, Any] | None = None
+        """That action's parameters, as checked."""
+        self.usage: dict[str, Any] | None = None
+        """What its command cost, once it ended (None if it never started)."""
+        self.trace_id: str | None = None
+        """The W3C trace id of the request that submitted it."""
         self.output: OutputLog | None = OutputLog(limit)
         """None once the output lives only in the store."""
         self.command: Command | None = None
@@ -239,6 +252,13 @@ class Job:
             "error": self.error,
             "callback_url": self.callback_url,
             "callback": None if self.callback is None else self.callback.to_json(),
+            "timeout": self.timeout,
+            "cwd": self.cwd,
+            "env_names": self.env_names,
+            "action": self.action,
+            "params": self.params,
+            "usage": self.usage,
+            "trace_id": self.trace_id,
         })
         return body
 
@@ -252,7 +272,8 @@ class Job:
             created=self.created, finished=self.finished, error=self.error, caller=self.caller,
             callback_url=self.callback_url,
             callback=None if self.callback is None else self.callback.to_json(),
-            realm=self.realm)
+            realm=self.realm, timeout=self.timeout, cwd=self.cwd, env_names=self.env_names,
+            action=self.action, params=self.params, usage=self.usage, trace_id=self.trace_id)
 
     @classmethod
     def from_record(cls, record: JobRecord, limit: int) -> Job:
@@ -270,5 +291,8 @@ class Job:
         job.error = record.error
         if record.callback is not None:
             job.callback = CallbackOutcome(**record.callback)
+        job.timeout, job.cwd, job.env_names = record.timeout, record.cwd, record.env_names
+        job.action, job.params = record.action, record.params
+        job.usage, job.trace_id = record.usage, record.trace_id
         job.output = None
         return job

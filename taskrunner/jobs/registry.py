@@ -198,6 +198,8 @@ class JobRegistry:
         reservation = self.launcher.reserve(spec, policy)  # 403, 422, 429 now
         job = Job(new_job_id(self.instance), self.instance, list(spec.args), self.max_output,
                   caller=caller, callback_url=callback_url, realm=realm)
+        job.timeout, job.cwd = spec.timeout, spec.cwd
+        job.env_names = None if spec.env is None else sorted(spec.env)
         job.reservation = reservation
         # Stored as it is about to be: running if it holds a slot (if it then cannot start,
         # the row goes), else queued.

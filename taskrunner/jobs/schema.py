@@ -16,7 +16,12 @@ the rows, and dropped ``meta``. Version 5 added ``realm`` to ``jobs`` (a job's o
 realm and its caller: the callers file's namespace, so that a caller of another file that
 happens to share a name owns nothing) and to ``instances`` (the realm each instance serves,
 so that instances sharing an index and disagreeing on it refuse to start); rows stored
-before it have no realm (NULL). `schema` writes the tables for SQLite or PostgreSQL;
+before it have no realm (NULL). Version 6 added what a job's page and its accounting show:
+``timeout``, ``cwd`` and ``env_names`` (the names of the request's environment variables,
+never their values) as submitted; ``action`` and ``params`` (the named action it ran, and
+its parameters' values); ``usage`` (what the command cost: CPU, memory, queue wait) and
+``trace_id`` (the W3C trace it belongs to); and ``url`` to ``instances`` (where its siblings
+reach each instance, to forward a request for a job it runs). `schema` writes the tables for SQLite or PostgreSQL;
 `ensure_schema` and `ensure_postgresql_schema` upgrade an older index and refuse a newer one.
 """
 
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 
 STREAMS = ("stdout", "stderr")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -52,7 +57,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     caller TEXT,
     callback_url TEXT,
     callback TEXT,
-    realm TEXT
+    realm TEXT,
+    timeout {real},
+    cwd TEXT,
+    env_names TEXT,
+    action TEXT,
+    params TEXT,
+    usage TEXT,
+    trace_id TEXT
 );
 CREATE TABLE IF NOT EXISTS chunks (
     job TEXT NOT NULL,
@@ -65,7 +77,8 @@ CREATE TABLE IF NOT EXISTS instances (
     name TEXT PRIMARY KEY,
     heartbeat {real} NOT NULL,
     holder TEXT,
-    realm TEXT
+    realm TEXT,
+    url TEXT
 ){without_rowid};
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created, id);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created, id);
@@ -85,15 +98,20 @@ def schema(dialect: str) -> list[str]:
 
 COLUMNS = ("id", "instance", "state", "args", "status", "timed_out", "oom_killed", "duration",
             "stdout_truncated", "stderr_truncated", "created", "finished", "error",
-            "caller", "callback_url", "callback", "realm")
+            "caller", "callback_url", "callback", "realm", "timeout", "cwd", "env_names",
+            "action", "params", "usage", "trace_id")
 
 ADDED_COLUMNS = {
     "jobs": {"oom_killed": "INTEGER NOT NULL DEFAULT 0", "caller": "TEXT",
-             "callback_url": "TEXT", "callback": "TEXT", "realm": "TEXT"},
-    "instances": {"realm": "TEXT"},
+             "callback_url": "TEXT", "callback": "TEXT", "realm": "TEXT",
+             "timeout": "{real}", "cwd": "TEXT", "env_names": "TEXT", "action": "TEXT",
+             "params": "TEXT", "usage": "TEXT", "trace_id": "TEXT"},
+    "instances": {"realm": "TEXT", "url": "TEXT"},
 }
 """Columns added to a table after it first appeared (``jobs``: version 2; ``instances``:
-version 4), with their types; in older rows, the default (NULL)."""
+version 4), with their types (``{real}`` per dialect); in older rows, the default (NULL)."""
+
+_JSON_COLUMNS = ("error", "callback", "env_names", "params", "usage")
 
 INSERT = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -128,6 +146,20 @@ class JobRecord:
     """The callback's outcome: ``{"status", "attempts", "error"}``."""
     realm: str | None = None
     """The realm of the caller that submitted it; None for a job stored before version 5."""
+    timeout: float | None = None
+    """The deadline it was given, in seconds; None for a job stored before version 6 (and
+    so for the fields below)."""
+    cwd: str | None = None
+    env_names: list[str] | None = None
+    """The names of the request's ``env`` (its values are never stored)."""
+    action: str | None = None
+    """The named action it ran (``--actions``); None for a plain argv job."""
+    params: dict[str, Any] | None = None
+    """That action's parameters, as checked."""
+    usage: dict[str, Any] | None = None
+    """What its command cost (``cpu_user``, ``cpu_system``, ``max_rss``, ``queued``, ...)."""
+    trace_id: str | None = None
+    """The W3C trace id of the request that submitted it."""
 
     def row(self) -> tuple[Any, ...]:
         """The record as a row of the ``jobs`` table."""
@@ -135,20 +167,25 @@ class JobRecord:
                 int(self.timed_out), int(self.oom_killed), self.duration,
                 int(self.stdout_truncated), int(self.stderr_truncated), self.created,
                 self.finished,
-                None if self.error is None else json.dumps(self.error), self.caller,
-                self.callback_url, None if self.callback is None else json.dumps(self.callback),
-                self.realm)
+                _dumps(self.error), self.caller,
+                self.callback_url, _dumps(self.callback), self.realm, self.timeout, self.cwd,
+                _dumps(self.env_names), self.action, _dumps(self.params), _dumps(self.usage),
+                self.trace_id)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
         """A record from a row of the ``jobs`` table."""
         values = dict(zip(COLUMNS, row, strict=True))
         values["args"] = json.loads(values["args"])
-        for name in ("error", "callback"):
+        for name in _JSON_COLUMNS:
             values[name] = None if values[name] is None else json.loads(values[name])
         for name in ("timed_out", "oom_killed", "stdout_truncated", "stderr_truncated"):
             values[name] = bool(values[name])
         return cls(**values)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def ensure_schema(db: sqlite3.Connection, where: str) -> None:
@@ -190,6 +227,7 @@ def ensure_postgresql_schema(db: Connection, where: str) -> None:
         for table, columns in ADDED_COLUMNS.items():
             if db.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
                 for name, kind in columns.items():
+                    kind = kind.format(**_DIALECTS["postgresql"])
                     db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
     for statement in schema("postgresql"):
         db.execute(statement)
@@ -247,4 +285,5 @@ def _add_columns(db: sqlite3.Connection) -> None:
             continue
         for name, kind in added.items():
             if name not in columns:
+                kind = kind.format(**_DIALECTS["sqlite"])
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

@@ -230,7 +230,7 @@ async def test_a_version_4_index_is_upgraded_and_its_jobs_belong_to_no_caller_bu
     path = callers_file(tmp_path / "callers.toml", "site",
                         {"ci": "ci-token-0123456789", "root": "root-token-0123456789"})
     child = spawn_instance("--instance", "new", "--callers", path, *shared_index)
-    assert schema_version(shared_index) == 5
+    assert schema_version(shared_index) == 6
     # A job stored before realms: whose it was cannot be told, so no caller owns it.
     code, body = await call(child, "ci-token-0123456789", "GET", f"/jobs/{OLD_JOB}")
     assert (code, body["error"]) == (404, "job_not_found")
@@ -255,11 +255,74 @@ async def test_a_version_4_index_is_upgraded_and_its_jobs_belong_to_no_caller_bu
 def test_an_index_of_a_newer_schema_is_refused_in_one_line(shared_index):
     with connect(shared_index) as (db, _):
         if shared_index[0] == "--state-dir":
-            db.execute("PRAGMA user_version = 6")
+            db.execute("PRAGMA user_version = 7")
         else:
             db.execute("CREATE TABLE taskrunner_schema (version INTEGER NOT NULL)")
-            db.execute("INSERT INTO taskrunner_schema VALUES (6)")
+            db.execute("INSERT INTO taskrunner_schema VALUES (7)")
     status, lines = start_refused(*shared_index)
     assert status == 1 and len(lines) == 1, lines
-    assert "has schema version 6, newer than this taskrunner knows (5)" in lines[0], lines
-    assert schema_version(shared_index) == 6  # left as it was
+    assert "has schema version 7, newer than this taskrunner knows (6)" in lines[0], lines
+    assert schema_version(shared_index) == 7  # left as it was
+
+
+# The previous release's DDL (schema 5), as it created an index: a fixture, not the code's.
+SCHEMA_V5 = """
+CREATE TABLE jobs (id TEXT PRIMARY KEY, instance TEXT NOT NULL, state TEXT NOT NULL,
+    args TEXT NOT NULL, status INTEGER, timed_out INTEGER NOT NULL,
+    oom_killed INTEGER NOT NULL DEFAULT 0, duration {real}, stdout_truncated INTEGER NOT NULL,
+    stderr_truncated INTEGER NOT NULL, created {real} NOT NULL, finished {real},
+    error TEXT, caller TEXT, callback_url TEXT, callback TEXT, realm TEXT);
+CREATE TABLE chunks (job TEXT NOT NULL, seq INTEGER NOT NULL, stream INTEGER NOT NULL,
+    data {blob} NOT NULL, PRIMARY KEY (job, seq)){without_rowid};
+CREATE TABLE instances (name TEXT PRIMARY KEY, heartbeat {real} NOT NULL,
+    holder TEXT, realm TEXT){without_rowid};
+CREATE INDEX jobs_by_created ON jobs (created, id);
+CREATE INDEX jobs_by_state ON jobs (state, created, id);
+CREATE INDEX jobs_by_instance ON jobs (instance, created, id);
+CREATE INDEX jobs_by_owner ON jobs (realm, caller, created, id)
+"""
+
+
+def make_version_5_index(shared_index):
+    with connect(shared_index) as (db, mark):
+        for statement in SCHEMA_V5.format(**DIALECTS[shared_index[0]]).split(";"):
+            db.execute(statement)
+        now = time.time()
+        db.execute("INSERT INTO jobs VALUES (" + ", ".join([mark] * 17) + ")",
+                   (OLD_JOB, "old", "exited", '["echo", "old"]', 0, 0, 0, 0.1, 0, 0,
+                    now - 60, now - 59, None, "ci", None, None, "site"))
+        db.execute(f"INSERT INTO chunks VALUES ({mark}, 0, 0, {mark})", (OLD_JOB, b"old\n"))
+        db.execute(f"INSERT INTO instances VALUES ('old', {mark}, NULL, 'site')", (now - 50,))
+        if shared_index[0] == "--state-dir":
+            db.execute("PRAGMA user_version = 5")
+        else:
+            db.execute("CREATE TABLE taskrunner_schema (version INTEGER NOT NULL)")
+            db.execute("INSERT INTO taskrunner_schema VALUES (5)")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_version_5_index_is_upgraded_in_place_and_its_jobs_keep_their_owner(
+        spawn_instance, shared_index, tmp_path):
+    make_version_5_index(shared_index)
+    path = callers_file(tmp_path / "callers.toml", "site", {"ci": "ci-token-0123456789"})
+    child = spawn_instance("--instance", "new", "--callers", path, *shared_index)
+    assert schema_version(shared_index) == 6
+    # The old job is its caller's still, whole; what version 6 keeps is unknown for it.
+    code, body = await call(child, "ci-token-0123456789", "GET", f"/jobs/{OLD_JOB}")
+    assert (code, body["stdout"], body["args"]) == (200, "old\n", ["echo", "old"])
+    assert (body["timeout"], body["cwd"], body["env_names"]) == (None, None, None)
+    # A new job keeps what it was given, the environment's names and not its values.
+    code, job = await call(child, "ci-token-0123456789", "POST", "/jobs",
+                           {"args": ["true"], "timeout": 7, "cwd": "/tmp",
+                            "env": {"SECRET_ONE": "hunter2", "B": "x"}})
+    assert code == 202
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 0
+    again = spawn_instance("--instance", "new", "--callers", path, *shared_index)
+    code, body = await call(again, "ci-token-0123456789", "GET", f"/jobs/{job['id']}")
+    assert (body["timeout"], body["cwd"], body["env_names"]) == (7, "/tmp", ["B", "SECRET_ONE"])
+    code, listed = await call(again, "ci-token-0123456789", "GET", "/jobs")
+    assert [entry["id"] for entry in listed["jobs"]] == [job["id"], OLD_JOB]
+    with connect(shared_index) as (db, _):
+        rows = db.execute("SELECT env_names FROM jobs").fetchall()
+        assert not any("hunter2" in (row[0] or "") for row in rows)

@@ -617,7 +617,7 @@ async def test_a_version_3_store_keeps_its_last_heartbeat_as_the_end_of_its_lost
     with contextlib.closing(sqlite3.connect(state_dir / "jobs.sqlite3")) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         assert "meta" not in tables and "instances" in tables
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 6
 
 
 def test_an_instance_opening_a_store_a_sibling_is_creating_waits_for_it(tmp_path):
