@@ -29,6 +29,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tornado.httpserver import HTTPServer
@@ -45,6 +46,7 @@ from taskrunner.jobs.callbacks import (
 from taskrunner.jobs.open_store import open_store
 from taskrunner.jobs.registry import JobRegistry
 from taskrunner.jobs.state_url import state_url
+from taskrunner.listener.activation import Activated, ActivationError, inherited_sockets
 from taskrunner.listener.bind import bind_sockets
 from taskrunner.listener.connections import CappedHTTPServer
 from taskrunner.listener.descriptors import default_max_connections
@@ -58,6 +60,7 @@ from taskrunner.process.environment import base_environment, check_pass_env
 from taskrunner.process.heap import HeapTrimmer
 from taskrunner.process.launcher import Launcher
 from taskrunner.process.watchdog import Watchdog, WatchdogError
+from taskrunner.service_manager import Notifier
 from taskrunner.web.app import make_app
 from taskrunner.web.auth import load_token
 from taskrunner.web.callers import Callers, implicit_callers, load_callers
@@ -77,11 +80,16 @@ class Server:
     """One taskrunner instance: listens, serves, and shuts down cleanly."""
 
     def __init__(self, config: Config, handle_signals: bool = True,
-                 watchdog: bool | None = None) -> None:
+                 watchdog: bool | None = None, service_manager: bool | None = None) -> None:
         self.config = config
         self.handle_signals = handle_signals
-        # A real process instance wants both; an in-process test instance usually neither.
+        # A real process instance wants these; an in-process test instance usually none:
+        # the watchdog, and what a service manager hands the process (the notify socket,
+        # activated sockets), which is read from and removed from the environment.
         self.use_watchdog = handle_signals if watchdog is None else watchdog
+        self.use_service_manager = handle_signals if service_manager is None else service_manager
+        self.notifier: Notifier | None = None
+        self.activated: list[Activated] = []
         self.watchdog: Watchdog | None = None
         self.ctx: InstanceContext | None = None
         self.http: HTTPServer | None = None
@@ -122,6 +130,9 @@ class Server:
             self._undo = undo.pop_all()  # from now on shutdown's to unwind
 
     async def _start(self, undo: contextlib.AsyncExitStack) -> None:
+        # What a service manager hands over first: given sockets say where the instance
+        # listens, and every check below sees that address.
+        self._take_service_manager(undo)
         config = self.config
         # Checks that make nothing come first: refused here, there is nothing to undo.
         token = load_token(config, os.environ)
@@ -168,12 +179,49 @@ class Server:
         log.info("listening on %s:%s (%s, pid %s, instance %s, event loop %s)",
                  config.address, self.port, "https" if tls else "http", ctx.pid,
                  ctx.instance, loop_module.partition(".")[0])
+        if self.activated:
+            log.info("serving the sockets the service manager gave: %s", ", ".join(
+                f"fd {a.sock.fileno()} {a.name!r} {a.host}:{a.port}" for a in self.activated))
         if config.callers:
             log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
         # The last step: /readyz answers 200 from here on. Nothing above awaits once the
         # listener accepts, so a connection made while starting waits in the backlog and
         # meets a ready instance; a step that awaits there would be answered "starting".
         ctx.ready = True
+        if self.notifier is not None:
+            self.notifier.status = lambda: self._status(admission)
+            self.notifier.ready(self._status(admission))
+
+    def _take_service_manager(self, undo: contextlib.AsyncExitStack) -> None:
+        # The notify socket (Type=notify) and the sockets of socket activation, if any.
+        if not self.use_service_manager:
+            return
+        self.notifier = Notifier.from_environ(os.environ)
+        if self.notifier is not None:
+            undo.callback(self.notifier.close)
+        try:
+            self.activated = inherited_sockets(os.environ)
+        except ActivationError as exc:
+            raise StartupError(str(exc)) from None
+        if not self.activated:
+            return
+        for each in self.activated:
+            undo.callback(each.sock.close)  # the manager keeps its own copy
+        # The first socket's address and port are the instance's (its name, the Host
+        # rule, the TLS rule); the Host rule answers to the others' addresses too.
+        # The TLS rule holds for every one of them (the first is checked with the rest).
+        first, others = self.activated[0], self.activated[1:]
+        for other in others:
+            check_protected(replace(self.config, address=other.host))
+        extra = tuple(a.host for a in others if a.host not in ("0.0.0.0", "::"))
+        self.config = replace(self.config, address=first.host, port=first.port,
+                              allowed_host=self.config.allowed_host + extra)
+
+    def _status(self, admission: Admission) -> str:
+        # The service manager's status line (systemctl status).
+        assert self.ctx is not None
+        return (f"serving on {self.config.address}:{self.port}, {self.ctx.engine.running} "
+                f"running, {admission.queued} queued")
 
     def _contain(self, undo: contextlib.AsyncExitStack) -> Containment:
         # The wrappers of every command; with --sandbox a work root, locked while we live.
@@ -220,6 +268,9 @@ class Server:
 
     def _bind(self, undo: contextlib.AsyncExitStack) -> None:
         config = self.config
+        if self.activated:  # bound and listening already; closed by their own undo
+            self.sockets = [a.sock for a in self.activated]
+            return
         try:
             self.sockets = bind_sockets(config.address, config.port, backlog=2048)
         except OSError as exc:
@@ -282,6 +333,8 @@ class Server:
             callers=callers, instance=jobs.instance, metrics=metrics, jobs=jobs,
         )
         self.ctx.observers.append(metrics.request_done)
+        if self.notifier is not None:
+            self.ctx.on_draining = self.notifier.stopping
         return self.ctx
 
     def _restore_jobs(self, ctx: InstanceContext, store: JobStore | None) -> None:

@@ -52,6 +52,9 @@ class InstanceContext:
     """Why the instance drains (``shutting down``, ``recycling``), once it does."""
     observers: list[Callable[[RequestHandler], None]] = field(default_factory=list)
     """Called with each finished request's handler, after its access-log line."""
+    on_draining: Callable[[str], None] | None = None
+    """Called once, with the reason, when draining begins (the service manager's
+    ``STOPPING=1``)."""
     _idle: asyncio.Event | None = None
     edge: BrowserEdge = field(init=False, repr=False)
     """The Host, Origin and Content-Type rules every request passes first."""
@@ -63,8 +66,11 @@ class InstanceContext:
         """The instance is going away (SIGTERM, a recycle): no longer ready, and from now
         on every response says ``Connection: close``."""
         self.ready = False
+        first = not self.draining
         self.draining = True
         self.drain_reason = self.drain_reason or reason  # the first reason stays
+        if first and self.on_draining is not None:
+            self.on_draining(self.drain_reason)
 
     def not_ready(self) -> str | None:
         """Why the instance is not ready (``starting``, ``draining: <reason>``); None if it is."""
