@@ -62,7 +62,7 @@ from taskrunner.process.launcher import Launcher
 from taskrunner.process.watchdog import Watchdog, WatchdogError
 from taskrunner.service_manager import Notifier
 from taskrunner.web.app import make_app
-from taskrunner.web.auth import load_token
+from taskrunner.web.auth import is_loopback, load_token
 from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.recycle import Recycler
@@ -207,14 +207,14 @@ class Server:
             return
         for each in self.activated:
             undo.callback(each.sock.close)  # the manager keeps its own copy
-        # The first socket's address and port are the instance's (its name, the Host
-        # rule, the TLS rule); the Host rule answers to the others' addresses too.
-        # The TLS rule holds for every one of them (the first is checked with the rest).
-        first, others = self.activated[0], self.activated[1:]
-        for other in others:
-            check_protected(replace(self.config, address=other.host))
-        extra = tuple(a.host for a in others if a.host not in ("0.0.0.0", "::"))
-        self.config = replace(self.config, address=first.host, port=first.port,
+        # One address is the instance's (its name, the rules of the token, TLS and Host):
+        # the most exposed one, so that a non-loopback socket among loopback ones is held
+        # to the rules of its address; the Host rule answers to the others' addresses too.
+        exposed = [a for a in self.activated if not is_loopback(a.host)]
+        main = (exposed or self.activated)[0]
+        self.activated = [main, *(a for a in self.activated if a is not main)]  # its port
+        extra = tuple(a.host for a in self.activated[1:] if a.host not in ("0.0.0.0", "::"))
+        self.config = replace(self.config, address=main.host, port=main.port,
                               allowed_host=self.config.allowed_host + extra)
 
     def _status(self, admission: Admission) -> str:
