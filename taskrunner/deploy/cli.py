@@ -4,6 +4,7 @@
     taskrunner-deploy print-host INVENTORY NAME [--python P] [--run-dir D] [--log-dir D]
     taskrunner-deploy print-stack nginx|supervisord [--port N] [--base-port N] [--run-dir D]
     taskrunner-deploy print-supervisord
+    taskrunner-deploy print-systemd service|socket [--python P] [--address A] [--watchdog-sec N]
 
 Every flag is a field of `taskrunner.deploy.settings.Settings` (its default and help). A
 mistake, in the flags or in the inventory (naming the file and the key), is one line on
@@ -16,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from taskrunner.deploy import nginx, supervisord
+from taskrunner.deploy import nginx, supervisord, systemd
 from taskrunner.deploy.inventory import InventoryError, load
 from taskrunner.deploy.settings import COMMANDS, Settings, add_arguments, settings
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands["print-host"].add_argument("name", metavar="NAME", help="a host of the inventory")
     commands["print-stack"].add_argument("file", choices=STACK_FILES,
                                          help="which of the stack's configs")
+    commands["print-systemd"].add_argument("file", choices=systemd.UNITS,
+                                           help="which unit: taskrunner@.service or "
+                                           "taskrunner@.socket")
     for name, command in commands.items():
         add_arguments(command, settings(name))
     return parser
@@ -59,6 +63,10 @@ def render(command: str, args: argparse.Namespace, chosen: Settings) -> str:
         if args.file == "nginx":
             return nginx.stack_conf(chosen)
         return supervisord.stack_conf(chosen)
+    if command == "print-systemd":
+        if args.file == "service":
+            return systemd.service_unit(chosen)
+        return systemd.socket_unit(chosen)
     return supervisord.repository_conf(chosen)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ COMMANDS = {
     "print-stack": "the stack's nginx.conf or supervisord.conf (four instances on one machine)",
     "print-supervisord": "the repository's supervisord.conf (the stack's instances, paths "
                          "relative to the file)",
+    "print-systemd": "a host's systemd units: taskrunner@.service or taskrunner@.socket, "
+                     "one instance per port (taskrunner@PORT)",
 }
 """The subcommands of ``taskrunner-deploy``, each with its help."""
 
@@ -48,7 +51,7 @@ class Settings:
         "part", "print-front")
     python: str = setting(
         "/usr/bin/python3", "the host's interpreter that has taskrunner installed",
-        "print-host")
+        "print-host", "print-systemd")
     run_dir: str = setting(
         "/run/taskrunner", "runtime files: the instances' recycle lock; nginx's pid file, "
         "logs and temp files in a whole nginx.conf; the stack's supervisord files",
@@ -57,9 +60,10 @@ class Settings:
         "/var/log/taskrunner", "the instances' logs, one taskrunner_NAME.log each",
         "print-host")
     stop_wait: int = setting(
-        30, "seconds supervisord gives an instance to stop after TERM (stopwaitsecs): "
-        f"above its --grace ({_INSTANCE.grace:g}) plus the kill, the last answers and the "
-        "callbacks' 3 s", "print-host", "print-stack", "print-supervisord")
+        30, "seconds the supervisor gives an instance to stop after TERM (supervisord's "
+        f"stopwaitsecs, systemd's TimeoutStopSec): above its --grace ({_INSTANCE.grace:g}) "
+        "plus the kill, the last answers and the callbacks' 3 s", "print-host",
+        "print-stack", "print-supervisord", "print-systemd")
     port: int = setting(8080, "the stack's nginx port on 127.0.0.1", "print-stack")
     base_port: int = setting(
         _INSTANCE.port, f"the stack's first instance port; its {STACK_INSTANCES} are "
@@ -71,6 +75,15 @@ class Settings:
         "", "PEM certificate, its chain after it: the stack's nginx serves HTTPS "
         "(with --tls-key)", "print-stack")
     tls_key: str = setting("", "PEM private key of --tls-cert", "print-stack")
+    address: str = setting(
+        _INSTANCE.address, "the units' address: the socket's ListenStream, and the "
+        "instance's --address when it binds the port itself", "print-systemd")
+    watchdog_sec: int = setting(
+        30, "the service's WatchdogSec: systemd restarts an instance whose event loop "
+        "stops answering for this long; 0: no watchdog", "print-systemd")
+    unit_user: str = setting(
+        "taskrunner", "the service's User= and Group=; empty: root, which --user needs",
+        "print-systemd")
     directory: str = setting(
         "", "the instances' working directory; empty: the directory of the supervisord.conf",
         "print-stack", "print-supervisord")
@@ -84,6 +97,12 @@ class Settings:
         for name in ("max_body", "stop_wait"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.watchdog_sec < 0:
+            raise ValueError("watchdog_sec must be >= 0")
+        if self.unit_user and not re.fullmatch(r"[a-z_][a-z0-9_-]*", self.unit_user):
+            raise ValueError(f"unit_user: {self.unit_user!r} is not a user name")
+        if not re.fullmatch(r"[0-9A-Za-z.:-]+", self.address):
+            raise ValueError(f"address: {self.address!r} is not an address")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
 
