@@ -29,6 +29,7 @@ from taskrunner.process.cgroups import (
     Hierarchy,
     V1Hierarchy,
     V2Hierarchy,
+    enter_leaf,
     read,
     write,
 )
@@ -81,10 +82,19 @@ def _v2(limits: CgroupLimits, directory: str, owned: bool, wanted: Sequence[str]
                             os.path.realpath("/bin/sh"))
     if owned:
         if wanted:
+            own = os.path.dirname(directory)
+            # Delegate=yes: alone in its service's cgroup, the instance first moves into a
+            # leaf of it, so that the cgroup may hand its controllers down (a container's
+            # PID 1 alone at the root of its cgroup namespace too: that root is no exception).
+            with contextlib.suppress(OSError):
+                leaf = enter_leaf(own)
+                if leaf is not None:
+                    log.info("cgroup v2: moved into %s, so that %s may hand %s down to the "
+                             "commands' cgroups", leaf, own, ", ".join(wanted))
             # Lets the instance's own cgroup hand the controllers down; refused (EBUSY)
             # unless it is the root or they are on already: then the error below says why.
             with contextlib.suppress(OSError):
-                write(os.path.join(os.path.dirname(directory), "cgroup.subtree_control"),
+                write(os.path.join(own, "cgroup.subtree_control"),
                        " ".join(f"+{c}" for c in wanted))
     else:
         sweep_stale(directory, _COMMAND_NAME)

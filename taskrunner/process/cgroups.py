@@ -69,6 +69,30 @@ def read(path: str) -> str:
         os.close(fd)
 
 
+LEAF = "supervisor"
+"""On cgroup v2, the leaf of its own cgroup an instance moves itself into (`enter_leaf`)."""
+
+
+def enter_leaf(directory: str) -> str | None:
+    """Move this process into ``directory``/`LEAF` when it is the only process in the v2
+    cgroup ``directory``; the leaf, or None if it did not move.
+
+    cgroup v2's "no internal processes" rule: a cgroup other than the root may hand its
+    controllers down (``cgroup.subtree_control``) only while no process is in it. Under
+    systemd's ``Delegate=yes`` the instance is alone in its service's cgroup, so it steps
+    into a leaf of it and makes its commands' cgroups beside that leaf. With any other
+    process there (a shell that started it) moving would not free the cgroup: it stays, and
+    enabling the controllers fails with a line that says why.
+    """
+    procs = read(os.path.join(directory, "cgroup.procs")).split()
+    if procs != [str(os.getpid())]:
+        return None
+    leaf = os.path.join(directory, LEAF)
+    os.makedirs(leaf, exist_ok=True)
+    write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))  # every thread goes with it
+    return leaf
+
+
 def _counter(path: str, key: str) -> int:
     """The value of ``key`` in a flat-keyed file (``memory.events``, ``cpu.stat``); 0 if absent."""
     for line in read(path).splitlines():
