@@ -32,6 +32,11 @@ def cgroup2_mount() -> str | None:
     return None
 
 
+def text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def v2_path(pid: int) -> str:
     with open(f"/proc/{pid}/cgroup") as f:
         return next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
@@ -51,7 +56,7 @@ def cgroup() -> Iterator[str]:
     finally:
         for directory in sorted((root for root, _, _ in os.walk(path)), reverse=True):
             with contextlib.suppress(OSError):
-                wait_until(lambda d=directory: not open(os.path.join(d, "cgroup.procs")).read(), 5)
+                wait_until(lambda d=directory: not text(os.path.join(d, "cgroup.procs")), 5)
                 os.rmdir(directory)
 
 
@@ -68,7 +73,7 @@ def test_alone_in_its_cgroup_a_process_moves_into_the_leaf(cgroup):
     try:
         assert child.stdout.readline().strip() == f"{cgroup}/supervisor"
         assert v2_path(child.pid) == "/" + os.path.relpath(f"{cgroup}/supervisor", mount)
-        assert open(f"{cgroup}/cgroup.procs").read() == ""  # free to hand controllers down
+        assert text(f"{cgroup}/cgroup.procs") == ""  # free to hand controllers down
     finally:
         child.communicate("", timeout=10)
 
@@ -76,7 +81,7 @@ def test_alone_in_its_cgroup_a_process_moves_into_the_leaf(cgroup):
 def test_with_another_process_in_the_cgroup_it_stays(cgroup):
     other = start_in(cgroup, "sleep", "30")
     try:
-        wait_until(lambda: str(other.pid) in open(f"{cgroup}/cgroup.procs").read(), 5)
+        wait_until(lambda: str(other.pid) in text(f"{cgroup}/cgroup.procs"), 5)
         child = start_in(cgroup, PY, "-c", MOVE, cgroup)
         try:
             assert child.stdout.readline().strip() == "None"
@@ -91,7 +96,7 @@ def test_with_another_process_in_the_cgroup_it_stays(cgroup):
 def test_a_delegated_instance_limits_its_commands_from_beside_its_leaf(cgroup, spawn_instance):
     mount = cgroup2_mount()
     assert mount is not None
-    available = open(os.path.join(mount, "cgroup.controllers")).read().split()
+    available = text(os.path.join(mount, "cgroup.controllers")).split()
     if not {"memory", "pids"} <= set(available):
         pytest.skip("cgroup v2 has no memory and pids controllers here: this machine's are "
                     "cgroup v1 (hybrid); the Delegate=yes path runs on a cgroup v2 host only")
@@ -101,7 +106,7 @@ def test_a_delegated_instance_limits_its_commands_from_beside_its_leaf(cgroup, s
         "--memory-max", "64", "--pids-max", "32",
         wrapper=["sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"', "sh"])
     assert v2_path(child.proc.pid).endswith("/supervisor")
-    assert "memory" in open(f"{cgroup}/cgroup.subtree_control").read().split()
+    assert "memory" in text(f"{cgroup}/cgroup.subtree_control").split()
     status, body = post_run_blocking(child.port, {"args": ["cat", "/proc/self/cgroup"]})
     assert status == 200, body
     own = "/" + os.path.relpath(cgroup, mount)
