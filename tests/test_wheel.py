@@ -72,7 +72,9 @@ def test_the_wheel_installs_into_a_clean_venv_and_serves():
         assert {top for top in tops if not top.endswith(".dist-info")} == {"taskrunner"}, tops
         for name in ("taskrunner/deploy/cli.py", "taskrunner/deploy/cluster.example.toml",
                      "taskrunner/deploy/templates/nginx.conf.template",
-                     "taskrunner/deploy/templates/nginx-http.conf.template"):
+                     "taskrunner/deploy/templates/nginx-http.conf.template",
+                     "taskrunner/deploy/templates/taskrunner@.service.template",
+                     "taskrunner/deploy/templates/taskrunner@.socket.template"):
             assert name in names, f"{name} is not in the wheel"
         run([sys.executable, "-m", "venv", venv])  # no --system-site-packages
         python = os.path.join(venv, "bin", "python")
