@@ -220,8 +220,9 @@ class Server:
     def _status(self, admission: Admission) -> str:
         # The service manager's status line (systemctl status).
         assert self.ctx is not None
-        return (f"serving on {self.config.address}:{self.port}, {self.ctx.engine.running} "
-                f"running, {admission.queued} queued")
+        address = self.config.address
+        where = f"[{address}]:{self.port}" if ":" in address else f"{address}:{self.port}"
+        return f"serving on {where}, {self.ctx.engine.running} running, {admission.queued} queued"
 
     def _contain(self, undo: contextlib.AsyncExitStack) -> Containment:
         # The wrappers of every command; with --sandbox a work root, locked while we live.

@@ -133,3 +133,14 @@ def test_a_manager_that_went_away_costs_one_warning_not_the_instance(spawn_insta
     child.signal(signal.SIGTERM)
     assert child.wait(20) == 0
     assert child.output().count("service manager notification failed") == 1
+
+
+def test_a_recycle_says_stopping_once_with_its_reason_and_exits_0(spawn_instance, manager):
+    child = spawn_instance(env={"NOTIFY_SOCKET": manager.address})
+    manager.until("READY=1")
+    child.signal(signal.SIGUSR2)  # recycle: drain, then exit 0 for the supervisor to restart
+    stopping, _ = manager.until("STOPPING=1")
+    assert _status(stopping) == "stopping: recycling"
+    assert child.wait(20) == 0
+    # The shutdown that ends a recycle is no second STOPPING=1.
+    assert not [d for d in manager.quiet_for(0.2) if "STOPPING=1" in d]

@@ -50,7 +50,7 @@ def inherited_sockets(environ: MutableMapping[str, str]) -> list[Activated]:
     names = environ.get("LISTEN_FDNAMES", "")
     for name in NAMES:
         environ.pop(name, None)
-    if not count or not pid.isdigit() or int(pid) != os.getpid():
+    if count in ("", "0") or not pid.isdigit() or int(pid) != os.getpid():
         return []
     if not count.isdigit() or int(count) < 1:
         raise ActivationError(f"LISTEN_FDS={count!r}: not a count of sockets")
