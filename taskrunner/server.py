@@ -262,7 +262,9 @@ class Server:
     async def _open_index(self, undo: contextlib.AsyncExitStack, url: str, port: int,
                           callers: Callers) -> JobStore | None:
         config = self.config
-        store = await open_store(config, url, config.instance or str(port), port, callers.realm)
+        waiting = self.notifier.tell if self.notifier is not None else None
+        store = await open_store(config, url, config.instance or str(port), port, callers.realm,
+                                 waiting)
         if store is not None:
             undo.callback(store.close)  # gives the instance's name back
         return store

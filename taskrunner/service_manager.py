@@ -8,7 +8,8 @@ or an abstract name written with a leading ``@``); each datagram is newline-sepa
   turns 200): systemd starts the units ordered after it only then;
 - ``STOPPING=1`` when it begins to drain (SIGTERM, a recycle), with the reason;
 - ``STATUS=...``, one line a human reads in ``systemctl status`` (where it serves, how many
-  commands run and wait), sent again when it changes;
+  commands run and wait), sent again when it changes; while starting, what it waits for
+  (a job index that does not answer);
 - ``WATCHDOG=1`` every half ``WATCHDOG_USEC`` when the unit sets ``WatchdogSec=`` (and
   ``WATCHDOG_PID``, if set, is ours), from a timer of the event loop: a loop that hangs
   stops the pings, and systemd kills and restarts the instance.
@@ -73,6 +74,11 @@ class Notifier:
                 self._warned = True
                 log.warning("service manager notification failed (%s): %s", self.address,
                             exc.strerror or exc)
+
+    def tell(self, status: str) -> None:
+        """A ``STATUS=`` line now (e.g. while starting: what the instance waits for)."""
+        self._sent_status = status
+        self.send(f"STATUS={status}")
 
     def ready(self, status: str) -> None:
         """``READY=1`` with a status line; start the periodic pings and status."""

@@ -11,11 +11,13 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
+from helpers import PY, REPO
 from helpers import post_run_blocking as post
 
 
@@ -144,3 +146,21 @@ def test_a_recycle_says_stopping_once_with_its_reason_and_exits_0(spawn_instance
     assert child.wait(20) == 0
     # The shutdown that ends a recycle is no second STOPPING=1.
     assert not [d for d in manager.quiet_for(0.2) if "STOPPING=1" in d]
+
+
+def test_while_the_index_does_not_answer_the_status_says_so_and_no_ready(manager):
+    # Port 1 of loopback refuses: the index's server is down. The instance waits for it,
+    # not listening and not ready; systemctl status shows why.
+    child = subprocess.Popen(
+        [PY, "-m", "taskrunner", "--port", "0", "--state-url",
+         "postgresql://taskrunner@127.0.0.1:1/jobs"], cwd=REPO,
+        env={**os.environ, "NOTIFY_SOCKET": manager.address}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        first = manager.next()
+        assert first[0].startswith("STATUS=waiting for the job index: --state-url: cannot use "
+                                   "postgresql://taskrunner@127.0.0.1:1/jobs"), first
+        assert not [d for d in manager.quiet_for(1.5) if "READY=1" in d]
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from taskrunner.config import Config
@@ -24,12 +25,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskrunner.server")
 
 
-async def open_store(config: Config, url: str, instance: str, port: int,
-                     realm: str) -> JobStore | None:
+async def open_store(config: Config, url: str, instance: str, port: int, realm: str,
+                     waiting: Callable[[str], None] | None = None) -> JobStore | None:
     """The index of ``config`` (``url``: the PostgreSQL URL, read already), opened as
     ``instance`` listening on ``port`` with callers of ``realm``: the name is held until the
-    store is closed. Waits for a server that does not answer; `StartupError` (one line) if
-    the index cannot be used."""
+    store is closed. Waits for a server that does not answer, telling ``waiting`` why (the
+    service manager's status line); `StartupError` (one line) if the index cannot be
+    used."""
     delay = 1.0
     while True:
         try:
@@ -37,6 +39,8 @@ async def open_store(config: Config, url: str, instance: str, port: int,
         except IndexUnreachable as exc:
             if delay == 1.0:
                 log.warning("%s; waiting for it (tried again every few seconds)", exc)
+                if waiting is not None:
+                    waiting(f"waiting for the job index: {exc}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
