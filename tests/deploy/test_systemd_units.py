@@ -7,12 +7,15 @@ under ``--user`` and ``--sandbox``). No systemd as PID 1 is needed.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
 from helpers import PY, REPO, post_run_blocking
+
+from taskrunner.deploy.cli import main
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -98,12 +101,18 @@ def test_settings_change_the_units_and_ipv6_is_bracketed(tmp_path):
     assert options(socket)["ListenStream"] == ["[::1]:%i"]
 
 
-@pytest.mark.parametrize("bad", [["--unit-user", "a b"], ["--watchdog-sec", "-1"],
-                                 ["--address", "1.2.3.4; rm"], ["--stop-wait", "0"]])
-def test_a_bad_setting_is_one_line_and_exit_2(bad):
-    done = deploy("service", *bad)
-    assert done.returncode == 2 and done.stdout == ""
-    assert "error:" in done.stderr and "Traceback" not in done.stderr
+@pytest.mark.parametrize(("bad", "said"), [
+    (["--unit-user", "a b"], "unit_user: 'a b' is not a user name"),
+    (["--watchdog-sec", "-1"], "watchdog_sec must be >= 0"),
+    (["--address", "1.2.3.4; rm"], "address: '1.2.3.4; rm' is not an address"),
+    (["--stop-wait", "0"], "stop_wait must be >= 1")])
+def test_a_bad_setting_is_one_line_and_exit_2(bad, said, capsys):
+    # In this process: the command line's parser and checks, without an interpreter's start.
+    with pytest.raises(SystemExit) as exited:
+        main(["print-systemd", "service", *bad])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1] == f"taskrunner-deploy: error: {said}", err
 
 
 def test_no_new_privileges_keeps_user_and_sandbox_working(spawn_instance):
@@ -116,3 +125,24 @@ def test_no_new_privileges_keeps_user_and_sandbox_working(spawn_instance):
         child.port, {"args": ["sh", "-c", "id -un; grep NoNewPrivs /proc/self/status"]})
     assert status == 200, body
     assert body["stdout"].split() == ["nobody", "NoNewPrivs:", "1"], body
+
+
+def test_the_command_line_systemd_would_run_starts_an_instance(spawn_instance, tmp_path):
+    # ExecStart as systemd expands it: %i the port, $TASKRUNNER_INDEX the unit's default
+    # (split into words), $TASKRUNNER_ARGS unset (no word); the directories systemd would
+    # make (StateDirectory, RuntimeDirectory) made here under tmp_path.
+    done = deploy("service", "--python", PY)
+    got = options(done.stdout)
+    index = got["Environment"][0].strip('"').partition("=")[2]
+    words = []
+    for word in shlex.split(got["ExecStart"][0]):
+        if word == "$TASKRUNNER_INDEX":
+            words += index.replace("/var/lib/taskrunner", str(tmp_path / "state")).split()
+        elif word != "$TASKRUNNER_ARGS":
+            words.append(word.replace("%i", "0").replace("/run/taskrunner", str(tmp_path)))
+    assert words[:3] == [PY, "-m", "taskrunner"]
+    (tmp_path / "state").mkdir(mode=0o700)
+    child = spawn_instance(*words[3:])
+    status, body = post_run_blocking(child.port, {"args": ["echo", "unit"]})
+    assert status == 200 and body["stdout"] == "unit\n"
+    assert (tmp_path / "state" / "jobs.sqlite3").exists()  # the host's shared index
