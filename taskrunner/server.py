@@ -13,6 +13,11 @@ connection, give completion callbacks still being delivered a short grace
 (`taskrunner.jobs.callbacks.SHUTDOWN_GRACE`) before they are recorded failed, and undo the
 other steps, newest first.
 
+Under a service manager (systemd), the first step takes what it hands over: sockets of
+socket activation, served instead of binding (`taskrunner.listener.activation`), and the
+notify socket (`taskrunner.service_manager`): ``READY=1`` with the last step, ``STOPPING=1``
+when draining begins.
+
 SIGHUP: with ``--callers``, re-read the callers file (requests in flight keep the caller
 they were given; a file that cannot be used keeps the old callers, and the log says why);
 without it, recycle (drain and exit 0 for the supervisor to restart: a rolling restart).

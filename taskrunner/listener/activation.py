@@ -82,4 +82,5 @@ def _take(fd: int, name: str) -> Activated:
                               "(ListenStream= an address and port, Accept=no)")
     sock.setblocking(False)
     host, port = sock.getsockname()[:2]
-    return Activated(sock, name, host, port)
+    # A link-local IPv6 address carries its interface (fe80::1%eth0): the address is compared.
+    return Activated(sock, name, host.partition("%")[0], port)
