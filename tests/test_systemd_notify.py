@@ -122,6 +122,9 @@ def test_an_abstract_socket_is_spoken_to_and_commands_see_no_service_variables(
         names = {line.partition("=")[0] for line in body["stdout"].splitlines()}
         assert not names & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
                             "LISTEN_PID"}, names
+        # Nor the notify socket itself.
+        status, body = post(child.port, {"args": ["ls", "/proc/self/fd"]})
+        assert status == 200 and body["stdout"].split() == ["0", "1", "2", "3"], body
         # WATCHDOG_PID names another process: no pings are this instance's to send.
         assert not [d for d in manager.quiet_for(0.8) if "WATCHDOG=1" in d]
     finally:

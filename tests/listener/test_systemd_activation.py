@@ -93,6 +93,9 @@ def test_the_instance_serves_the_socket_it_was_given(activate):
     assert status == 200, body
     names = {line.partition("=")[0] for line in body["stdout"].splitlines()}
     assert not {n for n in names if n.startswith("LISTEN_")}, names  # never the commands'
+    # Nor the socket: a command has its stdio and the fd ls opens, nothing of the instance's.
+    status, body = request("127.0.0.1", port, "POST", "/run", {"args": ["ls", "/proc/self/fd"]})
+    assert status == 200 and body["stdout"].split() == ["0", "1", "2", "3"], body
     assert request("127.0.0.1", port, "GET", "/readyz") == (200, {"status": "ready"})
     # The log is written by a thread of its own: wait for its lines.
     log = wait_until(lambda: "service manager gave" in (o := activated.output()) and o, 10)
