@@ -69,6 +69,14 @@ class Config:
         "the --address and the port bound, on a wildcard address the host's name (or, "
         "if that name is not this machine's, its primary address)"
     )
+    peer_ca_file: str = _setting(
+        "", "PEM file of the CAs that sign the certificates of https advertise URLs "
+        "(its siblings'); empty: the system's CAs"
+    )
+    forward_timeout: float = _setting(
+        5.0, "seconds a forward to a job's owner may take to connect and to start its "
+        "answer; past it, 503 owner_unreachable"
+    )
     job_ttl: float = _setting(3600.0, "seconds a finished job is kept")
     max_jobs: int = _setting(1000, "most jobs kept; the oldest finished ones are dropped first")
     state_dir: str = _setting(
@@ -262,6 +270,8 @@ class Config:
             raise ValueError("instance may only use letters, digits, '-' and '_'")
         if self.advertise_url:
             _check_advertise_url(self.advertise_url)
+        if not (math.isfinite(self.forward_timeout) and self.forward_timeout > 0):
+            raise ValueError("forward_timeout must be > 0")
         if not self.job_ttl > 0:
             raise ValueError("job_ttl must be > 0")
         if self.state_url and self.state_dir:

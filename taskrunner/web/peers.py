@@ -1,5 +1,5 @@
 """Who this instance is to the instances sharing its job index: its default name, the URL
-they reach it at (``--advertise-url``).
+they reach it at (``--advertise-url``), and how it reaches theirs (``--peer-ca-file``).
 
 The name goes into job ids, so it must differ between instances that share an index: by
 default ``<host name>-<port>``, which differs between pods (all on one port) and between
@@ -17,6 +17,7 @@ import functools
 import ipaddress
 import re
 import socket
+import ssl
 
 from taskrunner.config import Config
 from taskrunner.web.edge import WILDCARDS, is_own_address
@@ -39,6 +40,12 @@ def advertise_url(config: Config, port: int) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"
+
+
+def peer_context(config: Config) -> ssl.SSLContext:
+    """The TLS context of forwards to https siblings: their certificate must be signed by a
+    CA of ``--peer-ca-file`` (else the system's) and name the host of their URL."""
+    return ssl.create_default_context(cafile=config.peer_ca_file or None)
 
 
 @functools.lru_cache(maxsize=2)  # the machine's name and addresses, once per family
