@@ -333,6 +333,9 @@ def _check_advertise_url(url: str) -> None:
             or parts.username is not None or parts.path not in ("", "/") or parts.query
             or parts.fragment or not url.isascii() or any(c.isspace() for c in url)):
         raise ValueError(f"advertise_url: {url!r} is not http(s)://HOST[:PORT]")
+    if parts.hostname in ("0.0.0.0", "::"):
+        raise ValueError(f"advertise_url: {url!r} names a wildcard address, where no sibling "
+                         "can reach this instance")
 
 
 def _check_callback_host(entry: str) -> None:

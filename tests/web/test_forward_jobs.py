@@ -13,13 +13,18 @@ import asyncio
 import hashlib
 import json
 import signal
+import socket
 import sqlite3
 import time
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import Certificate, checked_fetch
 from helpers import get_job, until, wait_for
 from tornado.httpclient import AsyncHTTPClient
+
+from taskrunner.web.edge import is_own_address
+from taskrunner.web.peers import default_name
 
 TOKEN = "forward-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -213,3 +218,25 @@ async def test_https_siblings_forward_only_to_a_certificate_their_ca_file_trusts
         assert (status, body["state"]) == (200, "cancelled"), body
     finally:
         client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_owner_on_a_wildcard_address_advertises_where_it_can_be_reached(
+        spawn_instance, tmp_path):
+    # A pod listens on 0.0.0.0: what it advertises must be a place to dial, never 0.0.0.0.
+    state = str(tmp_path / "state")
+    env = {"TASKRUNNER_TOKEN": TOKEN}
+    a = spawn_instance("--state-dir", state, "--address", "0.0.0.0", "--insecure-http",
+                       env=env)
+    b = spawn_instance("--state-dir", state, env=env)
+    job_id = await start_job(a, ["sleep", "600"])
+    assert job_id.startswith(f"{default_name(a.port)}.")  # a name of its own: host-port
+    await seen_running(b, job_id)
+    status, body = await call(b, TOKEN, "DELETE", f"/jobs/{job_id}")
+    assert (status, body["state"]) == (200, "cancelled"), body
+    with sqlite3.connect(f"{state}/jobs.sqlite3") as db:
+        (url,), = db.execute("SELECT url FROM instances WHERE name = ?",
+                             (default_name(a.port),))
+    host = urlsplit(url).hostname
+    assert url.endswith(f":{a.port}") and host not in ("0.0.0.0", "::")
+    assert host == socket.gethostname() or is_own_address(host), url
