@@ -56,7 +56,7 @@ _KEEPALIVE = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
 
 class Forward:
     """One request passed on to a job's owner, its answer streamed back through
-    ``handler``; `close` ends it (the caller left)."""
+    ``handler``; `caller_left` ends it."""
 
     def __init__(self, handler: JSONHandler) -> None:
         self.handler = handler
@@ -64,6 +64,8 @@ class Forward:
         self.started = False
         """The owner's answer has begun: its status and headers are the handler's."""
         self.complete = False
+        self.left = False
+        """The caller left: nothing more is passed on."""
 
     async def run(self, job: Job, what: str) -> None:
         """Pass the request on to the owner of ``job`` (``what``: for messages, e.g.
@@ -88,8 +90,8 @@ class Forward:
         except (OSError, StreamClosedError, TimeoutError) as exc:
             raise _unreachable(job, what, f"{url} did not connect: {_why(exc)}") from None
         _keepalive(self.stream)
-        if handler.request.connection is None or self.stream.closed():
-            self.close()  # the caller left meanwhile
+        if self.left or self.stream.closed():
+            self.close()  # the caller left while it connected
             return
         cancel = request.method != "GET"
         connection = HTTP1Connection(self.stream, True, HTTP1ConnectionParameters(
@@ -107,7 +109,7 @@ class Forward:
                 httputil.RequestStartLine(str(request.method), target, "HTTP/1.1"), headers)
             connection.finish()
             await connection.read_response(_Relay(self))
-        except (OSError, StreamClosedError) as exc:
+        except (OSError, StreamClosedError, httputil.HTTPInputError) as exc:
             if not self.started:
                 raise _unreachable(job, what, f"{url}: {_why(exc)}") from None
         finally:
@@ -120,8 +122,13 @@ class Forward:
             # The owner's answer was cut short: so is the caller's, visibly.
             connection_in.close()
 
+    def caller_left(self) -> None:
+        """The caller's connection closed: end the forward, whatever stage it is at."""
+        self.left = True
+        self.close()
+
     def close(self) -> None:
-        """Close the connection to the owner (the caller left, or the answer is over)."""
+        """Close the connection to the owner."""
         if self.stream is not None and not self.stream.closed():
             self.stream.close()
 

@@ -120,7 +120,7 @@ class JobHandler(JSONHandler):
 
     def on_connection_close(self) -> None:
         if self._forward is not None:
-            self._forward.close()
+            self._forward.caller_left()
         super().on_connection_close()
 
 
@@ -184,7 +184,7 @@ class JobOutputHandler(JSONHandler):
 
     def on_connection_close(self) -> None:
         if self._forward is not None:
-            self._forward.close()
+            self._forward.caller_left()
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         super().on_connection_close()

@@ -15,6 +15,7 @@ import json
 import signal
 import socket
 import sqlite3
+import subprocess
 import time
 from urllib.parse import urlsplit
 
@@ -240,3 +241,30 @@ async def test_an_owner_on_a_wildcard_address_advertises_where_it_can_be_reached
     host = urlsplit(url).hostname
     assert url.endswith(f":{a.port}") and host not in ("0.0.0.0", "::")
     assert host == socket.gethostname() or is_own_address(host), url
+
+
+def connections_to(port):
+    """Established TCP connections to ``port`` on this machine (``ss``, iproute2)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_caller_who_leaves_a_forwarded_stream_closes_the_forward_not_the_job(
+        spawn_instance, tmp_path):
+    a, b = pair(spawn_instance, ["--state-dir", str(tmp_path / "state")])
+    job_id = await start_job(a, ["sh", "-c", "echo one; exec sleep 600"], {})
+    await seen_running(b, job_id, {})
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    try:
+        writer.write(f"GET /jobs/{job_id}/output HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        seen = b""
+        while b"one" not in seen:
+            seen += await asyncio.wait_for(reader.read(4096), 10)
+        assert seen.startswith(b"HTTP/1.1 200 ")
+        assert connections_to(a.port) == 1  # b's forward
+    finally:
+        writer.close()
+    await until(lambda: connections_to(a.port) == 0, 10)
+    assert (await get_job(b, job_id))["state"] == "running"
