@@ -6,7 +6,9 @@ made, not at the end) and the cancel to a with the caller's token, and reads the
 state from the index; a caller who does not own the job gets 404 from b as from a. b
 answers 503 owner_unreachable only when a cannot be asked: dead, silent past
 --forward-timeout, or the request was forwarded already (a loop). Between HTTPS instances
-the forward checks a's certificate against --peer-ca-file.
+the forward checks a's certificate against --peer-ca-file. An owner bound to 0.0.0.0
+advertises a place to dial; a caller who leaves closes the forward; a stream whose owner
+dies midway is cut, not ended as if whole.
 """
 
 import asyncio
@@ -23,6 +25,7 @@ import pytest
 from conftest import Certificate, checked_fetch
 from helpers import get_job, until, wait_for
 from tornado.httpclient import AsyncHTTPClient
+from tornado.simple_httpclient import HTTPStreamClosedError
 
 from taskrunner.web.edge import is_own_address
 from taskrunner.web.peers import default_name
@@ -268,3 +271,25 @@ async def test_a_caller_who_leaves_a_forwarded_stream_closes_the_forward_not_the
         writer.close()
     await until(lambda: connections_to(a.port) == 0, 10)
     assert (await get_job(b, job_id))["state"] == "running"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_whose_owner_dies_midway_is_cut_short_not_ended_cleanly(
+        spawn_instance, tmp_path):
+    a, b = pair(spawn_instance, ["--state-dir", str(tmp_path / "state")])
+    job_id = await start_job(a, ["sh", "-c", "echo one; exec sleep 600"], {})
+    await seen_running(b, job_id, {})
+    received = bytearray()
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        following = asyncio.ensure_future(client.fetch(
+            f"{b.url}/jobs/{job_id}/output", headers={"Host": "localhost"}, raise_error=False,
+            streaming_callback=received.extend, request_timeout=30))
+        await until(lambda: b"one" in received, 10)
+        a.signal(signal.SIGKILL)
+        # The chunked body never gets its last chunk: the client knows it was cut.
+        with pytest.raises(HTTPStreamClosedError):
+            await asyncio.wait_for(following, 10)
+    finally:
+        client.close()
+    assert all("state" not in json.loads(line) for line in received.splitlines())
