@@ -60,7 +60,22 @@ class Config:
         "on SIGTERM/SIGINT, seconds running commands may still finish before they are killed",
     )
     instance: str = _setting(
-        "", "name of this instance, carried in job ids; default: the port number"
+        "", "name of this instance, carried in job ids; default: <host name>-<port> (the "
+        "host name's characters other than letters, digits, '-' and '_' made '-')"
+    )
+    advertise_url: str = _setting(
+        "", "http(s)://HOST:PORT where the instances sharing the job index reach this one, "
+        "to forward it a request for one of its running jobs (it answers to HOST); default: "
+        "the --address and the port bound, on a wildcard address the host's name (or, "
+        "if that name is not this machine's, its primary address)"
+    )
+    peer_ca_file: str = _setting(
+        "", "PEM file of the CAs that sign the certificates of https advertise URLs "
+        "(its siblings'); empty: the system's CAs"
+    )
+    forward_timeout: float = _setting(
+        5.0, "seconds a forward to a job's owner may take to connect and to start its "
+        "answer; past it, 503 owner_unreachable"
     )
     job_ttl: float = _setting(3600.0, "seconds a finished job is kept")
     max_jobs: int = _setting(1000, "most jobs kept; the oldest finished ones are dropped first")
@@ -253,6 +268,10 @@ class Config:
         # Job ids are "<instance>.<random>" and a proxy routes on the part before the dot.
         if not re.fullmatch(r"[A-Za-z0-9_-]*", self.instance):
             raise ValueError("instance may only use letters, digits, '-' and '_'")
+        if self.advertise_url:
+            _check_advertise_url(self.advertise_url)
+        if not (math.isfinite(self.forward_timeout) and self.forward_timeout > 0):
+            raise ValueError("forward_timeout must be > 0")
         if not self.job_ttl > 0:
             raise ValueError("job_ttl must be > 0")
         if self.state_url and self.state_dir:
@@ -301,6 +320,22 @@ def _has_password(url: str) -> bool:
     except ValueError:
         return False  # not a URL psycopg would take either
     return password is not None or "password=" in parts.query
+
+
+def _check_advertise_url(url: str) -> None:
+    # scheme://host[:port] and nothing else: a forward appends the request's own path.
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is no number
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.username is not None or parts.path not in ("", "/") or parts.query
+            or parts.fragment or not url.isascii() or any(c.isspace() for c in url)):
+        raise ValueError(f"advertise_url: {url!r} is not http(s)://HOST[:PORT]")
+    if parts.hostname in ("0.0.0.0", "::"):
+        raise ValueError(f"advertise_url: {url!r} names a wildcard address, where no sibling "
+                         "can reach this instance")
 
 
 def _check_callback_host(entry: str) -> None:

@@ -70,6 +70,7 @@ from taskrunner.web.app import make_app
 from taskrunner.web.auth import is_loopback, load_token
 from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.context import InstanceContext
+from taskrunner.web.peers import advertise_url, default_name
 from taskrunner.web.recycle import Recycler
 from taskrunner.web.tls import check_protected, server_context
 
@@ -156,9 +157,9 @@ class Server:
         # The job index before the port listens: an instance waiting for its index's server
         # must not hold a socket whose connections nobody answers. Its name is held in the
         # index from then on (a second process asking for it is refused) until the undo
-        # gives it back. Only an instance named after a port the kernel picks (--port 0)
-        # learns its name by listening first.
-        named = bool(config.instance) or config.port != 0
+        # gives it back, with the URL its siblings reach it at. Only an instance on a port
+        # the kernel picks (--port 0) learns its default name and URL by listening first.
+        named = config.port != 0 or bool(config.instance and config.advertise_url)
         store = await self._open_index(undo, index_url, config.port, callers) if named else None
         self._bind(undo)
         if not named:
@@ -268,8 +269,8 @@ class Server:
                           callers: Callers) -> JobStore | None:
         config = self.config
         waiting = self.notifier.tell if self.notifier is not None else None
-        store = await open_store(config, url, config.instance or str(port), port, callers.realm,
-                                 waiting)
+        store = await open_store(config, url, config.instance or default_name(port), port,
+                                 callers.realm, advertise_url(config, port), waiting)
         if store is not None:
             undo.callback(store.close)  # gives the instance's name back
         return store
@@ -315,7 +316,7 @@ class Server:
         callbacks = CallbackSender(CallbackHosts(config.callback_allow), secret,
                                    max_clients=config.max_jobs)
         jobs = JobRegistry(
-            launcher, config.instance or str(self.port), max_output=config.max_output,
+            launcher, config.instance or default_name(self.port), max_output=config.max_output,
             job_ttl=config.job_ttl, max_jobs=config.max_jobs, store=store, callbacks=callbacks,
         )
 

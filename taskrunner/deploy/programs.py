@@ -53,7 +53,8 @@ class Program:
 
 
 def stack_instances(base_port: int) -> list[Instance]:
-    """The stack's four instances: 127.0.0.1, named by their port (the default --instance)."""
+    """The stack's four instances: 127.0.0.1, each named by its port (``--instance``, which
+    the front's job map routes on)."""
     return [Instance(str(port), "127.0.0.1", port)
             for port in range(base_port, base_port + STACK_INSTANCES)]
 
@@ -63,7 +64,7 @@ def stack_program(base_port: int, run_dir: str, directory: str = "") -> Program:
     ``TASKRUNNER_RUN_DIR``, ``TASKRUNNER_STATE_DIR``, ``TASKRUNNER_ARGS``, which may be
     empty), then ``exec``s, so that the supervisor's signals reach the instance itself."""
     run = f"${{TASKRUNNER_RUN_DIR:-{run_dir}}}"
-    script = (f'exec "${{PYTHON:-python3}}" -m taskrunner --port {PORT} '
+    script = (f'exec "${{PYTHON:-python3}}" -m taskrunner --port {PORT} --instance {PORT} '
               f'--recycle-lock "{run}/recycle.lock" '
               f'--state-dir "${{TASKRUNNER_STATE_DIR:-{run}/state}}" $TASKRUNNER_ARGS')
     last = base_port + STACK_INSTANCES - 1

@@ -276,14 +276,16 @@ class Backend(Protocol):
         """Connect, bring the schema up to date; return what the index holds of
         ``instance``. `taskrunner.errors.StoreError` if unusable."""
 
-    def claim(self, instance: str, holder: str, realm: str,
+    def claim(self, instance: str, holder: str, realm: str, url: str | None,
               check: Callable[[list[Sibling]], None]) -> None:
         """In one transaction that no other claim runs beside: read the other instances
         and hand them to ``check``, which raises to refuse; else write ``instance``'s
-        heartbeat now, who holds its name and the realm it serves."""
+        heartbeat now, who holds its name, the realm it serves and the URL its siblings
+        reach it at."""
 
     def release(self, instance: str, holder: str) -> None:
-        """Give the name up (a clean stop): another process may take it at once."""
+        """Give the name up (a clean stop): another process may take it at once, and
+        nobody is sent there any more (its URL is cleared)."""
 
     def insert(self, records: list[JobRecord]) -> None:
         """Insert new jobs' rows, in one transaction."""
@@ -302,6 +304,9 @@ class Backend(Protocol):
 
     async def get(self, job_id: str) -> JobRecord | None:
         """One job's row."""
+
+    async def instance_url(self, instance: str) -> str | None:
+        """The URL ``instance`` advertised, while a process holds its name; else None."""
 
     async def output(self, job_id: str) -> list[tuple[str, bytes]]:
         """One job's stored output, in the order written."""

@@ -26,16 +26,17 @@ log = logging.getLogger("taskrunner.server")
 
 
 async def open_store(config: Config, url: str, instance: str, port: int, realm: str,
+                     advertise: str | None = None,
                      waiting: Callable[[str], None] | None = None) -> JobStore | None:
     """The index of ``config`` (``url``: the PostgreSQL URL, read already), opened as
-    ``instance`` listening on ``port`` with callers of ``realm``: the name is held until the
-    store is closed. Waits for a server that does not answer, telling ``waiting`` why (the
-    service manager's status line); `StartupError` (one line) if the index cannot be
-    used."""
+    ``instance`` listening on ``port`` with callers of ``realm``, reached by its siblings
+    at ``advertise``: the name is held until the store is closed. Waits for a server that
+    does not answer, telling ``waiting`` why (the service manager's status line);
+    `StartupError` (one line) if the index cannot be used."""
     delay = 1.0
     while True:
         try:
-            return _job_store(config, url, instance, port, realm)
+            return _job_store(config, url, instance, port, realm, advertise)
         except IndexUnreachable as exc:
             if delay == 1.0:
                 log.warning("%s; waiting for it (tried again every few seconds)", exc)
@@ -46,7 +47,7 @@ async def open_store(config: Config, url: str, instance: str, port: int, realm: 
 
 
 def _job_store(config: Config, url: str, instance: str, port: int,
-               realm: str) -> JobStore | None:
+               realm: str, advertise: str | None) -> JobStore | None:
     if not (config.state_dir or url):
         return None
     from taskrunner.jobs.store import JobStore
@@ -64,7 +65,7 @@ def _job_store(config: Config, url: str, instance: str, port: int,
 
         backend = SQLiteIndex(config.state_dir)
     store = JobStore(backend, instance, realm=realm, lost_after=config.lost_after,
-                     listening=f"{config.address}:{port}")
+                     listening=f"{config.address}:{port}", url=advertise)
     try:
         store.open()
     except IndexUnreachable:

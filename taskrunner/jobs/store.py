@@ -57,7 +57,7 @@ class JobStore:
     """One instance's side of the job index: its writer thread and its reads."""
 
     def __init__(self, backend: Backend, instance: str, *, realm: str = DEFAULT_REALM,
-                 listening: str = "",
+                 listening: str = "", url: str | None = None,
                  batch_delay: float = 0.05, retry_interval: float = 1.0,
                  retry_max: float = 5.0, lost_after: float = 15.0) -> None:
         self.backend = backend
@@ -65,6 +65,8 @@ class JobStore:
         self.holder = f"{socket.gethostname()} pid {os.getpid()} {listening}".rstrip()
         """Who runs as ``instance``: ``<host> pid <pid> [<address:port>]`` (``listening``).
         Another process asking for the name while this one lives is refused."""
+        self.url = url
+        """Where the instances sharing the index reach this one (``--advertise-url``)."""
         self.realm = realm
         """The realm this instance's callers belong to; its live siblings must share it."""
         self.batch_delay = batch_delay
@@ -108,7 +110,8 @@ class JobStore:
                     f"instance name {self.instance!r} is in use in {self.where}: held by "
                     f"{opened.holder}, heard from {opened.age:.1f}s ago; give each instance "
                     "sharing a job index its own --instance")
-            self.backend.claim(self.instance, self.holder, self.realm, self._refuse_other_realm)
+            self.backend.claim(self.instance, self.holder, self.realm, self.url,
+                               self._refuse_other_realm)
         except self.backend.errors as exc:
             self.backend.close()
             raise StoreError(f"cannot use {self.where}: {_one_line(exc)}") from None
@@ -238,6 +241,11 @@ class JobStore:
         if record is None or record.instance == self.instance:
             return record
         return present(record, await self.lost_owners())
+
+    async def url_of(self, instance: str) -> str | None:
+        """The URL another instance advertised, while a process holds its name;
+        `StoreUnavailable` if the index cannot be read."""
+        return await self._reading(self.backend.instance_url(instance))
 
     async def read_output(self, job_id: str) -> list[tuple[str, bytes]]:
         """A job's stored output, in the order written; `StoreUnavailable` if unreadable."""

@@ -7,7 +7,8 @@ local address lets a page read the answers too. `BrowserEdge.check` refuses, in 
 1. a ``Host`` the instance does not answer to (421 ``host_not_allowed``): a rebound name,
    whatever the method. The name is compared, never the port (nginx passes ``$host``
    without it). Allowed: the listening address, ``localhost``, ``127.0.0.1``, ``::1``,
-   each ``--allowed-host``; on a wildcard bind (``0.0.0.0``, ``::``) also the machine's own
+   each ``--allowed-host``, the host of ``--advertise-url`` (where siblings forward to);
+   on a wildcard bind (``0.0.0.0``, ``::``) also the machine's own
    addresses (so a container platform's probe to the pod's IP passes) and host name;
 2. a state-changing request (``POST``, ``PUT``, ``PATCH``, ``DELETE``) whose ``Origin`` is
    foreign (its host not allowed by rule 1, or ``null``) and not an ``--allowed-origin``
@@ -85,7 +86,9 @@ class BrowserEdge:
     def __init__(self, config: Config) -> None:
         self.any_host = "*" in config.allowed_host
         self.wildcard = config.address in WILDCARDS
-        names = {normal_host(n) for n in (config.address, *LOOPBACK_NAMES, *config.allowed_host)
+        advertised = urlsplit(config.advertise_url).hostname if config.advertise_url else None
+        names = {normal_host(n) for n in (config.address, *LOOPBACK_NAMES, *config.allowed_host,
+                                          *([advertised] if advertised else []))
                  if n not in WILDCARDS and n != "*"}
         if self.wildcard:
             hostname = socket.gethostname()

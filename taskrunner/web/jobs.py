@@ -7,8 +7,9 @@ either, 503 ``store_unavailable`` when ``--state-dir`` cannot record it).
 ``GET /jobs`` pages through the job index (every instance sharing it), newest first, with
 filters ``state``, ``instance`` and a cursor ``before``; ``GET /jobs/<id>`` answers for a
 job of any instance that shares the index. Live output and cancelling need the job's owner:
-asked of another instance for a job still unfinished, they answer 503 ``owner_unreachable``
-(behind the front's nginx, that means the owner did not answer).
+asked of another instance for a job still unfinished, that instance forwards the request to
+the owner (`taskrunner.web.forward`) and answers 503 ``owner_unreachable`` only when the
+owner cannot be asked.
 
 The output stream sends what a job already wrote, then each new chunk as it comes, flushed
 at once, then the final job object: NDJSON by default, Server-Sent Events when the client
@@ -25,11 +26,12 @@ from typing import Any
 import orjson
 from tornado.iostream import StreamClosedError
 
-from taskrunner.errors import InvalidField, JobNotFound, OwnerUnreachable
+from taskrunner.errors import InvalidField, JobNotFound
 from taskrunner.jobs.index import DEFAULT_PAGE, MAX_PAGE, JobQuery, parse_cursor
 from taskrunner.jobs.job import Job, JobState
 from taskrunner.process.output import OutputCursor
 from taskrunner.web.base import CommandHandler, JSONHandler
+from taskrunner.web.forward import Forward
 
 log = logging.getLogger("taskrunner.jobs")
 
@@ -45,13 +47,10 @@ async def visible_job(handler: JSONHandler, job_id: str) -> Job:
     return job
 
 
-def owned_or_done(handler: JSONHandler, job: Job, what: str) -> None:
-    """Only the owner can stream or cancel an unfinished job: `OwnerUnreachable` here."""
-    if not job.done and not handler.ctx.jobs.owns(job):
-        raise OwnerUnreachable(
-            f"job {job.id} is {job.state} on instance {job.instance!r}, which alone can "
-            f"{what} it and did not get this request (down, or not the one asked); its "
-            "state is readable here (GET /jobs/<id>)")
+def owner_elsewhere(handler: JSONHandler, job: Job) -> bool:
+    """Whether only another instance, the job's owner, can stream or cancel ``job`` (it is
+    unfinished, and not this instance's)."""
+    return not job.done and not handler.ctx.jobs.owns(job)
 
 
 def listing_query(handler: JSONHandler) -> JobQuery:
@@ -95,9 +94,11 @@ class JobsHandler(CommandHandler):
 
 
 class JobHandler(JSONHandler):
-    """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it."""
+    """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it (forwarded to the
+    owner of a running job of another instance)."""
 
     scope = "jobs"
+    _forward: Forward | None = None
 
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
@@ -106,7 +107,10 @@ class JobHandler(JSONHandler):
     async def delete(self, job_id: str) -> None:
         registry = self.ctx.jobs
         job = await visible_job(self, job_id)
-        owned_or_done(self, job, "cancel")
+        if owner_elsewhere(self, job):
+            self._forward = Forward(self)
+            await self._forward.run(job, "cancel")
+            return
         job = await registry.cancel(job)
         self.exit_status = job.status
         body = await registry.describe(job)
@@ -114,17 +118,27 @@ class JobHandler(JSONHandler):
             return
         self.write_json(body)
 
+    def on_connection_close(self) -> None:
+        if self._forward is not None:
+            self._forward.caller_left()
+        super().on_connection_close()
+
 
 class JobOutputHandler(JSONHandler):
-    """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job."""
+    """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job
+    (from its owner, through this instance, for a running job of another instance)."""
 
     scope = "jobs"
     _gone: asyncio.Future[None] | None = None
+    _forward: Forward | None = None
 
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
         job = await visible_job(self, job_id)
-        owned_or_done(self, job, "stream the live output of")
+        if owner_elsewhere(self, job):
+            self._forward = Forward(self)
+            await self._forward.run(job, "stream the live output of")
+            return
         output = await registry.output(job)  # the live log, or the stored one read back
         sse = "text/event-stream" in self.request.headers.get("Accept", "")
         self.set_header("Content-Type", "text/event-stream" if sse else "application/x-ndjson")
@@ -169,6 +183,8 @@ class JobOutputHandler(JSONHandler):
         self.write(b"data: " + line + b"\n\n" if sse else line + b"\n")
 
     def on_connection_close(self) -> None:
+        if self._forward is not None:
+            self._forward.caller_left()
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         super().on_connection_close()

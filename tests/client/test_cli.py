@@ -18,6 +18,7 @@ from helpers import PY, wait_for, wait_until
 
 from taskrunner import __version__
 from taskrunner.client import Client
+from taskrunner.web.peers import default_name
 
 # o0 on stdout, e1 on stderr, o2 on stdout, 0.3 s apart: the command's pace.
 PACED = ("import os, time\n"
@@ -162,7 +163,8 @@ def test_health_sends_the_token_and_without_it_gets_the_status_only(spawn_instan
     whole = trun(child.url, "health", token="right-token-0123456789")
     assert whole.returncode == 0
     assert whole.stdout.decode().split() == [
-        "status", "ok", "instance", str(child.port), "running", "0", "version", __version__]
+        "status", "ok", "instance", default_name(child.port), "running", "0", "version",
+        __version__]
     assert (trun(child.url, "health").stdout, trun(child.url, "health", token="wrong").stdout) \
         == (b"status ok\n", b"status ok\n")
 

@@ -67,16 +67,17 @@ async def test_a_dead_owners_running_job_turns_lost_everywhere_and_stays_lost(
     job_id = job["id"]
     await until(lambda: get_job(b, job_id), 10)
     assert (await get_job(b, job_id))["state"] == "running"
-    # Only the owner has the live output and can cancel: b says so, at once.
+    # A power cut of a: no drain, no last write.
+    a.signal(signal.SIGKILL)
+    a.wait()
+    killed = time.monotonic()
+    # Only the owner has the live output and can cancel, and it cannot be asked (b would
+    # forward to a live one): b says so, at once.
     for method, path in (("GET", f"/jobs/{job_id}/output"), ("DELETE", f"/jobs/{job_id}")):
         response = await b.request(method, path)
         assert response.code == 503, response.body
         assert json.loads(response.body)["error"] == "owner_unreachable"
         assert response.headers["Retry-After"] == "5"
-    # A power cut of a: no drain, no last write.
-    a.signal(signal.SIGKILL)
-    a.wait()
-    killed = time.monotonic()
 
     async def lost_on_b():
         seen = await get_job(b, job_id)

@@ -18,6 +18,8 @@ from helpers import (
     wait_until,
 )
 
+from taskrunner.web.peers import default_name
+
 
 @pytest.mark.gen_test
 async def test_post_runs_a_job_in_the_background_and_get_shows_how_it_ended(instance, tmp_path):
@@ -28,7 +30,7 @@ async def test_post_runs_a_job_in_the_background_and_get_shows_how_it_ended(inst
     assert job["state"] == "running"
     assert job["status"] is None and job["finished"] is None and job["duration"] is None
     assert job["args"] == args
-    assert job["instance"] == str(instance.port)
+    assert job["instance"] == default_name(instance.port)  # <host name>-<port>
     gate.touch()
     done = await wait_done(instance, job["id"])
     assert done["state"] == "exited"
@@ -45,9 +47,10 @@ async def test_job_ids_are_instance_dot_128_random_bits(instance):
     ids = {(await submit(instance, {"args": ["true"]}))["id"] for _ in range(5)}
     assert len(ids) == 5
     for job_id in ids:
-        assert re.fullmatch(rf"{instance.port}\.[A-Za-z0-9_-]{{22}}", job_id), job_id
+        name = re.escape(default_name(instance.port))
+        assert re.fullmatch(rf"{name}\.[A-Za-z0-9_-]{{22}}", job_id), job_id
     health = json.loads((await instance.request("GET", "/healthz")).body)
-    assert health["instance"] == str(instance.port)
+    assert health["instance"] == default_name(instance.port)
 
 
 @with_config(instance="alpha-1")

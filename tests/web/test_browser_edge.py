@@ -161,6 +161,14 @@ def test_the_flags_widen_each_rule_and_nothing_else(spawn_instance):
                            {"Host": "evil.example"})
     assert status == 200
 
+def test_the_advertise_urls_host_is_answered_to_as_siblings_send_it(spawn_instance):
+    port = spawn_instance("--advertise-url", "http://Tasks-1.Internal:9999").port
+    status, _, _ = request("127.0.0.1", port, "GET", "/healthz", None,
+                           {"Host": "tasks-1.internal:9999"})
+    assert status == 200
+    refused(request("127.0.0.1", port, "GET", "/healthz", None, {"Host": "tasks-2.internal"}),
+            421, "host_not_allowed")
+
 def test_a_wildcard_bind_answers_to_the_machines_own_addresses(spawn_instance):
     # What a container platform's probe sends: Host is the pod's address and port.
     port = spawn_instance("--address", "0.0.0.0", "--insecure-http",
@@ -175,7 +183,10 @@ def test_a_wildcard_bind_answers_to_the_machines_own_addresses(spawn_instance):
 @pytest.mark.parametrize("flag,value,message", [
     ("--allowed-host", "evil.example:80", "is not a host name or an address"),
     ("--allowed-origin", "http://x.example/", "is not scheme://host[:port]"),
-    ("--allowed-origin", "*", "is not scheme://host[:port]")])
+    ("--allowed-origin", "*", "is not scheme://host[:port]"),
+    ("--advertise-url", "http://tasks.internal:80/path", "is not http(s)://HOST[:PORT]"),
+    ("--advertise-url", "http://0.0.0.0:8885", "names a wildcard address"),
+    ("--advertise-url", "tasks.internal:8885", "is not http(s)://HOST[:PORT]")])
 def test_a_wrong_flag_stops_the_instance_with_one_line(flag, value, message):
     from helpers import PY, REPO
     done = subprocess.run([PY, "-m", "taskrunner", "--port", "0", flag, value], cwd=REPO,

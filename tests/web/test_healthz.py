@@ -5,6 +5,7 @@ import pytest
 from helpers import wait_until
 
 from taskrunner import __version__
+from taskrunner.web.peers import default_name
 
 TOKEN = "healthz-token-0123456789"
 
@@ -17,7 +18,7 @@ async def test_healthz_reports_port_pid_running_and_version(instance):
     body = json.loads(response.body)
     assert body == {"status": "ok", "port": instance.port, "pid": os.getpid(),
                     "running": 0, "version": __version__,
-                    "instance": str(instance.port)}
+                    "instance": default_name(instance.port)}
 
 
 @pytest.fixture
@@ -45,6 +46,6 @@ async def test_with_a_token_its_holder_gets_the_whole_answer(child):
                                    headers={"Authorization": f"Bearer {TOKEN}"})
     assert json.loads(response.body) == {
         "status": "ok", "port": child.port, "pid": child.proc.pid, "running": 0,
-        "version": __version__, "instance": str(child.port)}
+        "version": __version__, "instance": default_name(child.port)}
     assert wait_until(lambda: "GET /healthz 200" in child.output())
     assert " caller=token " in child.output()  # the access log names who read it

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskrunner.metrics import Metrics
+from taskrunner.web.peers import default_name
 
 
 def samples(text):
@@ -69,7 +70,7 @@ async def test_no_series_has_a_label_prometheus_sets_itself_nor_a_created_twin(i
     for name, labels in found:
         assert not {"instance", "job"} & {label for label, _ in labels}, (name, labels)
         assert not name.endswith("_created"), name
-    assert sample(text, "taskrunner_info", name=str(instance.port), version="0.1.0") == 1
+    assert sample(text, "taskrunner_info", name=default_name(instance.port), version="0.1.0") == 1
 
 
 def test_dropping_created_series_leaves_prometheus_client_as_it_was():

@@ -86,10 +86,11 @@ class PostgresIndex:
             raise StoreError(why) from None
         return Opened([JobRecord.from_row(row) for row in rows], *(beat or (None, None, None)))
 
-    def claim(self, instance: str, holder: str, realm: str,
+    def claim(self, instance: str, holder: str, realm: str, url: str | None,
               check: Callable[[list[Sibling]], None]) -> None:
         """Unless ``check`` refuses the other instances, write ``instance``'s heartbeat now,
-        its holder and realm (one transaction, under the lock that other claims take)."""
+        its holder, realm and URL (one transaction, under the lock that other claims
+        take)."""
         db = self._connection()
         with db.transaction():
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -97,15 +98,15 @@ class PostgresIndex:
                 f"SELECT name, realm, holder, {_NOW} - heartbeat FROM instances "
                 "WHERE name <> %s", (instance,)).fetchall()])
             db.execute(
-                f"INSERT INTO instances (name, heartbeat, holder, realm) "
-                f"VALUES (%s, {_NOW}, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                f"INSERT INTO instances (name, heartbeat, holder, realm, url) "
+                f"VALUES (%s, {_NOW}, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
                 "heartbeat = EXCLUDED.heartbeat, holder = EXCLUDED.holder, "
-                "realm = EXCLUDED.realm", (instance, holder, realm))
+                "realm = EXCLUDED.realm, url = EXCLUDED.url", (instance, holder, realm, url))
 
     def release(self, instance: str, holder: str) -> None:
         """Give the name up, if this holder still holds it."""
         self._connection().execute(
-            "UPDATE instances SET holder = NULL WHERE name = %s AND holder = %s",
+            "UPDATE instances SET holder = NULL, url = NULL WHERE name = %s AND holder = %s",
             (instance, holder))
 
     def insert(self, records: list[JobRecord]) -> None:
@@ -174,6 +175,12 @@ class PostgresIndex:
         rows = await self._fetch(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = %s",
                                  [job_id])
         return JobRecord.from_row(rows[0]) if rows else None
+
+    async def instance_url(self, instance: str) -> str | None:
+        """The URL ``instance`` advertised, while a process holds its name."""
+        rows = await self._fetch("SELECT url FROM instances WHERE name = %s AND holder IS NOT "
+                                 "NULL", [instance])
+        return rows[0][0] if rows else None
 
     async def output(self, job_id: str) -> list[tuple[str, bytes]]:
         """One job's stored output, in the order written."""

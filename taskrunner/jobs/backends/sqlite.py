@@ -139,26 +139,28 @@ class SQLiteIndex:
         self._db = db
         return Opened([JobRecord.from_row(row) for row in rows], *(beat or (None, None, None)))
 
-    def claim(self, instance: str, holder: str, realm: str,
+    def claim(self, instance: str, holder: str, realm: str, url: str | None,
               check: Callable[[list[Sibling]], None]) -> None:
         """Unless ``check`` refuses the other instances, write ``instance``'s heartbeat now,
-        its holder and realm (one transaction: BEGIN IMMEDIATE keeps other claims out)."""
+        its holder, realm and URL (one transaction: BEGIN IMMEDIATE keeps other claims
+        out)."""
         assert self._db is not None
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             check([Sibling(*row) for row in self._db.execute(
                 f"SELECT name, realm, holder, {_NOW} - heartbeat FROM instances "
                 "WHERE name != ?", (instance,))])
-            self._db.execute("INSERT OR REPLACE INTO instances (name, heartbeat, holder, realm) "
-                             "VALUES (?, ?, ?, ?)", (instance, time.time(), holder, realm))
+            self._db.execute("INSERT OR REPLACE INTO instances (name, heartbeat, holder, realm, "
+                             "url) VALUES (?, ?, ?, ?, ?)",
+                             (instance, time.time(), holder, realm, url))
 
     def release(self, instance: str, holder: str) -> None:
         """Give the name up, if this holder still holds it."""
         assert self._db is not None
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("UPDATE instances SET holder = NULL WHERE name = ? AND holder = ?",
-                             (instance, holder))
+            self._db.execute("UPDATE instances SET holder = NULL, url = NULL "
+                             "WHERE name = ? AND holder = ?", (instance, holder))
 
     def insert(self, records: list[JobRecord]) -> None:
         """Insert new jobs' rows, in one transaction."""
@@ -214,6 +216,13 @@ class SQLiteIndex:
         row = await self._read(lambda db: db.execute(
             f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone())
         return None if row is None else JobRecord.from_row(row)
+
+    async def instance_url(self, instance: str) -> str | None:
+        """The URL ``instance`` advertised, while a process holds its name."""
+        row = await self._read(lambda db: db.execute(
+            "SELECT url FROM instances WHERE name = ? AND holder IS NOT NULL",
+            (instance,)).fetchone())
+        return None if row is None else row[0]
 
     async def output(self, job_id: str) -> list[tuple[str, bytes]]:
         """One job's stored output, in the order written."""
