@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from helpers import PY, REPO, wait_until
 
+from taskrunner.web.peers import default_name
+
 ACTIVATE = shutil.which("systemd-socket-activate")
 pytestmark = pytest.mark.skipif(
     ACTIVATE is None and not os.environ.get("CI"),
@@ -100,7 +102,7 @@ def test_the_instance_serves_the_socket_it_was_given(activate):
     # The log is written by a thread of its own: wait for its lines.
     log = wait_until(lambda: "service manager gave" in (o := activated.output()) and o, 10)
     assert f"listening on 127.0.0.1:{port} " in log  # named after the given port
-    assert f"instance {port}," in log
+    assert f"instance {default_name(port)}," in log
     assert "'unknown' 127.0.0.1" in log  # no --fdname: systemd's name for an unnamed fd
     # SIGTERM drains and exits 0, as under systemd.
     os.killpg(activated.proc.pid, signal.SIGTERM)
