@@ -146,7 +146,10 @@ async def test_with_cgroup_limits_the_tree_is_counted_even_what_left_the_group(i
     assert code == 200 and body["stdout"] == f"{64 * MIB}\n", body
     usage = body["usage"]
     assert usage["memory_peak"] >= 64 * MIB and usage["max_rss"] >= 64 * MIB, usage
+    pool = instance.ctx.launcher.cgroups
+    made = pool.made
     code, body = await instance.run({"args": ["true"]})
+    assert pool.made == made  # the cgroup was reused: its counters were reset for it
     assert body["usage"]["memory_peak"] < 32 * MIB, body["usage"]
     assert body["usage"]["cpu_total"] < 0.1, body["usage"]
 
