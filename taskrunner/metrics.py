@@ -42,6 +42,10 @@ from taskrunner.process.engine import Command, CommandResult, CommandSpec
 # From a few milliseconds (/bin/true) up to --max-timeout's default of an hour.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 300.0, 900.0, 3600.0)
+# CPU seconds: a millisecond (/bin/true) up to an hour of one CPU.
+CPU_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
+# Peak memory: 1 MiB (a small C program) up to 16 GiB, by powers of four.
+MEMORY_BUCKETS = tuple(float(1 << shift) for shift in range(20, 35, 2))
 
 
 class StoreHealth(Protocol):
@@ -77,6 +81,9 @@ class Metrics:
                                  "HTTP requests answered, by status and caller",
                                  ["status", "caller"], registry=reg)
         self.started = Counter("taskrunner_commands_started", "commands started", registry=reg)
+        self.ended = 0
+        """Commands that ended since start (the counter below, readable without a scrape:
+        /healthz tells it to any caller, for the page's completions per second)."""
         self.finished = Counter("taskrunner_commands_finished", "commands that ended",
                                 registry=reg)
         self.timeouts = Counter("taskrunner_command_timeouts",
@@ -93,6 +100,14 @@ class Metrics:
         self.duration = Histogram("taskrunner_command_duration_seconds",
                                   "wall-clock time from spawn to reaped, per command",
                                   buckets=DURATION_BUCKETS, registry=reg)
+        self.cpu = Histogram("taskrunner_command_cpu_seconds",
+                             "CPU seconds per command, user and system: its cgroup's with "
+                             "cgroup limits, else those of its main process and what it "
+                             "waited for", buckets=CPU_BUCKETS, registry=reg)
+        self.memory = Histogram("taskrunner_command_memory_peak_bytes",
+                                "peak memory per command: its cgroup's with a memory limit, "
+                                "else the largest resident set of its main process and what "
+                                "it waited for", buckets=MEMORY_BUCKETS, registry=reg)
         self.running = Gauge("taskrunner_commands_running", "commands running now",
                              registry=reg)
         if running is not None:
@@ -145,8 +160,12 @@ class Metrics:
         self.spawn_failures.inc()
 
     def _command_ended(self, result: CommandResult) -> None:
+        self.ended += 1
         self.finished.inc()
         self.duration.observe(result.duration)
+        if result.usage is not None:
+            self.cpu.observe(result.usage.cpu_seconds)
+            self.memory.observe(result.usage.memory_bytes)
         if result.timed_out:
             self.timeouts.inc()
         if result.timed_out or result.cancelled or result.status == -signal.SIGKILL:

@@ -38,7 +38,7 @@ from taskrunner.client.errors import (
     Unauthorized,
     Unavailable,
 )
-from taskrunner.client.models import Chunk, JobInfo, RunResult, exit_code
+from taskrunner.client.models import Chunk, JobInfo, RunResult, Usage, exit_code
 
 if TYPE_CHECKING:
     from taskrunner.client.aio import AsyncClient, AsyncJob
@@ -50,7 +50,7 @@ __all__ = [
     "AsyncClient", "AsyncJob", "BadRequest", "CannotStart", "Chunk", "Client", "ClientError",
     "ConnectFailed", "ConnectionLost", "Forbidden", "InvalidURL", "Job", "JobInfo", "NotFound",
     "ProtocolError", "RunResult", "ServiceError", "TimedOut", "TooManyRequests",
-    "TransportError", "Unauthorized", "Unavailable", "exit_code",
+    "TransportError", "Unauthorized", "Unavailable", "Usage", "exit_code",
 ]
 
 

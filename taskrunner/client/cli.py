@@ -20,7 +20,7 @@ from taskrunner.client import errors
 from taskrunner.client.aio import AsyncClient
 from taskrunner.client.attach import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, Attached, stdio
 from taskrunner.client.models import JobInfo
-from taskrunner.client.views import job_table
+from taskrunner.client.views import job_table, usage_line
 from taskrunner.client.visible import visible
 from taskrunner.completion import add_completion_flag
 
@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--stdin", metavar="FILE", help="send FILE (- for this stdin) as its stdin")
     run.add_argument("--detach", "-d", action="store_true",
                      help="print the job id and return at once")
+    run.add_argument("--usage", action="store_true",
+                     help="when it has ended, say on stderr what it cost (CPU, memory, wait)")
     run.add_argument("--retry", type=int, nargs="?", const=10, default=0, metavar="N",
                      help="when the instance is busy (429), try again after the Retry-After "
                           "it asks for, up to N times (default 10)")
@@ -74,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
     logs.set_defaults(handler=do_logs)
 
     wait = sub.add_parser("wait", help="wait for a job; its exit status is ours")
+    wait.add_argument("--usage", action="store_true",
+                      help="when it has ended, say on stderr what it cost (CPU, memory, wait)")
     wait.add_argument("id")
     wait.set_defaults(handler=do_wait)
 
@@ -198,9 +202,13 @@ def _stdin(source: str | None) -> str | None:
                          "the API sends stdin as text") from e
 
 
-def ended(info: JobInfo) -> int:
+def ended(info: JobInfo, show_usage: bool = False) -> int:
     """The exit status a job's end stands for (`run` and `wait`), saying why when it is not
-    the command's own."""
+    the command's own; with ``show_usage``, what its command cost first (nothing for one
+    that never started)."""
+    if show_usage and info.usage is not None:
+        sys.stderr.write(usage_line(info.usage) + "\n")
+        sys.stderr.flush()
     if info.state == "failed":
         reason = (info.error or {}).get("message", "it could not start")
         _say(f"job {info.id} failed: {reason}")
@@ -234,7 +242,7 @@ async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
         return EXIT_BROKEN_PIPE
     if info is None or attached.interrupts:
         return EXIT_INTERRUPTED
-    return ended(info)
+    return ended(info, args.usage)
 
 
 async def do_ps(client: AsyncClient, args: argparse.Namespace) -> int:
@@ -264,7 +272,7 @@ async def do_logs(client: AsyncClient, args: argparse.Namespace) -> int:
 
 async def do_wait(client: AsyncClient, args: argparse.Namespace) -> int:
     job = await client.job(args.id)
-    return ended(await job.wait())
+    return ended(await job.wait(), args.usage)
 
 
 async def do_cancel(client: AsyncClient, args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""What the service answers, as typed values: a command's result, a job, an output chunk.
+"""What the service answers, as typed values: a command's result, a job, an output chunk,
+what a command cost.
 
 Parsed leniently: fields this client does not know are kept in ``raw`` and ignored, so a
 newer instance that adds fields does not break an older client.
@@ -16,6 +17,20 @@ FINAL_STATES = frozenset({"exited", "timed_out", "cancelled", "failed", "lost"})
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What a command cost (docs/api.md, "What a command cost"): CPU seconds and peak
+    resident bytes from the kernel's rusage, the seconds it waited for a slot, and, with
+    cgroup limits, its whole tree's peak memory and CPU seconds."""
+
+    cpu_user: float
+    cpu_system: float
+    max_rss: int
+    queued: float
+    memory_peak: int | None = None
+    cpu_total: float | None = None
+
+
+@dataclass(frozen=True)
 class RunResult:
     """The answer of ``POST /run``: how the command ended and what it wrote."""
 
@@ -26,6 +41,7 @@ class RunResult:
     duration: float
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    usage: Usage | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -50,6 +66,7 @@ class JobInfo:
     finished: str | None = None
     error: dict[str, Any] | None = None
     instance: str | None = None
+    usage: Usage | None = None  # once it has ended, if it started
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -86,7 +103,8 @@ def run_result(body: Any) -> RunResult:
                          stderr=str(body["stderr"]), timed_out=bool(body["timed_out"]),
                          duration=float(body["duration"]),
                          stdout_truncated=bool(body.get("stdout_truncated", False)),
-                         stderr_truncated=bool(body.get("stderr_truncated", False)), raw=body)
+                         stderr_truncated=bool(body.get("stderr_truncated", False)),
+                         usage=usage(body.get("usage")), raw=body)
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"not a command result: {body!r:.200}") from e
 
@@ -103,6 +121,19 @@ def job_info(body: Any) -> JobInfo:
                        timed_out=bool(body.get("timed_out", False)),
                        duration=None if duration is None else float(duration),
                        created=body.get("created"), finished=body.get("finished"),
-                       error=body.get("error"), instance=body.get("instance"), raw=body)
+                       error=body.get("error"), instance=body.get("instance"),
+                       usage=usage(body.get("usage")), raw=body)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"not a job: {body!r:.200}") from e
+
+
+def usage(body: Any) -> Usage | None:
+    """A `Usage` from a decoded ``usage`` object; None for null or an absent one (an older
+    instance's). Raises as the parsers above expect of a malformed one."""
+    if body is None:
+        return None
+    peak, total = body.get("memory_peak"), body.get("cpu_total")
+    return Usage(cpu_user=float(body["cpu_user"]), cpu_system=float(body["cpu_system"]),
+                 max_rss=int(body["max_rss"]), queued=float(body["queued"]),
+                 memory_peak=None if peak is None else int(peak),
+                 cpu_total=None if total is None else float(total))

@@ -191,6 +191,7 @@ class Job:
         self.oom_killed = result.oom_killed
         self.duration = result.duration
         self.truncated = {"stdout": result.stdout_truncated, "stderr": result.stderr_truncated}
+        self.usage = None if result.usage is None else result.usage.to_json()
         self.command = None
         if result.timed_out:
             self._transition(JobState.TIMED_OUT)  # the deadline's SIGKILL came first

@@ -28,7 +28,8 @@ from contextlib import AbstractContextManager
 from taskrunner.config import MIB, Config
 from taskrunner.errors import OutOfResources, StartupError
 from taskrunner.process.cgroup_setup import detect_hierarchy, sweep_leftovers
-from taskrunner.process.cgroups import Cgroup, CgroupLimits, Hierarchy
+from taskrunner.process.cgroups import Cgroup, CgroupLimits, Hierarchy, UsageMark
+from taskrunner.process.usage import TreeUsage
 
 log = logging.getLogger("taskrunner.cgroups")
 
@@ -39,12 +40,14 @@ REUSE_CHARGE = 1024 * 1024
 class CommandCgroup:
     """The cgroup one command runs in, from its spawn until `close`."""
 
-    def __init__(self, pool: CgroupPool, cgroup: Cgroup, counters: tuple[int, int]) -> None:
+    def __init__(self, pool: CgroupPool, cgroup: Cgroup, counters: tuple[int, int],
+                 mark: UsageMark | None = None) -> None:
         self.cgroup = cgroup
         self.prefix: Sequence[str] = pool.hierarchy.wrapper(cgroup)
         """The wrapper that enters the cgroup as the command starts (v2; empty on v1)."""
         self._pool = pool
         self._counters = counters  # (OOM kills, times throttled) before the command
+        self._mark = mark  # where its usage counting began; None for a startup probe
         self._closed = False
 
     def spawning(self) -> AbstractContextManager[None]:
@@ -62,7 +65,20 @@ class CommandCgroup:
     def probe(self) -> tuple[Cgroup, tuple[int, int]]:
         """Unused: the cgroup and its counters, to give back (a startup check)."""
         self._closed = True
+        if self._mark is not None:
+            self._mark.close()
         return self.cgroup, self._counters
+
+    def usage(self) -> TreeUsage | None:
+        """What the command's tree cost, read after it ended and before `close`; None if
+        the cgroup cannot be read."""
+        if self._closed or self._mark is None:
+            return None
+        try:
+            return self.cgroup.usage(self._mark)
+        except (OSError, ValueError) as exc:
+            log.error("%r: cannot read its usage: %s", self.cgroup, exc)
+            return None
 
     def close(self) -> bool:
         """The command has ended: give the cgroup back; True if the memory limit killed
@@ -70,6 +86,8 @@ class CommandCgroup:
         if self._closed:
             return False
         self._closed = True
+        if self._mark is not None:
+            self._mark.close()
         try:
             left = self.cgroup.procs()
             if left:  # anything that survived its group and the exit
@@ -103,7 +121,10 @@ class CgroupPool:
         while self._idle:
             cgroup, counters = self._idle.pop()
             if os.path.isdir(cgroup.dirs[self.hierarchy.main]):  # not removed by hand
-                return CommandCgroup(self, cgroup, counters)
+                try:
+                    return CommandCgroup(self, cgroup, counters, cgroup.mark_usage(False))
+                except OSError:
+                    self._remove(cgroup)  # unreadable now: a fresh one instead
         for _ in range(100):
             try:
                 cgroup = self.hierarchy.make(next(self._names))
@@ -117,7 +138,8 @@ class CgroupPool:
             raise OutOfResources("cannot make a cgroup for the command: every name taken")
         self.made += 1
         try:
-            return CommandCgroup(self, cgroup, (cgroup.oom_kills(), cgroup.throttled()))
+            return CommandCgroup(self, cgroup, (cgroup.oom_kills(), cgroup.throttled()),
+                                 cgroup.mark_usage(True))
         except OSError as exc:
             self._remove(cgroup)
             raise OutOfResources(f"cannot read a new cgroup: {exc.strerror}") from None

@@ -62,10 +62,12 @@ def detect_hierarchy(limits: CgroupLimits, parent: str = "",
                            "neither in cgroup v2 nor mounted as cgroup v1")
     parents: dict[str, str] = {}
     homes: dict[str, str] = {}
-    for key in (*wanted, "freezer"):
-        if key not in mounts:
-            continue  # only the freezer is optional
+    used: set[str] = set()  # mount points: cpuacct mounted with cpu is one hierarchy
+    for key in (*wanted, "freezer", "cpuacct"):
+        if key not in mounts or mounts[key][0][0] in used:
+            continue  # only the freezer and cpuacct (a command's CPU time) are optional
         mount, root = mounts[key][0]
+        used.add(mount)
         homes[key] = _in_mount(mount, root, memberships.get(key, "/"))
         base = _in_mount(mount, root, parent) if parent else homes[key]
         parents[key] = base if parent else os.path.join(base, name)
@@ -279,7 +281,7 @@ def _cgroup_mounts(mountinfo: str) -> dict[str, list[tuple[str, str]]]:
             found.setdefault("cgroup2", []).append((point, root))
         elif fstype == "cgroup":
             for option in options.split(","):
-                if option in ("memory", "pids", "cpu", "freezer"):
+                if option in ("memory", "pids", "cpu", "freezer", "cpuacct"):
                     found.setdefault(option, []).append((point, root))
     return found
 

@@ -17,6 +17,13 @@ Two layouts exist and both are supported, chosen once at startup by
   a child is forked into its parent thread's cgroups), spawns, and moves back
   (`V1Hierarchy.spawning`) — no wrapper exec and no ``preexec_fn``. Memory charges follow
   the thread-group leader, so the instance's own memory is never charged to a command.
+
+What a command's tree cost (`Hierarchy.usage`, from the mark `Hierarchy.mark_usage` set as it
+was handed out): v1 resets ``memory.max_usage_in_bytes`` and ``cpuacct.usage`` (the
+``cpuacct`` hierarchy is joined when it is mounted, alone or beside ``cpu``); v2 counts
+``cpu.stat``'s ``usage_usec`` from the mark and reads ``memory.peak`` through an fd reset at
+the mark (Linux 6.12), or, on older kernels, only in a cgroup made for this command (a
+reused one's peak may be another command's).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import os
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from taskrunner.process.usage import TreeUsage
 
 _CPU_PERIOD_US = 100_000  # the kernel's default CFS period
 
@@ -102,6 +111,21 @@ def _counter(path: str, key: str) -> int:
     return 0
 
 
+@dataclass
+class UsageMark:
+    """Where a command's usage counting began in its cgroup (`Hierarchy.mark_usage`)."""
+
+    cpu_ns: int = 0  # the CPU counter then (v2; v1 resets it)
+    peak_fd: int = -1  # v2: memory.peak, reset through this fd; -1 if it could not be
+    fresh: bool = False  # the cgroup was made for this command
+
+    def close(self) -> None:
+        """Let the fd go (once)."""
+        if self.peak_fd >= 0:
+            os.close(self.peak_fd)
+            self.peak_fd = -1
+
+
 def _pids(path: str) -> list[int]:
     return [int(line) for line in read(path).split()]
 
@@ -142,6 +166,14 @@ class Cgroup:
     def kill(self) -> None:
         """SIGKILL every process in the cgroup, forks in flight included."""
         self.hierarchy.kill(self)
+
+    def mark_usage(self, fresh: bool) -> UsageMark:
+        """Start counting a new command's usage here (``fresh``: made for it)."""
+        return self.hierarchy.mark_usage(self, fresh)
+
+    def usage(self, mark: UsageMark) -> TreeUsage:
+        """What the tree cost since ``mark``."""
+        return self.hierarchy.usage(self, mark)
 
     def remove(self) -> bool:
         """Remove the cgroup's directories; False if one is still busy (retry later)."""
@@ -225,6 +257,12 @@ class Hierarchy:
     def kill(self, cgroup: Cgroup) -> None:
         raise NotImplementedError
 
+    def mark_usage(self, cgroup: Cgroup, fresh: bool) -> UsageMark:
+        raise NotImplementedError
+
+    def usage(self, cgroup: Cgroup, mark: UsageMark) -> TreeUsage:
+        raise NotImplementedError
+
     def _set_limits(self, cgroup: Cgroup) -> None:
         raise NotImplementedError
 
@@ -272,6 +310,29 @@ class V2Hierarchy(Hierarchy):
             return 0
         return int(read(os.path.join(cgroup.dirs["unified"], "memory.current")))
 
+    def mark_usage(self, cgroup: Cgroup, fresh: bool) -> UsageMark:
+        path = cgroup.dirs["unified"]
+        mark = UsageMark(_counter(os.path.join(path, "cpu.stat"), "usage_usec") * 1000,
+                         fresh=fresh)
+        if self.limits.memory_max:
+            fd = os.open(os.path.join(path, "memory.peak"), os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"reset\n")  # this fd's peak starts now (Linux 6.12)
+                mark.peak_fd = fd
+            except OSError:
+                os.close(fd)
+        return mark
+
+    def usage(self, cgroup: Cgroup, mark: UsageMark) -> TreeUsage:
+        path = cgroup.dirs["unified"]
+        cpu_ns = _counter(os.path.join(path, "cpu.stat"), "usage_usec") * 1000 - mark.cpu_ns
+        peak: int | None = None
+        if mark.peak_fd >= 0:
+            peak = int(os.pread(mark.peak_fd, 64, 0))
+        elif self.limits.memory_max and mark.fresh:
+            peak = int(read(os.path.join(path, "memory.peak")))
+        return TreeUsage(memory_peak=peak, cpu_total=max(cpu_ns, 0) / 1e9)
+
     def kill(self, cgroup: Cgroup) -> None:
         # cgroup.kill (Linux 5.14) kills the whole tree atomically, forks in flight included.
         write(os.path.join(cgroup.dirs["unified"], "cgroup.kill"), "1")
@@ -288,6 +349,8 @@ class V1Hierarchy(Hierarchy):
         super().__init__(limits, parents, owned)
         self.homes = homes  # controller -> the directory this process's threads live in
         self.main = "freezer" if "freezer" in parents else next(iter(parents))
+        self._cpuacct: str | None = None  # the key whose directory has cpuacct.usage
+        self._cpuacct_found = False
 
     def describe(self) -> str:
         kill = "freeze and kill" if "freezer" in self.parents else "kill (no freezer)"
@@ -337,6 +400,36 @@ class V1Hierarchy(Hierarchy):
         if not self.limits.memory_max:
             return 0
         return int(read(os.path.join(cgroup.dirs["memory"], "memory.usage_in_bytes")))
+
+    def mark_usage(self, cgroup: Cgroup, fresh: bool) -> UsageMark:
+        # Both counters are the cgroup's own: reset for each command (a write each).
+        if "memory" in cgroup.dirs:
+            write(os.path.join(cgroup.dirs["memory"], "memory.max_usage_in_bytes"), "0")
+        cpuacct = self._cpuacct_key(cgroup)
+        if cpuacct is not None:
+            write(os.path.join(cgroup.dirs[cpuacct], "cpuacct.usage"), "0")
+        return UsageMark(fresh=fresh)
+
+    def usage(self, cgroup: Cgroup, mark: UsageMark) -> TreeUsage:
+        peak = None
+        if "memory" in cgroup.dirs:
+            peak = int(read(os.path.join(cgroup.dirs["memory"], "memory.max_usage_in_bytes")))
+        cpu = None
+        cpuacct = self._cpuacct_key(cgroup)
+        if cpuacct is not None:
+            cpu = int(read(os.path.join(cgroup.dirs[cpuacct], "cpuacct.usage"))) / 1e9
+        return TreeUsage(memory_peak=peak, cpu_total=cpu)
+
+    def _cpuacct_key(self, cgroup: Cgroup) -> str | None:
+        # cpuacct has a hierarchy of its own, or shares cpu's ("cpu,cpuacct"): looked up once.
+        if not self._cpuacct_found:
+            self._cpuacct_found = True
+            for key in ("cpuacct", "cpu"):
+                if key in cgroup.dirs and os.path.exists(
+                        os.path.join(cgroup.dirs[key], "cpuacct.usage")):
+                    self._cpuacct = key
+                    break
+        return self._cpuacct
 
     def kill(self, cgroup: Cgroup) -> None:
         procs = os.path.join(cgroup.dirs[self.main], "cgroup.procs")

@@ -32,6 +32,7 @@ from taskrunner.errors import OutOfResources
 from taskrunner.process.cgroup_pool import CgroupPool, CommandCgroup
 from taskrunner.process.containment import Containment
 from taskrunner.process.engine import CommandSpec, Enclosure
+from taskrunner.process.usage import TreeUsage
 
 
 class Confinement:
@@ -87,6 +88,11 @@ class Confinement:
         """SIGKILL every process of the command's cgroup (the engine kills its group)."""
         if self._cgroup is not None:
             self._cgroup.kill()
+
+    def usage(self) -> TreeUsage | None:
+        """What the command's whole tree cost, from its cgroup (None without one); read
+        once it has ended, before `close`."""
+        return self._cgroup.usage() if self._cgroup is not None else None
 
     def close(self) -> bool:
         """The command has ended, or never started: give back its cgroup and remove its

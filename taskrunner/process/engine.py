@@ -32,6 +32,7 @@ import asyncio
 import errno
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -46,6 +47,7 @@ from taskrunner.process.fdwatch import READ, WRITE, FdWatcher
 from taskrunner.process.heap import LARGE_OUTPUT
 from taskrunner.process.output import OutputLog
 from taskrunner.process.spawn import Reaper, kill_group, make_inherited_fds_private, spawn_child
+from taskrunner.process.usage import TreeUsage, Usage
 
 log = logging.getLogger("taskrunner.engine")
 
@@ -79,6 +81,7 @@ class CommandResult:
     cancelled: bool
     duration: float
     oom_killed: bool = False  # the memory limit (--memory-max) killed one of its processes
+    usage: Usage | None = None  # what it cost (taskrunner.process.usage)
 
     @property
     def stdout(self) -> str:
@@ -110,6 +113,10 @@ class Enclosure(Protocol):
 
     def kill(self) -> None:
         """SIGKILL every process of the command."""
+
+    def usage(self) -> TreeUsage | None:
+        """The whole tree's figures (its cgroup's), read once it has ended, before
+        `close`; None when nothing measures them."""
 
     def close(self) -> bool:
         """The command has ended: let go; True if the memory limit killed one of its
@@ -162,6 +169,7 @@ class ProcessEngine:
         listener: OutputListener | None = None,
         argv_prefix: Sequence[str] = (),
         enclosure: Enclosure | None = None,
+        queued: float = 0.0,
     ) -> Command:
         """Spawn ``spec`` now; raise `SpawnError` if it cannot start, `OutOfResources` if
         this process is out of fds or processes (nothing is left running or open then).
@@ -169,7 +177,8 @@ class ProcessEngine:
         ``argv_prefix``, the command's wrappers (`Confinement.prefix`), is put before
         ``spec.args``; ``enclosure`` is spawned into, killed with the command's group and
         closed when it has ended: the command owns it once it has started (the caller
-        closes it if this raises).
+        closes it if this raises). ``queued``, the seconds it waited for a slot, goes into
+        its result's `Usage`.
         """
         env = command_environment(self.base_env, spec.env)
         argv = [*argv_prefix, *spec.args]
@@ -194,7 +203,7 @@ class ProcessEngine:
         try:
             pidfd = os.pidfd_open(pid)
             command = Command(self, spec, pid, reap, pidfd, out_r, err_r, in_w, listener,
-                              enclosure)
+                              enclosure, queued)
         except BaseException as exc:
             # Its exit would go unnoticed (no pidfd, the epoll set full, or any other
             # failure half-way): end it now rather than lose it, then re-raise.
@@ -301,11 +310,14 @@ class Command:
         stdin_fd: int,
         listener: OutputListener | None,
         enclosure: Enclosure | None = None,
+        queued: float = 0.0,
     ) -> None:
         self.spec = spec
         self.enclosure = enclosure
         self.pid = pid
         self.returncode: int | None = None
+        self.queued = queued
+        self._rusage: resource.struct_rusage | None = None
         self.started = time.monotonic()
         self.timed_out = False
         self.cancelled = False
@@ -448,9 +460,10 @@ class Command:
         # reap it, so this kill reaches only what it left behind in its group (and, with a
         # cgroup, whatever it left anywhere).
         self._kill_tree()
-        self.returncode = self._reap()
-        if self.returncode is None:
+        reaped = self._reap()
+        if reaped is None:
             return
+        self.returncode, self._rusage = reaped
         self._exited = True
         self._fds.unwatch(self._pidfd)
         os.close(self._pidfd)
@@ -477,8 +490,12 @@ class Command:
             self._loop.remove_timeout(self._drain_timer)
             self._drain_timer = None
         self._engine._finished(self)
-        assert self.returncode is not None
-        oom_killed = self.enclosure.close() if self.enclosure is not None else False
+        assert self.returncode is not None and self._rusage is not None
+        tree = None
+        oom_killed = False
+        if self.enclosure is not None:
+            tree = self.enclosure.usage()
+            oom_killed = self.enclosure.close()
         result = CommandResult(
             status=self.returncode,
             output=self.output,
@@ -486,6 +503,7 @@ class Command:
             cancelled=self.cancelled,
             duration=time.monotonic() - self.started,
             oom_killed=oom_killed,
+            usage=Usage.of(self._rusage, self.queued, tree),
         )
         if self._engine.on_large_output is not None and self.output.size >= LARGE_OUTPUT:
             self._engine.on_large_output()

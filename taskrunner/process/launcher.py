@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -177,6 +178,7 @@ class Reservation:
         self._admission = launcher.admission
         self._share = policy.share
         self._spent = False  # started or cancelled: what it held is no longer its own
+        self._reserved = time.monotonic()
         if self._share is not None:
             self._share.take()  # else 429 now
         try:
@@ -186,7 +188,8 @@ class Reservation:
         except BaseException:
             self._give_share()
             raise
-        if not self.ready.done():
+        self._waited = not self.ready.done()  # its usage's "queued": 0 when a slot was free
+        if self._waited:
             try:
                 launcher._check_waiting(spec, policy)
             except BaseException:
@@ -221,11 +224,13 @@ class Reservation:
         self._spent = True
         launcher = self._launcher
         spec = self.spec
+        queued = time.monotonic() - self._reserved if self._waited else 0.0
         try:
             confinement = Confinement.enter(spec, self.policy.containment, launcher.cgroups)
             try:
                 command = launcher.engine.start(confinement.spec, listener,
-                                                confinement.prefix, confinement.enclosure)
+                                                confinement.prefix, confinement.enclosure,
+                                                queued)
             except BaseException:
                 confinement.close()
                 raise

@@ -1,7 +1,10 @@
 """Starting one child process, and the low-level process chores around it.
 
 `spawn_child` starts an argument list in a new session with the given stdin, stdout and
-stderr, and nothing else inherited, and returns its pid and a non-blocking reaper.
+stderr, and nothing else inherited, and returns its pid and a non-blocking reaper. The
+reaper uses ``wait4`` on either path, so the kernel's ``rusage`` of the child (and of the
+descendants it waited for) comes back with its status: ``os.waitpid`` and ``Popen.poll``
+drop it.
 
 ``os.posix_spawnp`` with ``setsid`` (glibc: ``clone(CLONE_VM|CLONE_VFORK)``) is the fast
 path: it spends less of the instance's CPU per spawn than `subprocess.Popen`'s Python-level
@@ -16,13 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from functools import partial
 
-Reaper = Callable[[], "int | None"]
-"""Reap the child if it has exited: its exit status (negative for a signal), else None."""
+Reaped = tuple[int, resource.struct_rusage]
+"""A reaped child's exit status (negative for a signal) and its rusage."""
+
+Reaper = Callable[[], "Reaped | None"]
+"""Reap the child if it has exited: its `Reaped`, else None."""
 
 # Python ignores SIGPIPE and a spawned child would inherit that: restore the defaults, as
 # Popen's restore_signals does.
@@ -38,10 +45,10 @@ def spawn_child(argv: list[str], env: Mapping[str, str], stdin: int, stdout: int
     """
     if cwd is None and not own_path:
         pid = _posix_spawn(argv, env, stdin, stdout, stderr)
-        return pid, partial(_waitpid, pid)
+        return pid, partial(_wait4, pid)
     popen = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                              cwd=cwd, close_fds=True, start_new_session=True)
-    return popen.pid, popen.poll
+    return popen.pid, partial(_wait4_popen, popen)
 
 
 def _posix_spawn(argv: list[str], env: Mapping[str, str], stdin: int, stdout: int,
@@ -55,9 +62,18 @@ def _posix_spawn(argv: list[str], env: Mapping[str, str], stdin: int, stdout: in
     )
 
 
-def _waitpid(pid: int) -> int | None:
-    reaped, status = os.waitpid(pid, os.WNOHANG)
-    return os.waitstatus_to_exitcode(status) if reaped else None
+def _wait4(pid: int) -> Reaped | None:
+    reaped, status, rusage = os.wait4(pid, os.WNOHANG)
+    return (os.waitstatus_to_exitcode(status), rusage) if reaped else None
+
+
+def _wait4_popen(popen: subprocess.Popen[bytes]) -> Reaped | None:
+    # Reaped here, not by Popen.poll (no rusage): Popen is told, so that it never waits
+    # for a pid that may have been reused.
+    reaped = _wait4(popen.pid)
+    if reaped is not None:
+        popen.returncode = reaped[0]
+    return reaped
 
 
 def make_inherited_fds_private() -> None:

@@ -69,4 +69,5 @@ def result_body(result: CommandResult) -> dict[str, Any]:
         "duration": round(result.duration, 6),
         "stdout_truncated": result.stdout_truncated,
         "stderr_truncated": result.stderr_truncated,
+        "usage": None if result.usage is None else result.usage.to_json(),
     }

@@ -146,6 +146,7 @@ async def test_the_final_job_is_posted_once_and_signed(instance, receiver):
     assert sent == {**final, "callback": {"status": "pending", "attempts": 0, "error": None}}
     assert (sent["state"], sent["status"], sent["stdout"], sent["stderr"]) == \
         ("exited", 3, "out\n", "err\n")
+    assert sent["usage"]["max_rss"] > 0 and sent["usage"]["queued"] == 0.0  # what it cost
     metrics = (await instance.request("GET", "/metrics")).body.decode()
     assert 'taskrunner_callbacks_total{outcome="delivered"} 1.0' in metrics
     assert 'taskrunner_callbacks_total{outcome="failed"} 0.0' in metrics

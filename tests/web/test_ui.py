@@ -136,7 +136,7 @@ def page(browser: WebDriver, spawn_instance: Any) -> Page:
     return Page(browser, child.url)
 
 
-def test_a_job_started_from_the_form_appears_in_the_table(page):
+def test_start_takes_you_to_the_job_and_its_output_then_back_to_the_table(page):
     page.open()
     page.log_in()
     page.until(lambda: page.shown("#start-form"), "the form is not shown after the token")
@@ -144,19 +144,25 @@ def test_a_job_started_from_the_form_appears_in_the_table(page):
     port = page.url.rsplit(":", 1)[1]
     page.until(lambda: page.find("#instance").text == f"instance {port} · {__version__}",
                "the header does not name the instance once the token is given")
-    page.find("#args").send_keys("sh\n-c\necho from the form")
+    page.find("#args").send_keys("sh\n-c\necho from the form; echo \"$GREETING\"; cat")
     page.find("#env").send_keys("GREETING=hi")
+    page.find("#stdin").send_keys("typed input")
     page.find("#start-form button[type=submit]").click()
-    link = page.until(lambda: page.shown("#start-status a"), "no link to the started job")
-    job_id = link.text.split()[0]
+    # Start opens the job: its id in the URL, its output following.
+    page.until(lambda: "#/jobs/" in page.driver.current_url, "Start did not open the job")
+    job_id = page.driver.current_url.split("#/jobs/", 1)[1]
+    assert page.find("#job-id").text == job_id
+    page.until(lambda: page.output_text() == "from the form\nhi\ntyped input",
+               "the job's output did not show")
+    page.until(lambda: page.find("#job-state").text == "exited")
+    assert page.find("#job-env").text == "GREETING"  # its name; the value is not kept
+    page.driver.back()
     row = page.until(lambda: page.shown(f'#job-rows tr[data-id="{job_id}"]'),
                      "the job is not in the table")
-    assert row.find_element(By.CSS_SELECTOR, "td.cmd").text == "sh -c 'echo from the form'"
-    # The table follows the job without a reload, to its end.
-    page.until(lambda: row.find_element(By.CSS_SELECTOR, "td").text == "exited",
-               "the table did not show the job exited")
+    assert row.find_element(By.CSS_SELECTOR, "td.cmd").text == (
+        "sh -c 'echo from the form; echo \"$GREETING\"; cat'")
     assert row.find_elements(By.CSS_SELECTOR, "td")[5].text == "0"
-    assert page.api("GET", f"/jobs/{job_id}")["stdout"] == "from the form\n"
+    assert page.api("GET", f"/jobs/{job_id}")["stdout"] == "from the form\nhi\ntyped input"
 
 
 def test_the_table_lists_each_job_once_after_a_job_page(page):
@@ -178,7 +184,7 @@ def test_the_table_lists_each_job_once_after_a_job_page(page):
 
 def test_the_table_polls_a_page_of_cut_summaries_and_the_job_shows_its_args_whole(page):
     # 60 jobs, then one of 20 KB of args: the table asks for the newest 50, each command
-    # a few KiB at most; "Show more" asks for the rest; the job's own view has it whole.
+    # a few KiB at most; "Older jobs" asks for the rest; the job's own view has it whole.
     for _ in range(60):
         page.api("POST", "/jobs", {"args": ["printf", ""]})
     big = ["printf", "%.0s", *("abcdefgh" * 256 for _ in range(10))]
@@ -196,10 +202,19 @@ def test_the_table_polls_a_page_of_cut_summaries_and_the_job_shows_its_args_whol
         ".filter((e) => e.name.includes('/jobs?')).map((e) => [e.name, e.encodedBodySize])")
     assert asked and all(name.endswith("/jobs?limit=50") for name, _ in asked), asked
     assert max(size for _, size in asked) < 50 * 6 * 1024, asked
-    page.find("#jobs-more").click()
-    page.until(lambda: len(page.driver.find_elements(By.CSS_SELECTOR, rows)) == 61,
-               "Show more did not show every job")
-    page.until(lambda: not page.shown("#jobs-more"), "Show more stays with nothing more")
+    newest = [e.get_attribute("data-id") for e in page.driver.find_elements(By.CSS_SELECTOR, rows)]
+    # Older jobs: the next page by the listing's cursor, in the URL; back returns.
+    page.find("#jobs-older").click()
+    page.until(lambda: len(page.driver.find_elements(By.CSS_SELECTOR, rows)) == 11,
+               "Older jobs did not show the 11 older ones")
+    assert "before=" in page.driver.current_url
+    older = [e.get_attribute("data-id") for e in page.driver.find_elements(By.CSS_SELECTOR, rows)]
+    assert not set(older) & set(newest)
+    page.until(lambda: not page.shown("#jobs-older"), "Older jobs stays on the last page")
+    page.driver.back()
+    page.until(lambda: [e.get_attribute("data-id") for e in
+                        page.driver.find_elements(By.CSS_SELECTOR, rows)] == newest,
+               "back did not return to the newest page")
     page.find(f'#job-rows tr[data-id="{job["id"]}"] a').click()
     page.until(lambda: page.find("#job-id").text == job["id"], "the link did not open the job")
     whole = page.until(lambda: page.find("#job-args").text, "the job's args are not shown")
@@ -215,17 +230,14 @@ def test_the_form_is_used_with_the_keyboard_alone(page):
     # Tab through the form in reading order, to the Start button, and press it with Space.
     active = page.driver.switch_to.active_element
     order = []
-    for _ in range(3):
+    for _ in range(5):
         active.send_keys(Keys.TAB)
         active = page.driver.switch_to.active_element
         order.append(active.get_attribute("id") or active.text)
-    assert order == ["timeout", "env", "Start"], order
+    assert order == ["timeout", "cwd", "env", "stdin", "Start"], order
     active.send_keys(Keys.SPACE)
-    link = page.until(lambda: page.shown("#start-status a"), "Space on Start started nothing")
-    job_id = link.text.split()[0]
-    link.send_keys(Keys.ENTER)  # the link to the job, followed from the keyboard
-    page.until(lambda: "typed" in page.output_text(), "the job's page did not open")
-    assert page.find("#job-id").text == job_id
+    page.until(lambda: "typed" in page.output_text(), "Space on Start did not open the job")
+    assert page.driver.switch_to.active_element.get_attribute("id") == "job-title"
 
 
 def test_the_page_fits_a_phone_screen(page):
