@@ -42,6 +42,9 @@ async def visible_job(handler: JSONHandler, job_id: str) -> Job:
     caller = handler.caller
     if caller is not None and not caller.owns(job.realm, job.caller):
         raise JobNotFound(f"no job {job_id!r}")
+    if caller is not None and not caller.has("jobs") and job.action is None:
+        # A caller with the actions scope alone sees only the jobs its actions made.
+        raise JobNotFound(f"no job {job_id!r}")
     return job
 
 
@@ -95,9 +98,10 @@ class JobsHandler(CommandHandler):
 
 
 class JobHandler(JSONHandler):
-    """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it."""
+    """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it (``actions``: a job
+    one of the caller's actions made)."""
 
-    scope = "jobs"
+    scope = ("jobs", "actions")
 
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
@@ -118,7 +122,7 @@ class JobHandler(JSONHandler):
 class JobOutputHandler(JSONHandler):
     """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job."""
 
-    scope = "jobs"
+    scope = ("jobs", "actions")
     _gone: asyncio.Future[None] | None = None
 
     async def get(self, job_id: str) -> None:
