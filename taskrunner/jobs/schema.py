@@ -21,8 +21,9 @@ before it have no realm (NULL). Version 6 added what a job's page and its accoun
 never their values) as submitted; ``action`` and ``params`` (the named action it ran, and
 its parameters' values); ``usage`` (what the command cost: CPU, memory, queue wait) and
 ``trace_id`` (the W3C trace it belongs to); and ``url`` to ``instances`` (where its siblings
-reach each instance, to forward a request for a job it runs). `schema` writes the tables for SQLite or PostgreSQL;
-`ensure_schema` and `ensure_postgresql_schema` upgrade an older index and refuse a newer one.
+reach each instance, to forward a request for a job it runs). `schema` writes the tables
+for SQLite or PostgreSQL; `ensure_schema` and `ensure_postgresql_schema` upgrade an older
+index and refuse a newer one.
 """
 
 from __future__ import annotations
