@@ -81,7 +81,7 @@ class Action:
         whole = whole_names(self.elements)
         values: dict[str, Any] = {}
         for name, param in self.params.items():
-            if name in given and given[name] is not None:
+            if name in given:  # null is a value, and refused: leave a parameter out instead
                 values[name] = param.check(given[name], name in whole)
             elif param.required:
                 raise InvalidParam(f"parameter {name} is required (no default)")

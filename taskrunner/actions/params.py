@@ -63,6 +63,8 @@ class Param:
         """``value`` if it keeps every rule (``whole``: it stands as an argv element of its
         own); else `InvalidParam` naming this parameter and the rule."""
         if self.type == "integer":
+            if type(value) is float and value.is_integer():
+                value = int(value)  # 9.0 is an integer in JSON (and JSON Schema)
             if type(value) is not int:
                 raise self._refused(f"must be an integer, not {_kind(value)}")
             assert self.minimum is not None and self.maximum is not None
@@ -117,11 +119,13 @@ class Param:
             schema = {"type": "boolean"}
         else:
             item: dict[str, Any] = {"type": "string",
-                                    "maxLength": min(self.max_length or MAX_STRING, MAX_STRING)}
+                                    "maxLength": min(self.max_length or MAX_STRING, MAX_STRING),
+                                    "pattern": "^[^\\u0000]*$"}
             if self.enum is not None:
                 item["enum"] = list(self.enum)
             if self.pattern is not None:
-                item["pattern"] = f"^(?:{self.pattern})$"
+                # The whole value, as re.fullmatch: "$" alone would let a final newline by.
+                item["allOf"] = [{"pattern": f"^(?:{self.pattern})$(?!\\n)"}]
             if whole and not self.allow_dash:
                 item["not"] = {"pattern": "^-"}
             schema = item if self.type == "string" else {

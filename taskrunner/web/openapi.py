@@ -46,11 +46,14 @@ def _add_action(doc: dict[str, Any], action: Action, max_timeout: float) -> None
         operation["operationId"] = f"{operation_id}_{action.name}"
         operation["summary"] = action.description or operation["summary"]
         schema = copy.deepcopy(doc["components"]["schemas"][request])
-        schema["properties"]["params"] = action.json_schema()
+        params = action.json_schema()
+        # null (or no params) is "no parameters given": all of them, when none is required.
+        schema["properties"]["params"] = params if params["required"] else {
+            "anyOf": [params, {"type": "null"}]}
         schema["properties"]["timeout"] = {
             "type": ["number", "null"], "exclusiveMinimum": 0,
             "maximum": action.timeout or max_timeout}
-        if action.json_schema()["required"]:
+        if params["required"]:
             schema["required"] = ["params"]
             operation["requestBody"]["required"] = True
         operation["requestBody"]["content"]["application/json"]["schema"] = schema

@@ -170,7 +170,8 @@ async def test_get_actions_lists_the_callers_actions_with_their_schemas(instance
     assert greet["description"] == "Greet someone" and greet["timeout"] == 10
     assert greet["params"]["required"] == ["name"]
     assert greet["params"]["properties"]["greeting"] == {
-        "type": "string", "maxLength": 20, "not": {"pattern": "^-"}, "default": "hello"}
+        "type": "string", "maxLength": 20, "pattern": "^[^\\u0000]*$",
+        "not": {"pattern": "^-"}, "default": "hello"}
     assert greet["params"]["additionalProperties"] is False
     code, body = await call(instance, "dev", "GET", "/actions")
     assert (code, body["error"]) == (403, "missing_scope")
