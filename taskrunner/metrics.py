@@ -83,6 +83,9 @@ class Metrics:
                                 "commands started by an action (/actions/<name>, and its "
                                 "jobs as they are accepted), by action", ["action"],
                                 registry=reg)
+        self.ended = 0
+        """Commands that ended since start (the counter below, readable without a scrape:
+        /healthz tells it to any caller, for the page's completions per second)."""
         self.finished = Counter("taskrunner_commands_finished", "commands that ended",
                                 registry=reg)
         self.timeouts = Counter("taskrunner_command_timeouts",
@@ -151,6 +154,7 @@ class Metrics:
         self.spawn_failures.inc()
 
     def _command_ended(self, result: CommandResult) -> None:
+        self.ended += 1
         self.finished.inc()
         self.duration.observe(result.duration)
         if result.timed_out:

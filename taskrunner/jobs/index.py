@@ -6,7 +6,8 @@ by the hosts of a cluster (`taskrunner.jobs.backends`). Each instance writes onl
 jobs, and its heartbeat (the ``instances`` table). Any instance reads them all:
 
 - `JobQuery`: a page of a listing, newest first (``created``, then ``id``), filtered by
-  state, instance and owner, continued with the opaque cursor of its last job.
+  state, instance, owner and a search (`Search`), continued with the opaque cursor of its
+  last job.
 - Owners: a job belongs to its realm and caller (`in_view`): the realm is the namespace of
   the callers file that named the caller, so a caller of another file with the same name
   owns nothing of it, while a caller whose token changed keeps its jobs. Instances sharing
@@ -64,6 +65,53 @@ class JobQuery:
     limit: int = DEFAULT_PAGE
     before: tuple[float, str] | None = None
     """(created, id) of the last job of the previous page: this page starts after it."""
+    search: str | None = None
+    """Only jobs with this text in one of their args, their caller or their id (`Search`)."""
+
+
+MAX_SEARCH = 200
+"""The longest search (``q``) a listing takes, in characters."""
+
+
+@dataclass(frozen=True)
+class Search:
+    """``q`` of ``GET /jobs``: a substring of one arg, of the caller or of the id, ASCII
+    letters in either case. The index stores args as ASCII JSON, so the text is looked for
+    as JSON writes it (a quote as ``\\"``, an ``é`` as ``\\u00e9``): the same test in
+    SQLite, in PostgreSQL (both through `like`) and in memory (`matches`)."""
+
+    text: str
+
+    @property
+    def in_args(self) -> str:
+        return json.dumps(self.text)[1:-1].lower()
+
+    def like(self, mark: str) -> tuple[str, list[str]]:
+        """The WHERE clause and its parameters: LIKE with ``%`` and ``_`` escaped, on
+        lower() of each column, so both backends ignore the case of ASCII letters alike."""
+        clause = " OR ".join(f"lower({column}) LIKE {mark} ESCAPE '\\'"
+                             for column in ("args", "caller", "id"))
+        raw = _ascii_lower(self.text)
+        return f"({clause})", [f"%{_escape_like(p)}%" for p in (self.in_args, raw, raw)]
+
+    def matches(self, args: list[str], caller: str | None, job_id: str) -> bool:
+        """The same test as `like`, on a job in memory."""
+        raw = _ascii_lower(self.text)
+        return (self.in_args in json.dumps(args).lower()
+                or (caller is not None and raw in _ascii_lower(caller))
+                or raw in _ascii_lower(job_id))
+
+
+def _ascii_lower(text: str) -> str:
+    # SQLite's lower() changes only ASCII letters: PostgreSQL's is given nothing else to change.
+    return text.translate(_LOWER)
+
+
+_LOWER = {ord(c): ord(c) + 32 for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def cursor(record_created: float, job_id: str) -> str:
@@ -196,6 +244,10 @@ def listing_sql(query: JobQuery, lost_owners: Mapping[str, float],
         where.append(f"realm = {mark}" if query.caller is not None
                      else f"(realm = {mark} OR realm IS NULL)")
         params.append(query.realm)
+    if query.search is not None:
+        clause, patterns = Search(query.search).like(mark)
+        where.append(clause)
+        params += patterns
     if query.before is not None:
         where.append(f"(created, id) < ({mark}, {mark})")
         params += list(query.before)

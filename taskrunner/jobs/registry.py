@@ -40,7 +40,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from taskrunner.errors import JobNotFound, TaskRunnerError, TooManyRequests
 from taskrunner.jobs.callbacks import CallbackSender
-from taskrunner.jobs.index import JobQuery, cursor, in_view
+from taskrunner.jobs.index import JobQuery, Search, cursor, in_view
 from taskrunner.jobs.job import Job, JobState, new_job_id
 from taskrunner.jobs.output import OutputCache
 from taskrunner.jobs.schema import JobRecord
@@ -164,7 +164,9 @@ class JobRegistry:
                 and (query.caller is None or job.caller == query.caller)
                 and (query.realm is None
                      or in_view(job.realm, job.caller, query.realm, query.caller))
-                and (query.before is None or (job.created, job.id) < query.before)]
+                and (query.before is None or (job.created, job.id) < query.before)
+                and (query.search is None
+                     or Search(query.search).matches(job.args, job.caller, job.id))]
         jobs.sort(key=lambda job: (job.created, job.id), reverse=True)
         return jobs[:query.limit]
 

@@ -5,14 +5,18 @@ admission queue; it starts when a slot frees), or an error (429 when there is no
 either, 503 ``store_unavailable`` when ``--state-dir`` cannot record it).
 
 ``GET /jobs`` pages through the job index (every instance sharing it), newest first, with
-filters ``state``, ``instance`` and a cursor ``before``; ``GET /jobs/<id>`` answers for a
+filters ``state``, ``instance``, a search ``q`` (`taskrunner.jobs.index.Search`) and a
+cursor ``before``; ``GET /jobs/<id>`` answers for a
 job of any instance that shares the index. Live output and cancelling need the job's owner:
 asked of another instance for a job still unfinished, they answer 503 ``owner_unreachable``
 (behind the front's nginx, that means the owner did not answer).
 
 The output stream sends what a job already wrote, then each new chunk as it comes, flushed
 at once, then the final job object: NDJSON by default, Server-Sent Events when the client
-accepts ``text/event-stream``. A client that leaves the stream only ends its stream.
+accepts ``text/event-stream``. A chunk sent live carries ``t``, the Unix time this instance
+read it at (within the stream's 100 ms of the command writing it); what was written before
+the stream began carries none, since the log keeps no times. Old clients read ``stream``
+and ``data`` and ignore ``t``. A client that leaves the stream only ends its stream.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import time
 from typing import Any
 
 import orjson
 from tornado.iostream import StreamClosedError
 
 from taskrunner.errors import InvalidField, JobNotFound, OwnerUnreachable
-from taskrunner.jobs.index import DEFAULT_PAGE, MAX_PAGE, JobQuery, parse_cursor
+from taskrunner.jobs.index import DEFAULT_PAGE, MAX_PAGE, MAX_SEARCH, JobQuery, parse_cursor
 from taskrunner.jobs.job import Job, JobState
 from taskrunner.process.output import OutputCursor
 from taskrunner.web.base import CommandHandler, JSONHandler
@@ -67,8 +72,12 @@ def listing_query(handler: JSONHandler) -> JobQuery:
     if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
         raise InvalidField(f"'limit' must be an integer from 1 to {MAX_PAGE}")
     before = handler.get_query_argument("before", None)
+    search = handler.get_query_argument("q", None)
+    if search is not None and len(search) > MAX_SEARCH:
+        raise InvalidField(f"'q' must be at most {MAX_SEARCH} characters")
     caller = handler.caller
     return JobQuery(state=state, instance=instance or None, limit=int(text),
+                    search=search or None,
                     before=None if before is None else parse_cursor(before),
                     caller=None if caller is None or caller.sees_all else caller.name,
                     realm=None if caller is None else caller.realm)
@@ -119,6 +128,11 @@ class JobHandler(JSONHandler):
         self.write_json(body)
 
 
+def _chunk(stream: str, text: str, at: float | None) -> dict[str, Any]:
+    return {"stream": stream, "data": text} if at is None else {
+        "stream": stream, "data": text, "t": at}
+
+
 class JobOutputHandler(JSONHandler):
     """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job."""
 
@@ -138,6 +152,7 @@ class JobOutputHandler(JSONHandler):
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace")
                     for name in ("stdout", "stderr")}
         cursor = OutputCursor()
+        replay = True  # the first read sends what was written before: its times are unknown
         while True:
             # Ask for the next change before sending, so nothing written meanwhile is missed.
             change = job.changed()
@@ -146,15 +161,17 @@ class JobOutputHandler(JSONHandler):
                 # A queued job's log is a placeholder, empty, until its command starts with
                 # a log of its own (Job.start): follow that one from its beginning.
                 output, cursor = job.output, OutputCursor()
+            now = None if replay else round(time.time(), 3)
+            replay = False
             for stream, data in output.read(cursor):
                 text = decoders[stream].decode(data)
                 if text:
-                    self._emit({"stream": stream, "data": text}, sse)
+                    self._emit(_chunk(stream, text, now), sse)
             if done:
                 for stream, decoder in decoders.items():
                     tail = decoder.decode(b"", final=True)
                     if tail:
-                        self._emit({"stream": stream, "data": tail}, sse)
+                        self._emit(_chunk(stream, tail, now), sse)
                 self._emit(job.to_json(output), sse)
                 if not self._gone.done():
                     self.finish()

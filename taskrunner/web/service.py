@@ -46,7 +46,9 @@ class HealthHandler(ProbeHandler):
     On an instance with tokens (a token, or ``--callers``), a request without a valid one
     gets the status only (``ok`` or ``degraded``, what a probe needs): the pid, the version
     and the rest tell a stranger what to attack. Any caller's valid token gets the whole
-    answer, as does every request to an instance without a token.
+    answer, as does every request to an instance without a token: with ``running``,
+    ``queued`` and ``finished`` (commands ended since start), what the page charts for
+    any caller (``/metrics`` is for ``admin`` only).
     """
 
     def get(self) -> None:
@@ -56,12 +58,15 @@ class HealthHandler(ProbeHandler):
         if not self.reader():
             self.write_json({"status": status})
             return
+        admission = self.ctx.launcher.admission
         body: dict[str, Any] = {
             "status": status,
             "port": self.ctx.port,
             "instance": self.ctx.instance,
             "pid": self.ctx.pid,
             "running": self.ctx.engine.running,
+            "queued": 0 if admission is None else admission.queued,
+            "finished": self.ctx.metrics.ended,
             "version": __version__,
         }
         if store is not None:

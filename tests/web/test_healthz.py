@@ -2,7 +2,7 @@ import json
 import os
 
 import pytest
-from helpers import wait_until
+from helpers import submit, wait_done, wait_for, wait_until
 
 from taskrunner import __version__
 
@@ -16,7 +16,7 @@ async def test_healthz_reports_port_pid_running_and_version(instance):
     assert response.headers["Content-Type"] == "application/json"
     body = json.loads(response.body)
     assert body == {"status": "ok", "port": instance.port, "pid": os.getpid(),
-                    "running": 0, "version": __version__,
+                    "running": 0, "queued": 0, "finished": 0, "version": __version__,
                     "instance": str(instance.port)}
 
 
@@ -45,6 +45,27 @@ async def test_with_a_token_its_holder_gets_the_whole_answer(child):
                                    headers={"Authorization": f"Bearer {TOKEN}"})
     assert json.loads(response.body) == {
         "status": "ok", "port": child.port, "pid": child.proc.pid, "running": 0,
-        "version": __version__, "instance": str(child.port)}
+        "queued": 0, "finished": 0, "version": __version__, "instance": str(child.port)}
     assert wait_until(lambda: "GET /healthz 200" in child.output())
     assert " caller=token " in child.output()  # the access log names who read it
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_healthz_counts_running_queued_and_finished_commands(spawn_instance, tmp_path):
+    # What the page charts for any caller: commands running and waiting now, and how many
+    # ended since start (two answers make completions per second).
+    child = spawn_instance("--max-running", "1")
+
+    async def health():
+        return json.loads((await child.request("GET", "/healthz")).body)
+
+    gate = tmp_path / "gate"
+    first = await submit(child, {"args": ["sh", "-c", wait_for(gate)]})
+    second = await submit(child, {"args": ["true"]})
+    body = await health()
+    assert (body["running"], body["queued"], body["finished"]) == (1, 1, 0)
+    gate.touch()
+    await wait_done(child, first["id"])
+    await wait_done(child, second["id"])
+    body = await health()
+    assert (body["running"], body["queued"], body["finished"]) == (0, 0, 2)

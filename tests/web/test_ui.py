@@ -12,43 +12,20 @@ The files themselves and their caching headers: tests/web/test_page.py, without 
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import headless_chromium
+from browser import Page, headless_chromium, screenshot_failed
 from helpers import wait_for
-from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
 
 from taskrunner import __version__
 
 TOKEN = "ui-test-token"
-WAIT = 20.0  # seconds: a deadline for what the page shows, not an expected duration
-ARTIFACTS = os.environ.get("TASKRUNNER_TEST_ARTIFACTS",
-                           os.path.join(tempfile.gettempdir(), "taskrunner-test-artifacts"))
-
-
-def http(url: str, headers: dict[str, str] | None = None,
-         body: Any = None, method: str = "GET") -> tuple[int, Any, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, error.read()
 
 
 @pytest.fixture(scope="module")
@@ -72,71 +49,18 @@ def browser(chromium: WebDriver, spawn_instance: Any,
     yield chromium
     # The test's outcome is counted before its fixtures are torn down.
     if request.session.testsfailed > failed_before:
-        _screenshot(chromium, request)
+        screenshot_failed(chromium, request)
     chromium.get("about:blank")  # leave the page: its streams and polls end here
-
-
-def _screenshot(driver: WebDriver, request: pytest.FixtureRequest) -> None:
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    name = re.sub(r"[^\w.-]", "_", request.node.name)
-    path = os.path.join(ARTIFACTS, f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.png")
-    try:
-        driver.save_screenshot(path)
-        with open(path[:-4] + ".html", "w") as f:
-            f.write(driver.page_source)
-    except WebDriverException as error:
-        path = f"(no screenshot: {error.msg})"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"{request.node.nodeid}: screenshot of the failed page: {path}"
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
-
-
-class Page:
-    """The page in the browser, and the instance behind it."""
-
-    def __init__(self, driver: WebDriver, url: str) -> None:
-        self.driver = driver
-        self.url = url
-
-    def until(self, what: Callable[[], Any], message: str = "") -> Any:
-        return WebDriverWait(self.driver, WAIT).until(lambda _: what(), message)
-
-    def find(self, css: str) -> WebElement:
-        return self.driver.find_element(By.CSS_SELECTOR, css)
-
-    def shown(self, css: str) -> WebElement | None:
-        found = [e for e in self.driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
-        return found[0] if found else None
-
-    def open(self, fragment: str = "") -> None:
-        self.driver.get(f"{self.url}/ui{fragment}")
-
-    def log_in(self, token: str = TOKEN) -> None:
-        field = self.until(lambda: self.shown("#token"), "the token is not asked for")
-        field.send_keys(token)
-        self.find("#login-form button[type=submit]").click()
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        status, _, data = http(self.url + path, {"Authorization": f"Bearer {TOKEN}"}, body,
-                               method)
-        assert status in (200, 202), data
-        return json.loads(data)
-
-    def output_text(self) -> str:
-        return str(self.find("#output").text)
 
 
 @pytest.fixture
 def page(browser: WebDriver, spawn_instance: Any) -> Page:
     child = spawn_instance("--allow", "sh", "--allow", "printf", "--allow", "sleep",
                            env={"TASKRUNNER_TOKEN": TOKEN})
-    return Page(browser, child.url)
+    return Page(browser, child.url, TOKEN)
 
 
-def test_a_job_started_from_the_form_appears_in_the_table(page):
+def test_start_takes_you_to_the_job_and_its_output_then_back_to_the_table(page):
     page.open()
     page.log_in()
     page.until(lambda: page.shown("#start-form"), "the form is not shown after the token")
@@ -144,19 +68,25 @@ def test_a_job_started_from_the_form_appears_in_the_table(page):
     port = page.url.rsplit(":", 1)[1]
     page.until(lambda: page.find("#instance").text == f"instance {port} · {__version__}",
                "the header does not name the instance once the token is given")
-    page.find("#args").send_keys("sh\n-c\necho from the form")
+    page.find("#args").send_keys("sh\n-c\necho from the form; echo \"$GREETING\"; cat")
     page.find("#env").send_keys("GREETING=hi")
+    page.find("#stdin").send_keys("typed input")
     page.find("#start-form button[type=submit]").click()
-    link = page.until(lambda: page.shown("#start-status a"), "no link to the started job")
-    job_id = link.text.split()[0]
+    # Start opens the job: its id in the URL, its output following.
+    page.until(lambda: "#/jobs/" in page.driver.current_url, "Start did not open the job")
+    job_id = page.driver.current_url.split("#/jobs/", 1)[1]
+    assert page.find("#job-id").text == job_id
+    page.until(lambda: page.output_text() == "from the form\nhi\ntyped input",
+               "the job's output did not show")
+    page.until(lambda: page.find("#job-state").text == "exited")
+    assert page.find("#job-env").text == "GREETING"  # its name; the value is not kept
+    page.driver.back()
     row = page.until(lambda: page.shown(f'#job-rows tr[data-id="{job_id}"]'),
                      "the job is not in the table")
-    assert row.find_element(By.CSS_SELECTOR, "td.cmd").text == "sh -c 'echo from the form'"
-    # The table follows the job without a reload, to its end.
-    page.until(lambda: row.find_element(By.CSS_SELECTOR, "td").text == "exited",
-               "the table did not show the job exited")
+    assert row.find_element(By.CSS_SELECTOR, "td.cmd").text == (
+        "sh -c 'echo from the form; echo \"$GREETING\"; cat'")
     assert row.find_elements(By.CSS_SELECTOR, "td")[5].text == "0"
-    assert page.api("GET", f"/jobs/{job_id}")["stdout"] == "from the form\n"
+    assert page.api("GET", f"/jobs/{job_id}")["stdout"] == "from the form\nhi\ntyped input"
 
 
 def test_the_table_lists_each_job_once_after_a_job_page(page):
@@ -178,7 +108,7 @@ def test_the_table_lists_each_job_once_after_a_job_page(page):
 
 def test_the_table_polls_a_page_of_cut_summaries_and_the_job_shows_its_args_whole(page):
     # 60 jobs, then one of 20 KB of args: the table asks for the newest 50, each command
-    # a few KiB at most; "Show more" asks for the rest; the job's own view has it whole.
+    # a few KiB at most; "Older jobs" asks for the rest; the job's own view has it whole.
     for _ in range(60):
         page.api("POST", "/jobs", {"args": ["printf", ""]})
     big = ["printf", "%.0s", *("abcdefgh" * 256 for _ in range(10))]
@@ -196,10 +126,19 @@ def test_the_table_polls_a_page_of_cut_summaries_and_the_job_shows_its_args_whol
         ".filter((e) => e.name.includes('/jobs?')).map((e) => [e.name, e.encodedBodySize])")
     assert asked and all(name.endswith("/jobs?limit=50") for name, _ in asked), asked
     assert max(size for _, size in asked) < 50 * 6 * 1024, asked
-    page.find("#jobs-more").click()
-    page.until(lambda: len(page.driver.find_elements(By.CSS_SELECTOR, rows)) == 61,
-               "Show more did not show every job")
-    page.until(lambda: not page.shown("#jobs-more"), "Show more stays with nothing more")
+    newest = [e.get_attribute("data-id") for e in page.driver.find_elements(By.CSS_SELECTOR, rows)]
+    # Older jobs: the next page by the listing's cursor, in the URL; back returns.
+    page.find("#jobs-older").click()
+    page.until(lambda: len(page.driver.find_elements(By.CSS_SELECTOR, rows)) == 11,
+               "Older jobs did not show the 11 older ones")
+    assert "before=" in page.driver.current_url
+    older = [e.get_attribute("data-id") for e in page.driver.find_elements(By.CSS_SELECTOR, rows)]
+    assert not set(older) & set(newest)
+    page.until(lambda: not page.shown("#jobs-older"), "Older jobs stays on the last page")
+    page.driver.back()
+    page.until(lambda: [e.get_attribute("data-id") for e in
+                        page.driver.find_elements(By.CSS_SELECTOR, rows)] == newest,
+               "back did not return to the newest page")
     page.find(f'#job-rows tr[data-id="{job["id"]}"] a').click()
     page.until(lambda: page.find("#job-id").text == job["id"], "the link did not open the job")
     whole = page.until(lambda: page.find("#job-args").text, "the job's args are not shown")
@@ -215,17 +154,14 @@ def test_the_form_is_used_with_the_keyboard_alone(page):
     # Tab through the form in reading order, to the Start button, and press it with Space.
     active = page.driver.switch_to.active_element
     order = []
-    for _ in range(3):
+    for _ in range(5):
         active.send_keys(Keys.TAB)
         active = page.driver.switch_to.active_element
         order.append(active.get_attribute("id") or active.text)
-    assert order == ["timeout", "env", "Start"], order
+    assert order == ["timeout", "cwd", "env", "stdin", "Start"], order
     active.send_keys(Keys.SPACE)
-    link = page.until(lambda: page.shown("#start-status a"), "Space on Start started nothing")
-    job_id = link.text.split()[0]
-    link.send_keys(Keys.ENTER)  # the link to the job, followed from the keyboard
-    page.until(lambda: "typed" in page.output_text(), "the job's page did not open")
-    assert page.find("#job-id").text == job_id
+    page.until(lambda: "typed" in page.output_text(), "Space on Start did not open the job")
+    assert page.driver.switch_to.active_element.get_attribute("id") == "job-title"
 
 
 def test_the_page_fits_a_phone_screen(page):
@@ -372,7 +308,7 @@ def test_auto_scroll_follows_the_output_until_the_reader_scrolls_up(page, tmp_pa
 
 def test_a_queued_job_is_shown_running_once_it_starts(browser, spawn_instance, tmp_path):
     child = spawn_instance("--max-running", "1", env={"TASKRUNNER_TOKEN": TOKEN})
-    page = Page(browser, child.url)
+    page = Page(browser, child.url, TOKEN)
     first, second = tmp_path / "first", tmp_path / "second"
     blocker = page.api("POST", "/jobs", {"args": ["sh", "-c", wait_for(first)]})
     job = page.api("POST", "/jobs", {"args": ["sh", "-c", f"echo started; {wait_for(second)}"]})
