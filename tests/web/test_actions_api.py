@@ -5,10 +5,11 @@ scope and list, limits, --allow, reloads, the OpenAPI document and the metrics."
 import hashlib
 import json
 import os
+import signal
 import subprocess
 
 import pytest
-from helpers import PY, REPO, until
+from helpers import PY, REPO, until, wait_until
 
 from taskrunner.config import Config
 
@@ -292,3 +293,27 @@ async def test_a_finished_job_and_the_listing_keep_the_action_and_its_params(ins
     code, body = await call(instance, "root", "GET", "/jobs")
     listed = [j for j in body["jobs"] if j["id"] == job["id"]]
     assert [(j["action"], j["params"]) for j in listed] == [("wait", {"seconds": 0})]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sighup_rereads_the_actions_file_and_keeps_the_old_set_on_a_cut_one(
+        spawn_instance, tmp_path):
+    # --actions without --callers: SIGHUP re-reads the file instead of recycling.
+    path = tmp_path / "actions.toml"
+    path.write_text(ACTIONS)
+    child = spawn_instance("--actions", str(path))
+    path.write_text(ACTIONS[:ACTIONS.index("max_length = 20")])  # cut before a bound
+    child.signal(signal.SIGHUP)
+    assert wait_until(lambda: "actions not reloaded" in child.output())
+    line = next(line for line in child.output().splitlines() if "not reloaded" in line)
+    assert f"--actions '{path}': action 'greet' param 'greeting': no bound" in line
+    code, body = await call(child, None, "POST", "/actions/greet", {"params": {"name": "A"}})
+    assert (code, body["stdout"]) == (200, "hello, A!\n")
+    path.write_text('[actions.fresh]\nargs = ["/bin/echo", "fresh"]\n')
+    child.signal(signal.SIGHUP)
+    assert wait_until(lambda: "actions reloaded" in child.output())
+    code, body = await call(child, None, "POST", "/actions/fresh", {})
+    assert (code, body["stdout"]) == (200, "fresh\n")
+    code, body = await call(child, None, "POST", "/actions/greet", {})
+    assert (code, body["error"]) == (404, "action_not_found")
+    assert child.proc.poll() is None  # not recycled
