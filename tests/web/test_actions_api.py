@@ -65,6 +65,11 @@ args = ["/bin/sh", "-c", "ulimit -n"]
 
 [actions.hidden]
 args = ["/bin/true"]
+
+[actions.where]
+args = ["/bin/sh", "-c", "pwd; echo $GREETING; cat"]
+cwd = "/tmp"
+env = { GREETING = "from the file" }
 '''
 
 CALLERS = f'''
@@ -75,7 +80,7 @@ token_sha256 = "{sha(TOKENS['ops'])}"
 scopes = ["actions"]
 allow = "instance"
 max_running = "instance"
-actions = ["greet", "touch", "wait", "nofile", "nofile_caller"]
+actions = ["greet", "touch", "wait", "nofile", "nofile_caller", "where"]
 
 [callers.ops.limits]
 user = "instance"
@@ -166,7 +171,7 @@ async def test_get_actions_lists_the_callers_actions_with_their_schemas(instance
     code, body = await call(instance, "ops", "GET", "/actions")
     assert code == 200
     names = [a["name"] for a in body["actions"]]
-    assert names == ["greet", "touch", "wait", "nofile", "nofile_caller"]
+    assert names == ["greet", "touch", "wait", "nofile", "nofile_caller", "where"]
     greet = body["actions"][0]
     assert greet["description"] == "Greet someone" and greet["timeout"] == 10
     assert greet["params"]["required"] == ["name"]
@@ -222,6 +227,12 @@ async def test_an_actions_limits_win_over_its_callers(instance):
     assert (code, body["stdout"]) == (200, "17\n")
     code, body = await call(instance, "ops", "POST", "/actions/nofile_caller", {})
     assert (code, body["stdout"]) == (200, "37\n")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_action_runs_in_its_cwd_with_its_env_and_the_callers_stdin(instance):
+    code, body = await call(instance, "ops", "POST", "/actions/where", {"stdin": "piped"})
+    assert (code, body["stdout"]) == (200, "/tmp\nfrom the file\npiped")
 
 
 @pytest.mark.gen_test(timeout=30)
