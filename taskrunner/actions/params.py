@@ -125,7 +125,7 @@ class Param:
                 item["enum"] = list(self.enum)
             if self.pattern is not None:
                 # The whole value, as re.fullmatch: "$" alone would let a final newline by.
-                item["allOf"] = [{"pattern": f"^(?:{self.pattern})$(?!\\n)"}]
+                item["allOf"] = [{"pattern": schema_pattern(self.pattern)}]
             if whole and not self.allow_dash:
                 item["not"] = {"pattern": "^-"}
             schema = item if self.type == "string" else {
@@ -135,6 +135,12 @@ class Param:
         if not self.required:
             schema["default"] = self.default
         return schema
+
+
+def schema_pattern(pattern: str) -> str:
+    """``pattern`` as JSON Schema says "the whole value": anchored, and no final newline
+    let by (``$`` alone would, where Python's ``re.fullmatch`` does not)."""
+    return f"^(?:{pattern})$(?!\\n)"
 
 
 def parse_param(name: str, entry: Any, where: str) -> Param:
@@ -206,6 +212,11 @@ def _string_rules(entry: dict[str, Any], where: str) -> dict[str, Any]:
             re.compile(pattern)
         except re.error as exc:
             raise StartupError(f"{where}: pattern is not a regular expression: {exc}") from None
+        try:  # as its JSON Schema shows it (a flag such as (?s) must then be scoped: (?s:...))
+            re.compile(schema_pattern(pattern))
+        except re.error as exc:
+            raise StartupError(f"{where}: pattern cannot stand in a group ({exc}): scope a "
+                               "flag, (?s:...) rather than (?s)...") from None
         rules["pattern"] = pattern
     length = entry.get("max_length")
     if length is not None:

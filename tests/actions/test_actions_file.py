@@ -142,6 +142,8 @@ BAD = [
      "pattern = '('\n", "action 'a' param 'x': pattern is not a regular expression"),
     ("[actions.a]\nargs = ['/bin/echo', '{x}']\n[actions.a.params.x]\ntype = 'string'\n"
      "enum = ['a']\ndefault = 'b'\n", "action 'a' param 'x': default: parameter x must be one"),
+    ("[actions.a]\nargs = ['/bin/echo', '{x}']\n[actions.a.params.x]\ntype = 'string'\n"
+     "pattern = '(?s).*'\n", "action 'a' param 'x': pattern cannot stand in a group"),
     ("[actions.a]\nargs = ['/bin/echo']\n[actions.a.params.x]\ntype = 'string'\nenum = ['a']\n",
      "action 'a': args: param(s) x appear in no element"),
     ("[actions.a]\nargs = ['/bin/echo']\ntimeout = 99999\n", "action 'a': timeout must be"),

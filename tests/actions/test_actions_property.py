@@ -22,7 +22,7 @@ args = ["{sys.executable}", "-c", "import json, sys; print(json.dumps(sys.argv[1
 
 [actions.probe.params.one]
 type = "string"
-pattern = "(?s).*"
+pattern = "(?s:.*)"
 
 [actions.probe.params.part]
 type = "string"
@@ -34,7 +34,7 @@ flag = "--force"
 
 [actions.probe.params.many]
 type = "array"
-pattern = "(?s).*"
+pattern = "(?s:.*)"
 max_items = 5
 allow_dash = true
 
