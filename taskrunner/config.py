@@ -145,6 +145,11 @@ class Config:
         "SHA-256), scopes, its own --allow, max_running share and limits, every one written "
         "out; re-read on SIGHUP. Empty: one token (--token-file) or none"
     )
+    actions: str = _setting(
+        "", "TOML file of actions: named commands with typed parameters that callers with "
+        "the actions scope may run (docs/actions.md); --allow does not apply to them; "
+        "re-read on SIGHUP. Empty: no actions"
+    )
     memory_max: int = _setting(
         0, "memory limit of each command's whole process tree, in MiB, by a cgroup of its "
         "own; a command it kills reports oom_killed. 0: none"

@@ -7,7 +7,8 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     ├── RequestError                     (400, "bad_request")     the request is malformed
     │   ├── InvalidJSON                  (400, "invalid_json")
     │   ├── InvalidField                 (400, "invalid_field")
-    │   └── UnknownField                 (400, "unknown_field")
+    │   ├── UnknownField                 (400, "unknown_field")
+    │   └── InvalidParam                 (400, "invalid_param")   an action's parameter
     ├── Unauthorized                     (401, "unauthorized")
     ├── Forbidden                        (403, "forbidden")
     │   ├── ProgramNotAllowed            (403, "program_not_allowed")
@@ -15,7 +16,8 @@ handler turns any of them into the one JSON shape ``{"error": code, "message": t
     │   ├── CallbackNotAllowed           (403, "callback_not_allowed")  host off --callback-allow
     │   └── OriginNotAllowed             (403, "origin_not_allowed")  a foreign page's request
     ├── NotFound                         (404, "not_found")
-    │   └── JobNotFound                  (404, "job_not_found")
+    │   ├── JobNotFound                  (404, "job_not_found")
+    │   └── ActionNotFound               (404, "action_not_found")  not in --actions (for it)
     ├── MethodNotAllowed                 (405, "method_not_allowed")
     ├── BodyTimeout                      (408, "body_timeout")
     ├── PayloadTooLarge                  (413, "body_too_large")
@@ -79,6 +81,12 @@ class UnknownField(RequestError):
     code = "unknown_field"
 
 
+class InvalidParam(RequestError):
+    """An action's parameter is missing, unknown, or breaks one of its rules."""
+
+    code = "invalid_param"
+
+
 class Unauthorized(TaskRunnerError):
     """A bearer token is required and was missing or wrong."""
 
@@ -130,6 +138,12 @@ class JobNotFound(NotFound):
     """No job with this id is known to the instance."""
 
     code = "job_not_found"
+
+
+class ActionNotFound(NotFound):
+    """No action by this name, or none the caller may use: the same answer for both."""
+
+    code = "action_not_found"
 
 
 class MethodNotAllowed(TaskRunnerError):

@@ -81,6 +81,12 @@ class Metrics:
                                  "HTTP requests answered, by status and caller",
                                  ["status", "caller"], registry=reg)
         self.started = Counter("taskrunner_commands_started", "commands started", registry=reg)
+        # action: a name from --actions, bounded by the file, never taken from the request
+        # unchecked (an unknown name is a 404 before anything counts).
+        self._actions = Counter("taskrunner_action_commands_started",
+                                "commands started by an action (/actions/<name>, and its "
+                                "jobs as they are accepted), by action", ["action"],
+                                registry=reg)
         self.ended = 0
         """Commands that ended since start (the counter below, readable without a scrape:
         /healthz tells it to any caller, for the page's completions per second)."""
@@ -172,6 +178,10 @@ class Metrics:
             self.kills.inc()
         if result.oom_killed:
             self.oom_kills.inc()
+
+    def action_started(self, action: str) -> None:
+        """Count a command started (or a job accepted) for the action ``action``."""
+        self._actions.labels(action=action).inc()
 
     # -- admission ---------------------------------------------------------------------
 

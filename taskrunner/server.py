@@ -18,9 +18,10 @@ socket activation, served instead of binding (`taskrunner.listener.activation`),
 notify socket (`taskrunner.service_manager`): ``READY=1`` with the last step, ``STOPPING=1``
 when draining begins.
 
-SIGHUP: with ``--callers``, re-read the callers file (requests in flight keep the caller
-they were given; a file that cannot be used keeps the old callers, and the log says why);
-without it, recycle (drain and exit 0 for the supervisor to restart: a rolling restart).
+SIGHUP: with ``--callers`` or ``--actions``, re-read those files (requests in flight keep
+the caller and the action they were given; a file that cannot be used keeps the old set,
+and the log says why); without either, recycle (drain and exit 0 for the supervisor to
+restart: a rolling restart).
 SIGUSR2 always recycles.
 """
 
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders
 
+from taskrunner.actions.actionfile import Actions, load_actions
 from taskrunner.config import Config
 from taskrunner.errors import SpawnError, StartupError, StoreError, Unauthorized
 from taskrunner.jobs.callbacks import (
@@ -154,6 +156,7 @@ class Server:
         tls = server_context(config.certfile, config.keyfile) if config.certfile else None
         secret = load_secret(config.callback_secret_file) if config.callback_secret_file else None
         callers = self._load_callers(undo, token)
+        actions = load_actions(config.actions, config) if config.actions else Actions()
         # The job index before the port listens: an instance waiting for its index's server
         # must not hold a socket whose connections nobody answers. Its name is held in the
         # index from then on (a second process asking for it is refused) until the undo
@@ -173,6 +176,8 @@ class Server:
                             admission=admission, cgroups=cgroups)
         jobs = self._build_registry(undo, launcher, store, secret)
         ctx = self._build_context(engine, admission, launcher, jobs, callers)
+        ctx.actions = actions
+        undo.callback(ctx.action_wrappers.close)
         # After the context: the metrics count the callbacks of the jobs found lost.
         self._restore_jobs(ctx, store)
         # The listener: bind (above), the HTTP server (connection cap, TLS door, draining),
@@ -190,6 +195,8 @@ class Server:
                 f"fd {a.sock.fileno()} {a.name!r} {a.host}:{a.port}" for a in self.activated))
         if config.callers:
             log.info("callers from %s: %s", config.callers, ", ".join(callers.names))
+        if config.actions:
+            log.info("actions from %s: %s", config.actions, ", ".join(actions.names))
         # The last step: /readyz answers 200 from here on. Nothing above awaits once the
         # listener accepts, so a connection made while starting waits in the backlog and
         # meets a ready instance; a step that awaits there would be answered "starting".
@@ -400,9 +407,10 @@ class Server:
         handlers: dict[signal.Signals, Callable[[], None]] = {
             signal.SIGTERM: self.request_exit,
             signal.SIGINT: self.request_exit,
-            # SIGHUP: re-read the callers file, or (without one) recycle now: a rolling
-            # restart that loses no request behind nginx.
-            signal.SIGHUP: self.reload_callers if self.config.callers else recycler.recycle,
+            # SIGHUP: re-read the callers and actions files, or (without either) recycle
+            # now: a rolling restart that loses no request behind nginx.
+            signal.SIGHUP: (self.reload if self.config.callers or self.config.actions
+                            else recycler.recycle),
             # SIGUSR2: recycle now, with or without --callers.
             signal.SIGUSR2: recycler.recycle,
         }
@@ -425,6 +433,26 @@ class Server:
     def _read_callers(self, previous: Callers | None) -> Callers:
         return load_callers(self.config.callers, self.config, os.environ, self._base_env,
                             containment_from_config, previous)
+
+    def reload(self) -> None:
+        """What SIGHUP does with ``--callers`` or ``--actions``: re-read each file given;
+        each that cannot be used keeps its old set, and the log says why."""
+        if self.config.callers:
+            self.reload_callers()
+        if self.config.actions:
+            self.reload_actions()
+
+    def reload_actions(self) -> None:
+        """Re-read ``--actions``; keep the old actions if the file cannot be used, and log
+        why. Requests in flight keep the action they found."""
+        assert self.ctx is not None
+        try:
+            actions = load_actions(self.config.actions, self.config)
+        except StartupError as exc:
+            log.error("actions not reloaded, the previous ones stay: %s", exc)
+            return
+        self.ctx.actions = actions
+        log.info("actions reloaded from %s: %s", self.config.actions, ", ".join(actions.names))
 
     def reload_callers(self) -> None:
         """Re-read ``--callers`` (what SIGHUP does with it); keep the old callers if the file

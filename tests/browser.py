@@ -1,5 +1,6 @@
 """A headless Chromium for the browser tests: Debian's chromium driven through its own
-chromedriver (scripts/install brings both; nothing is downloaded at run time)."""
+chromedriver (scripts/install brings both; nothing is downloaded at run time); `Page`, the
+web page at /ui in it, and a screenshot of a page when its test failed."""
 
 from __future__ import annotations
 
@@ -7,15 +8,24 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 from helpers import serving
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -100,3 +110,75 @@ def attack_run(driver: WebDriver, page: str, target: str, args: list[str]) -> li
     body = json.dumps({"args": args})
     outcomes: list[str] = driver.execute_async_script(_ATTACK, f"{target}/run", body)
     return outcomes
+
+
+WAIT = 20.0  # seconds: a deadline for what the page shows, not an expected duration
+ARTIFACTS = os.environ.get("TASKRUNNER_TEST_ARTIFACTS",
+                           os.path.join(tempfile.gettempdir(), "taskrunner-test-artifacts"))
+
+
+def api_call(url: str, headers: dict[str, str] | None = None,
+             body: Any = None, method: str = "GET") -> tuple[int, Any, bytes]:
+    """One request with urllib, outside the browser: status, headers and body."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def screenshot_failed(driver: WebDriver, request: pytest.FixtureRequest) -> None:
+    """Save the page as a failed test left it (PNG and HTML, under ARTIFACTS); say where."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    name = re.sub(r"[^\w.-]", "_", request.node.name)
+    path = os.path.join(ARTIFACTS, f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.png")
+    try:
+        driver.save_screenshot(path)
+        with open(path[:-4] + ".html", "w") as f:
+            f.write(driver.page_source)
+    except WebDriverException as error:
+        path = f"(no screenshot: {error.msg})"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    line = f"{request.node.nodeid}: screenshot of the failed page: {path}"
+    if reporter is not None:
+        reporter.write_line(line)
+    else:
+        print(line)
+
+
+class Page:
+    """The page in the browser, and the instance behind it (its token: ``token``)."""
+
+    def __init__(self, driver: WebDriver, url: str, token: str) -> None:
+        self.driver = driver
+        self.url = url
+        self.token = token
+
+    def until(self, what: Callable[[], Any], message: str = "") -> Any:
+        return WebDriverWait(self.driver, WAIT).until(lambda _: what(), message)
+
+    def find(self, css: str) -> WebElement:
+        return self.driver.find_element(By.CSS_SELECTOR, css)
+
+    def shown(self, css: str) -> WebElement | None:
+        found = [e for e in self.driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
+        return found[0] if found else None
+
+    def open(self, fragment: str = "") -> None:
+        self.driver.get(f"{self.url}/ui{fragment}")
+
+    def log_in(self, token: str | None = None) -> None:
+        field = self.until(lambda: self.shown("#token"), "the token is not asked for")
+        field.send_keys(self.token if token is None else token)
+        self.find("#login-form button[type=submit]").click()
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        status, _, data = api_call(self.url + path, {"Authorization": f"Bearer {self.token}"},
+                               body, method)
+        assert status in (200, 202), data
+        return json.loads(data)
+
+    def output_text(self) -> str:
+        return str(self.find("#output").text)

@@ -10,7 +10,10 @@ reload: the page revalidated, 304; its script and style sheet from the cache).
 Each load reports the Performance API's ``first-contentful-paint``, the page's own mark
 ``taskrunner:jobs-rendered`` (the table built from the first ``GET /jobs``, its rows
 counted: the newest 50 at most, the page's first page), ``largest-contentful-paint``, and
-the ``GET /jobs`` fetch (end and size). Prints one line per load and the medians.
+the ``GET /jobs`` fetch (end and size). Prints one line per load and the medians. Then, in
+the loaded page, ROUNDS times each: a search for one job's id (typed and submitted: the
+server searches the 1,000 jobs' args, callers and ids) and the next page of older jobs, each
+timed from the action to the table drawn again (the page's mark), and the medians.
 """
 
 from __future__ import annotations
@@ -112,6 +115,34 @@ def load(driver: webdriver.Chrome, n: int, reload: bool) -> dict[str, Any]:
     return result
 
 
+INTERACT = """
+const [action, arg, done] = arguments;
+const marks = () => performance.getEntriesByName("taskrunner:jobs-rendered");
+const before = marks().length;
+const t0 = performance.now();
+if (action === "search") {
+  document.getElementById("filter-q").value = arg;
+  document.getElementById("filter").requestSubmit();
+} else {
+  document.getElementById(action).click();
+}
+const wait = () => {
+  const m = marks();
+  if (m.length > before) done([m[m.length - 1].startTime - t0, m[m.length - 1].detail.rows]);
+  else setTimeout(wait, 2);
+};
+wait();
+"""
+
+
+def interact(driver: webdriver.Chrome, action: str, arg: str = "") -> tuple[float, int]:
+    """From ``action`` (a search for ``arg``, or a click on the button of that id) to the
+    table drawn again: milliseconds, and the rows drawn."""
+    driver.set_script_timeout(60)
+    ms, rows = driver.execute_async_script(INTERACT, action, arg)
+    return float(ms), int(rows)
+
+
 def main(argv: list[str]) -> int:
     """Make the jobs, load the page ROUNDS times cold and warm; print each and the medians."""
     ap = argparse.ArgumentParser(prog="scripts/bench experiment ui_first_paint",
@@ -120,10 +151,13 @@ def main(argv: list[str]) -> int:
                     help="the checkout to start")
     ap.add_argument("n", nargs="?", type=int, default=1000, metavar="N", help="jobs")
     ap.add_argument("rounds", nargs="?", type=int, default=7, metavar="ROUNDS")
+    ap.add_argument("--state-dir", action="store_true",
+                    help="give the instance a SQLite job index (the search is then SQL)")
     args = ap.parse_args(argv)
     n, rounds = args.n, args.rounds
     tmp = Path(tempfile.mkdtemp(prefix="taskrunner-bench-ui-"))
-    instance = taskrunner(["--max-jobs", str(n + 100)], tmp / "log", args.source,
+    index = ["--state-dir", str(tmp / "state")] if args.state_dir else []
+    instance = taskrunner(["--max-jobs", str(n + 100), *index], tmp / "log", args.source,
                           {"TASKRUNNER_TOKEN": TOKEN})
     port = instance.port
     assert port is not None
@@ -153,6 +187,26 @@ def main(argv: list[str]) -> int:
             print(f"median {kind} of {rounds}: FCP {med['fcp']:.0f} ms, GET /jobs done "
                   f"{med['jobs_end']:.0f} ms, table built {med['rendered']:.0f} ms "
                   f"(building it: {med['build']:.0f} ms), LCP {med['lcp']:.0f} ms")
+        wanted = driver.execute_script(
+            "return document.querySelector('#job-rows tr:nth-child(25)').dataset.id")
+        searches, pages = [], []
+        for _ in range(rounds):
+            driver.get(url)
+            WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+                "return document.querySelectorAll('#job-rows tr').length") >= min(n, PAGE))
+            ms, rows = interact(driver, "search", wanted)
+            assert rows == 1, rows
+            searches.append(ms)
+            driver.get(url)
+            WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+                "return document.querySelectorAll('#job-rows tr').length") >= min(n, PAGE))
+            ms, rows = interact(driver, "jobs-older")
+            assert rows == min(max(n - PAGE, 0), PAGE), rows
+            pages.append(ms)
+            print(f"search for one id among {n}: {searches[-1]:.0f} ms; older page: "
+                  f"{pages[-1]:.0f} ms")
+        print(f"median of {rounds}: search {statistics.median(searches):.0f} ms, older page "
+              f"{statistics.median(pages):.0f} ms")
     finally:
         if driver is not None:
             driver.quit()

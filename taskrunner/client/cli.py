@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from taskrunner.client import errors
-from taskrunner.client.aio import AsyncClient
+from taskrunner.client.aio import AsyncClient, AsyncJob
 from taskrunner.client.attach import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, Attached, stdio
 from taskrunner.client.models import JobInfo
 from taskrunner.client.views import job_table, usage_line
@@ -62,6 +62,27 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS...")
     run.set_defaults(handler=do_run)
 
+    actions = sub.add_parser("actions", help="list the actions you may run, and their "
+                             "parameters")
+    actions.add_argument("--json", action="store_true", help="JSON for scripts, schemas "
+                         "included")
+    actions.set_defaults(handler=do_actions)
+
+    do = sub.add_parser("do", help="run an action, its output live, its exit status ours")
+    do.add_argument("--timeout", type=float, metavar="S", help="seconds before it is killed "
+                    "(at most the action's own)")
+    do.add_argument("--stdin", metavar="FILE", help="send FILE (- for this stdin) as its stdin")
+    do.add_argument("--detach", "-d", action="store_true",
+                    help="print the job id and return at once")
+    do.add_argument("--usage", action="store_true",
+                    help="when it has ended, say on stderr what it cost (CPU, memory, wait)")
+    do.add_argument("--retry", type=int, nargs="?", const=10, default=0, metavar="N",
+                    help="when the instance is busy (429), try again, up to N times")
+    do.add_argument("name", metavar="NAME", help="the action")
+    do.add_argument("params", nargs="*", metavar="KEY=VALUE",
+                    help="a parameter (an array's: the key once per item)")
+    do.set_defaults(handler=do_action)
+
     for name in ("ps", "jobs"):
         ps = sub.add_parser(name, help="list the jobs, newest first")
         ps.add_argument("--json", action="store_true", help="JSON for scripts")
@@ -105,7 +126,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     try:
         # Before the event loop: asyncio's own SIGINT handler cannot interrupt a blocking
         # read, so a Ctrl-C while a terminal is read would wait for its end of file.
-        args.stdin_text = _stdin(args.stdin) if args.action == "run" else None
+        args.stdin_text = _stdin(args.stdin) if args.action in ("run", "do") else None
         return asyncio.run(_with_client(handler, url, token, args))
     except errors.ClientError as e:
         _say(explain(e, url))
@@ -231,7 +252,12 @@ async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
     except (errors.CannotStart, errors.Forbidden) as e:
         _say(str(e))
         return EXIT_CANNOT_START
-    if args.detach:
+    return await _attach(job, args.detach, args.usage)
+
+
+async def _attach(job: AsyncJob, detach: bool, show_usage: bool = False) -> int:
+    # The job's id alone (--detach), or its output live and its end as our exit status.
+    if detach:
         _show(job.id)
         return 0
     out, err = stdio()
@@ -242,7 +268,76 @@ async def do_run(client: AsyncClient, args: argparse.Namespace) -> int:
         return EXIT_BROKEN_PIPE
     if info is None or attached.interrupts:
         return EXIT_INTERRUPTED
-    return ended(info, args.usage)
+    return ended(info, show_usage)
+
+
+async def do_actions(client: AsyncClient, args: argparse.Namespace) -> int:
+    actions = await client.actions()
+    if args.json:
+        _show(json.dumps({"actions": actions}, indent=2))
+        return 0
+    for action in actions:
+        params = action.get("params") or {}
+        required = set(params.get("required") or [])
+        shown = [f"{name}={_kind(schema)}" if name in required
+                 else f"[{name}={_kind(schema)}]"
+                 for name, schema in (params.get("properties") or {}).items()]
+        _show(" ".join([str(action.get("name")), *shown]))
+        if action.get("description"):
+            _show(f"    {action['description']}")
+    return 0
+
+
+def _kind(schema: dict[str, Any]) -> str:
+    # A parameter's type as a person writes it on the command line.
+    if "enum" in schema:
+        return "|".join(map(str, schema["enum"]))
+    kind = schema.get("type")
+    if kind == "array":
+        return "ITEM..."
+    return {"integer": "N", "boolean": "true|false"}.get(str(kind), "TEXT")
+
+
+async def do_action(client: AsyncClient, args: argparse.Namespace) -> int:
+    known = {a.get("name"): a for a in await client.actions()}
+    action = known.get(args.name)
+    schemas = (action or {}).get("params", {}).get("properties") or {}
+    params = _params(args.params, schemas)
+    try:
+        job = await client.submit_action(args.name, params, timeout=args.timeout,
+                                         stdin=args.stdin_text)
+    except (errors.CannotStart, errors.Forbidden) as e:
+        _say(str(e))
+        return EXIT_CANNOT_START
+    return await _attach(job, args.detach, args.usage)
+
+
+def _params(pairs: list[str], schemas: dict[str, Any]) -> dict[str, Any]:
+    # KEY=VALUE as the action's schema types them: an integer, a boolean, an array's items
+    # one pair each; unknown keys go as text, for the instance to name in its refusal.
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"do: {pair!r}: expected KEY=VALUE")
+        kind = schemas.get(name, {}).get("type")
+        value: Any = text
+        if kind == "integer":
+            try:
+                value = int(text)
+            except ValueError:
+                raise UsageError(f"do: {name} must be an integer, not {text!r}") from None
+        elif kind == "boolean":
+            if text.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise UsageError(f"do: {name} must be true or false, not {text!r}")
+            value = text.lower() in ("true", "yes", "1")
+        if kind == "array":
+            params.setdefault(name, []).append(text)
+        elif name in params:
+            raise UsageError(f"do: {name} given twice (only an array takes several)")
+        else:
+            params[name] = value
+    return params
 
 
 async def do_ps(client: AsyncClient, args: argparse.Namespace) -> int:

@@ -136,6 +136,42 @@ def submit(body: dict[str, Any], retries: int) -> Operation[JobInfo]:
     return job_info((yield from call(Request("POST", "/jobs", body), retries)))
 
 
+def action_path(name: str, tail: str = "") -> str:
+    """``/actions/<name>`` (quoted, so a name never changes the path) plus ``tail``."""
+    return f"/actions/{quote(name, safe='', errors='surrogatepass')}{tail}"
+
+
+def action_body(params: Mapping[str, Any] | None, timeout: float | None,
+                stdin: str | None) -> dict[str, Any]:
+    """The body of ``POST /actions/<name>`` and its ``/jobs``; None fields left out."""
+    body: dict[str, Any] = {"params": dict(params or {})}
+    for name, value in (("timeout", timeout), ("stdin", stdin)):
+        if value is not None:
+            body[name] = value
+    return body
+
+
+def list_actions() -> Operation[list[dict[str, Any]]]:
+    """``GET /actions``: the actions the caller may use, each with its parameters' JSON
+    Schema."""
+    body = yield from call(Request("GET", "/actions"))
+    if not isinstance(body, dict) or not isinstance(body.get("actions"), list):
+        raise ProtocolError(f"not an action list: {body!r:.200}")
+    return [item for item in body["actions"] if isinstance(item, dict)]
+
+
+def run_action(name: str, body: dict[str, Any], retries: int) -> Operation[RunResult]:
+    """``POST /actions/<name>``: the action's result, once its command has ended."""
+    return run_result((yield from call(Request("POST", action_path(name), body,
+                                               read_timeout=None), retries)))
+
+
+def submit_action(name: str, body: dict[str, Any], retries: int) -> Operation[JobInfo]:
+    """``POST /actions/<name>/jobs``: the action's new job, running or queued."""
+    return job_info((yield from call(Request("POST", action_path(name, "/jobs"), body),
+                                     retries)))
+
+
 def get_job(job_id: str) -> Operation[JobInfo]:
     """``GET /jobs/<id>``."""
     return job_info((yield from call(Request("GET", job_path(job_id)))))

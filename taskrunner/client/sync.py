@@ -64,6 +64,23 @@ class Client:
         body = protocol.command_body(args, timeout, env, cwd, stdin)
         return Job(self, self._drive(protocol.submit(body, self.retries)))
 
+    def actions(self) -> list[dict[str, Any]]:
+        """The actions this caller may use (``GET /actions``): name, description, timeout
+        and ``params``, the JSON Schema of their parameters."""
+        return self._drive(protocol.list_actions())
+
+    def run_action(self, name: str, params: Mapping[str, Any] | None = None, *,
+                   timeout: float | None = None, stdin: str | None = None) -> RunResult:
+        """Run the action ``name`` and return its result once it has ended."""
+        body = protocol.action_body(params, timeout, stdin)
+        return self._drive(protocol.run_action(name, body, self.retries))
+
+    def submit_action(self, name: str, params: Mapping[str, Any] | None = None, *,
+                      timeout: float | None = None, stdin: str | None = None) -> Job:
+        """Start the action ``name`` as a job and return at once; running or queued."""
+        body = protocol.action_body(params, timeout, stdin)
+        return Job(self, self._drive(protocol.submit_action(name, body, self.retries)))
+
     def job(self, job_id: str) -> Job:
         """The job with this id (``GET /jobs/<id>``); `NotFound` if there is none."""
         return Job(self, self._drive(protocol.get_job(job_id)))

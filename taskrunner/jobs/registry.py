@@ -189,11 +189,13 @@ class JobRegistry:
 
     async def submit(self, spec: CommandSpec, policy: Policy | None = None,
                      caller: str | None = None, callback_url: str | None = None,
-                     realm: str | None = None) -> Job:
+                     realm: str | None = None, action: str | None = None,
+                     params: dict[str, Any] | None = None) -> Job:
         """Accept ``spec`` as a job of ``caller`` of ``realm`` under its ``policy`` (default: the
         instance's), started now or queued for a slot; raise if it cannot be (the
         allowlist, a missing program, the caller's share, no slot nor queue room, the store
-        failing). The job holds the caller's share from now until it ends.
+        failing). The job holds the caller's share from now until it ends. ``action`` and
+        ``params``: the named action it runs, with its checked parameters, kept with it.
         ``callback_url`` (checked by the caller against the sender's hosts) is called once
         the job ends."""
         self._make_room()
@@ -202,6 +204,7 @@ class JobRegistry:
                   caller=caller, callback_url=callback_url, realm=realm)
         job.timeout, job.cwd = spec.timeout, spec.cwd
         job.env_names = None if spec.env is None else sorted(spec.env)
+        job.action, job.params = action, params
         job.reservation = reservation
         # Stored as it is about to be: running if it holds a slot (if it then cannot start,
         # the row goes), else queued.

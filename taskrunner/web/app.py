@@ -8,6 +8,7 @@ from tornado.web import Application, RequestHandler
 
 from taskrunner.listener.streams import EarlyAnswerTransform
 from taskrunner.web.access import RequestIdTransform, log_request
+from taskrunner.web.actions import ActionJobsHandler, ActionRunHandler, ActionsHandler
 from taskrunner.web.base import NotFoundHandler
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.jobs import JobHandler, JobOutputHandler, JobsHandler
@@ -34,6 +35,9 @@ def make_app(ctx: InstanceContext, **settings: Any) -> Application:
         (r"/jobs", JobsHandler, {"ctx": ctx}),
         (r"/jobs/([^/]+)", JobHandler, {"ctx": ctx}),
         (r"/jobs/([^/]+)/output", JobOutputHandler, {"ctx": ctx}),
+        (r"/actions", ActionsHandler, {"ctx": ctx}),
+        (r"/actions/([^/]+)", ActionRunHandler, {"ctx": ctx}),
+        (r"/actions/([^/]+)/jobs", ActionJobsHandler, {"ctx": ctx}),
         (r"/openapi.json", OpenAPIHandler, {"ctx": ctx}),
         (r"/ui", PageHandler, {"ctx": ctx}),
         (r"/ui/([^/]+)", PageHandler, {"ctx": ctx}),

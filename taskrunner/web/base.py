@@ -68,8 +68,9 @@ class JSONHandler(RequestHandler):
     ctx: InstanceContext
     public_methods: tuple[str, ...] = ()
     """Methods served without the bearer token (the probes' ``GET``, the page's)."""
-    scope: str | None = None
-    """The scope (``run``, ``jobs``, ``admin``) a caller needs here; None: any caller."""
+    scope: str | tuple[str, ...] | None = None
+    """The scope (``run``, ``jobs``, ``admin``, ``actions``) a caller needs here, or a
+    tuple of which any one will do; None: any caller."""
     caller: Caller | None = None
     """Who is calling, once the token is checked (None on a public route)."""
     keeps_body = False

@@ -13,6 +13,8 @@ that saved half) is refused instead of read as "no bound"::
     allow = ["make", "pytest"]             # or "instance" (--allow), or "any" (no list)
     max_running = 4                        # its share of the slots; or "instance" (none)
     limits = "instance"                    # or a table naming every per-caller setting
+    actions = ["restart"]                  # with the actions scope only: the actions
+                                           # (--actions) it may use, or "all"
 
 A job's owner is its realm and its caller's name (`taskrunner.jobs.index.in_view`): a caller
 of another file that shares an index and a name owns nothing of this file's callers' jobs,
@@ -55,15 +57,18 @@ from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.containment import Containment
 from taskrunner.process.launcher import Policy
 
-SCOPES = ("run", "jobs", "admin")
+SCOPES = ("run", "jobs", "admin", "actions")
 """``run``: ``POST /run``; ``jobs``: the jobs routes, for its own jobs; ``admin``: every
-job, and ``/metrics``."""
+job, and ``/metrics``; ``actions``: the actions its ``actions`` key names, and reading,
+following and cancelling the jobs they made."""
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _REALM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # never DEFAULT_REALM
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _KEYS = ("token_sha256", "scopes", "allow", "max_running", "limits")
 """Every caller's keys, each required: a missing one is refused, never read as no bound."""
+ALL_ACTIONS = "all"
+"""A caller's ``actions`` that names every action of ``--actions``, as it is now."""
 INSTANCE = "instance"
 """The value that says "the instance's own setting holds for this caller"."""
 
@@ -84,18 +89,34 @@ class Caller:
     digest: bytes = field(default=b"", repr=False)
     realm: str = DEFAULT_REALM
     """The callers file's realm: with the name, what owns this caller's jobs."""
+    config: Config | None = field(default=None, repr=False)
+    """Its limits as a whole `Config` (None: the instance's), which an action's limits
+    override key by key."""
+    actions: frozenset[str] | None = None
+    """The actions it may use (with the ``actions`` scope); None: every one."""
 
     @property
     def sees_all(self) -> bool:
         """True for ``admin``: it sees, follows and cancels every job, not only its own."""
         return "admin" in self.scopes
 
-    def require(self, scope: str | None) -> None:
-        """`MissingScope` unless this caller has ``scope`` (``admin`` covers ``jobs``)."""
-        if scope is None or scope in self.scopes or (scope == "jobs" and self.sees_all):
+    def require(self, scope: str | tuple[str, ...] | None) -> None:
+        """`MissingScope` unless this caller has ``scope`` (or one of them; ``admin`` covers
+        ``jobs``)."""
+        wanted = (scope,) if isinstance(scope, str) else scope or ()
+        if scope is None or any(self.has(s) for s in wanted):
             return
-        raise MissingScope(f"caller {self.name!r} lacks the {scope!r} scope this route needs "
-                           f"(it has: {', '.join(sorted(self.scopes)) or 'none'})")
+        raise MissingScope(f"caller {self.name!r} lacks the {' or '.join(map(repr, wanted))} "
+                           f"scope this route needs (it has: "
+                           f"{', '.join(sorted(self.scopes)) or 'none'})")
+
+    def has(self, scope: str) -> bool:
+        """Does this caller have ``scope`` (``admin`` covers ``jobs``)?"""
+        return scope in self.scopes or (scope == "jobs" and self.sees_all)
+
+    def may_use(self, action: str) -> bool:
+        """May this caller run the action ``action`` (it has the scope and the name)?"""
+        return "actions" in self.scopes and (self.actions is None or action in self.actions)
 
     def owns(self, job_realm: str | None, job_caller: str | None) -> bool:
         """May this caller see a job that ``job_caller`` of ``job_realm`` submitted?"""
@@ -234,7 +255,7 @@ def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[
         raise StartupError(f"{where}: a name is 1-64 letters, digits, '.', '-' or '_'")
     if not isinstance(entry, dict):
         raise StartupError(f"{where}: expected a table")
-    unknown = set(entry) - set(_KEYS)
+    unknown = set(entry) - {*_KEYS, "actions"}
     if unknown:
         raise StartupError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: "
                            f"{', '.join(sorted(_KEYS))}")
@@ -253,13 +274,16 @@ def _caller(name: str, entry: Any, where: str, config: Config, environ: Mapping[
             or not all(isinstance(s, str) and s in SCOPES for s in scopes)):
         raise StartupError(f"{where}: scopes must be a non-empty list of {', '.join(SCOPES)}")
     caller_config = _caller_config(entry["limits"], where, config)
+    actions = _actions(entry, scopes, where)
     try:
         wrapper = containment(caller_config, environ)
     except StartupError as exc:
         raise StartupError(f"{where}: limits: {exc}") from None
     try:
-        return _policed(name, entry, where, config, base_env, wrapper, old_shares,
-                        bytes.fromhex(token_hash), frozenset(scopes), realm)
+        caller = _policed(name, entry, where, config, base_env, wrapper, old_shares,
+                          bytes.fromhex(token_hash), frozenset(scopes), realm)
+        return dataclasses.replace(caller, actions=actions, config=(
+            None if caller_config is config else caller_config))
     except BaseException:
         wrapper.close()
         raise
@@ -293,6 +317,24 @@ def _policed(name: str, entry: dict[str, Any], where: str, config: Config,
         share = old_shares.get(name) or Share(name, limit)
         share.limit = limit
     return Caller(name, scopes, Policy(allowlist, wrapper, share), digest, realm)
+
+
+def _actions(entry: dict[str, Any], scopes: list[str], where: str) -> frozenset[str] | None:
+    # Written out with the actions scope (a file cut before it is refused), and only then.
+    value = entry.get("actions")
+    if "actions" not in scopes:
+        if value is not None:
+            raise StartupError(f"{where}: actions needs the 'actions' scope")
+        return frozenset()
+    if value is None:
+        raise StartupError(f"{where}: actions missing: with the 'actions' scope, name the "
+                           f"actions it may use, or \"{ALL_ACTIONS}\"")
+    if value == ALL_ACTIONS:
+        return None
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise StartupError(f"{where}: actions must be a list of action names or "
+                           f"\"{ALL_ACTIONS}\"")
+    return frozenset(value)
 
 
 def _caller_config(limits: Any, where: str, config: Config) -> Config:

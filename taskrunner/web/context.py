@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from taskrunner.actions.actionfile import Actions
 from taskrunner.config import Config
 from taskrunner.jobs.registry import JobRegistry
 from taskrunner.process.engine import ProcessEngine
 from taskrunner.process.launcher import Launcher
+from taskrunner.web.action_wrappers import ActionWrappers
 from taskrunner.web.callers import Callers, implicit_callers
 from taskrunner.web.edge import BrowserEdge
 
@@ -38,6 +40,10 @@ class InstanceContext:
     port: int = 0
     callers: Callers = field(default_factory=lambda: implicit_callers(None), repr=False)
     """Who may call, found by token; replaced whole when ``--callers`` is re-read."""
+    actions: Actions = field(default_factory=Actions, repr=False)
+    """The actions of ``--actions`` (none without it); replaced whole on a reload."""
+    action_wrappers: ActionWrappers = field(default_factory=ActionWrappers, repr=False)
+    """The wrappers of actions that set limits of their own."""
     instance: str = ""
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)

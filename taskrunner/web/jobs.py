@@ -49,6 +49,9 @@ async def visible_job(handler: JSONHandler, job_id: str) -> Job:
     caller = handler.caller
     if caller is not None and not caller.owns(job.realm, job.caller):
         raise JobNotFound(f"no job {job_id!r}")
+    if caller is not None and not caller.has("jobs") and job.action is None:
+        # A caller with the actions scope alone sees only the jobs its actions made.
+        raise JobNotFound(f"no job {job_id!r}")
     return job
 
 
@@ -104,9 +107,10 @@ class JobsHandler(CommandHandler):
 
 class JobHandler(JSONHandler):
     """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it (forwarded to the
-    owner of a running job of another instance)."""
+    owner of a running job of another instance; ``actions``: a job one of the caller's
+    actions made)."""
 
-    scope = "jobs"
+    scope = ("jobs", "actions")
     _forward: Forward | None = None
 
     async def get(self, job_id: str) -> None:
@@ -142,7 +146,7 @@ class JobOutputHandler(JSONHandler):
     """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job
     (from its owner, through this instance, for a running job of another instance)."""
 
-    scope = "jobs"
+    scope = ("jobs", "actions")
     _gone: asyncio.Future[None] | None = None
     _forward: Forward | None = None
 

@@ -117,4 +117,4 @@ class OpenAPIHandler(JSONHandler):
     """``GET /openapi.json``: the OpenAPI 3 document of every endpoint."""
 
     def get(self) -> None:
-        self.write_json(openapi.document(self.ctx.config.max_timeout))
+        self.write_json(openapi.document(self.ctx.config.max_timeout, self.ctx.actions))

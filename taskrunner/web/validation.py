@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from taskrunner.errors import CallbackNotAllowed, InvalidField, InvalidJSON, UnknownField
@@ -30,6 +31,8 @@ from taskrunner.process.engine import CommandSpec
 
 FIELDS = ("args", "timeout", "stdin", "env", "cwd")
 JOB_FIELDS = (*FIELDS, "callback_url")
+ACTION_FIELDS = ("params", "timeout", "stdin")
+ACTION_JOB_FIELDS = (*ACTION_FIELDS, "callback_url")
 
 MAX_URL_LENGTH = 2048
 """Longest ``callback_url`` accepted, as browsers and most servers take."""
@@ -211,8 +214,12 @@ def parse_job_request(body: bytes, *, default_timeout: float, max_timeout: float
     """Validate a ``POST /jobs`` body: the command it asks for, and its ``callback_url``
     (None without one); `CallbackNotAllowed` if that URL's host is off the list."""
     given, spec = _parse_fields(body, JOB_FIELDS, default_timeout, max_timeout)
+    return spec, _callback(given, callback_hosts)
+
+
+def _callback(given: dict[str, Any], callback_hosts: CallbackHosts | None) -> str | None:
     if "callback_url" not in given:
-        return spec, None
+        return None
     url = _parse_callback_url(given["callback_url"])
     if not callback_hosts:
         raise CallbackNotAllowed("this instance sends no callbacks (no --callback-allow)")
@@ -224,4 +231,35 @@ def parse_job_request(body: bytes, *, default_timeout: float, max_timeout: float
     if not permitted:
         raise CallbackNotAllowed(f"callback_url host {shown_host(url)} is not on this "
                                  "instance's --callback-allow")
-    return spec, url
+    return url
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """A valid body of ``POST /actions/<name>`` (and ``/jobs``): the parameters as sent
+    (the action checks them), and how to run it."""
+
+    params: Any
+    timeout: float
+    stdin: str | None
+    callback_url: str | None = None
+
+
+def parse_action_request(body: bytes, *, default_timeout: float, max_timeout: float,
+                         callback_hosts: CallbackHosts | None = None) -> ActionRequest:
+    """Validate an action's request body: ``params``, ``timeout`` (at most ``max_timeout``,
+    the action's cap), ``stdin``, and with ``callback_hosts`` (a job) ``callback_url``. Never
+    ``args``, ``env`` or ``cwd``: the operator's file fixes those."""
+    known = ACTION_JOB_FIELDS if callback_hosts is not None else ACTION_FIELDS
+    fields = decode_json_object(body) if body else {}
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise UnknownField(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"known fields are {', '.join(known)} (an action's command is fixed)")
+    given = {name: value for name, value in fields.items() if value is not None}
+    timeout = default_timeout
+    if "timeout" in given:
+        timeout = _parse_timeout(given["timeout"], max_timeout)
+    stdin = _check_string("stdin", given["stdin"]) if "stdin" in given else None
+    return ActionRequest(given.get("params"), timeout, stdin, _callback(given, callback_hosts))

@@ -27,8 +27,8 @@ async def test_the_page_and_its_files_are_served_with_caching_headers_and_no_tok
     assert (revalidated.code, revalidated.body) == (304, b"")
     # The page names its files with their version; asked for so, they are cached a year.
     refs = dict(re.findall(rb'(?:src|href)="ui/([\w.-]+)\?v=(\w+)"', page))
-    assert set(refs) == {b"app.js", b"ansi.js", b"core.js", b"chart.js", b"form.js", b"list.js",
-                         b"job.js", b"theme.js", b"ui.css"}, refs
+    assert set(refs) == {b"app.js", b"ansi.js", b"core.js", b"chart.js", b"form.js",
+                         b"actions.js", b"list.js", b"job.js", b"theme.js", b"ui.css"}, refs
     for name, version in refs.items():
         path = f"/ui/{name.decode()}"
         response = await child.request("GET", f"{path}?v={version.decode()}")

@@ -12,43 +12,20 @@ The files themselves and their caching headers: tests/web/test_page.py, without 
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import headless_chromium
+from browser import Page, headless_chromium, screenshot_failed
 from helpers import wait_for
-from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
 
 from taskrunner import __version__
 
 TOKEN = "ui-test-token"
-WAIT = 20.0  # seconds: a deadline for what the page shows, not an expected duration
-ARTIFACTS = os.environ.get("TASKRUNNER_TEST_ARTIFACTS",
-                           os.path.join(tempfile.gettempdir(), "taskrunner-test-artifacts"))
-
-
-def http(url: str, headers: dict[str, str] | None = None,
-         body: Any = None, method: str = "GET") -> tuple[int, Any, bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, error.read()
 
 
 @pytest.fixture(scope="module")
@@ -72,68 +49,15 @@ def browser(chromium: WebDriver, spawn_instance: Any,
     yield chromium
     # The test's outcome is counted before its fixtures are torn down.
     if request.session.testsfailed > failed_before:
-        _screenshot(chromium, request)
+        screenshot_failed(chromium, request)
     chromium.get("about:blank")  # leave the page: its streams and polls end here
-
-
-def _screenshot(driver: WebDriver, request: pytest.FixtureRequest) -> None:
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    name = re.sub(r"[^\w.-]", "_", request.node.name)
-    path = os.path.join(ARTIFACTS, f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.png")
-    try:
-        driver.save_screenshot(path)
-        with open(path[:-4] + ".html", "w") as f:
-            f.write(driver.page_source)
-    except WebDriverException as error:
-        path = f"(no screenshot: {error.msg})"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"{request.node.nodeid}: screenshot of the failed page: {path}"
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
-        print(line)
-
-
-class Page:
-    """The page in the browser, and the instance behind it."""
-
-    def __init__(self, driver: WebDriver, url: str) -> None:
-        self.driver = driver
-        self.url = url
-
-    def until(self, what: Callable[[], Any], message: str = "") -> Any:
-        return WebDriverWait(self.driver, WAIT).until(lambda _: what(), message)
-
-    def find(self, css: str) -> WebElement:
-        return self.driver.find_element(By.CSS_SELECTOR, css)
-
-    def shown(self, css: str) -> WebElement | None:
-        found = [e for e in self.driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
-        return found[0] if found else None
-
-    def open(self, fragment: str = "") -> None:
-        self.driver.get(f"{self.url}/ui{fragment}")
-
-    def log_in(self, token: str = TOKEN) -> None:
-        field = self.until(lambda: self.shown("#token"), "the token is not asked for")
-        field.send_keys(token)
-        self.find("#login-form button[type=submit]").click()
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        status, _, data = http(self.url + path, {"Authorization": f"Bearer {TOKEN}"}, body,
-                               method)
-        assert status in (200, 202), data
-        return json.loads(data)
-
-    def output_text(self) -> str:
-        return str(self.find("#output").text)
 
 
 @pytest.fixture
 def page(browser: WebDriver, spawn_instance: Any) -> Page:
     child = spawn_instance("--allow", "sh", "--allow", "printf", "--allow", "sleep",
                            env={"TASKRUNNER_TOKEN": TOKEN})
-    return Page(browser, child.url)
+    return Page(browser, child.url, TOKEN)
 
 
 def test_start_takes_you_to_the_job_and_its_output_then_back_to_the_table(page):
@@ -384,7 +308,7 @@ def test_auto_scroll_follows_the_output_until_the_reader_scrolls_up(page, tmp_pa
 
 def test_a_queued_job_is_shown_running_once_it_starts(browser, spawn_instance, tmp_path):
     child = spawn_instance("--max-running", "1", env={"TASKRUNNER_TOKEN": TOKEN})
-    page = Page(browser, child.url)
+    page = Page(browser, child.url, TOKEN)
     first, second = tmp_path / "first", tmp_path / "second"
     blocker = page.api("POST", "/jobs", {"args": ["sh", "-c", wait_for(first)]})
     job = page.api("POST", "/jobs", {"args": ["sh", "-c", f"echo started; {wait_for(second)}"]})

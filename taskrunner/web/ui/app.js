@@ -1,5 +1,6 @@
 // The taskrunner page's routes and wiring: #/ is the list (with its filters: list.js),
-// #/jobs/<id> one job (job.js); the start form is form.js, the chart chart.js, and what
+// #/jobs/<id> one job (job.js); the start form is form.js, the actions' forms actions.js,
+// the chart chart.js, and what
 // they share core.js. Plain DOM, no build step: each file is a classic script, loaded in
 // order (index.html), sharing the page's global scope. A new view is a file with a
 // function that draws it and returns {stop()}, and a line in route().
@@ -17,6 +18,7 @@ function route() {
   show($("list"), !match);
   show($("job"), Boolean(match));
   view = match ? jobView(decodeURIComponent(match[1])) : listView();
+  if (!match) actionForms.show();
 }
 
 function needToken(why) {
@@ -62,6 +64,7 @@ function init() {
     const value = $("token").value.trim();
     if (!value) return;
     sessionStorage.setItem(TOKEN_KEY, value);
+    actionForms.loaded = false;  // another token: maybe another caller's actions
     showInstance();
     $("token").value = "";
     clearError($("login-error"));

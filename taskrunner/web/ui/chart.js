@@ -43,7 +43,9 @@ function glanceView() {
       if (points.length < 1) continue;
       const line = document.createElementNS(SVG, "polyline");
       line.setAttribute("class", `line ${cls}`);
-      line.setAttribute("points", points.map((p) => `${x(p.at)},${y(value(p))}`).join(" "));
+      const coords = points.map((p) => `${x(p.at)},${y(value(p))}`);
+      if (coords.length === 1) coords.unshift(`${x(points[0].at - GLANCE_MS)},${y(value(points[0]))}`);
+      line.setAttribute("points", coords.join(" "));
       svg.append(line);
     }
   }
