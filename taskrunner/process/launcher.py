@@ -119,7 +119,7 @@ class Launcher:
             if containment.env and containment.env != self.containment.env:
                 # The engine's base environment holds the instance's; the request's env wins.
                 spec = dataclasses.replace(spec, env={**containment.env, **(spec.env or {})})
-            env = command_environment(self.engine.base_env, spec.env)
+            env = command_environment(self.engine.base_env, spec.env, spec.trace)
             program = spec.args[0]
             if policy.allowlist is not None:
                 # Resolved once: the allowlist's answer is what runs, through the wrappers
@@ -141,7 +141,7 @@ class Launcher:
         # waits for the answer.
         if self._fast(policy):
             try:
-                env = command_environment(self.engine.base_env, spec.env)
+                env = command_environment(self.engine.base_env, spec.env, spec.trace)
                 policy.containment.check(spec.args[0], env, spec.cwd)
             except SpawnError as exc:
                 self._spawn_failed(spec, exc)
