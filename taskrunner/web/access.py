@@ -117,7 +117,7 @@ def log_request(handler: RequestHandler) -> None:
     command_ms = _command_ms(handler)
     caller = getattr(getattr(handler, "caller", None), "name", None)
     duration_ms = round(1000.0 * request.request_time(), 1)
-    trace = getattr(handler, "trace", None)
+    trace = getattr(handler, "_trace_context", None)
     trace_id = getattr(trace, "trace_id", None)
     fields = {
         "request_id": request.headers.get(REQUEST_ID, "-"),

@@ -114,3 +114,13 @@ def test_the_parser_follows_the_recommendation():
     assert parse_tracestate(["A=1"]) is None  # keys are lower case
     assert parse_tracestate([",".join(f"k{i}=v" for i in range(33))]) is None
     assert parse_tracestate(["", " , "]) is None
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("method", ["TRACE", "PATCH"])
+async def test_a_method_no_route_takes_is_answered_in_a_trace(instance, method):
+    # TRACE is the name of no handler method of ours: answered 405 like any other.
+    response = await instance.request(method, "/run", {"args": ["true"]},
+                                      headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    assert response.code == 405
+    assert parts(response.headers["traceparent"])[0] == TRACE
