@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +46,7 @@ from taskrunner.process.engine import (
     ProcessEngine,
 )
 from taskrunner.process.environment import command_environment
+from taskrunner.process.phases import CommandTracer, Phases
 
 
 class CommandObserver(Protocol):
@@ -82,6 +84,8 @@ class Launcher:
         self._cgroup_wrapped = cgroups is not None and cgroups.hierarchy.version == 2
         self.admission = admission
         self.observer = observer
+        self.tracer: CommandTracer | None = None
+        """Told of each command started with a trace context, and when each step was."""
 
     @property
     def policy(self) -> Policy:
@@ -177,6 +181,7 @@ class Reservation:
         self._admission = launcher.admission
         self._share = policy.share
         self._spent = False  # started or cancelled: what it held is no longer its own
+        self.phases = Phases(time.time())
         if self._share is not None:
             self._share.take()  # else 429 now
         try:
@@ -221,6 +226,7 @@ class Reservation:
         self._spent = True
         launcher = self._launcher
         spec = self.spec
+        self.phases.spawning = time.time()
         try:
             confinement = Confinement.enter(spec, self.policy.containment, launcher.cgroups)
             try:
@@ -235,8 +241,11 @@ class Reservation:
                 launcher._spawn_failed(spec, exc)
             raise
         command.on_finish(self._release)
+        self.phases.spawned = time.time()
         if launcher.observer is not None:
             launcher.observer.command_started(command)
+        if launcher.tracer is not None and spec.trace is not None:
+            launcher.tracer.command_started(command, self.phases)
         return command
 
     def cancel(self) -> None:
