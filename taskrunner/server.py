@@ -74,6 +74,7 @@ from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.peers import advertise_url, default_name
 from taskrunner.web.recycle import Recycler
+from taskrunner.web.spans import Spans, open_spans
 from taskrunner.web.tls import check_protected, server_context
 
 if TYPE_CHECKING:
@@ -170,14 +171,20 @@ class Server:
         # The watchdog before the engine: no command starts unguarded, and the watchdog is
         # let go only once the engine has ended every command (undone in reverse).
         self._start_watchdog(undo)
+        # Before the engine: the run spans of the commands killed at shutdown are still
+        # exported (undone after the engine).
+        spans = self._open_spans(undo)
         engine = self._start_engine(undo)
         admission = Admission.from_config(config)
         launcher = Launcher(engine, allowlist=allowlist, containment=containment,
                             admission=admission, cgroups=cgroups)
+        launcher.tracer = spans
         jobs = self._build_registry(undo, launcher, store, secret)
         ctx = self._build_context(engine, admission, launcher, jobs, callers)
         ctx.actions = actions
         undo.callback(ctx.action_wrappers.close)
+        if spans is not None:
+            ctx.observers.append(spans.request_done)
         # After the context: the metrics count the callbacks of the jobs found lost.
         self._restore_jobs(ctx, store)
         # The listener: bind (above), the HTTP server (connection cap, TLS door, draining),
@@ -304,6 +311,19 @@ class Server:
             raise StartupError(str(exc)) from None
         undo.callback(self.watchdog.close)
         self.watchdog.watch()
+
+    def _open_spans(self, undo: contextlib.AsyncExitStack) -> Spans | None:
+        # OTel spans only when the environment asks (web/spans.py); else nothing of
+        # OpenTelemetry is imported.
+        spans = open_spans(self.config.instance or str(self.port), os.environ)
+        if spans is not None:
+            async def close() -> None:
+                # The last export waits for the collector: not on the event loop.
+                await asyncio.get_running_loop().run_in_executor(None, spans.close)
+
+            undo.push_async_callback(close)
+            log.info("exporting spans over OTLP/HTTP")
+        return spans
 
     def _start_engine(self, undo: contextlib.AsyncExitStack) -> ProcessEngine:
         watchdog = self.watchdog

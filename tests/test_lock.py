@@ -49,7 +49,7 @@ def _lock(name: str) -> tuple[dict[str, str], dict[str, set[str]]]:
     return pins, via
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("test.txt", ["test", "stack", "postgresql"]),
+@pytest.mark.parametrize(("lock", "extras"), [("test.txt", ["test", "stack", "postgresql", "otel"]),
                                               ("serve.txt", ["postgresql"])])
 def test_the_lock_pins_exactly_what_pyproject_declares(lock: str, extras: list[str]) -> None:
     pins, via = _lock(lock)

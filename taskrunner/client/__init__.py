@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from taskrunner.client.errors import (
     BadRequest,
     CannotStart,
+    CertificateNotTrusted,
     ClientError,
     ConnectFailed,
     ConnectionLost,
@@ -47,10 +48,10 @@ if TYPE_CHECKING:
 _LAZY = {"AsyncClient": "aio", "AsyncJob": "aio", "Client": "sync", "Job": "sync"}
 
 __all__ = [
-    "AsyncClient", "AsyncJob", "BadRequest", "CannotStart", "Chunk", "Client", "ClientError",
-    "ConnectFailed", "ConnectionLost", "Forbidden", "InvalidURL", "Job", "JobInfo", "NotFound",
-    "ProtocolError", "RunResult", "ServiceError", "TimedOut", "TooManyRequests",
-    "TransportError", "Unauthorized", "Unavailable", "Usage", "exit_code",
+    "AsyncClient", "AsyncJob", "BadRequest", "CannotStart", "CertificateNotTrusted", "Chunk",
+    "Client", "ClientError", "ConnectFailed", "ConnectionLost", "Forbidden", "InvalidURL", "Job",
+    "JobInfo", "NotFound", "ProtocolError", "RunResult", "ServiceError", "TimedOut",
+    "TooManyRequests", "TransportError", "Unauthorized", "Unavailable", "Usage", "exit_code",
 ]
 
 

@@ -1,9 +1,10 @@
 """``trun``: taskrunner from the command line, as if the command ran here.
 
 Only builds requests from the arguments and shows the answers; the work is the library's
-(aio.py) and attach.py's. Reads ``TASKRUNNER_URL`` and ``TASKRUNNER_TOKEN``. Every failure
-is one line on stderr, never a traceback; the exit statuses are `EXIT_*` below and in
-docs/client.md.
+(aio.py) and attach.py's. Reads ``TASKRUNNER_URL`` and ``TASKRUNNER_TOKEN`` (``--url``,
+``--token`` and ``--ca-file`` go before or after the command's name). Every failure is one
+line on stderr naming its cause, never a traceback; the exit statuses are `EXIT_*` below and
+in docs/client.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -41,12 +43,18 @@ def parser() -> argparse.ArgumentParser:
         prog="trun", description="Run commands on a taskrunner instance as if they ran here.",
         epilog=f"TASKRUNNER_URL (default {DEFAULT_URL}) and TASKRUNNER_TOKEN say where and as "
         "whom.")
-    top.add_argument("--url", default=None,
-                     help=f"the instance (default: $TASKRUNNER_URL, else {DEFAULT_URL})")
+    _where(top, None)
     add_completion_flag(top, "trun", EXIT_FAILED)
     sub = top.add_subparsers(dest="action", required=True, metavar="COMMAND")
+    # Each command takes them as well, after its name (trun run --url ... -- cmd); its
+    # defaults are SUPPRESS, so one given before the name is not reset by the sub-parser.
+    where = argparse.ArgumentParser(add_help=False)
+    _where(where, argparse.SUPPRESS)
 
-    run = sub.add_parser("run", help="run a command, its output live, its exit status ours")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[where], **kwargs)
+
+    run = command("run", help="run a command, its output live, its exit status ours")
     run.add_argument("--timeout", type=float, metavar="S", help="seconds before it is killed")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="an environment variable for the command (repeatable)")
@@ -62,13 +70,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS...")
     run.set_defaults(handler=do_run)
 
-    actions = sub.add_parser("actions", help="list the actions you may run, and their "
+    actions = command("actions", help="list the actions you may run, and their "
                              "parameters")
     actions.add_argument("--json", action="store_true", help="JSON for scripts, schemas "
                          "included")
     actions.set_defaults(handler=do_actions)
 
-    do = sub.add_parser("do", help="run an action, its output live, its exit status ours")
+    do = command("do", help="run an action, its output live, its exit status ours")
     do.add_argument("--timeout", type=float, metavar="S", help="seconds before it is killed "
                     "(at most the action's own)")
     do.add_argument("--stdin", metavar="FILE", help="send FILE (- for this stdin) as its stdin")
@@ -84,32 +92,44 @@ def parser() -> argparse.ArgumentParser:
     do.set_defaults(handler=do_action)
 
     for name in ("ps", "jobs"):
-        ps = sub.add_parser(name, help="list the jobs, newest first")
+        ps = command(name, help="list the jobs, newest first")
         ps.add_argument("--json", action="store_true", help="JSON for scripts")
         ps.add_argument("--state", help="only jobs in this state")
         ps.add_argument("--instance", help="only the jobs of this instance")
         ps.add_argument("--limit", type=int, default=100, help="most jobs shown (1-1000)")
         ps.set_defaults(handler=do_ps)
 
-    logs = sub.add_parser("logs", help="a job's output")
+    logs = command("logs", help="a job's output")
     logs.add_argument("-f", "--follow", action="store_true", help="live, until the job ends")
     logs.add_argument("id")
     logs.set_defaults(handler=do_logs)
 
-    wait = sub.add_parser("wait", help="wait for a job; its exit status is ours")
+    wait = command("wait", help="wait for a job; its exit status is ours")
     wait.add_argument("--usage", action="store_true",
                       help="when it has ended, say on stderr what it cost (CPU, memory, wait)")
     wait.add_argument("id")
     wait.set_defaults(handler=do_wait)
 
-    cancel = sub.add_parser("cancel", help="kill a job's command")
+    cancel = command("cancel", help="kill a job's command")
     cancel.add_argument("id")
     cancel.set_defaults(handler=do_cancel)
 
-    health = sub.add_parser("health", help="is the instance up?")
+    health = command("health", help="is the instance up?")
     health.add_argument("--json", action="store_true", help="its whole /healthz answer")
     health.set_defaults(handler=do_health)
     return top
+
+
+def _where(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--url", default=default,
+                        help=f"the instance (default: $TASKRUNNER_URL, else {DEFAULT_URL})")
+    parser.add_argument("--token", default=default,
+                        help="the bearer token (default: $TASKRUNNER_TOKEN, which other users "
+                             "of this machine cannot read in the process list)")
+    parser.add_argument("--ca-file", default=default, metavar="FILE",
+                        help="https: trust the certificates in FILE (PEM: the instance's own "
+                             "self-signed one, or its CA's); default: certifi's bundle, or "
+                             "$SSL_CERT_FILE")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -121,15 +141,16 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     """Run ``trun ARGV`` and return its exit status."""
     args = parser().parse_args(argv)
     url = args.url or os.environ.get("TASKRUNNER_URL") or DEFAULT_URL
-    token = os.environ.get("TASKRUNNER_TOKEN") or None
+    token = args.token or os.environ.get("TASKRUNNER_TOKEN") or None
     handler: Command = args.handler
     try:
         # Before the event loop: asyncio's own SIGINT handler cannot interrupt a blocking
         # read, so a Ctrl-C while a terminal is read would wait for its end of file.
         args.stdin_text = _stdin(args.stdin) if args.action in ("run", "do") else None
-        return asyncio.run(_with_client(handler, url, token, args))
+        verify = _trusted(args.ca_file, url)
+        return asyncio.run(_with_client(handler, url, token, verify, args))
     except errors.ClientError as e:
-        _say(explain(e, url))
+        _say(explain(e, url, token=token, ca_file=args.ca_file))
         return EXIT_FAILED
     except UsageError as e:
         _say(str(e))
@@ -153,24 +174,56 @@ class UsageError(Exception):
 
 
 async def _with_client(handler: Command, url: str, token: str | None,
-                       args: argparse.Namespace) -> int:
+                       verify: ssl.SSLContext | bool, args: argparse.Namespace) -> int:
     async with AsyncClient(url, token, retries=getattr(args, "retry", 0),
-                           on_retry=_retrying) as client:
+                           on_retry=_retrying, verify=verify) as client:
         return await handler(client, args)
 
 
-def explain(error: errors.ClientError, url: str) -> str:
-    """One line for a person: what failed and what to check."""
+def _trusted(ca_file: str | None, url: str) -> ssl.SSLContext | bool:
+    # A context of its own for --ca-file (httpx takes no path since 0.28); without it, httpx
+    # builds its default (certifi's bundle, or SSL_CERT_FILE). Checked here so a wrong path
+    # is one line naming the flag, whatever the URL.
+    if ca_file is None:
+        return True
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except OSError as e:
+        raise UsageError(f"--ca-file {ca_file}: {e.strerror}") from e
+    except ssl.SSLError as e:
+        raise UsageError(f"--ca-file {ca_file}: no PEM certificate in it ({e.reason})") from e
+    return context if url.startswith("https:") else True
+
+
+def explain(error: errors.ClientError, url: str, *, token: str | None = None,
+            ca_file: str | None = None) -> str:
+    """One line for a person: what failed and what to check. ``token`` and ``ca_file`` are
+    what this request was sent with, so a 401 or an untrusted certificate names the right
+    remedy."""
     if isinstance(error, errors.InvalidURL):
         return f"TASKRUNNER_URL: {error}"
+    if isinstance(error, errors.CertificateNotTrusted):
+        if ca_file is not None:
+            return f"{error}: not by --ca-file {ca_file} (is it the instance's certificate?)"
+        return (f"{error}: trust it with --ca-file FILE or SSL_CERT_FILE=FILE, FILE the "
+                "instance's certificate (PEM) or its CA's")
     if isinstance(error, errors.ConnectFailed):
         return f"{error} (is the instance running there? TASKRUNNER_URL={url})"
+    if isinstance(error, errors.TimedOut):
+        return f"{error} (a slow or stopped instance? try again)"
     if isinstance(error, errors.Unauthorized):
+        if token is None:
+            return (f"{url} wants a token ({error.status} {error.code}) and none was given: "
+                    "set TASKRUNNER_TOKEN to the instance's token")
         return (f"{url} refused the token ({error.status} {error.code}): set "
                 "TASKRUNNER_TOKEN to the instance's token")
-    if isinstance(error, errors.TooManyRequests):
-        wait = f"; it asks to retry after {error.retry_after:g} s" if error.retry_after else ""
-        return f"{url} is busy ({error.status} {error.code}){wait}: try again, or use --retry"
+    if isinstance(error, errors.TooManyRequests | errors.Unavailable):
+        # The service's own message names the cause (the instance's slots, the caller's
+        # share, the job store, shutting down); only a refusal with a wait may be retried.
+        if error.retry_after is None:
+            return str(error)
+        return (f"{error}; it asks to retry after {error.retry_after:g} s: try again, or "
+                "use --retry")
     if isinstance(error, errors.NotFound) and error.code == "not_found":
         return f"{error.message} at {url} ({error.status} {error.code}): is TASKRUNNER_URL right?"
     if isinstance(error, errors.ProtocolError):
@@ -237,6 +290,10 @@ def ended(info: JobInfo, show_usage: bool = False) -> int:
     if info.state == "lost":
         _say(f"job {info.id} was lost: its instance died while it ran")
         return EXIT_FAILED
+    if info.timed_out:
+        limit = info.raw.get("timeout")
+        after = f"{limit:g}" if isinstance(limit, int | float) else f"{info.duration or 0:.1f}"
+        _say(f"job {info.id} timed out after {after} s: killed")
     code = info.exit_code
     return EXIT_FAILED if code is None else code
 

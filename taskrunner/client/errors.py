@@ -7,6 +7,7 @@ speaks only HTTP to the service (an import-linter contract in pyproject.toml say
     ├── InvalidURL                  the service URL is not http(s)://host[:port][/prefix]
     ├── TransportError              no complete HTTP answer
     │   ├── ConnectFailed           refused, unreachable, name not found, TLS failed
+    │   │   └── CertificateNotTrusted   https: the instance's certificate was not trusted
     │   ├── TimedOut                no answer within the client's timeout
     │   └── ConnectionLost          the connection broke mid-answer (an output stream cut)
     ├── ProtocolError               an answer that is not taskrunner's: not JSON, wrong shape
@@ -41,6 +42,15 @@ class TransportError(ClientError):
 
 class ConnectFailed(TransportError):
     """The connection could not be made."""
+
+
+class CertificateNotTrusted(ConnectFailed):
+    """https: the instance's certificate failed verification (self-signed, an unknown CA,
+    expired, another host's name); ``reason`` is the TLS library's (``verify_message``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TimedOut(TransportError):

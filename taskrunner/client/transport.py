@@ -7,10 +7,12 @@ import os
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import httpx
 
 from taskrunner.client.errors import (
+    CertificateNotTrusted,
     ConnectFailed,
     ConnectionLost,
     InvalidURL,
@@ -71,6 +73,12 @@ def translated(url: str) -> Iterator[None]:
     try:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+        untrusted = _cause(e, ssl.SSLCertVerificationError)
+        if untrusted is not None:
+            reason = untrusted.verify_message or untrusted.reason or "verification failed"
+            raise CertificateNotTrusted(
+                f"cannot connect to {url}: its certificate is not trusted ({reason})",
+                reason) from e
         raise ConnectFailed(f"cannot connect to {url}: {_reason(e)}") from e
     except httpx.TimeoutException as e:
         raise TimedOut(f"{url} did not answer in time: {_reason(e)}") from e
@@ -82,9 +90,27 @@ def translated(url: str) -> Iterator[None]:
         raise TransportError(f"{url}: {_reason(e)}") from e
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+def _cause(error: BaseException, kind: type[E]) -> E | None:
+    # The first exception of ``kind`` in the chain httpx and anyio wrap around the real one.
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, kind):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _reason(error: Exception) -> str:
     # httpx wraps the OS error, and anyio wraps it once more ("All connection attempts
     # failed"): the OS's text for the innermost errno ("Connection refused") says the most.
+    # An SSL error is an OSError too, but its errno is the TLS library's, not the OS's
+    # (1, which strerror calls "Operation not permitted"): its own reason says more.
+    tls = _cause(error, ssl.SSLError)
+    if tls is not None:
+        return f"TLS: {tls.reason or tls}"
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, OSError) and cause.errno:

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import shlex
+from datetime import datetime
 
 from taskrunner.client.models import JobInfo, Usage
 from taskrunner.client.visible import visible
 
-_COLUMNS = ("ID", "STATE", "EXIT", "CREATED", "DURATION", "COMMAND")
+_COLUMNS = ("ID", "STATE", "EXIT", "CALLER", "CREATED", "DURATION", "COMMAND")
 
 
 def job_table(jobs: list[JobInfo]) -> str:
@@ -31,12 +32,33 @@ def usage_line(usage: Usage) -> str:
     return line
 
 
+def local_time(stamp: str | None) -> str:
+    """An API time (ISO 8601, UTC) as this machine's local time with its zone, to the second
+    (``YYYY-MM-DD HH:MM:SS JST``): a person reads the clock they live by, and the zone says
+    which it is. What is not such a time is shown as it came."""
+    if not stamp:
+        return ""
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    if when.tzinfo is None:
+        return stamp
+    local = when.astimezone()
+    zone = local.strftime("%Z")
+    # A zone without a name of letters (TZ=UTC-3 names itself "UTC") is its offset.
+    if not zone.isalpha() or (local.utcoffset() and zone == "UTC"):
+        zone = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {zone}"
+
+
 def _row(job: JobInfo) -> tuple[str, ...]:
     exit_status = "" if job.exit_code is None else str(job.exit_code)
-    created = (job.created or "").replace("T", " ").rstrip("Z")[:19]
     duration = "" if job.duration is None else f"{job.duration:.1f}s"
+    caller = job.raw.get("caller")
     command = visible(shlex.join(job.args))
     if len(command) > 60 or job.raw.get("args_truncated"):
         command = command[:59] + "…"
-    return (visible(job.id), visible(job.state), exit_status, visible(created), duration,
-            command)
+    return (visible(job.id), visible(job.state), exit_status,
+            "-" if caller is None else visible(str(caller)), visible(local_time(job.created)),
+            duration, command)

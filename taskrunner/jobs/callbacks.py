@@ -9,7 +9,8 @@ no callbacks.
 `CallbackSender` delivers: when a job ends, its job object (as ``GET /jobs/<id>`` shows it
 then) is POSTed with ``X-Taskrunner-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of
 "<t>.<body>">`` (Stripe's scheme): the time is signed with the body, so a receiver that
-refuses an old ``t`` cannot be sent a captured callback again later. Every try sends the
+refuses an old ``t`` cannot be sent a captured callback again later. It carries the job's
+W3C ``traceparent`` too (`trace_headers`). Every try sends the
 same bytes, signed anew at its own time. A connection error, a timeout (`TRY_TIMEOUT` a
 try) or an answer other than 2xx is retried after each of `BACKOFF` seconds; redirects are
 not followed (they could lead off the list). Each delivery is a task of its own, so a slow
@@ -66,6 +67,19 @@ def shown_host(url: str) -> str:
     what logs and errors show rather than the URL, whose query may hold a secret."""
     host, port = host_key(url)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def trace_headers(job: Job) -> dict[str, str]:
+    """``traceparent`` (and ``tracestate``) of ``job``'s callback: the trace of the request
+    that submitted it, the run's span as the parent (as the command's ``TRACEPARENT``), so
+    the receiver's work joins the caller's trace. None for a job without a trace."""
+    trace = job.trace
+    if trace is None:
+        return {}
+    headers = {"traceparent": trace.traceparent()}
+    if trace.state:
+        headers["tracestate"] = trace.state
+    return headers
 
 
 class CallbackHosts:
@@ -196,7 +210,7 @@ class CallbackSender:
             data = await body()
             for attempt, delay in enumerate((*self.backoff, None), start=1):
                 outcome.trying()
-                error = await self._try(url, data, job.id, attempt)
+                error = await self._try(url, data, job, attempt)
                 outcome.tried(error, final=delay is None)
                 saved(job)
                 if error is None:
@@ -223,7 +237,7 @@ class CallbackSender:
             saved(job)
             raise
 
-    async def _try(self, url: str, data: bytes, job_id: str, attempt: int) -> str | None:
+    async def _try(self, url: str, data: bytes, job: Job, attempt: int) -> str | None:
         # One POST; None if the receiver answered 2xx, else what went wrong, for the job.
         if self._client is None:
             self._client = AsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
@@ -234,7 +248,8 @@ class CallbackSender:
             streaming_callback=_discard, user_agent=f"taskrunner/{__version__}",
             headers={"Content-Type": "application/json",
                      "X-Taskrunner-Signature": signature(self.secret, data, int(time.time())),
-                     "X-Taskrunner-Job": job_id, "X-Taskrunner-Attempt": str(attempt)})
+                     "X-Taskrunner-Job": job.id, "X-Taskrunner-Attempt": str(attempt),
+                     **trace_headers(job)})
         try:
             response = await self._client.fetch(request, raise_error=False)
         except HTTPClientError as exc:  # a timeout, a closed stream (Tornado's 599s)

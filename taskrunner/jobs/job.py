@@ -31,6 +31,7 @@ from taskrunner.errors import ServiceUnavailable, TaskRunnerError
 from taskrunner.jobs.index import summary_args
 from taskrunner.jobs.schema import Chunk, JobRecord
 from taskrunner.process.engine import Command, CommandResult
+from taskrunner.process.environment import CommandTrace
 from taskrunner.process.launcher import Reservation
 from taskrunner.process.output import OutputCursor, OutputLog
 
@@ -140,6 +141,9 @@ class Job:
         """What its command cost, once it ended (None if it never started)."""
         self.trace_id: str | None = None
         """The W3C trace id of the request that submitted it."""
+        self.trace: CommandTrace | None = None
+        """Its whole trace context, while this instance holds it (not stored): its
+        callback carries it on."""
         self.output: OutputLog | None = OutputLog(limit)
         """None once the output lives only in the store."""
         self.command: Command | None = None

@@ -205,6 +205,8 @@ class JobRegistry:
         job.timeout, job.cwd = spec.timeout, spec.cwd
         job.env_names = None if spec.env is None else sorted(spec.env)
         job.action, job.params = action, params
+        job.trace = spec.trace
+        job.trace_id = None if spec.trace is None else spec.trace.trace_id
         job.reservation = reservation
         # Stored as it is about to be: running if it holds a slot (if it then cannot start,
         # the row goes), else queued.

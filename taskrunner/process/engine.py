@@ -42,7 +42,11 @@ from typing import Protocol
 from tornado.ioloop import IOLoop
 
 from taskrunner.errors import OutOfResources, SpawnError, StartError
-from taskrunner.process.environment import base_environment, command_environment
+from taskrunner.process.environment import (
+    CommandTrace,
+    base_environment,
+    command_environment,
+)
 from taskrunner.process.fdwatch import READ, WRITE, FdWatcher
 from taskrunner.process.heap import LARGE_OUTPUT
 from taskrunner.process.output import OutputLog
@@ -68,6 +72,8 @@ class CommandSpec:
     stdin: str | None = None
     env: Mapping[str, str] | None = None
     cwd: str | None = None
+    trace: CommandTrace | None = None
+    """The request's trace context: ``TRACEPARENT``/``TRACESTATE`` in the environment."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,7 @@ class ProcessEngine:
         closes it if this raises). ``queued``, the seconds it waited for a slot, goes into
         its result's `Usage`.
         """
-        env = command_environment(self.base_env, spec.env)
+        env = command_environment(self.base_env, spec.env, spec.trace)
         argv = [*argv_prefix, *spec.args]
         opened: list[int] = []  # every fd made here; the parent's are closed on failure
         try:

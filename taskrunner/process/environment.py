@@ -12,16 +12,21 @@ credentials) and what a service manager hands the instance (``NOTIFY_SOCKET``,
    the instance's own secrets and a service manager's names at start);
 3. the wrapper's (`taskrunner.process.containment`): ``--user``'s ``USER``/``LOGNAME``, the
    sandbox's ``TMPDIR``; these are layered by the server, over the base;
-4. the request's ``env``, which wins (`command_environment`).
+4. the trace context (`CommandTrace`): ``TRACEPARENT`` and ``TRACESTATE``, W3C's, naming a
+   span of the request's trace as the command's parent, so that what the command traces
+   joins the caller's trace (the names OpenTelemetry's environment carrier reads);
+5. the request's ``env``, which wins (`command_environment`): a caller who sets
+   ``TRACEPARENT`` itself means it.
 
-Later layers (e.g. trace context) belong in `command_environment` too, so that ``/run``,
-jobs, sandboxed or not, on either spawn path, all get the same environment.
+Every layer is laid in `command_environment`, so that ``/run``, jobs, sandboxed or not, on
+either spawn path, all get the same environment.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from taskrunner.errors import StartupError
 
@@ -82,7 +87,40 @@ def base_environment(environ: Mapping[str, str], pass_env: Iterable[str] = (),
     return env
 
 
-def command_environment(base: Mapping[str, str],
-                        request: Mapping[str, str] | None) -> Mapping[str, str]:
-    """Layer 4: one command's environment, the request's ``env`` over ``base``."""
+@dataclass(frozen=True)
+class CommandTrace:
+    """The W3C trace context one command runs in (checked and made by ``web/trace.py``).
+
+    ``span_id`` is the command's parent: the span of its run, a child of ``parent_id``,
+    the span of the request that started it. Lower-case hex, as W3C writes them."""
+
+    trace_id: str
+    """32 hex digits: the trace the request belongs to (the job records it)."""
+    span_id: str
+    """16 hex digits: the run's span, the parent-id of the command's ``TRACEPARENT``."""
+    parent_id: str
+    """16 hex digits: the request's span."""
+    flags: str = "01"
+    """2 hex digits: W3C's trace-flags, as the caller sent them (01: sampled)."""
+    state: str | None = None
+    """``tracestate``, passed on as it came (checked, not interpreted)."""
+
+    def traceparent(self) -> str:
+        """``TRACEPARENT`` for the command: version 00, this trace, the run's span."""
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+
+    def variables(self) -> dict[str, str]:
+        """Layer 4: ``TRACEPARENT``, and ``TRACESTATE`` when the request had one."""
+        env = {"TRACEPARENT": self.traceparent()}
+        if self.state:
+            env["TRACESTATE"] = self.state
+        return env
+
+
+def command_environment(base: Mapping[str, str], request: Mapping[str, str] | None,
+                        trace: CommandTrace | None = None) -> Mapping[str, str]:
+    """Layers 4 and 5: one command's environment, its trace context and then the request's
+    ``env`` over ``base``."""
+    if trace is not None:
+        return {**base, **trace.variables(), **(request or {})}
     return base if not request else {**base, **request}

@@ -46,6 +46,7 @@ from taskrunner.process.engine import (
     ProcessEngine,
 )
 from taskrunner.process.environment import command_environment
+from taskrunner.process.phases import CommandTracer, Phases
 
 
 class CommandObserver(Protocol):
@@ -83,6 +84,8 @@ class Launcher:
         self._cgroup_wrapped = cgroups is not None and cgroups.hierarchy.version == 2
         self.admission = admission
         self.observer = observer
+        self.tracer: CommandTracer | None = None
+        """Told of each command started with a trace context, and when each step was."""
 
     @property
     def policy(self) -> Policy:
@@ -120,7 +123,7 @@ class Launcher:
             if containment.env and containment.env != self.containment.env:
                 # The engine's base environment holds the instance's; the request's env wins.
                 spec = dataclasses.replace(spec, env={**containment.env, **(spec.env or {})})
-            env = command_environment(self.engine.base_env, spec.env)
+            env = command_environment(self.engine.base_env, spec.env, spec.trace)
             program = spec.args[0]
             if policy.allowlist is not None:
                 # Resolved once: the allowlist's answer is what runs, through the wrappers
@@ -142,7 +145,7 @@ class Launcher:
         # waits for the answer.
         if self._fast(policy):
             try:
-                env = command_environment(self.engine.base_env, spec.env)
+                env = command_environment(self.engine.base_env, spec.env, spec.trace)
                 policy.containment.check(spec.args[0], env, spec.cwd)
             except SpawnError as exc:
                 self._spawn_failed(spec, exc)
@@ -179,6 +182,7 @@ class Reservation:
         self._share = policy.share
         self._spent = False  # started or cancelled: what it held is no longer its own
         self._reserved = time.monotonic()
+        self.phases = Phases(time.time())
         if self._share is not None:
             self._share.take()  # else 429 now
         try:
@@ -225,6 +229,7 @@ class Reservation:
         launcher = self._launcher
         spec = self.spec
         queued = time.monotonic() - self._reserved if self._waited else 0.0
+        self.phases.spawning = time.time()
         try:
             confinement = Confinement.enter(spec, self.policy.containment, launcher.cgroups)
             try:
@@ -240,8 +245,11 @@ class Reservation:
                 launcher._spawn_failed(spec, exc)
             raise
         command.on_finish(self._release)
+        self.phases.spawned = time.time()
         if launcher.observer is not None:
             launcher.observer.command_started(command)
+        if launcher.tracer is not None and spec.trace is not None:
+            launcher.tracer.command_started(command, self.phases)
         return command
 
     def cancel(self) -> None:

@@ -7,14 +7,16 @@ request's access-log line, so one id finds a request in nginx's log and in the i
 One access-log line per request, on the ``taskrunner.access`` logger::
 
     POST /run 200 12.3ms rid=5f0c... client=10.0.0.7 caller=ci program=make exit=0 cmd=11.9ms
+        trace=4bf9...                                        (on the same line)
 
 ``caller`` is the caller the token named (``token`` for the one ``--token-file`` token,
 ``anonymous`` without any; ``-`` before the token is checked or when it is refused).
-With ``--log-format json`` the line's fields (``request_id``, ``client``, ``caller``, ``method``,
-``path``, ``status``, ``duration_ms``, ``program``, ``exit_status``, ``command_ms``) are
-keys of their own. In the text line a program name with a space, a quote or a backslash is
-quoted, with ``\\`` and ``\"`` inside (``program="my prog"``), so it cannot pass for more
-fields.
+``trace`` is the request's W3C trace id (web/trace.py): the caller's, or a fresh one, as
+its ``traceparent`` response header says. With ``--log-format json`` the line's fields
+(``request_id``, ``client``, ``caller``, ``method``, ``path``, ``status``, ``duration_ms``,
+``program``, ``exit_status``, ``command_ms``, ``trace_id``) are keys of their own. In the
+text line a program name with a space, a quote or a backslash is quoted, with ``\\`` and
+``\"`` inside (``program="my prog"``), so it cannot pass for more fields.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def log_request(handler: RequestHandler) -> None:
     command_ms = _command_ms(handler)
     caller = getattr(getattr(handler, "caller", None), "name", None)
     duration_ms = round(1000.0 * request.request_time(), 1)
+    trace = getattr(handler, "_trace_context", None)
+    trace_id = getattr(trace, "trace_id", None)
     fields = {
         "request_id": request.headers.get(REQUEST_ID, "-"),
         "client": request.remote_ip,
@@ -126,13 +130,14 @@ def log_request(handler: RequestHandler) -> None:
         "program": program,
         "exit_status": exit_status,
         "command_ms": command_ms,
+        "trace_id": trace_id,
     }
     level = logging.INFO if status < 500 else logging.ERROR
     access_log.log(
-        level, "%s %s %s %.1fms rid=%s client=%s caller=%s program=%s exit=%s cmd=%s",
+        level, "%s %s %s %.1fms rid=%s client=%s caller=%s program=%s exit=%s cmd=%s trace=%s",
         request.method, request.uri, status, duration_ms, fields["request_id"],
         request.remote_ip, caller or "-", _text_value(program),
         "-" if exit_status is None else exit_status,
-        "-" if command_ms is None else f"{command_ms}ms", extra=fields,
+        "-" if command_ms is None else f"{command_ms}ms", trace_id or "-", extra=fields,
     )
 

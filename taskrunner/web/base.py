@@ -21,6 +21,7 @@ drops at most `DRAIN_BYTES` of one, for at most `DRAIN_TIME`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -46,6 +47,7 @@ from taskrunner.process.engine import CommandSpec
 from taskrunner.process.launcher import Policy
 from taskrunner.web.callers import Caller
 from taskrunner.web.context import InstanceContext
+from taskrunner.web.trace import TRACEPARENT, RequestTrace, request_trace
 from taskrunner.web.validation import parse_job_request, parse_run_request
 
 log = logging.getLogger("taskrunner.http")
@@ -78,6 +80,17 @@ class JSONHandler(RequestHandler):
     refusal: EdgeRefusal | Unauthorized | MissingScope | None = None
     """Why the caller may not make this request; answered once the body is in."""
     _body_timer: object | None = None
+    _trace_context: RequestTrace | None = None
+
+    # Not named "trace": Tornado looks a request's handler method up by the method's name,
+    # and answer_in_place sets one for a method it does not know (TRACE included).
+    @property
+    def trace_context(self) -> RequestTrace:
+        """The request's trace context (web/trace.py): the caller's ``traceparent``, else a
+        fresh trace; made once, on first use."""
+        if self._trace_context is None:
+            self._trace_context = request_trace(self.request.headers)
+        return self._trace_context
 
     def initialize(self, ctx: InstanceContext) -> None:
         self.ctx = ctx
@@ -141,6 +154,8 @@ class JSONHandler(RequestHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
+        # On every answer, errors included: which trace (and span) the request was.
+        self.set_header(TRACEPARENT, self.trace_context.header())
 
     def write_json(self, body: Any, status: int = 200) -> None:
         """Finish the response with ``body`` as JSON."""
@@ -301,7 +316,7 @@ class CommandHandler(BodyHandler):
         spec = parse_run_request(bytes(self.body), default_timeout=config.default_timeout,
                                  max_timeout=config.max_timeout)
         self.program = spec.args[0]
-        return spec
+        return dataclasses.replace(spec, trace=self.trace_context.command())
 
     def parse_job(self) -> tuple[CommandSpec, str | None]:
         """Validate a ``POST /jobs`` body: the command, and its ``callback_url`` if any."""
@@ -311,7 +326,7 @@ class CommandHandler(BodyHandler):
             bytes(self.body), default_timeout=config.default_timeout,
             max_timeout=config.max_timeout, callback_hosts=self.ctx.jobs.callbacks.hosts)
         self.program = spec.args[0]
-        return spec, callback_url
+        return dataclasses.replace(spec, trace=self.trace_context.command()), callback_url
 
     def _may_start(self) -> None:
         self.body_complete()

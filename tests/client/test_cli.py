@@ -63,13 +63,13 @@ def test_output_arrives_live_on_its_own_stream_in_order(url):
     (["true"], 0),
     (["sh", "-c", "echo out; exit 3"], 3),
     (["sh", "-c", "kill -9 $$"], 128 + 9),
-    (["--timeout", "0.5", "--", "sleep", "30"], 124),
+    (["--timeout", "0.5", "--", "sleep", "30"], 124),  # saying so: test_cli_causes.py
 ], ids=["0", "3", "signal-9", "timeout"])
 def test_the_exit_status_is_the_commands(url, command, status):
     args = ["run", *command] if command[0] == "--timeout" else ["run", "--", *command]
     done = trun(url, *args)
     assert done.returncode == status, done.stderr
-    assert done.stderr == b""
+    assert done.stderr == b"" or status == 124
 
 
 def test_a_command_that_cannot_start_is_126_in_one_line(url):
@@ -114,7 +114,8 @@ def test_detach_then_logs_follow_and_wait(url, tmp_path):
 def test_ps_cancel_and_health(url, tmp_path):
     job_id = trun(url, "run", "-d", "--", "sleep", "60").stdout.decode().strip()
     table = trun(url, "ps").stdout.decode().splitlines()
-    assert table[0].split() == ["ID", "STATE", "EXIT", "CREATED", "DURATION", "COMMAND"]
+    assert table[0].split() == ["ID", "STATE", "EXIT", "CALLER", "CREATED", "DURATION",
+                                "COMMAND"]
     assert table[1].split()[:2] == [job_id, "running"]
     cancelled = trun(url, "cancel", job_id)
     assert cancelled.returncode == 0 and b"cancelled" in cancelled.stdout

@@ -153,6 +153,24 @@ async def test_the_final_job_is_posted_once_and_signed(instance, receiver):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_callback_carries_the_jobs_trace_context(instance, receiver):
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    response = await instance.request(
+        "POST", "/jobs", {"args": ["sh", "-c", "echo $TRACEPARENT"],
+                          "callback_url": receiver.url("/traced")},
+        headers={"traceparent": f"00-{trace}-{parent}-01", "tracestate": "vendor=abc"})
+    assert response.code == 202
+    job = json.loads(response.body)
+    final = await wait_callback(instance, job["id"])
+    [(sent, _)] = receiver.received("/traced")
+    headers = {name.lower(): value for name, value in sent.items()}
+    # The trace of the request that submitted the job, the span its command ran under.
+    assert headers["traceparent"] == final["stdout"].strip()
+    assert headers["traceparent"].startswith(f"00-{trace}-")
+    assert headers["tracestate"] == "vendor=abc"
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_a_callback_captured_and_replayed_later_fails_the_documented_check(
         instance, receiver):
     job = await submit(instance, {"args": ["true"], "callback_url": receiver.url("/t")})

@@ -25,7 +25,9 @@ HOSTILE = {
 
 
 def allowed(name):
-    return name in ("PATH", "LANG", "TZ", "HOME") or name.startswith("LC_")
+    # TRACEPARENT: the request's trace context (docs/api.md), every command has it.
+    return (name in ("PATH", "LANG", "TZ", "HOME", "TRACEPARENT", "TRACESTATE")
+            or name.startswith("LC_"))
 
 
 def environment(stdout):
@@ -88,6 +90,7 @@ def test_a_sandboxed_command_sees_only_the_clean_environment(spawn_instance):
     # bubblewrap says where it made the command start (its work directory) in PWD.
     assert sorted(name for name in env if not allowed(name)) == ["PWD", "TMPDIR"]
     assert env["TMPDIR"] == "/tmp" and env["TZ"] == "Europe/Paris"
+    assert env["TRACEPARENT"].startswith("00-")  # the trace context, sandboxed too
     assert SECRET not in "".join(f"{k}={v}" for k, v in env.items())
 
 
