@@ -373,6 +373,8 @@ def test_the_screenshots_of_each_view_are_drawn_light_and_dark(page, tmp_path):
             elif where:
                 page.open(where)
                 page.until(lambda: page.find("#job-state").text == "exited")
+            else:  # the table, its search and pages (the chart and the form: "form")
+                page.driver.execute_script("document.getElementById('jobs-title').scrollIntoView()")
             data = page.driver.get_screenshot_as_base64()
             (out / f"{name}-{theme}.png").write_bytes(base64.b64decode(data))
             width, height, mean, colours = page.driver.execute_async_script(SIZE_CHECK, data)
