@@ -66,7 +66,7 @@ class JobQuery:
     before: tuple[float, str] | None = None
     """(created, id) of the last job of the previous page: this page starts after it."""
     search: str | None = None
-    """Only jobs with this text in one of their args, their caller or their id (`Search`)."""
+    """Only jobs with this text in their args, their caller or their id (`Search`)."""
 
 
 MAX_SEARCH = 200
@@ -75,10 +75,12 @@ MAX_SEARCH = 200
 
 @dataclass(frozen=True)
 class Search:
-    """``q`` of ``GET /jobs``: a substring of one arg, of the caller or of the id, ASCII
-    letters in either case. The index stores args as ASCII JSON, so the text is looked for
-    as JSON writes it (a quote as ``\\"``, an ``é`` as ``\\u00e9``): the same test in
-    SQLite, in PostgreSQL (both through `like`) and in memory (`matches`)."""
+    """``q`` of ``GET /jobs``: a substring of the args joined by spaces (``sh -c`` finds
+    ``["sh", "-c", ...]``), of the caller or of the id, ASCII letters in either case. The
+    index stores args as ASCII JSON, so the text is looked for as JSON writes it (a quote as
+    ``\\"``, an ``é`` as ``\\u00e9``), in that JSON with each ``", "`` between two args
+    made a space (inside an arg a quote is escaped, so ``", "`` is only ever between two):
+    the same test in SQLite, in PostgreSQL (both through `like`) and in memory (`matches`)."""
 
     text: str
 
@@ -90,16 +92,20 @@ class Search:
         """The WHERE clause and its parameters: LIKE with ``%`` and ``_`` escaped, on
         lower() of each column, so both backends ignore the case of ASCII letters alike."""
         clause = " OR ".join(f"lower({column}) LIKE {mark} ESCAPE '\\'"
-                             for column in ("args", "caller", "id"))
+                             for column in (_JOINED, "caller", "id"))
         raw = _ascii_lower(self.text)
         return f"({clause})", [f"%{_escape_like(p)}%" for p in (self.in_args, raw, raw)]
 
     def matches(self, args: list[str], caller: str | None, job_id: str) -> bool:
         """The same test as `like`, on a job in memory."""
         raw = _ascii_lower(self.text)
-        return (self.in_args in json.dumps(args).lower()
+        return (self.in_args in json.dumps(args).replace(_BETWEEN, " ").lower()
                 or (caller is not None and raw in _ascii_lower(caller))
                 or raw in _ascii_lower(job_id))
+
+
+_BETWEEN = '", "'  # what json.dumps writes between two args, and the index keeps
+_JOINED = f"replace(args, '{_BETWEEN}', ' ')"
 
 
 def _ascii_lower(text: str) -> str:

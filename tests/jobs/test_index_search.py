@@ -1,6 +1,7 @@
 """``GET /jobs?q=``: finding a job by a piece of its command, its caller or its id, the
 same way in SQLite, in PostgreSQL (each test runs on both, real child instances and a real
-server) and in an instance's memory without an index. LIKE's own characters (``%``, ``_``,
+server) and in an instance's memory without an index: the args as one line (joined by
+spaces), the caller, the id. LIKE's own characters (``%``, ``_``,
 ``\\``) and JSON's (a quote) are searched for as text, never as patterns.
 """
 
@@ -50,6 +51,10 @@ async def check_search(instance, other=None):
     assert await args_found(reader, "\\") == ['say "hi"']  # the backslash of its third arg
     assert await args_found(reader, "caf\u00e9") == ["caf\u00e9"]
     assert await args_found(reader, "nothing like it") == []
+    # The args as one line, joined by spaces; a quote inside an arg never joins.
+    assert await args_found(reader, "echo plain") == ["plain"]
+    assert await args_found(reader, 'hi" back') == ['say "hi"']
+    assert await args_found(reader, 'hi", "back') == []
     # The id, and paging through the matches with the cursor, newest first.
     assert await args_found(reader, jobs[4]["id"]) == ["plain"]
     first = await found(reader, "echo", "&limit=2")

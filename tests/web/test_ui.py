@@ -65,8 +65,8 @@ def test_start_takes_you_to_the_job_and_its_output_then_back_to_the_table(page):
     page.log_in()
     page.until(lambda: page.shown("#start-form"), "the form is not shown after the token")
     # /healthz names the instance only to a token holder: the page asks with the token.
-    port = page.url.rsplit(":", 1)[1]
-    page.until(lambda: page.find("#instance").text == f"instance {port} · {__version__}",
+    name = page.api("GET", "/healthz")["instance"]  # <port>, or <host name>-<port>
+    page.until(lambda: page.find("#instance").text == f"instance {name} · {__version__}",
                "the header does not name the instance once the token is given")
     page.find("#args").send_keys("sh\n-c\necho from the form; echo \"$GREETING\"; cat")
     page.find("#env").send_keys("GREETING=hi")

@@ -132,7 +132,12 @@ def test_a_job_shows_its_whole_story_times_download_copy_and_re_run(page, tmp_pa
     assert page.find("#job-timeout").text == "30.0 s"
     assert page.find("#job-cwd").text == str(tmp_path)
     assert page.find("#job-env").text == "A"  # the name, never the value
-    assert page.find("#job-cpu").text == "—" and page.find("#job-memory").text == "—"
+    usage = page.api("GET", f"/jobs/{job['id']}")["usage"]
+    if usage is None:  # not measured: nothing shown
+        assert page.find("#job-cpu").text == "—" and page.find("#job-memory").text == "—"
+    else:
+        assert page.find("#job-cpu").text.endswith(" s")
+        assert page.find("#job-memory").text.endswith(("B", "KiB", "MiB", "GiB"))
     assert page.find("#job-started").get_attribute("title").endswith(" UTC")
     assert page.find("#job-finished").text and page.find("#job-exit").text == "0"
     # Per-line times, on demand: "second" and "piped" were sent live.
@@ -177,21 +182,33 @@ def test_a_job_shows_its_whole_story_times_download_copy_and_re_run(page, tmp_pa
     page.until(lambda: page.output_text() == "first again\nsecond", "the re-run did not run")
 
 
-def test_usage_columns_show_a_dash_until_measured_and_sort_the_page(page):
-    job = finished(page, page.api("POST", "/jobs", {"args": ["echo", "x"]}))
+def test_usage_columns_show_what_was_measured_and_sort_the_page(page):
+    # Three jobs of different CPU: a busy loop of each size.
+    jobs = [finished(page, page.api("POST", "/jobs", {"args": [
+        "sh", "-c", f"i=0; while [ $i -lt {n} ]; do i=$((i+1)); done"]}))
+        for n in (30000, 10, 120000)]
     page.open()
     page.log_in()
-    row = page.until(lambda: page.shown(f'#job-rows tr[data-id="{job["id"]}"]'))
-    cells = row.find_elements(By.CSS_SELECTOR, "td")
-    assert [c.text for c in cells[6:]] == ["—", "—"]  # usage is null: nothing measured
-    cpu = page.find('#jobs th[data-sort="cpu"]')
-    button = cpu.find_element(By.CSS_SELECTOR, "button")
-    order = []
-    for _ in range(3):
+    page.until(lambda: len(ids(page)) == 3)
+    listed = ids(page)  # newest first
+    assert listed == [job["id"] for job in jobs[::-1]]
+    cells = [row.find_elements(By.CSS_SELECTOR, "td")[6:]
+             for row in page.driver.find_elements(By.CSS_SELECTOR, "#job-rows tr")]
+    measured = [job["usage"] for job in jobs[::-1]]
+    if all(usage is None for usage in measured):  # nothing measured: a dash, as listed
+        assert [[c.text for c in pair] for pair in cells] == [["—", "—"]] * 3
+        most_first = least_first = listed
+    else:
+        cpu = {job["id"]: job["usage"]["cpu_user"] + job["usage"]["cpu_system"] for job in jobs}
+        most_first = sorted(listed, key=lambda i: -cpu[i])
+        least_first = sorted(listed, key=lambda i: cpu[i])
+    heading = page.find('#jobs th[data-sort="cpu"]')
+    button = heading.find_element(By.CSS_SELECTOR, "button")
+    seen = []
+    for _ in range(3):  # from the keyboard: most first, least first, as listed
         button.send_keys(Keys.ENTER)
-        order.append(cpu.get_attribute("aria-sort"))
-    assert order == ["descending", "ascending", "none"]
-    assert ids(page) == [job["id"]]
+        seen.append((heading.get_attribute("aria-sort"), ids(page)))
+    assert seen == [("descending", most_first), ("ascending", least_first), ("none", listed)]
 
 
 def test_the_chart_shows_running_commands_and_completions(page, tmp_path):
@@ -373,6 +390,8 @@ def test_the_screenshots_of_each_view_are_drawn_light_and_dark(page, tmp_path):
             elif where:
                 page.open(where)
                 page.until(lambda: page.find("#job-state").text == "exited")
+            else:  # the table, its search and pages (the chart and the form: "form")
+                page.driver.execute_script("document.getElementById('jobs-title').scrollIntoView()")
             data = page.driver.get_screenshot_as_base64()
             (out / f"{name}-{theme}.png").write_bytes(base64.b64decode(data))
             width, height, mean, colours = page.driver.execute_async_script(SIZE_CHECK, data)

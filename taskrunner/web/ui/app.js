@@ -29,9 +29,11 @@ function needToken(why) {
   show($("list"), false);
   show($("job"), false);
   show($("forget"), false);
-  show($("login"), true);
+  // A late 401 of a request sent before (no reason to give) leaves the reason shown.
+  const asking = !$("login").hidden;
   if (why) showError($("login-error"), why);
-  else clearError($("login-error"));
+  else if (!asking) clearError($("login-error"));
+  show($("login"), true);
   $("token").focus();
 }
 
