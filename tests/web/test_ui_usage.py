@@ -17,7 +17,7 @@ BUSY = ("import time\nb = b'x' * (64 << 20)\nt = time.process_time()\n"
 @pytest.fixture
 def page(browser, spawn_instance):  # noqa: F811 - browser is the fixture imported above
     child = spawn_instance("--allow", PY, env={"TASKRUNNER_TOKEN": TOKEN})
-    return Page(browser, child.url)
+    return Page(browser, child.url, TOKEN)
 
 
 def _seconds(text: str) -> float:
