@@ -20,11 +20,13 @@ from taskrunner.config import Config
 from taskrunner.deploy.settings import Settings
 from taskrunner.deploy.yamltext import Octal, dump_all
 
-__all__ = ["ENTRY", "SECRET_MOUNT", "KubeError", "container_script", "deployment", "flags",
+__all__ = ["ENTRY", "PORT", "SECRET_MOUNT", "KubeError", "container_script", "deployment", "flags",
            "manifests", "render", "service_names"]
 
 ENTRY = "taskrunner"
 """The instance's command in the image (on its PATH)."""
+PORT = 8080
+"""The instance's port in the pod: the image's own (its EXPOSE and health check)."""
 SECRET_MOUNT = "/etc/taskrunner/secret"
 """Where the Secret's files (``token``, ``state-url``) are, in the container."""
 STATE_MOUNT = "/var/lib/taskrunner"
@@ -56,7 +58,7 @@ def service_names(settings: Settings) -> list[str]:
 
 def flags(settings: Settings) -> list[str]:
     """The instance's command line in a pod, one word an item (the ConfigMap's text)."""
-    words = ["--address", "0.0.0.0", "--port", str(_INSTANCE.port),
+    words = ["--address", "0.0.0.0", "--port", str(PORT),
              # The Service's and the ingress's TLS is in front; the pod network is the
              # cluster's (docs/deploy.md, "Kubernetes").
              "--insecure-http",
@@ -89,19 +91,24 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
             "timeoutSeconds": 2, "failureThreshold": failures}
 
 
+def _volume(settings: Settings, role: str) -> str:
+    # Named after the objects: podman makes a volume of the machine's by this name.
+    return f"{settings.name}-{role}"
+
+
 def _secret_volume(settings: Settings) -> dict[str, Any]:
     if settings.secret_dir:
-        return {"name": "secret", "hostPath": {"path": settings.secret_dir,
+        return {"name": _volume(settings, "secret"), "hostPath": {"path": settings.secret_dir,
                                                "type": "Directory"}}
     # 0440 with fsGroup: Kubernetes makes a Secret's files root:fsGroup and at least 0440
     # anyway; the instance takes a root-owned file its group may read. optional: podman
     # 4.3 dereferences it without a check.
-    return {"name": "secret", "secret": {"secretName": settings.name,
+    return {"name": _volume(settings, "secret"), "secret": {"secretName": settings.name,
                                          "defaultMode": Octal(0o440), "optional": False}}
 
 
 def _container(settings: Settings) -> dict[str, Any]:
-    port: dict[str, Any] = {"name": "http", "containerPort": _INSTANCE.port,
+    port: dict[str, Any] = {"name": "http", "containerPort": PORT,
                             "protocol": "TCP"}
     if settings.host_port:
         port.update(hostPort=settings.host_port, hostIP="127.0.0.1")
@@ -134,9 +141,10 @@ def _container(settings: Settings) -> dict[str, Any]:
                             "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [
-            {"name": "secret", "mountPath": SECRET_MOUNT, "readOnly": True},
-            {"name": "state", "mountPath": STATE_MOUNT},
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": _volume(settings, "secret"), "mountPath": SECRET_MOUNT,
+             "readOnly": True},
+            {"name": _volume(settings, "state"), "mountPath": STATE_MOUNT},
+            {"name": _volume(settings, "tmp"), "mountPath": "/tmp"},
         ],
     }
 
@@ -170,8 +178,9 @@ def deployment(settings: Settings, text: str) -> dict[str, Any]:
                     "containers": [_container(settings)],
                     "volumes": [
                         _secret_volume(settings),
-                        {"name": "state", "emptyDir": {"sizeLimit": "1Gi"}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                        {"name": _volume(settings, "state"),
+                         "emptyDir": {"sizeLimit": "1Gi"}},
+                        {"name": _volume(settings, "tmp"), "emptyDir": {"sizeLimit": "1Gi"}},
                     ],
                 },
             },
