@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -39,6 +41,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_BASE = "docker.io/library/python:3.11-slim"
 LOCAL_BASE = "localhost/taskrunner-base:bookworm"
 DEFAULT_TAG = "localhost/taskrunner:latest"
+WHEEL_CACHE = "/var/tmp/taskrunner-image-cache"
+"""The lock's wheels, one directory per lock and Python version (the lock's hashes name it)."""
 LOCK = "/tmp/taskrunner-image.lock"
 """Held while a base or an image is made (and by the tests while they use their image)."""
 
@@ -125,19 +129,41 @@ def _repo_files() -> list[str]:
     return [name for name in listed.split("\0") if name]
 
 
+def _lock_key(lock: str, python_version: str) -> str:
+    with open(lock, "rb") as f:
+        return f"py{python_version}-{hashlib.sha256(f.read()).hexdigest()[:16]}"
+
+
+def _lock_wheels(pip: list[str], lock: str, python_version: str) -> str:
+    # The lock's wheels for that Python, fetched once per lock: binary wheels only, so
+    # nothing is compiled in the image. Made beside, then renamed: never half there.
+    cached = os.path.join(WHEEL_CACHE, _lock_key(lock, python_version))
+    if not os.path.isdir(cached):
+        os.makedirs(WHEEL_CACHE, exist_ok=True)
+        partial = tempfile.mkdtemp(prefix="partial-", dir=WHEEL_CACHE)
+        try:
+            _run([*pip, "download", "--require-hashes", "--only-binary=:all:",
+                  "--python-version", python_version, "--dest", partial, "-r", lock],
+                 "fetching the lock's wheels")
+            os.rename(partial, cached)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return cached
+
+
 def make_context(directory: str, python_version: str) -> None:
-    """Fill ``directory`` as the build context: ``Containerfile`` and ``wheels/`` (the
-    lock's wheels for ``python_version``, the lock itself, taskrunner's wheel)."""
+    """Fill ``directory`` as the build context: ``Containerfile`` and ``wheels/``: the
+    lock's wheels for ``python_version``, taskrunner's wheel, and ``requirements.txt``,
+    the lock with taskrunner's wheel and its hash added, which the image installs."""
     wheels = os.path.join(directory, "wheels")
     os.makedirs(wheels)
     shutil.copy(os.path.join(REPO, "Containerfile"), directory)
     lock = os.path.join(REPO, "requirements", "serve.txt")
-    shutil.copy(lock, os.path.join(wheels, "serve.txt"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    # Binary wheels only, for the base's Python: nothing is compiled in the image.
-    _run([*pip, "download", "--require-hashes", "--only-binary=:all:",
-          "--python-version", python_version, "--dest", wheels, "-r", lock],
-         "fetching the lock's wheels")
+    cached = _lock_wheels(pip, lock, python_version)
+    for name in os.listdir(cached):
+        shutil.copy(os.path.join(cached, name), wheels)
     # taskrunner's own wheel, from a copy of the checkout's files (no stale build/ adds to
     # it), with the build backend of this environment (pinned; nothing fetched to build).
     with tempfile.TemporaryDirectory(prefix="taskrunner-src-") as source:
@@ -148,6 +174,14 @@ def make_context(directory: str, python_version: str) -> None:
                 shutil.copy2(path, os.path.join(source, name))
         _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", wheels,
               source], "building taskrunner's wheel")
+    (wheel,) = glob.glob(os.path.join(wheels, "taskrunner-*.whl"))
+    with open(wheel, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    version = os.path.basename(wheel).split("-")[1]
+    with open(lock) as f:
+        pinned = f.read().rstrip("\n") + "\n"
+    with open(os.path.join(wheels, "requirements.txt"), "w") as f:
+        f.write(f"{pinned}taskrunner=={version} --hash=sha256:{digest}\n")
 
 
 def build(base: str = USER_BASE, tag: str = DEFAULT_TAG, context: str | None = None) -> None:
