@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,9 +101,10 @@ class Settings:
         "into the Secret; empty: each pod keeps its jobs in SQLite on an emptyDir",
         "print-kube")
     secret_dir: str = setting(
-        "", "take the token (and state-url) files from this directory of the node (a "
-        "hostPath volume) instead of a Secret, which podman 4.3's kube play mounts still "
-        "base64-encoded; not for a cluster", "print-kube")
+        "", "take the Secret's files (token; state-url with --state-url-file, which is then "
+        "not read) from this directory of the node (a hostPath volume) instead of a "
+        "Secret, which podman 4.3's kube play mounts still base64-encoded; not for a "
+        "cluster", "print-kube")
     host_port: int = setting(
         0, "publish each pod's port on 127.0.0.1:N of its node (hostPort, for podman kube "
         "play; one pod only); 0: none", "print-kube")
@@ -159,6 +161,13 @@ class Settings:
                                 getattr(self, name)):
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not a Kubernetes "
                                  "quantity (e.g. 500m, 2, 512Mi)")
+        try:
+            words = shlex.split(self.instance_args)
+        except ValueError as exc:
+            raise ValueError(f"instance_args: {exc}") from None
+        # The ConfigMap holds one word a line.
+        if any("\n" in word for word in words):
+            raise ValueError("instance_args: a word may not hold a line break")
         if self.secret_dir and not os.path.isabs(self.secret_dir):
             raise ValueError("secret_dir must be an absolute path (a hostPath)")
 

@@ -184,6 +184,8 @@ def test_changed_flags_roll_the_pods(secrets):
     (["--memory", "lots"], "memory: 'lots' is not a Kubernetes quantity"),
     (["--name", "Task_Runner"], "name must be a DNS label"),
     (["--uid", "0"], "uid must be >= 1"),
+    (["--instance-args", "--allowed-host 'x"], "instance_args: No closing quotation"),
+    (["--instance-args", "--allow 'a\nb'"], "instance_args: a word may not hold a line"),
     ([], "--token-file is required"),
     (["--token-file", "/nonexistent/token"], "cannot read it: No such file or directory"),
 ])
