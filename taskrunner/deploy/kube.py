@@ -16,7 +16,6 @@ import re
 import shlex
 from typing import Any
 
-from taskrunner.config import Config
 from taskrunner.deploy.settings import Settings
 from taskrunner.deploy.yamltext import Octal, dump_all
 
@@ -33,7 +32,6 @@ STATE_MOUNT = "/var/lib/taskrunner"
 FLAGS_KEY = "flags"
 FLAGS_ENV = "TASKRUNNER_FLAGS"
 
-_INSTANCE = Config()
 _URL = re.compile(r"postgres(ql)?://\S+")
 
 
