@@ -5,6 +5,7 @@
     taskrunner-deploy print-stack nginx|supervisord [--port N] [--base-port N] [--run-dir D]
     taskrunner-deploy print-supervisord
     taskrunner-deploy print-systemd service|socket [--python P] [--address A] [--watchdog-sec N]
+    taskrunner-deploy print-kube --token-file F [--state-url-file F --replicas N] [--image I]
 
 Every flag is a field of `taskrunner.deploy.settings.Settings` (its default and help). A
 mistake, in the flags or in the inventory (naming the file and the key), is one line on
@@ -17,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from taskrunner.deploy import nginx, supervisord, systemd
+from taskrunner.deploy import kube, nginx, supervisord, systemd
 from taskrunner.deploy.inventory import InventoryError, load
 from taskrunner.deploy.settings import COMMANDS, Settings, add_arguments, settings
 
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def render(command: str, args: argparse.Namespace, chosen: Settings) -> str:
-    """The text ``command`` prints; `InventoryError` for an inventory it cannot use."""
+    """The text ``command`` prints; `InventoryError` for an inventory it cannot use,
+    `kube.KubeError` for a file the manifests cannot take."""
     if command == "print-front":
         inventory = load(args.inventory)
         if chosen.whole:
@@ -67,6 +69,8 @@ def render(command: str, args: argparse.Namespace, chosen: Settings) -> str:
         if args.file == "service":
             return systemd.service_unit(chosen)
         return systemd.socket_unit(chosen)
+    if command == "print-kube":
+        return kube.render(chosen)
     return supervisord.repository_conf(chosen)
 
 
@@ -80,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         text = render(args.command, args, chosen)
-    except InventoryError as exc:
+    except (InventoryError, kube.KubeError) as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 2
     sys.stdout.write(text)

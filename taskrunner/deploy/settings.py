@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,9 @@ COMMANDS = {
                          "relative to the file)",
     "print-systemd": "a host's systemd units: taskrunner@.service or taskrunner@.socket, "
                      "one instance per port (taskrunner@PORT)",
+    "print-kube": "Kubernetes manifests: a ConfigMap of the instance's flags, a Secret "
+                  "(the token, the index's URL), a Deployment, a Service, a "
+                  "PodDisruptionBudget",
 }
 """The subcommands of ``taskrunner-deploy``, each with its help."""
 
@@ -61,9 +66,10 @@ class Settings:
         "print-host")
     stop_wait: int = setting(
         30, "seconds the supervisor gives an instance to stop after TERM (supervisord's "
-        f"stopwaitsecs, systemd's TimeoutStopSec): above its --grace ({_INSTANCE.grace:g}) "
-        "plus the kill, the last answers and the callbacks' 3 s", "print-host",
-        "print-stack", "print-supervisord", "print-systemd")
+        "stopwaitsecs, systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds "
+        f"after --pre-stop): above its --grace ({_INSTANCE.grace:g}) plus the kill, the last "
+        "answers and the callbacks' 3 s", "print-host", "print-stack", "print-supervisord",
+        "print-systemd", "print-kube")
     port: int = setting(8080, "the stack's nginx port on 127.0.0.1", "print-stack")
     base_port: int = setting(
         _INSTANCE.port, f"the stack's first instance port; its {STACK_INSTANCES} are "
@@ -87,6 +93,47 @@ class Settings:
     directory: str = setting(
         "", "the instances' working directory; empty: the directory of the supervisord.conf",
         "print-stack", "print-supervisord")
+    name: str = setting(
+        "taskrunner", "the name of every object, and the pods' app.kubernetes.io/instance label",
+        "print-kube")
+    namespace: str = setting(
+        "default", "the objects' namespace; the instances answer to the Service's names in it",
+        "print-kube")
+    image: str = setting(
+        "localhost/taskrunner:latest", "the image the pods run (scripts/image builds it)",
+        "print-kube")
+    replicas: int = setting(
+        1, "pods, one instance each; above 1 they must share a PostgreSQL index "
+        "(--state-url-file)", "print-kube")
+    token_file: str = setting(
+        "", "file holding the instances' bearer token, put into the Secret (so the output "
+        "holds it: pipe it to kubectl apply, or keep it 0600)", "print-kube")
+    state_url_file: str = setting(
+        "", "file holding the PostgreSQL index's postgresql:// URL, password included, put "
+        "into the Secret; empty: each pod keeps its jobs in SQLite on an emptyDir",
+        "print-kube")
+    secret_dir: str = setting(
+        "", "take the Secret's files (token; state-url with --state-url-file, which is then "
+        "not read) from this directory of the node (a hostPath volume) instead of a "
+        "Secret, which podman 4.3's kube play mounts still base64-encoded; not for a "
+        "cluster", "print-kube")
+    host_port: int = setting(
+        0, "publish each pod's port on 127.0.0.1:N of its node (hostPort, for podman kube "
+        "play; one pod only); 0: none", "print-kube")
+    uid: int = setting(
+        10001, "the user and group id the pods run as (the image's own user)", "print-kube")
+    cpu: str = setting("500m", "CPU each pod requests", "print-kube")
+    cpu_limit: str = setting(
+        "2", "CPU limit of each pod: the instance and every command it runs", "print-kube")
+    memory: str = setting(
+        "512Mi", "memory each pod requests and may use, the instance and its commands "
+        "together", "print-kube")
+    pre_stop: int = setting(
+        5, "seconds a deleted pod goes on serving before SIGTERM (a preStop sleep), while "
+        "the Service and the ingress forget it", "print-kube")
+    instance_args: str = setting(
+        "", "more flags for every instance, split as a shell would (e.g. '--allowed-host "
+        "tr.example.com --max-running 64')", "print-kube")
 
     def __post_init__(self) -> None:
         for name in ("port", "base_port"):
@@ -105,6 +152,42 @@ class Settings:
             raise ValueError(f"address: {self.address!r} is not an address")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
+        self._check_kube()
+
+    def _check_kube(self) -> None:
+        for name in ("name", "namespace"):
+            if not re.fullmatch(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?", getattr(self, name)):
+                raise ValueError(f"{name} must be a DNS label: a-z, 0-9 and '-', at most 40")
+        if self.replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        # Pods of one instance each keep their jobs apart unless they share PostgreSQL:
+        # a job would be found only by the pod that ran it, and lost with it.
+        if self.replicas > 1 and not self.state_url_file:
+            raise ValueError("replicas above 1 need the PostgreSQL index: give "
+                             "--state-url-file")
+        if not 0 <= self.host_port <= 65535:
+            raise ValueError(f"host_port must be 0..65535, not {self.host_port}")
+        if self.host_port and self.replicas > 1:
+            raise ValueError("host_port: the pods of one node would collide on it; one "
+                             "replica only")
+        if self.uid < 1:
+            raise ValueError("uid must be >= 1: the pods run as non-root")
+        if self.pre_stop < 0:
+            raise ValueError("pre_stop must be >= 0")
+        for name in ("cpu", "cpu_limit", "memory"):
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?",
+                                getattr(self, name)):
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not a Kubernetes "
+                                 "quantity (e.g. 500m, 2, 512Mi)")
+        try:
+            words = shlex.split(self.instance_args)
+        except ValueError as exc:
+            raise ValueError(f"instance_args: {exc}") from None
+        # The ConfigMap holds one word a line.
+        if any("\n" in word for word in words):
+            raise ValueError("instance_args: a word may not hold a line break")
+        if self.secret_dir and not os.path.isabs(self.secret_dir):
+            raise ValueError("secret_dir must be an absolute path (a hostPath)")
 
     @property
     def stack_ports(self) -> range:
