@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskrunner.errors import InvalidParam, StartupError
+from taskrunner.jsonkind import json_kind
 
 TYPES = ("string", "integer", "boolean", "array")
 _KEYS = {
@@ -66,18 +67,18 @@ class Param:
             if type(value) is float and value.is_integer():
                 value = int(value)  # 9.0 is an integer in JSON (and JSON Schema)
             if type(value) is not int:
-                raise self._refused(f"must be an integer, not {_kind(value)}")
+                raise self._refused(f"must be an integer, not {json_kind(value)}")
             assert self.minimum is not None and self.maximum is not None
             if not self.minimum <= value <= self.maximum:
                 raise self._refused(f"must be from {self.minimum} to {self.maximum}")
             return value
         if self.type == "boolean":
             if type(value) is not bool:
-                raise self._refused(f"must be true or false, not {_kind(value)}")
+                raise self._refused(f"must be true or false, not {json_kind(value)}")
             return value
         if self.type == "array":
             if not isinstance(value, list):
-                raise self._refused(f"must be an array of strings, not {_kind(value)}")
+                raise self._refused(f"must be an array of strings, not {json_kind(value)}")
             assert self.max_items is not None
             if len(value) > self.max_items:
                 raise self._refused(f"has {len(value)} items; at most {self.max_items}")
@@ -86,7 +87,7 @@ class Param:
 
     def _string(self, value: Any, whole: bool, index: str) -> str:
         if not isinstance(value, str):
-            raise self._refused(f"must be a string, not {_kind(value)}", index)
+            raise self._refused(f"must be a string, not {json_kind(value)}", index)
         if "\x00" in value:
             raise self._refused("must not contain a NUL byte", index)
         try:
@@ -232,16 +233,3 @@ def _string_rules(entry: dict[str, Any], where: str) -> dict[str, Any]:
     rules["allow_dash"] = dash
     return rules
 
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"

@@ -27,6 +27,7 @@ from typing import Any
 
 from taskrunner.errors import CallbackNotAllowed, InvalidField, InvalidJSON, UnknownField
 from taskrunner.jobs.callbacks import CallbackHosts, shown_host
+from taskrunner.jsonkind import json_kind
 from taskrunner.process.engine import CommandSpec
 
 FIELDS = ("args", "timeout", "stdin", "env", "cwd")
@@ -89,27 +90,14 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     except RecursionError:
         raise InvalidJSON("body is nested too deeply") from None
     if not isinstance(value, dict):
-        raise InvalidJSON(f"body must be a JSON object, not {_json_type(value)}")
+        raise InvalidJSON(f"body must be a JSON object, not {json_kind(value)}")
     return value
 
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _check_string(field: str, value: object, *, allow_empty: bool = True) -> str:
     if not isinstance(value, str):
-        raise InvalidField(f"{field} must be a string, not {_json_type(value)}")
+        raise InvalidField(f"{field} must be a string, not {json_kind(value)}")
     if "\x00" in value:
         raise InvalidField(f"{field} must not contain a NUL byte")
     if not value.isascii():
@@ -125,7 +113,7 @@ def _check_string(field: str, value: object, *, allow_empty: bool = True) -> str
 
 def _parse_args(value: object) -> list[str]:
     if not isinstance(value, list):
-        raise InvalidField(f"args must be an array of strings, not {_json_type(value)}")
+        raise InvalidField(f"args must be an array of strings, not {json_kind(value)}")
     if not value:
         raise InvalidField("args must not be empty: it names the program to run")
     args = [_check_string(f"args[{i}]", item) for i, item in enumerate(value)]
@@ -136,7 +124,7 @@ def _parse_args(value: object) -> list[str]:
 
 def _parse_timeout(value: object, max_timeout: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidField(f"timeout must be a number of seconds, not {_json_type(value)}")
+        raise InvalidField(f"timeout must be a number of seconds, not {json_kind(value)}")
     # Compared before float(): an int beyond 1.8e308 cannot become one (OverflowError), and
     # Python compares an int with a float exactly.
     if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
@@ -155,7 +143,7 @@ def _shown(value: int | float) -> str:
 
 def _parse_env(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise InvalidField(f"env must be an object of strings, not {_json_type(value)}")
+        raise InvalidField(f"env must be an object of strings, not {json_kind(value)}")
     env: dict[str, str] = {}
     for key, item in value.items():
         _check_string("env key", key, allow_empty=False)
