@@ -2,25 +2,13 @@
 naming the action and the key for every mistake; expansion of the template."""
 
 import pytest
+from actionsutil import GREET
 
 from taskrunner.actions.actionfile import load_actions
 from taskrunner.config import Config
 from taskrunner.errors import InvalidParam, StartupError
 
-GOOD = r'''
-[actions.greet]
-description = "Greet someone"
-args = ["/usr/bin/printf", "%s, %s!\n", "{greeting}", "{name}"]
-timeout = 10
-
-[actions.greet.params.greeting]
-type = "string"
-default = "hello"
-max_length = 20
-
-[actions.greet.params.name]
-type = "string"
-pattern = "^[A-Za-z][A-Za-z -]{0,39}$"
+GOOD = GREET + r'''
 
 [actions.deploy]
 args = ["/bin/echo", "--env={env}", "{force}", "{hosts}", "{count}", "{{literal}}"]

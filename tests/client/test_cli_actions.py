@@ -6,21 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from actionsutil import GREET
 from cliutil import trun
 
-ACTIONS = r'''
-[actions.greet]
-description = "Greet someone"
-args = ["/usr/bin/printf", "%s, %s!\n", "{greeting}", "{name}"]
-
-[actions.greet.params.greeting]
-type = "string"
-default = "hello"
-max_length = 20
-
-[actions.greet.params.name]
-type = "string"
-pattern = "[A-Za-z ]{1,40}"
+ACTIONS = GREET + r'''
 
 [actions.leave]
 args = ["/bin/sh", "-c", "echo $0 \"$@\" >&2; exit $0", "{code}", "{verbose}", "{files}"]

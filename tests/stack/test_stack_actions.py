@@ -11,23 +11,12 @@ import shutil
 import tempfile
 
 import pytest
+from actionsutil import GREET
 from stackutil import needs_stack, running_stack
 
 pytestmark = needs_stack()
 
-ACTIONS = r'''
-[actions.greet]
-description = "Greet someone"
-args = ["/usr/bin/printf", "%s, %s!\n", "{greeting}", "{name}"]
-
-[actions.greet.params.greeting]
-type = "string"
-default = "hello"
-max_length = 20
-
-[actions.greet.params.name]
-type = "string"
-pattern = "[A-Za-z ]{1,40}"
+ACTIONS = GREET + r'''
 '''
 
 

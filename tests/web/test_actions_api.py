@@ -9,6 +9,7 @@ import signal
 import subprocess
 
 import pytest
+from actionsutil import GREET
 from helpers import PY, REPO, until, wait_until
 
 from taskrunner.config import Config
@@ -25,20 +26,7 @@ def auth(name):
     return {"Authorization": f"Bearer {TOKENS[name]}"}
 
 
-ACTIONS = r'''
-[actions.greet]
-description = "Greet someone"
-args = ["/usr/bin/printf", "%s, %s!\n", "{greeting}", "{name}"]
-timeout = 10
-
-[actions.greet.params.greeting]
-type = "string"
-default = "hello"
-max_length = 20
-
-[actions.greet.params.name]
-type = "string"
-pattern = "^[A-Za-z][A-Za-z -]{0,39}$"
+ACTIONS = GREET + r'''
 
 [actions.touch]
 args = ["/usr/bin/touch", "{path}"]
