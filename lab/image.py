@@ -43,6 +43,8 @@ LOCAL_BASE = "localhost/taskrunner-base:bookworm"
 DEFAULT_TAG = "localhost/taskrunner:latest"
 WHEEL_CACHE = "/var/tmp/taskrunner-image-cache"
 """The lock's wheels, one directory per lock and Python version (the lock's hashes name it)."""
+DEPS_REPOSITORY = "localhost/taskrunner-deps"
+"""Where the dependencies' stage is kept, tagged by the lock and the base it was built from."""
 LOCK = "/tmp/taskrunner-image.lock"
 """Held while a base or an image is made (and by the tests while they use their image)."""
 
@@ -153,17 +155,16 @@ def _lock_wheels(pip: list[str], lock: str, python_version: str) -> str:
 
 
 def make_context(directory: str, python_version: str) -> None:
-    """Fill ``directory`` as the build context: ``Containerfile`` and ``wheels/``: the
-    lock's wheels for ``python_version``, taskrunner's wheel, and ``requirements.txt``,
-    the lock with taskrunner's wheel and its hash added, which the image installs."""
-    wheels = os.path.join(directory, "wheels")
-    os.makedirs(wheels)
+    """Fill ``directory`` as the build context: the ``Containerfile``; ``wheels/lock/``, the
+    lock and its wheels for ``python_version``; ``wheels/taskrunner/``, taskrunner's wheel
+    and ``requirements.txt`` that pins it by its hash."""
+    lock_dir, own_dir = (os.path.join(directory, "wheels", d) for d in ("lock", "taskrunner"))
+    os.makedirs(own_dir)
     shutil.copy(os.path.join(REPO, "Containerfile"), directory)
     lock = os.path.join(REPO, "requirements", "serve.txt")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    cached = _lock_wheels(pip, lock, python_version)
-    for name in os.listdir(cached):
-        shutil.copy(os.path.join(cached, name), wheels)
+    shutil.copytree(_lock_wheels(pip, lock, python_version), lock_dir)
+    shutil.copy(lock, lock_dir)
     # taskrunner's own wheel, from a copy of the checkout's files (no stale build/ adds to
     # it), with the build backend of this environment (pinned; nothing fetched to build).
     with tempfile.TemporaryDirectory(prefix="taskrunner-src-") as source:
@@ -172,16 +173,14 @@ def make_context(directory: str, python_version: str) -> None:
             if os.path.isfile(path):  # a deleted but still tracked file is skipped
                 os.makedirs(os.path.dirname(os.path.join(source, name)), exist_ok=True)
                 shutil.copy2(path, os.path.join(source, name))
-        _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", wheels,
+        _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", own_dir,
               source], "building taskrunner's wheel")
-    (wheel,) = glob.glob(os.path.join(wheels, "taskrunner-*.whl"))
+    (wheel,) = glob.glob(os.path.join(own_dir, "taskrunner-*.whl"))
     with open(wheel, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     version = os.path.basename(wheel).split("-")[1]
-    with open(lock) as f:
-        pinned = f.read().rstrip("\n") + "\n"
-    with open(os.path.join(wheels, "requirements.txt"), "w") as f:
-        f.write(f"{pinned}taskrunner=={version} --hash=sha256:{digest}\n")
+    with open(os.path.join(own_dir, "requirements.txt"), "w") as f:
+        f.write(f"taskrunner=={version} --hash=sha256:{digest}\n")
 
 
 def build(base: str = USER_BASE, tag: str = DEFAULT_TAG, context: str | None = None) -> None:
@@ -195,12 +194,44 @@ def build(base: str = USER_BASE, tag: str = DEFAULT_TAG, context: str | None = N
                 context = stack.enter_context(
                     tempfile.TemporaryDirectory(prefix="taskrunner-image-"))
             make_context(context, base_python_version(base))
-            # The docker format: the OCI image format drops HEALTHCHECK. No layer cache:
-            # a rebuild differs in its wheels, and the tests leave no images behind.
-            _run(["podman", "build", "--network=none", "--pull=never", "--format", "docker",
-                  "--layers=false", "--build-arg", f"BASE={base}", "--tag", tag,
-                  "--file", os.path.join(context, "Containerfile"), context],
-                 f"podman build of {tag}")
+            # The docker format: the OCI image format drops HEALTHCHECK.
+            podman_build = ["podman", "build", "--network=none", "--pull=never", "--format",
+                            "docker", "--layers", "--build-arg", f"BASE={base}",
+                            "--file", os.path.join(context, "Containerfile")]
+            # The dependencies' stage, tagged: kept as the cache of the next build.
+            _run([*podman_build, "--target", "deps", "--tag", _deps_tag(base), context],
+                 f"podman build of {tag}'s dependencies")
+            out = _run([*podman_build, "--tag", tag, context], f"podman build of {tag}")
+        # What no later build can use (the layers of the stage that installs taskrunner's
+        # wheel; the image's last step copied the venv out of it): removed, down to the
+        # tagged dependencies.
+        leftovers = _stage_layers(out, "build")
+        if leftovers:
+            subprocess.run(["podman", "rmi", *leftovers], capture_output=True)
+
+
+def _deps_tag(base: str) -> str:
+    base_id = _run(["podman", "image", "inspect", "--format", "{{.Id}}", base],
+                   f"inspecting {base}").strip()
+    with open(os.path.join(REPO, "requirements", "serve.txt"), "rb") as f:
+        digest = hashlib.sha256(f.read() + base_id.encode()).hexdigest()[:16]
+    return f"{DEPS_REPOSITORY}:{digest}"
+
+
+def _stage_layers(build_output: str, stage: str) -> list[str]:
+    # The ids podman build printed ("--> ID") for the steps of the stage named ``stage``
+    # ("[2/3] STEP 1/3: FROM deps AS build"), newest first (children before parents).
+    found: list[str] = []
+    prefix, in_stage = None, False
+    for line in build_output.splitlines():
+        if line.startswith("[") and " STEP " in line:
+            current = line.split("]", 1)[0]
+            if line.endswith(f" AS {stage}"):
+                prefix = current
+            in_stage = current == prefix
+        elif line.startswith("--> ") and in_stage:
+            found.append(line.split()[-1])
+    return list(reversed(dict.fromkeys(found)))
 
 
 def main(argv: list[str] | None = None) -> None:
