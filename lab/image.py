@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +46,8 @@ WHEEL_CACHE = "/var/tmp/taskrunner-image-cache"
 """The lock's wheels, one directory per lock and Python version (the lock's hashes name it)."""
 DEPS_REPOSITORY = "localhost/taskrunner-deps"
 """Where the dependencies' stage is kept, tagged by the lock and the base it was built from."""
+STAGE_REPOSITORY = "localhost/taskrunner-stage"
+"""The stage that installs taskrunner's wheel, tagged while one build lasts."""
 LOCK = "/tmp/taskrunner-image.lock"
 """Held while a base or an image is made (and by the tests while they use their image)."""
 
@@ -198,16 +201,19 @@ def build(base: str = USER_BASE, tag: str = DEFAULT_TAG, context: str | None = N
             podman_build = ["podman", "build", "--network=none", "--pull=never", "--format",
                             "docker", "--layers", "--build-arg", f"BASE={base}",
                             "--file", os.path.join(context, "Containerfile")]
-            # The dependencies' stage, tagged: kept as the cache of the next build.
+            # The dependencies' stage, tagged: kept as the cache of the next build. The stage
+            # that installs taskrunner's wheel, tagged for this build only, so that it can be
+            # removed afterwards (down to the dependencies, which stay): no later build can
+            # use it, and the image's last step copied the venv out of it.
             _run([*podman_build, "--target", "deps", "--tag", _deps_tag(base), context],
                  f"podman build of {tag}'s dependencies")
-            out = _run([*podman_build, "--tag", tag, context], f"podman build of {tag}")
-        # What no later build can use (the layers of the stage that installs taskrunner's
-        # wheel; the image's last step copied the venv out of it): removed, down to the
-        # tagged dependencies.
-        leftovers = _stage_layers(out, "build")
-        if leftovers:
-            subprocess.run(["podman", "rmi", *leftovers], capture_output=True)
+            stage = f"{STAGE_REPOSITORY}:{uuid.uuid4().hex[:12]}"
+            try:
+                _run([*podman_build, "--target", "build", "--tag", stage, context],
+                     f"podman build of {tag}'s venv")
+                _run([*podman_build, "--tag", tag, context], f"podman build of {tag}")
+            finally:
+                subprocess.run(["podman", "rmi", stage], capture_output=True)
 
 
 def _deps_tag(base: str) -> str:
@@ -216,22 +222,6 @@ def _deps_tag(base: str) -> str:
     with open(os.path.join(REPO, "requirements", "serve.txt"), "rb") as f:
         digest = hashlib.sha256(f.read() + base_id.encode()).hexdigest()[:16]
     return f"{DEPS_REPOSITORY}:{digest}"
-
-
-def _stage_layers(build_output: str, stage: str) -> list[str]:
-    # The ids podman build printed ("--> ID") for the steps of the stage named ``stage``
-    # ("[2/3] STEP 1/3: FROM deps AS build"), newest first (children before parents).
-    found: list[str] = []
-    prefix, in_stage = None, False
-    for line in build_output.splitlines():
-        if line.startswith("[") and " STEP " in line:
-            current = line.split("]", 1)[0]
-            if line.endswith(f" AS {stage}"):
-                prefix = current
-            in_stage = current == prefix
-        elif line.startswith("--> ") and in_stage:
-            found.append(line.split()[-1])
-    return list(reversed(dict.fromkeys(found)))
 
 
 def main(argv: list[str] | None = None) -> None:
