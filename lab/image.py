@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +44,10 @@ LOCAL_BASE = "localhost/taskrunner-base:bookworm"
 DEFAULT_TAG = "localhost/taskrunner:latest"
 WHEEL_CACHE = "/var/tmp/taskrunner-image-cache"
 """The lock's wheels, one directory per lock and Python version (the lock's hashes name it)."""
+DEPS_REPOSITORY = "localhost/taskrunner-deps"
+"""Where the dependencies' stage is kept, tagged by the lock and the base it was built from."""
+STAGE_REPOSITORY = "localhost/taskrunner-stage"
+"""The stage that installs taskrunner's wheel, tagged while one build lasts."""
 LOCK = "/tmp/taskrunner-image.lock"
 """Held while a base or an image is made (and by the tests while they use their image)."""
 
@@ -153,17 +158,16 @@ def _lock_wheels(pip: list[str], lock: str, python_version: str) -> str:
 
 
 def make_context(directory: str, python_version: str) -> None:
-    """Fill ``directory`` as the build context: ``Containerfile`` and ``wheels/``: the
-    lock's wheels for ``python_version``, taskrunner's wheel, and ``requirements.txt``,
-    the lock with taskrunner's wheel and its hash added, which the image installs."""
-    wheels = os.path.join(directory, "wheels")
-    os.makedirs(wheels)
+    """Fill ``directory`` as the build context: the ``Containerfile``; ``wheels/lock/``, the
+    lock and its wheels for ``python_version``; ``wheels/taskrunner/``, taskrunner's wheel
+    and ``requirements.txt`` that pins it by its hash."""
+    lock_dir, own_dir = (os.path.join(directory, "wheels", d) for d in ("lock", "taskrunner"))
+    os.makedirs(own_dir)
     shutil.copy(os.path.join(REPO, "Containerfile"), directory)
     lock = os.path.join(REPO, "requirements", "serve.txt")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    cached = _lock_wheels(pip, lock, python_version)
-    for name in os.listdir(cached):
-        shutil.copy(os.path.join(cached, name), wheels)
+    shutil.copytree(_lock_wheels(pip, lock, python_version), lock_dir)
+    shutil.copy(lock, lock_dir)
     # taskrunner's own wheel, from a copy of the checkout's files (no stale build/ adds to
     # it), with the build backend of this environment (pinned; nothing fetched to build).
     with tempfile.TemporaryDirectory(prefix="taskrunner-src-") as source:
@@ -172,16 +176,14 @@ def make_context(directory: str, python_version: str) -> None:
             if os.path.isfile(path):  # a deleted but still tracked file is skipped
                 os.makedirs(os.path.dirname(os.path.join(source, name)), exist_ok=True)
                 shutil.copy2(path, os.path.join(source, name))
-        _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", wheels,
+        _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", own_dir,
               source], "building taskrunner's wheel")
-    (wheel,) = glob.glob(os.path.join(wheels, "taskrunner-*.whl"))
+    (wheel,) = glob.glob(os.path.join(own_dir, "taskrunner-*.whl"))
     with open(wheel, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     version = os.path.basename(wheel).split("-")[1]
-    with open(lock) as f:
-        pinned = f.read().rstrip("\n") + "\n"
-    with open(os.path.join(wheels, "requirements.txt"), "w") as f:
-        f.write(f"{pinned}taskrunner=={version} --hash=sha256:{digest}\n")
+    with open(os.path.join(own_dir, "requirements.txt"), "w") as f:
+        f.write(f"taskrunner=={version} --hash=sha256:{digest}\n")
 
 
 def build(base: str = USER_BASE, tag: str = DEFAULT_TAG, context: str | None = None) -> None:
@@ -195,12 +197,31 @@ def build(base: str = USER_BASE, tag: str = DEFAULT_TAG, context: str | None = N
                 context = stack.enter_context(
                     tempfile.TemporaryDirectory(prefix="taskrunner-image-"))
             make_context(context, base_python_version(base))
-            # The docker format: the OCI image format drops HEALTHCHECK. No layer cache:
-            # a rebuild differs in its wheels, and the tests leave no images behind.
-            _run(["podman", "build", "--network=none", "--pull=never", "--format", "docker",
-                  "--layers=false", "--build-arg", f"BASE={base}", "--tag", tag,
-                  "--file", os.path.join(context, "Containerfile"), context],
-                 f"podman build of {tag}")
+            # The docker format: the OCI image format drops HEALTHCHECK.
+            podman_build = ["podman", "build", "--network=none", "--pull=never", "--format",
+                            "docker", "--layers", "--build-arg", f"BASE={base}",
+                            "--file", os.path.join(context, "Containerfile")]
+            # The dependencies' stage, tagged: kept as the cache of the next build. The stage
+            # that installs taskrunner's wheel, tagged for this build only, so that it can be
+            # removed afterwards (down to the dependencies, which stay): no later build can
+            # use it, and the image's last step copied the venv out of it.
+            _run([*podman_build, "--target", "deps", "--tag", _deps_tag(base), context],
+                 f"podman build of {tag}'s dependencies")
+            stage = f"{STAGE_REPOSITORY}:{uuid.uuid4().hex[:12]}"
+            try:
+                _run([*podman_build, "--target", "build", "--tag", stage, context],
+                     f"podman build of {tag}'s venv")
+                _run([*podman_build, "--tag", tag, context], f"podman build of {tag}")
+            finally:
+                subprocess.run(["podman", "rmi", stage], capture_output=True)
+
+
+def _deps_tag(base: str) -> str:
+    base_id = _run(["podman", "image", "inspect", "--format", "{{.Id}}", base],
+                   f"inspecting {base}").strip()
+    with open(os.path.join(REPO, "requirements", "serve.txt"), "rb") as f:
+        digest = hashlib.sha256(f.read() + base_id.encode()).hexdigest()[:16]
+    return f"{DEPS_REPOSITORY}:{digest}"
 
 
 def main(argv: list[str] | None = None) -> None:
