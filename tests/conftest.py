@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from helpers import PY, REPO, Runtime, build_runtime, wait_until
+from imageutil import IMAGE, Timings, image_session, skip_without_podman
 from openapi_check import checker
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
@@ -311,3 +312,19 @@ def shared_index(request: pytest.FixtureRequest, tmp_path: Any) -> list[str]:
     if request.param == "sqlite":
         return ["--state-dir", str(tmp_path / "state")]
     return ["--state-url-file", request.getfixturevalue("state_url_file")]
+
+
+# The container image, built once for the session's tests that take `taskrunner_image`
+# (tests/imageutil.py says how), and removed after them; the local base stays cached.
+@pytest.fixture(scope="session")
+def image_build() -> Iterator[Timings]:
+    """The seconds the session spent making the base and building the image."""
+    skip_without_podman()
+    with image_session() as timings:
+        yield timings
+
+
+@pytest.fixture(scope="session")
+def taskrunner_image(image_build: Timings) -> str:
+    """The name of the image built from this checkout (``localhost/taskrunner:test``)."""
+    return IMAGE
