@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,7 @@ from taskrunner.actions.template import (
 )
 from taskrunner.config import Config, per_caller_settings
 from taskrunner.errors import InvalidParam, StartupError
+from taskrunner.tomlfile import read_toml
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _KEYS = {"description", "args", "timeout", "cwd", "env", "params"}
@@ -120,13 +120,7 @@ class Actions:
 def load_actions(path: str, config: Config) -> Actions:
     """Read the actions file at ``path``; `StartupError` (one line) if it cannot be used."""
     where = f"--actions {path!r}"
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise StartupError(f"{where}: cannot read it: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise StartupError(f"{where}: not valid TOML: {str(exc).splitlines()[0]}") from None
+    data = read_toml(path, where)
     if set(data) != {"actions"} or not isinstance(data["actions"], dict):
         raise StartupError(f"{where}: expected [actions.NAME] tables and nothing else at the "
                            "top level")

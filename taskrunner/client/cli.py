@@ -37,6 +37,20 @@ EXIT_DEGRADED = 1
 Command = Callable[[AsyncClient, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
+def _job_flags(command: argparse.ArgumentParser) -> None:
+    # What starting a job takes, for run and do alike.
+    command.add_argument("--stdin", metavar="FILE",
+                         help="send FILE (- for this stdin) as its stdin")
+    command.add_argument("--detach", "-d", action="store_true",
+                         help="print the job id and return at once")
+    command.add_argument("--usage", action="store_true",
+                         help="when it has ended, say on stderr what it cost (CPU, memory, "
+                              "wait)")
+    command.add_argument("--retry", type=int, nargs="?", const=10, default=0, metavar="N",
+                         help="when the instance is busy (429), try again after the "
+                              "Retry-After it asks for, up to N times (default 10)")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line's grammar."""
     top = argparse.ArgumentParser(
@@ -59,14 +73,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="an environment variable for the command (repeatable)")
     run.add_argument("--cwd", metavar="DIR", help="its working directory, on the instance")
-    run.add_argument("--stdin", metavar="FILE", help="send FILE (- for this stdin) as its stdin")
-    run.add_argument("--detach", "-d", action="store_true",
-                     help="print the job id and return at once")
-    run.add_argument("--usage", action="store_true",
-                     help="when it has ended, say on stderr what it cost (CPU, memory, wait)")
-    run.add_argument("--retry", type=int, nargs="?", const=10, default=0, metavar="N",
-                     help="when the instance is busy (429), try again after the Retry-After "
-                          "it asks for, up to N times (default 10)")
+    _job_flags(run)
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM ARGS...")
     run.set_defaults(handler=do_run)
 
@@ -79,13 +86,7 @@ def parser() -> argparse.ArgumentParser:
     do = command("do", help="run an action, its output live, its exit status ours")
     do.add_argument("--timeout", type=float, metavar="S", help="seconds before it is killed "
                     "(at most the action's own)")
-    do.add_argument("--stdin", metavar="FILE", help="send FILE (- for this stdin) as its stdin")
-    do.add_argument("--detach", "-d", action="store_true",
-                    help="print the job id and return at once")
-    do.add_argument("--usage", action="store_true",
-                    help="when it has ended, say on stderr what it cost (CPU, memory, wait)")
-    do.add_argument("--retry", type=int, nargs="?", const=10, default=0, metavar="N",
-                    help="when the instance is busy (429), try again, up to N times")
+    _job_flags(do)
     do.add_argument("name", metavar="NAME", help="the action")
     do.add_argument("params", nargs="*", metavar="KEY=VALUE",
                     help="a parameter (an array's: the key once per item)")

@@ -44,7 +44,6 @@ import dataclasses
 import hashlib
 import hmac
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +55,7 @@ from taskrunner.process.admission import Share
 from taskrunner.process.allowlist import Allowlist
 from taskrunner.process.containment import Containment
 from taskrunner.process.launcher import Policy
+from taskrunner.tomlfile import read_toml
 
 SCOPES = ("run", "jobs", "admin", "actions")
 """``run``: ``POST /run``; ``jobs``: the jobs routes, for its own jobs; ``admin``: every
@@ -199,13 +199,7 @@ def load_callers(path: str, config: Config, environ: Mapping[str, str],
     (with the new limit), so its commands still running count against it.
     """
     where = f"--callers {path!r}"
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise StartupError(f"{where}: cannot read it: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise StartupError(f"{where}: not valid TOML: {str(exc).splitlines()[0]}") from None
+    data = read_toml(path, where)
     if set(data) - {"realm", "callers"}:
         raise StartupError(f"{where}: unknown top-level key(s) "
                            f"{', '.join(sorted(set(data) - {'realm', 'callers'}))}; expected "
