@@ -9,7 +9,9 @@ and both kill whatever commands they left running.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +32,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from lab.pgserver import PgServer  # the server scripts/cluster runs
 from taskrunner.config import Config
+from taskrunner.logs import setup_logging
 from taskrunner.server import Server
 
 
@@ -328,3 +331,12 @@ def image_build() -> Iterator[Timings]:
 def taskrunner_image(image_build: Timings) -> str:
     """The name of the image built from this checkout (``localhost/taskrunner:test``)."""
     return IMAGE
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Capture every log record as JSON lines, and remove the handler afterwards."""
+    stream = io.StringIO()
+    handler = setup_logging("json", stream=stream)
+    yield stream
+    logging.getLogger().removeHandler(handler)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import http.client
 import http.server
 import importlib.metadata
 import json
+import logging
 import os
 import pwd
 import re
@@ -300,3 +302,17 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler],
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def access_lines(stream: Any) -> list[dict[str, Any]]:
+    """The access log's records among the JSON lines of ``stream`` (the `log_stream`
+    fixture's), after the handlers wrote what they batch (up to 0.1 s)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [r for r in records if r["logger"] == "taskrunner.access"]
+
+
+def token_sha256(token: str) -> str:
+    """A token as a callers file names it (``token_sha256``)."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -72,14 +72,10 @@ def shown_host(url: str) -> str:
 def trace_headers(job: Job) -> dict[str, str]:
     """``traceparent`` (and ``tracestate``) of ``job``'s callback: the trace of the request
     that submitted it, the run's span as the parent (as the command's ``TRACEPARENT``), so
-    the receiver's work joins the caller's trace. None for a job without a trace."""
-    trace = job.trace
-    if trace is None:
+    the receiver's work joins the caller's trace. Empty for a job without a trace."""
+    if job.trace is None:
         return {}
-    headers = {"traceparent": trace.traceparent()}
-    if trace.state:
-        headers["tracestate"] = trace.state
-    return headers
+    return {name.lower(): value for name, value in job.trace.variables().items()}
 
 
 class CallbackHosts:

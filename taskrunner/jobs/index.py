@@ -24,6 +24,7 @@ jobs, and its heartbeat (the ``instances`` table). Any instance reads them all:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -84,24 +85,29 @@ class Search:
 
     text: str
 
-    @property
+    @functools.cached_property
     def in_args(self) -> str:
+        """The text as it stands in the args' JSON, lower-cased."""
         return json.dumps(self.text)[1:-1].lower()
+
+    @functools.cached_property
+    def raw(self) -> str:
+        """The text as it stands in a caller or an id, its ASCII letters lower-cased."""
+        return _ascii_lower(self.text)
 
     def like(self, mark: str) -> tuple[str, list[str]]:
         """The WHERE clause and its parameters: LIKE with ``%`` and ``_`` escaped, on
         lower() of each column, so both backends ignore the case of ASCII letters alike."""
         clause = " OR ".join(f"lower({column}) LIKE {mark} ESCAPE '\\'"
                              for column in (_JOINED, "caller", "id"))
-        raw = _ascii_lower(self.text)
-        return f"({clause})", [f"%{_escape_like(p)}%" for p in (self.in_args, raw, raw)]
+        return f"({clause})", [f"%{_escape_like(p)}%"
+                               for p in (self.in_args, self.raw, self.raw)]
 
     def matches(self, args: list[str], caller: str | None, job_id: str) -> bool:
         """The same test as `like`, on a job in memory."""
-        raw = _ascii_lower(self.text)
         return (self.in_args in json.dumps(args).replace(_BETWEEN, " ").lower()
-                or (caller is not None and raw in _ascii_lower(caller))
-                or raw in _ascii_lower(job_id))
+                or (caller is not None and self.raw in _ascii_lower(caller))
+                or self.raw in _ascii_lower(job_id))
 
 
 _BETWEEN = '", "'  # what json.dumps writes between two args, and the index keeps
@@ -172,12 +178,17 @@ def summary_args(args: list[str]) -> tuple[list[str], bool]:
     return kept, truncated
 
 
+_ARGS_AT = COLUMNS.index("args")
+_LISTED = ", ".join(f"substr(args, 1, {LISTED_ARGS_HEAD})" if name == "args" else name
+                    for name in COLUMNS)
+"""The columns a listing reads: every one, the args' head only (`LISTED_ARGS_HEAD`)."""
+
+
 def listed_record(row: tuple[Any, ...]) -> JobRecord:
     """A record from a row of `listing_sql`: its args as far as the row's head of them
     holds them (every whole one, and what a cut last one decodes to)."""
-    at = COLUMNS.index("args")
-    record = JobRecord.from_row((*row[:at], "[]", *row[at + 1:]))
-    return dataclasses.replace(record, args=_args_head(row[at]))
+    record = JobRecord.from_row((*row[:_ARGS_AT], "[]", *row[_ARGS_AT + 1:]))
+    return dataclasses.replace(record, args=_args_head(row[_ARGS_AT]))
 
 
 def _args_head(text: str) -> list[str]:
@@ -257,9 +268,7 @@ def listing_sql(query: JobQuery, lost_owners: Mapping[str, float],
     if query.before is not None:
         where.append(f"(created, id) < ({mark}, {mark})")
         params += list(query.before)
-    listed = [f"substr(args, 1, {LISTED_ARGS_HEAD})" if name == "args" else name
-              for name in COLUMNS]
-    sql = f"SELECT {', '.join(listed)} FROM jobs"
+    sql = f"SELECT {_LISTED} FROM jobs"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY created DESC, id DESC LIMIT {int(query.limit)}"

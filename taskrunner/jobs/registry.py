@@ -158,6 +158,7 @@ class JobRegistry:
 
     def _matching(self, query: JobQuery) -> list[Job]:
         # This instance's jobs for a listing without an index.
+        search = None if query.search is None else Search(query.search)
         jobs = [job for job in self.jobs.values()
                 if (query.state is None or job.state == query.state)
                 and (query.instance is None or job.instance == query.instance)
@@ -165,8 +166,7 @@ class JobRegistry:
                 and (query.realm is None
                      or in_view(job.realm, job.caller, query.realm, query.caller))
                 and (query.before is None or (job.created, job.id) < query.before)
-                and (query.search is None
-                     or Search(query.search).matches(job.args, job.caller, job.id))]
+                and (search is None or search.matches(job.args, job.caller, job.id))]
         jobs.sort(key=lambda job: (job.created, job.id), reverse=True)
         return jobs[:query.limit]
 

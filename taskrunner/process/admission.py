@@ -76,15 +76,6 @@ class Admission:
             return True
         return False
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting in line if none is free; `TooManyRequests` if the line is full."""
-        waiter = self.enqueue()
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            self.leave(waiter)
-            raise
-
     def enqueue(self) -> asyncio.Future[None]:
         """Take a slot or a place in line now, without waiting: a future that is done when
         the slot is ours (at once if one is free); `TooManyRequests` if the line is full.

@@ -41,13 +41,13 @@ class CommandCgroup:
     """The cgroup one command runs in, from its spawn until `close`."""
 
     def __init__(self, pool: CgroupPool, cgroup: Cgroup, counters: tuple[int, int],
-                 mark: UsageMark | None = None) -> None:
+                 mark: UsageMark) -> None:
         self.cgroup = cgroup
         self.prefix: Sequence[str] = pool.hierarchy.wrapper(cgroup)
         """The wrapper that enters the cgroup as the command starts (v2; empty on v1)."""
         self._pool = pool
         self._counters = counters  # (OOM kills, times throttled) before the command
-        self._mark = mark  # where its usage counting began; None for a startup probe
+        self._mark = mark  # where its usage counting began
         self._closed = False
 
     def spawning(self) -> AbstractContextManager[None]:
@@ -65,14 +65,13 @@ class CommandCgroup:
     def probe(self) -> tuple[Cgroup, tuple[int, int]]:
         """Unused: the cgroup and its counters, to give back (a startup check)."""
         self._closed = True
-        if self._mark is not None:
-            self._mark.close()
+        self._mark.close()
         return self.cgroup, self._counters
 
     def usage(self) -> TreeUsage | None:
         """What the command's tree cost, read after it ended and before `close`; None if
         the cgroup cannot be read."""
-        if self._closed or self._mark is None:
+        if self._closed:
             return None
         try:
             return self.cgroup.usage(self._mark)
@@ -86,8 +85,7 @@ class CommandCgroup:
         if self._closed:
             return False
         self._closed = True
-        if self._mark is not None:
-            self._mark.close()
+        self._mark.close()
         try:
             left = self.cgroup.procs()
             if left:  # anything that survived its group and the exit

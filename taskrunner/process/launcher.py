@@ -123,7 +123,8 @@ class Launcher:
             if containment.env and containment.env != self.containment.env:
                 # The engine's base environment holds the instance's; the request's env wins.
                 spec = dataclasses.replace(spec, env={**containment.env, **(spec.env or {})})
-            env = command_environment(self.engine.base_env, spec.env, spec.trace)
+            # Only its PATH is read: the trace's variables cannot change it.
+            env = command_environment(self.engine.base_env, spec.env)
             program = spec.args[0]
             if policy.allowlist is not None:
                 # Resolved once: the allowlist's answer is what runs, through the wrappers
@@ -145,7 +146,7 @@ class Launcher:
         # waits for the answer.
         if self._fast(policy):
             try:
-                env = command_environment(self.engine.base_env, spec.env, spec.trace)
+                env = command_environment(self.engine.base_env, spec.env)
                 policy.containment.check(spec.args[0], env, spec.cwd)
             except SpawnError as exc:
                 self._spawn_failed(spec, exc)
@@ -181,7 +182,6 @@ class Reservation:
         self._admission = launcher.admission
         self._share = policy.share
         self._spent = False  # started or cancelled: what it held is no longer its own
-        self._reserved = time.monotonic()
         self.phases = Phases(time.time())
         if self._share is not None:
             self._share.take()  # else 429 now
@@ -228,8 +228,8 @@ class Reservation:
         self._spent = True
         launcher = self._launcher
         spec = self.spec
-        queued = time.monotonic() - self._reserved if self._waited else 0.0
         self.phases.spawning = time.time()
+        queued = self.phases.spawning - self.phases.reserved if self._waited else 0.0
         try:
             confinement = Confinement.enter(spec, self.policy.containment, launcher.cgroups)
             try:

@@ -149,7 +149,8 @@ class Spans:
         """Spans for the wait and the spawn now, and for the run once it ends."""
         trace = command.spec.trace
         assert trace is not None and phases.spawning is not None
-        spawned = phases.spawned or phases.spawning
+        spawned = phases.spawned
+        assert spawned is not None  # set by the launcher before it tells the tracer
         program = {"process.command": command.program}
         self._emit("queue", trace.trace_id, new_span_id(), trace.parent_id, trace.flags,
                    phases.reserved, phases.spawning, {})

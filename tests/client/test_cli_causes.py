@@ -6,7 +6,6 @@ ps`` with each job's caller and local times that say their zone."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -15,14 +14,14 @@ from datetime import UTC, datetime
 import pytest
 from cliutil import TRUN, Terminal, trun, trun_env
 from conftest import Certificate
-from helpers import wait_for
+from helpers import token_sha256, wait_for
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
 
 
 def callers_toml():
     entries = "".join(
-        f'[callers.{name}]\ntoken_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+        f'[callers.{name}]\ntoken_sha256 = "{token_sha256(token)}"\n'
         'scopes = ["run", "jobs", "admin"]\nallow = "instance"\nmax_running = 1\n'
         'limits = "instance"\n\n' for name, token in TOKENS.items())
     return 'realm = "test"\n\n' + entries

@@ -6,7 +6,6 @@ from the version before realms, and an index newer than the code is refused.
 """
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -15,13 +14,9 @@ import subprocess
 import time
 
 import pytest
-from helpers import PY, REPO, until, wait_until
+from helpers import PY, REPO, token_sha256, until, wait_until
 
 LOST_AFTER = "3"
-
-
-def sha(token):
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def callers_file(path, realm, tokens):
@@ -30,7 +25,7 @@ def callers_file(path, realm, tokens):
     text = f'realm = "{realm}"\n'
     for name, token in tokens.items():
         scopes = '["admin"]' if name == "root" else '["run", "jobs"]'
-        text += (f'\n[callers.{name}]\ntoken_sha256 = "{sha(token)}"\nscopes = {scopes}\n'
+        text += (f'\n[callers.{name}]\ntoken_sha256 = "{token_sha256(token)}"\nscopes = {scopes}\n'
                  'allow = "instance"\nmax_running = "instance"\nlimits = "instance"\n')
     temporary = f"{path}.new"
     with open(temporary, "w") as f:

@@ -5,12 +5,11 @@ spaces), the caller, the id. LIKE's own characters (``%``, ``_``,
 ``\\``) and JSON's (a quote) are searched for as text, never as patterns.
 """
 
-import hashlib
 import json
 from urllib.parse import quote
 
 import pytest
-from helpers import submit, until, wait_done
+from helpers import submit, token_sha256, until, wait_done
 
 COMMANDS = [
     ["echo", "deploy-web 50% done"],
@@ -85,9 +84,10 @@ async def test_search_finds_the_caller_and_only_its_own_jobs(spawn_instance, tmp
     bounds = 'allow = "instance"\nmax_running = "instance"\nlimits = "instance"\n'
     callers.write_text(
         'realm = "search"\n'
-        f'[callers.alice_ops]\ntoken_sha256 = "{_sha("alice-token")}"\n'
+        f'[callers.alice_ops]\ntoken_sha256 = "{token_sha256("alice-token")}"\n'
         f'scopes = ["run", "jobs"]\n{bounds}'
-        f'[callers.root]\ntoken_sha256 = "{_sha("root-token")}"\nscopes = ["admin"]\n{bounds}')
+        f'[callers.root]\ntoken_sha256 = "{token_sha256("root-token")}"\n'
+        f'scopes = ["admin"]\n{bounds}')
     child = spawn_instance("--callers", str(callers), *shared_index)
     alice = {"Authorization": "Bearer alice-token"}
     root = {"Authorization": "Bearer root-token"}
@@ -119,6 +119,3 @@ async def test_a_search_too_long_is_a_400_and_any_other_is_text(spawn_instance, 
         response = await child.request("GET", "/jobs?q=" + q)
         assert response.code == 200, (q, response.body)
 
-
-def _sha(token):
-    return hashlib.sha256(token.encode()).hexdigest()

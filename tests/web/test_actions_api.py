@@ -2,7 +2,6 @@
 /actions/<name> (like /run) and /actions/<name>/jobs (like /jobs), the callers' actions
 scope and list, limits, --allow, reloads, the OpenAPI document and the metrics."""
 
-import hashlib
 import json
 import os
 import signal
@@ -10,16 +9,12 @@ import subprocess
 
 import pytest
 from actionsutil import GREET
-from helpers import PY, REPO, until, wait_until
+from helpers import PY, REPO, token_sha256, until, wait_until
 
 from taskrunner.config import Config
 
 TOKENS = {"ops": "ops-token-0123456789", "dev": "dev-token-0123456789",
           "root": "root-token-0123456789"}
-
-
-def sha(token):
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def auth(name):
@@ -64,7 +59,7 @@ CALLERS = f'''
 realm = "test"
 
 [callers.ops]
-token_sha256 = "{sha(TOKENS['ops'])}"
+token_sha256 = "{token_sha256(TOKENS['ops'])}"
 scopes = ["actions"]
 allow = "instance"
 max_running = "instance"
@@ -79,14 +74,14 @@ limit-fsize = "instance"
 limit-nofile = 37
 
 [callers.dev]
-token_sha256 = "{sha(TOKENS['dev'])}"
+token_sha256 = "{token_sha256(TOKENS['dev'])}"
 scopes = ["run", "jobs"]
 allow = "instance"
 max_running = "instance"
 limits = "instance"
 
 [callers.root]
-token_sha256 = "{sha(TOKENS['root'])}"
+token_sha256 = "{token_sha256(TOKENS['root'])}"
 scopes = ["admin", "actions"]
 allow = "instance"
 max_running = "instance"

@@ -1,7 +1,6 @@
 """--callers: per-caller tokens, scopes, allow lists, shares and limits, on real instances."""
 
 import asyncio
-import hashlib
 import json
 import os
 import shutil
@@ -11,17 +10,13 @@ import time
 import urllib.request
 
 import pytest
-from helpers import PY, REPO, until, wait_until
+from helpers import PY, REPO, token_sha256, until, wait_until
 
 from taskrunner.web.peers import default_name
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789",
           "carol": "carol-token-0123456789", "root": "admin-token-0123456789",
           "dave": "dave-token-0123456789"}
-
-
-def sha(token):
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def auth(name):
@@ -32,14 +27,14 @@ CALLERS = f"""
 realm = "test"
 
 [callers.alice]
-token_sha256 = "{sha(TOKENS['alice'])}"
+token_sha256 = "{token_sha256(TOKENS['alice'])}"
 scopes = ["run", "jobs"]
 allow = ["echo", "sleep", "sh"]
 max_running = 1
 limits = "instance"
 
 [callers.bob]
-token_sha256 = "{sha(TOKENS['bob'])}"
+token_sha256 = "{token_sha256(TOKENS['bob'])}"
 scopes = ["run", "jobs"]
 allow = ["true", "sleep", "sh"]
 max_running = "instance"
@@ -53,14 +48,14 @@ limit-fsize = "instance"
 limit-nofile = 37
 
 [callers.carol]
-token_sha256 = "{sha(TOKENS['carol'])}"
+token_sha256 = "{token_sha256(TOKENS['carol'])}"
 scopes = ["run"]
 allow = "instance"
 max_running = "instance"
 limits = "instance"
 
 [callers.root]
-token_sha256 = "{sha(TOKENS['root'])}"
+token_sha256 = "{token_sha256(TOKENS['root'])}"
 scopes = ["admin"]
 allow = "instance"
 max_running = "instance"
@@ -70,8 +65,8 @@ limits = "instance"
 
 def entry(name="a", secret="x", **keys):
     """One caller's table with every key written out; ``keys`` replace or (None) drop some."""
-    values = {"token_sha256": f'"{sha(secret)}"', "scopes": '["run"]', "allow": '"instance"',
-              "max_running": '"instance"', "limits": '"instance"', **keys}
+    values = {"token_sha256": f'"{token_sha256(secret)}"', "scopes": '["run"]',
+              "allow": '"instance"', "max_running": '"instance"', "limits": '"instance"', **keys}
     return f"[callers.{name}]\n" + "".join(
         f"{key} = {value}\n" for key, value in values.items() if value is not None)
 
@@ -85,7 +80,6 @@ def limits(**values):
     inherit = '"instance"'
     return "{ " + ", ".join(f"{name} = {values.get(name.replace('-', '_'), inherit)}"
                             for name in names) + " }"
-
 
 
 @pytest.fixture
@@ -225,7 +219,7 @@ async def test_sighup_rereads_the_file_without_dropping_a_request(child, callers
         assert time.monotonic() < deadline, "the command did not start"
         await asyncio.sleep(0.02)  # a polling step with a deadline, not a synchronisation
     callers_file.write_text(CALLERS.replace("[callers.alice]", "[callers.dave]").replace(
-        sha(TOKENS["alice"]), sha(TOKENS["dave"])))
+        token_sha256(TOKENS["alice"]), token_sha256(TOKENS["dave"])))
     child.signal(signal.SIGHUP)
     assert wait_until(lambda: "callers reloaded" in child.output())
     assert (await in_flight).code == 200  # alice's request, in flight across the reload
@@ -254,7 +248,7 @@ async def test_a_callers_share_survives_a_reload(child, callers_file):
     assert (code, body["error"]) == (429, "too_many_requests")
     # alice left out, then named again: her job still counts
     callers_file.write_text(CALLERS.replace("[callers.alice]", "[callers.dave]").replace(
-        sha(TOKENS["alice"]), sha(TOKENS["dave"])))
+        token_sha256(TOKENS["alice"]), token_sha256(TOKENS["dave"])))
     child.signal(signal.SIGHUP)
     assert wait_until(lambda: child.output().count("callers reloaded") == 2)
     callers_file.write_text(CALLERS)
@@ -331,15 +325,15 @@ async def test_a_token_whose_hash_shares_all_but_a_part_of_a_callers_is_refused(
     # Only a token whose whole SHA-256 matches is let in. No SHA-256 collision is at hand,
     # but the file is: callers whose stored hashes share a prefix, a suffix or all but one
     # byte with the hash of dave's token (dave has no entry).
-    wanted = sha(TOKENS["dave"])
+    wanted = token_sha256(TOKENS["dave"])
     near = {
-        "alice": wanted[:8] + sha(TOKENS["alice"])[8:],   # the first 4 bytes
+        "alice": wanted[:8] + token_sha256(TOKENS["alice"])[8:],   # the first 4 bytes
         "bob": wanted[:62] + ("00" if wanted[62:] != "00" else "01"),  # all but the last
         "carol": ("00" if wanted[:2] != "00" else "01") + wanted[2:],  # all but the first
     }
     text = CALLERS
     for name, digest in near.items():
-        text = text.replace(sha(TOKENS[name]), digest)
+        text = text.replace(token_sha256(TOKENS[name]), digest)
     path = tmp_path / "near.toml"
     path.write_text(text)
     child = spawn_instance("--callers", str(path))
@@ -425,12 +419,12 @@ async def test_healthz_is_whole_for_any_caller_and_the_status_only_for_strangers
 def test_hash_token_prints_the_sha256_of_the_token_on_stdin():
     proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO,
                           input="  my-token-123\n", capture_output=True, text=True, timeout=30)
-    assert (proc.returncode, proc.stdout) == (0, sha("my-token-123") + "\n")
+    assert (proc.returncode, proc.stdout) == (0, token_sha256("my-token-123") + "\n")
     assert "warning: the token has 12 characters" in proc.stderr
     long_token = "x" * 20
     proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO, input=long_token,
                           capture_output=True, text=True, timeout=30)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (0, sha(long_token) + "\n", "")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, token_sha256(long_token) + "\n", "")
     proc = subprocess.run([PY, "-m", "taskrunner", "hash-token"], cwd=REPO,
                           input="two words\n", capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "whitespace" in proc.stderr and proc.stdout == ""

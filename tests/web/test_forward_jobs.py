@@ -12,7 +12,6 @@ dies midway is cut, not ended as if whole.
 """
 
 import asyncio
-import hashlib
 import json
 import signal
 import socket
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import Certificate, checked_fetch
-from helpers import get_job, until, wait_for
+from helpers import get_job, token_sha256, until, wait_for
 from tornado.httpclient import AsyncHTTPClient
 from tornado.simple_httpclient import HTTPStreamClosedError
 
@@ -38,8 +37,7 @@ def callers_file(path, tokens):
     """A callers file of one realm whose callers (name: token) have run and jobs."""
     text = 'realm = "site"\n'
     for name, token in tokens.items():
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        text += (f'\n[callers.{name}]\ntoken_sha256 = "{digest}"'
+        text += (f'\n[callers.{name}]\ntoken_sha256 = "{token_sha256(token)}"'
                  '\nscopes = ["run", "jobs"]\nallow = "instance"\nmax_running = "instance"\n'
                  'limits = "instance"\n')
     path.write_text(text)

@@ -4,25 +4,10 @@ import json
 import logging
 
 import pytest
+from helpers import access_lines
 
 from taskrunner.cli import parse_config
 from taskrunner.logs import setup_logging
-
-
-@pytest.fixture
-def log_stream():
-    """Capture every log record as JSON lines, and remove the handler afterwards."""
-    stream = io.StringIO()
-    handler = setup_logging("json", stream=stream)
-    yield stream
-    logging.getLogger().removeHandler(handler)
-
-
-def access_lines(stream):
-    for handler in logging.getLogger().handlers:
-        handler.flush()  # the handler batches lines for up to 0.1 s
-    records = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [r for r in records if r["logger"] == "taskrunner.access"]
 
 
 @pytest.mark.gen_test

@@ -3,36 +3,18 @@ carried into the command's environment under a child span, the job, the access l
 ``traceparent`` response header; an absent or malformed one starts a fresh trace; the
 parser's edges as the recommendation draws them."""
 
-import io
 import json
-import logging
 import re
 
 import pytest
-from helpers import submit, wait_done
+from helpers import access_lines, submit, wait_done
 
-from taskrunner.logs import setup_logging
 from taskrunner.web.trace import parse_traceparent, parse_tracestate
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 SHOW_ENV = ["sh", "-c", 'echo "$TRACEPARENT"; echo "${TRACESTATE-unset}"']
 HEADER = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-
-
-@pytest.fixture
-def log_stream():
-    stream = io.StringIO()
-    handler = setup_logging("json", stream=stream)
-    yield stream
-    logging.getLogger().removeHandler(handler)
-
-
-def access_lines(stream):
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    records = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [r for r in records if r["logger"] == "taskrunner.access"]
 
 
 def parts(value):
