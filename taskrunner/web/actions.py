@@ -33,7 +33,7 @@ def action_json(action: Action) -> dict[str, Any]:
             "timeout": action.timeout, "params": action.json_schema()}
 
 
-class ActionMixin(JSONHandler):
+class ActionMixin(CommandHandler):
     """What both action routes share: finding the action, checking the body, the policy."""
 
     action: Action | None = None
@@ -52,10 +52,10 @@ class ActionMixin(JSONHandler):
         """The command ``request`` asks of ``action`` and its parameters as checked; the
         policy it runs under is left in `action_policy`."""
         argv, params = action.bind(request.params)
-        self.program = argv[0]
         self.action_policy = self._policy(action)
-        return CommandSpec(args=argv, timeout=request.timeout, stdin=request.stdin,
-                           env=action.env, cwd=action.cwd), params
+        return self.prepared(CommandSpec(args=argv, timeout=request.timeout,
+                                         stdin=request.stdin, env=action.env,
+                                         cwd=action.cwd)), params
 
     def parse_action(self, action: Action, job: bool) -> ActionRequest:
         """The request body for ``action``, validated (not yet its parameters)."""
@@ -120,7 +120,7 @@ class ActionRunHandler(RunHandler, ActionMixin):
         super().on_finish()
 
 
-class ActionJobsHandler(CommandHandler, ActionMixin):
+class ActionJobsHandler(ActionMixin):
     """``POST /actions/<name>/jobs``: the action as a job, answered as ``POST /jobs``; the
     job keeps the action's name and its parameters."""
 
@@ -133,12 +133,6 @@ class ActionJobsHandler(CommandHandler, ActionMixin):
         action = self.find_action(name)
         request = self.parse_action(action, job=True)
         spec, params = self.action_spec(action, request)
-        registry = self.ctx.jobs
-        caller = self.caller
-        job = await registry.submit(
-            spec, self.action_policy, caller=None if caller is None else caller.name,
-            callback_url=request.callback_url, realm=None if caller is None else caller.realm,
-            action=action.name, params=params)
+        await self.submit_job(spec, self.action_policy, request.callback_url,
+                              action=action.name, params=params)
         self.ctx.metrics.action_started(action.name)
-        self.set_header("Location", f"/jobs/{job.id}")
-        self.write_json(await registry.describe(job), 202)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from tornado.ioloop import IOLoop
@@ -49,6 +49,9 @@ from taskrunner.web.callers import Caller
 from taskrunner.web.context import InstanceContext
 from taskrunner.web.trace import TRACEPARENT, RequestTrace, request_trace
 from taskrunner.web.validation import parse_job_request, parse_run_request
+
+if TYPE_CHECKING:
+    from taskrunner.jobs.job import Job
 
 log = logging.getLogger("taskrunner.http")
 
@@ -313,10 +316,9 @@ class CommandHandler(BodyHandler):
         """Validate the body; refuse new commands while the instance shuts down."""
         self._may_start()
         config = self.ctx.config
-        spec = parse_run_request(bytes(self.body), default_timeout=config.default_timeout,
-                                 max_timeout=config.max_timeout)
-        self.program = spec.args[0]
-        return dataclasses.replace(spec, trace=self.trace_context.command())
+        return self.prepared(parse_run_request(bytes(self.body),
+                                               default_timeout=config.default_timeout,
+                                               max_timeout=config.max_timeout))
 
     def parse_job(self) -> tuple[CommandSpec, str | None]:
         """Validate a ``POST /jobs`` body: the command, and its ``callback_url`` if any."""
@@ -325,8 +327,26 @@ class CommandHandler(BodyHandler):
         spec, callback_url = parse_job_request(
             bytes(self.body), default_timeout=config.default_timeout,
             max_timeout=config.max_timeout, callback_hosts=self.ctx.jobs.callbacks.hosts)
+        return self.prepared(spec), callback_url
+
+    def prepared(self, spec: CommandSpec) -> CommandSpec:
+        """``spec`` as this request runs it: in its trace, its program named in the log."""
         self.program = spec.args[0]
-        return dataclasses.replace(spec, trace=self.trace_context.command()), callback_url
+        return dataclasses.replace(spec, trace=self.trace_context.command())
+
+    async def submit_job(self, spec: CommandSpec, policy: Policy | None,
+                         callback_url: str | None, **recorded: Any) -> Job:
+        """Accept ``spec`` as a job of the caller and answer 202 with it (``Location``:
+        where to follow it); ``recorded`` goes into the job (an action and its params)."""
+        registry = self.ctx.jobs
+        caller = self.caller
+        job = await registry.submit(spec, policy,
+                                    caller=None if caller is None else caller.name,
+                                    callback_url=callback_url,
+                                    realm=None if caller is None else caller.realm, **recorded)
+        self.set_header("Location", f"/jobs/{job.id}")
+        self.write_json(await registry.describe(job), 202)
+        return job
 
     def _may_start(self) -> None:
         self.body_complete()

@@ -92,13 +92,7 @@ class JobsHandler(CommandHandler):
         if self._finished:
             return
         spec, callback_url = self.parse_job()
-        registry = self.ctx.jobs
-        name, realm = (None, None) if self.caller is None else (self.caller.name,
-                                                                 self.caller.realm)
-        job = await registry.submit(spec, self.policy, caller=name, callback_url=callback_url,
-                                    realm=realm)
-        self.set_header("Location", f"/jobs/{job.id}")
-        self.write_json(await registry.describe(job), 202)
+        await self.submit_job(spec, self.policy, callback_url)
 
     async def get(self) -> None:
         jobs, next_page = await self.ctx.jobs.page(listing_query(self))

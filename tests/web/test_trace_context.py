@@ -106,3 +106,21 @@ async def test_a_method_no_route_takes_is_answered_in_a_trace(instance, method):
                                       headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
     assert response.code == 405
     assert parts(response.headers["traceparent"])[0] == TRACE
+
+
+@pytest.mark.gen_test
+async def test_an_actions_command_and_job_are_in_the_callers_trace(spawn_instance, tmp_path):
+    actions = tmp_path / "actions.toml"
+    actions.write_text('[actions.show]\nargs = ["/bin/sh", "-c", '
+                       '\'echo "$TRACEPARENT"; echo "${{TRACESTATE-unset}}"\']\n')
+    child = spawn_instance("--actions", str(actions))
+    headers = {"traceparent": f"00-{TRACE}-{PARENT}-01", "tracestate": "vendor=abc"}
+    response = await child.request("POST", "/actions/show", {}, headers=headers)
+    assert response.code == 200, response.body
+    command_parent, state = json.loads(response.body)["stdout"].splitlines()
+    assert parts(command_parent)[0] == TRACE and state == "vendor=abc"
+    response = await child.request("POST", "/actions/show/jobs", {}, headers=headers)
+    assert response.code == 202, response.body
+    done = await wait_done(child, json.loads(response.body)["id"])
+    assert done["trace_id"] == TRACE
+    assert parts(done["stdout"].splitlines()[0])[0] == TRACE
