@@ -279,11 +279,15 @@ class Server:
         undo.callback(close)
         return callers
 
+    def _name(self, port: int) -> str:
+        # The instance's name: in its job ids, the index, /healthz, metrics and spans.
+        return self.config.instance or default_name(port)
+
     async def _open_index(self, undo: contextlib.AsyncExitStack, url: str, port: int,
                           callers: Callers) -> JobStore | None:
         config = self.config
         waiting = self.notifier.tell if self.notifier is not None else None
-        store = await open_store(config, url, config.instance or default_name(port), port,
+        store = await open_store(config, url, self._name(port), port,
                                  callers.realm, advertise_url(config, port), waiting)
         if store is not None:
             undo.callback(store.close)  # gives the instance's name back
@@ -315,7 +319,7 @@ class Server:
     def _open_spans(self, undo: contextlib.AsyncExitStack) -> Spans | None:
         # OTel spans only when the environment asks (web/spans.py); else nothing of
         # OpenTelemetry is imported.
-        spans = open_spans(self.config.instance or str(self.port), os.environ)
+        spans = open_spans(self._name(self.port), os.environ)
         if spans is not None:
             async def close() -> None:
                 # The last export waits for the collector: not on the event loop.
@@ -343,7 +347,7 @@ class Server:
         callbacks = CallbackSender(CallbackHosts(config.callback_allow), secret,
                                    max_clients=config.max_jobs)
         jobs = JobRegistry(
-            launcher, config.instance or default_name(self.port), max_output=config.max_output,
+            launcher, self._name(self.port), max_output=config.max_output,
             job_ttl=config.job_ttl, max_jobs=config.max_jobs, store=store, callbacks=callbacks,
         )
 

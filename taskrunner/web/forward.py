@@ -82,7 +82,7 @@ class Forward:
             raise _unreachable(job, what, "no process holds its name, or it advertised no URL")
         parts = urlsplit(url)
         host, timeout = parts.hostname or "", ctx.config.forward_timeout
-        tls = peer_context(ctx.config) if parts.scheme == "https" else None
+        tls = peer_context(ctx.config.peer_ca_file) if parts.scheme == "https" else None
         port = parts.port or (443 if tls else 80)
         try:
             self.stream = await TCPClient().connect(host, port, ssl_options=tls,

@@ -55,10 +55,26 @@ async def visible_job(handler: JSONHandler, job_id: str) -> Job:
     return job
 
 
-def owner_elsewhere(handler: JSONHandler, job: Job) -> bool:
-    """Whether only another instance, the job's owner, can stream or cancel ``job`` (it is
-    unfinished, and not this instance's)."""
-    return not job.done and not handler.ctx.jobs.owns(job)
+class OwnerForwarding(JSONHandler):
+    """A route that only a job's owner can answer while the job runs (its live output, a
+    cancel): asked of another instance, it is forwarded to the owner (`Forward`)."""
+
+    _forward: Forward | None = None
+
+    async def forwarded(self, job: Job, what: str) -> bool:
+        """Forward the request to ``job``'s owner and answer with the owner's answer, if
+        only the owner can (the job is unfinished and not this instance's); whether it
+        was. ``what`` names the request in an ``owner_unreachable`` message."""
+        if job.done or self.ctx.jobs.owns(job):
+            return False
+        self._forward = Forward(self)
+        await self._forward.run(job, what)
+        return True
+
+    def on_connection_close(self) -> None:
+        if self._forward is not None:
+            self._forward.caller_left()
+        super().on_connection_close()
 
 
 def listing_query(handler: JSONHandler) -> JobQuery:
@@ -99,13 +115,12 @@ class JobsHandler(CommandHandler):
         self.write_json({"jobs": jobs, "next": next_page})
 
 
-class JobHandler(JSONHandler):
+class JobHandler(OwnerForwarding):
     """``GET /jobs/<id>`` shows a job; ``DELETE /jobs/<id>`` cancels it (forwarded to the
     owner of a running job of another instance; ``actions``: a job one of the caller's
     actions made)."""
 
     scope = ("jobs", "actions")
-    _forward: Forward | None = None
 
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
@@ -114,9 +129,7 @@ class JobHandler(JSONHandler):
     async def delete(self, job_id: str) -> None:
         registry = self.ctx.jobs
         job = await visible_job(self, job_id)
-        if owner_elsewhere(self, job):
-            self._forward = Forward(self)
-            await self._forward.run(job, "cancel")
+        if await self.forwarded(job, "cancel"):
             return
         job = await registry.cancel(job)
         self.exit_status = job.status
@@ -125,31 +138,23 @@ class JobHandler(JSONHandler):
             return
         self.write_json(body)
 
-    def on_connection_close(self) -> None:
-        if self._forward is not None:
-            self._forward.caller_left()
-        super().on_connection_close()
-
 
 def _chunk(stream: str, text: str, at: float | None) -> dict[str, Any]:
     return {"stream": stream, "data": text} if at is None else {
         "stream": stream, "data": text, "t": at}
 
 
-class JobOutputHandler(JSONHandler):
+class JobOutputHandler(OwnerForwarding):
     """``GET /jobs/<id>/output``: the job's output from its beginning, live, then the job
     (from its owner, through this instance, for a running job of another instance)."""
 
     scope = ("jobs", "actions")
     _gone: asyncio.Future[None] | None = None
-    _forward: Forward | None = None
 
     async def get(self, job_id: str) -> None:
         registry = self.ctx.jobs
         job = await visible_job(self, job_id)
-        if owner_elsewhere(self, job):
-            self._forward = Forward(self)
-            await self._forward.run(job, "stream the live output of")
+        if await self.forwarded(job, "stream the live output of"):
             return
         output = await registry.output(job)  # the live log, or the stored one read back
         sse = "text/event-stream" in self.request.headers.get("Accept", "")
@@ -198,8 +203,6 @@ class JobOutputHandler(JSONHandler):
         self.write(b"data: " + line + b"\n\n" if sse else line + b"\n")
 
     def on_connection_close(self) -> None:
-        if self._forward is not None:
-            self._forward.caller_left()
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         super().on_connection_close()

@@ -42,10 +42,12 @@ def advertise_url(config: Config, port: int) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def peer_context(config: Config) -> ssl.SSLContext:
+@functools.lru_cache(maxsize=4)  # made once: reading the system's CAs takes ~26 ms
+def peer_context(cafile: str | None) -> ssl.SSLContext:
     """The TLS context of forwards to https siblings: their certificate must be signed by a
-    CA of ``--peer-ca-file`` (else the system's) and name the host of their URL."""
-    return ssl.create_default_context(cafile=config.peer_ca_file or None)
+    CA of ``cafile`` (``--peer-ca-file``; else the system's) and name the host of their
+    URL."""
+    return ssl.create_default_context(cafile=cafile or None)
 
 
 @functools.lru_cache(maxsize=2)  # the machine's name and addresses, once per family

@@ -125,8 +125,8 @@ class Spans:
     def request_done(self, handler: RequestHandler) -> None:
         """The span of a finished request (an observer of ``InstanceContext``)."""
         trace: RequestTrace | None = getattr(handler, "_trace_context", None)
-        if trace is None:
-            return
+        if trace is None or not trace.sampled:
+            return  # nothing of an unsampled trace is exported
         request = handler.request
         status = handler.get_status()
         end = time.time()
