@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from importlib import resources
 
 from taskrunner.config import TLS12_CIPHERS
 from taskrunner.deploy.inventory import Front, Instance
 from taskrunner.deploy.programs import stack_instances
+from taskrunner.deploy.rendering import render
 from taskrunner.deploy.settings import Settings
 
 __all__ = ["MALLOC_TUNABLES", "http_snippet", "nginx_conf", "stack_conf", "stack_instances",
@@ -27,16 +27,6 @@ MALLOC_TUNABLES = "glibc.malloc.trim_threshold=33554432:glibc.malloc.mmap_thresh
 """``GLIBC_TUNABLES`` for nginx: its workers keep their freed proxy buffers (up to 32 MiB of
 heap each) instead of page-faulting them back in for every large response
 (docs/deploy.md, "nginx")."""
-
-
-def _template(name: str) -> str:
-    return resources.files("taskrunner.deploy").joinpath("templates", name).read_text()
-
-
-def _fill(text: str, values: dict[str, str]) -> str:
-    for key, value in values.items():
-        text = text.replace(f"@{key}@", value)
-    return text
 
 
 def upstream_name(instance: Instance) -> str:
@@ -81,7 +71,7 @@ def http_snippet(instances: Sequence[Instance], front: Front) -> str:
         raise ValueError("no instances to put behind the front")
     servers = "\n".join(f"    server {i.endpoint} max_fails=1 fail_timeout=2s;"
                         for i in instances)
-    return _fill(_template("nginx-http.conf.template"), {
+    return render("nginx-http.conf.template", {
         "LISTEN": front.listen,
         "SSL": " ssl" if front.tls_cert else "",
         "TLS": _tls(front),
@@ -102,7 +92,7 @@ def nginx_conf(instances: Sequence[Instance], front: Front, run_dir: str) -> str
                                 access_log=os.path.join(run_dir, "log", "nginx-access.log"))
     http = "\n".join(f"    {line}" if line else ""
                      for line in http_snippet(instances, front).rstrip("\n").split("\n"))
-    return _fill(_template("nginx.conf.template"), {
+    return render("nginx.conf.template", {
         # As root, the workers run as nobody (they need no more).
         "USER": "user nobody nogroup;" if os.geteuid() == 0 else "",
         "RUN_DIR": run_dir,

@@ -45,12 +45,6 @@ class Program:
     def ports(self) -> range:
         return range(self.first_port, self.first_port + self.count)
 
-    @property
-    def instances(self) -> list[Instance]:
-        """The instances, each with its name and port."""
-        return [Instance(self.instance.replace(PORT, str(port)), self.address, port)
-                for port in self.ports]
-
 
 def stack_instances(base_port: int) -> list[Instance]:
     """The stack's four instances: 127.0.0.1, each named by its port (``--instance``, which

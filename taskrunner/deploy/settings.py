@@ -189,11 +189,6 @@ class Settings:
         if self.secret_dir and not os.path.isabs(self.secret_dir):
             raise ValueError("secret_dir must be an absolute path (a hostPath)")
 
-    @property
-    def stack_ports(self) -> range:
-        """The ports of the stack's instances."""
-        return range(self.base_port, self.base_port + STACK_INSTANCES)
-
 
 STOP_WAIT: int = Settings().stop_wait
 """supervisord's ``stopwaitsecs`` when no one says otherwise."""

@@ -10,18 +10,13 @@ in docs/deploy.md.
 
 from __future__ import annotations
 
-from importlib import resources
-
+from taskrunner.deploy.rendering import render
 from taskrunner.deploy.settings import Settings
 
 __all__ = ["UNITS", "service_unit", "socket_unit"]
 
 UNITS = ("service", "socket")
 """What ``print-systemd`` renders: ``taskrunner@.service`` or ``taskrunner@.socket``."""
-
-
-def _template(name: str) -> str:
-    return resources.files("taskrunner.deploy").joinpath("templates", name).read_text()
 
 
 def _listen(address: str) -> str:
@@ -38,15 +33,11 @@ def service_unit(settings: Settings) -> str:
             f"root:\n# render with --unit-user ''.\nUser={settings.unit_user}\n"
             f"Group={settings.unit_user}" if settings.unit_user
             else "# Root: commands may run as another user (--user), which needs it.")
-    return (_template("taskrunner@.service.template")
-            .replace("@WATCHDOG@", watchdog)
-            .replace("@PYTHON@", settings.python)
-            .replace("@ADDRESS@", settings.address)
-            .replace("@USER@", user)
-            .replace("@STOP_WAIT@", f"{settings.stop_wait}s"))
+    return render("taskrunner@.service.template", {
+        "WATCHDOG": watchdog, "PYTHON": settings.python, "ADDRESS": settings.address,
+        "USER": user, "STOP_WAIT": f"{settings.stop_wait}s"})
 
 
 def socket_unit(settings: Settings) -> str:
     """``taskrunner@.socket``: the listening socket of the instance on port ``%i``."""
-    return _template("taskrunner@.socket.template").replace("@ADDRESS@",
-                                                            _listen(settings.address))
+    return render("taskrunner@.socket.template", {"ADDRESS": _listen(settings.address)})
