@@ -11,7 +11,6 @@ remove the image under each other.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 from openapi_check import checker
 
-from lab.image import LOCAL_BASE, build, make_base
+from lab.image import LOCAL_BASE, build, locked, make_base
 
 IMAGE = "localhost/taskrunner:test"
 SESSION_LOCK = "/tmp/taskrunner-image-session.lock"
@@ -70,20 +69,16 @@ def podman(*args: str, check: bool = True,
 @contextlib.contextmanager
 def image_session() -> Iterator[Timings]:
     """Build `IMAGE` (and the base, if the store lacks it) and remove it afterwards."""
-    with open(SESSION_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(SESSION_LOCK):
+        started = time.monotonic()
+        make_base()
+        based = time.monotonic()
         try:
-            started = time.monotonic()
-            make_base()
-            based = time.monotonic()
-            try:
-                build(LOCAL_BASE, IMAGE)
-                yield Timings(based - started, time.monotonic() - based)
-            finally:
-                _remove_containers()
-                podman("rmi", "--force", IMAGE, check=False)
+            build(LOCAL_BASE, IMAGE)
+            yield Timings(based - started, time.monotonic() - based)
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            _remove_containers()
+            podman("rmi", "--force", IMAGE, check=False)
 
 
 def _remove_containers() -> None:
