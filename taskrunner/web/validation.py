@@ -168,24 +168,37 @@ def _shown_url(url: str) -> str:
     return repr(url if len(url) <= 80 else url[:60] + "...")
 
 
-def _parse_fields(body: bytes, known: tuple[str, ...], default_timeout: float,
-                  max_timeout: float) -> tuple[dict[str, Any], CommandSpec]:
-    fields = decode_json_object(body)
+def _refuse_unknown(fields: dict[str, Any], known: tuple[str, ...], hint: str = "") -> None:
     unknown = sorted(set(fields) - set(known))
     if unknown:
         raise UnknownField(
             f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"known fields are {', '.join(known)}"
-        )
-    if "args" not in fields:
-        raise InvalidField("args is required: an array of strings naming the command")
-    args = _parse_args(fields["args"])
+            f"known fields are {', '.join(known)}{hint}")
+
+
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
     # An optional field given as null means the same as leaving it out.
-    given = {name: value for name, value in fields.items() if value is not None}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _timeout_and_stdin(given: dict[str, Any], default_timeout: float,
+                       max_timeout: float) -> tuple[float, str | None]:
     timeout = default_timeout
     if "timeout" in given:
         timeout = _parse_timeout(given["timeout"], max_timeout)
     stdin = _check_string("stdin", given["stdin"]) if "stdin" in given else None
+    return timeout, stdin
+
+
+def _parse_fields(body: bytes, known: tuple[str, ...], default_timeout: float,
+                  max_timeout: float) -> tuple[dict[str, Any], CommandSpec]:
+    fields = decode_json_object(body)
+    _refuse_unknown(fields, known)
+    if "args" not in fields:
+        raise InvalidField("args is required: an array of strings naming the command")
+    args = _parse_args(fields["args"])
+    given = _given(fields)
+    timeout, stdin = _timeout_and_stdin(given, default_timeout, max_timeout)
     env = _parse_env(given["env"]) if "env" in given else None
     cwd = _check_string("cwd", given["cwd"], allow_empty=False) if "cwd" in given else None
     return given, CommandSpec(args=args, timeout=timeout, stdin=stdin, env=env, cwd=cwd)
@@ -240,14 +253,7 @@ def parse_action_request(body: bytes, *, default_timeout: float, max_timeout: fl
     ``args``, ``env`` or ``cwd``: the operator's file fixes those."""
     known = ACTION_JOB_FIELDS if callback_hosts is not None else ACTION_FIELDS
     fields = decode_json_object(body) if body else {}
-    unknown = sorted(set(fields) - set(known))
-    if unknown:
-        raise UnknownField(
-            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"known fields are {', '.join(known)} (an action's command is fixed)")
-    given = {name: value for name, value in fields.items() if value is not None}
-    timeout = default_timeout
-    if "timeout" in given:
-        timeout = _parse_timeout(given["timeout"], max_timeout)
-    stdin = _check_string("stdin", given["stdin"]) if "stdin" in given else None
+    _refuse_unknown(fields, known, " (an action's command is fixed)")
+    given = _given(fields)
+    timeout, stdin = _timeout_and_stdin(given, default_timeout, max_timeout)
     return ActionRequest(given.get("params"), timeout, stdin, _callback(given, callback_hosts))
