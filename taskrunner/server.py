@@ -72,7 +72,7 @@ from taskrunner.web.app import make_app
 from taskrunner.web.auth import is_loopback, load_token
 from taskrunner.web.callers import Callers, implicit_callers, load_callers
 from taskrunner.web.context import InstanceContext
-from taskrunner.web.peers import advertise_url, default_name
+from taskrunner.web.peers import advertise_url, default_name, peer_context
 from taskrunner.web.recycle import Recycler
 from taskrunner.web.spans import Spans, open_spans
 from taskrunner.web.tls import check_protected, server_context
@@ -155,6 +155,8 @@ class Server:
         allowlist = self._allow()
         cgroups = self._make_cgroups(undo)
         tls = server_context(config.certfile, config.keyfile) if config.certfile else None
+        if config.peer_ca_file:
+            peer_context(config.peer_ca_file)  # read now: a bad file stops the start
         secret = load_secret(config.callback_secret_file) if config.callback_secret_file else None
         callers = self._load_callers(undo, token)
         actions = load_actions(config.actions, config) if config.actions else Actions()

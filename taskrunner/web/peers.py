@@ -20,6 +20,7 @@ import socket
 import ssl
 
 from taskrunner.config import Config
+from taskrunner.errors import StartupError
 from taskrunner.web.edge import WILDCARDS, is_own_address
 
 
@@ -46,8 +47,13 @@ def advertise_url(config: Config, port: int) -> str:
 def peer_context(cafile: str | None) -> ssl.SSLContext:
     """The TLS context of forwards to https siblings: their certificate must be signed by a
     CA of ``cafile`` (``--peer-ca-file``; else the system's) and name the host of their
-    URL."""
-    return ssl.create_default_context(cafile=cafile or None)
+    URL. `StartupError` (one line) if ``cafile`` cannot be read as CA certificates: made
+    at start when the flag is given, so no forward meets it."""
+    try:
+        return ssl.create_default_context(cafile=cafile or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"--peer-ca-file {cafile!r}: cannot use it as CA certificates: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 @functools.lru_cache(maxsize=2)  # the machine's name and addresses, once per family

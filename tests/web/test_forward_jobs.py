@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import Certificate, checked_fetch
-from helpers import get_job, token_sha256, until, wait_for
+from helpers import PY, REPO, get_job, token_sha256, until, wait_for
 from tornado.httpclient import AsyncHTTPClient
 from tornado.simple_httpclient import HTTPStreamClosedError
 
@@ -291,3 +291,16 @@ async def test_a_stream_whose_owner_dies_midway_is_cut_short_not_ended_cleanly(
     finally:
         client.close()
     assert all("state" not in json.loads(line) for line in received.splitlines())
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"], ids=["missing", "not-pem"])
+def test_a_peer_ca_file_that_cannot_be_used_stops_the_start_in_one_line(tmp_path, content):
+    # Read at start: a forward must never be the first to find it unusable (a 500 then).
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    done = subprocess.run([PY, "-m", "taskrunner", "--port", "0", "--peer-ca-file", str(path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert f"--peer-ca-file '{path}': cannot use it as CA certificates" in lines[0]
